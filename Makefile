@@ -1,0 +1,57 @@
+# channeld — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+LISTEN ?= 0.0.0.0:8080
+# Queries are checked against the committed .sqlx/ data, so building needs no database.
+export SQLX_OFFLINE ?= true
+BIN := target/debug/channeld
+
+.PHONY: run test build key migrate prepare fmt lint ci db-stop
+
+## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
+run: build
+	@url=$$(scripts/dev-db.sh channeld) && \
+	  DATABASE_URL=$$url CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
+
+## Bootstrap PostgreSQL if needed, then run the whole test suite against it.
+test:
+	@url=$$(scripts/dev-db.sh postgres) && \
+	  DATABASE_URL=$$url $(CARGO) test --all-targets
+
+build:
+	$(CARGO) build --quiet
+
+## Print a new API key for the `make run` database: make key SCOPES=channels:write NAME=me
+SCOPES ?= channels:read,channels:write
+NAME ?= quickstart
+key: build
+	@url=$$(scripts/dev-db.sh channeld) && \
+	  DATABASE_URL=$$url $(BIN) migrate --log-format text 2>/dev/null && \
+	  DATABASE_URL=$$url $(BIN) keys create --name "$(NAME)" --scopes "$(SCOPES)" --quiet
+
+migrate: build
+	@url=$$(scripts/dev-db.sh channeld) && DATABASE_URL=$$url $(BIN) migrate
+
+## Regenerate .sqlx/ after changing a query (needs a database; uses a scratch one).
+prepare: build
+	@url=$$(scripts/dev-db.sh channeld_sqlx) && \
+	  DATABASE_URL=$$url $(BIN) migrate && \
+	  rm -rf .sqlx && mkdir .sqlx && touch src/lib.rs && \
+	  SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$$url $(CARGO) check --quiet --all-targets && \
+	  echo "wrote $$(ls .sqlx | wc -l) query files to .sqlx/"
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+ci:
+	bash .ci/run
+
+## Stop the private cluster that scripts/dev-db.sh may have started under ./.data.
+db-stop:
+	@if [ -f .data/pg/postmaster.pid ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then runuser -u postgres -- pg_ctl -D .data/pg stop; else pg_ctl -D .data/pg stop; fi; \
+	fi

@@ -1,0 +1,78 @@
+//! HTTP handlers for `/v1/channels`.
+
+use axum::{Json, extract::State, http::StatusCode};
+use serde_json::{Value, json};
+
+use super::{
+    db::{self, ListFilter},
+    model::{CreateChannel, UpdateChannel, is_ticket_slug},
+};
+use crate::{
+    auth::{ChannelsRead, ChannelsWrite, Scoped},
+    error::{ApiError, FieldErrors},
+    extract::{ChannelId, QueryParams, ValidatedJson},
+    startup::AppState,
+};
+
+/// `GET /v1/channels`: filtered, paged, most recently active first.
+pub async fn list(
+    _: Scoped<ChannelsRead>,
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let ticket_slug = query.get("ticket_slug").map(str::to_owned);
+    if ticket_slug
+        .as_deref()
+        .is_some_and(|slug| !is_ticket_slug(slug))
+    {
+        errors.add("ticket_slug", "format");
+    }
+    let filter = ListFilter {
+        repository_id: query.int("repository_id", 1, i64::MAX, &mut errors),
+        ticket_slug,
+        include_archived: query.bool("include_archived", &mut errors).unwrap_or(false),
+        limit: query.int("limit", 1, 200, &mut errors).unwrap_or(50),
+        offset: query.int("offset", 0, i64::MAX, &mut errors).unwrap_or(0),
+    };
+    errors.into_result()?;
+    let channels = db::list(&state.db, &filter).await?;
+    let total = db::count(&state.db, &filter).await?;
+    Ok(Json(json!({"channels": channels, "total": total})))
+}
+
+/// `GET /v1/channels/{id}`.
+pub async fn get(
+    _: Scoped<ChannelsRead>,
+    State(state): State<AppState>,
+    ChannelId(id): ChannelId,
+) -> Result<Json<Value>, ApiError> {
+    let channel = db::find(&state.db, id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({"channel": channel})))
+}
+
+/// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.
+pub async fn create(
+    _: Scoped<ChannelsWrite>,
+    State(state): State<AppState>,
+    ValidatedJson(new): ValidatedJson<CreateChannel>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let channel = db::insert(&state.db, &new).await?;
+    Ok((StatusCode::CREATED, Json(json!({"channel": channel}))))
+}
+
+/// `PUT /v1/channels/{id}`: only the fields present change; `{}` changes nothing.
+pub async fn update(
+    _: Scoped<ChannelsWrite>,
+    State(state): State<AppState>,
+    ChannelId(id): ChannelId,
+    ValidatedJson(change): ValidatedJson<UpdateChannel>,
+) -> Result<Json<Value>, ApiError> {
+    let channel = if change.is_empty() {
+        db::find(&state.db, id).await?
+    } else {
+        db::update(&state.db, id, &change).await?
+    };
+    let channel = channel.ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({"channel": channel})))
+}

@@ -1,0 +1,20 @@
+//! Persistent channels: create, read, list, update and archive.
+
+mod db;
+mod handlers;
+pub mod model;
+
+use axum::{Router, routing::get};
+
+pub use db::{ChannelState, channel_state};
+
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/channels", get(handlers::list).post(handlers::create))
+        .route(
+            "/v1/channels/{id}",
+            get(handlers::get).put(handlers::update),
+        )
+}

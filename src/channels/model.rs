@@ -1,0 +1,226 @@
+//! Channel shapes on the wire and their validation rules.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use validator::{Validate, ValidationError};
+
+/// A channel as listed: every field but the (possibly large) `document`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelSummary {
+    pub id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub repository_id: Option<i64>,
+    pub ticket_slug: Option<String>,
+    pub archived: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A channel as read one at a time, `document` included.
+#[derive(Debug, Clone, Serialize)]
+pub struct Channel {
+    #[serde(flatten)]
+    pub summary: ChannelSummary,
+    pub document: Option<String>,
+}
+
+pub const DOCUMENT_MAX_BYTES: usize = 512 * 1024;
+
+/// `POST /v1/channels`.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannel {
+    #[validate(custom(function = "valid_name"))]
+    pub name: String,
+    #[validate(length(max = 1000, message = "description must be at most 1000 characters"))]
+    pub description: Option<String>,
+    #[validate(range(min = 1, message = "repository_id must be a positive integer"))]
+    pub repository_id: Option<i64>,
+    #[validate(custom(function = "valid_ticket_slug"))]
+    pub ticket_slug: Option<String>,
+    #[validate(custom(function = "valid_document"))]
+    pub document: Option<String>,
+}
+
+/// `PUT /v1/channels/{id}`: absent fields stay as they are; a present `null` clears a nullable one.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChannel {
+    #[serde(default, deserialize_with = "present_non_null")]
+    #[validate(custom(function = "valid_name"))]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[validate(length(max = 1000, message = "description must be at most 1000 characters"))]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[validate(custom(function = "valid_document"))]
+    pub document: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present_non_null")]
+    pub archived: Option<bool>,
+}
+
+impl UpdateChannel {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.document.is_none()
+            && self.archived.is_none()
+    }
+}
+
+/// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A field that may be absent but, when present, must not be `null`.
+fn present_non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Trims surrounding white space from a channel name; validation and storage use the trimmed form.
+pub fn normalize_name(name: &str) -> String {
+    name.trim().to_owned()
+}
+
+fn valid_name(name: &str) -> Result<(), ValidationError> {
+    let trimmed = name.trim();
+    let length = trimmed.chars().count();
+    if !(2..=100).contains(&length) {
+        return Err(
+            ValidationError::new("length").with_message("name must be 2-100 characters".into())
+        );
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ValidationError::new("control_characters")
+            .with_message("name must not contain control characters".into()));
+    }
+    Ok(())
+}
+
+pub fn is_ticket_slug(slug: &str) -> bool {
+    (1..=64).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_ticket_slug(slug: &str) -> Result<(), ValidationError> {
+    if is_ticket_slug(slug) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("format")
+            .with_message("ticket_slug must be 1-64 characters of A-Z a-z 0-9 . _ -".into()))
+    }
+}
+
+fn valid_document(document: &str) -> Result<(), ValidationError> {
+    if document.len() <= DOCUMENT_MAX_BYTES {
+        Ok(())
+    } else {
+        Err(ValidationError::new("length").with_message("document must be at most 512 KiB".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(result: Result<(), validator::ValidationErrors>) -> Vec<(String, String)> {
+        let Err(errors) = result else { return vec![] };
+        let mut out: Vec<(String, String)> = errors
+            .field_errors()
+            .into_iter()
+            .flat_map(|(f, list)| {
+                list.iter()
+                    .map(move |e| (f.to_string(), e.code.to_string()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn create(json: serde_json::Value) -> CreateChannel {
+        serde_json::from_value(json).expect("deserializes")
+    }
+
+    #[test]
+    fn create_rules_reject_each_bad_field() {
+        let long = "x".repeat(101);
+        let big = "d".repeat(DOCUMENT_MAX_BYTES + 1);
+        let cases = [
+            (serde_json::json!({"name": "a"}), "name", "length"),
+            (serde_json::json!({"name": "  a  "}), "name", "length"),
+            (serde_json::json!({"name": long}), "name", "length"),
+            (
+                serde_json::json!({"name": "ab\u{7}c"}),
+                "name",
+                "control_characters",
+            ),
+            (
+                serde_json::json!({"name": "ok", "description": "x".repeat(1001)}),
+                "description",
+                "length",
+            ),
+            (
+                serde_json::json!({"name": "ok", "repository_id": 0}),
+                "repository_id",
+                "range",
+            ),
+            (
+                serde_json::json!({"name": "ok", "ticket_slug": "AM 123"}),
+                "ticket_slug",
+                "format",
+            ),
+            (
+                serde_json::json!({"name": "ok", "ticket_slug": ""}),
+                "ticket_slug",
+                "format",
+            ),
+            (
+                serde_json::json!({"name": "ok", "document": big}),
+                "document",
+                "length",
+            ),
+        ];
+        for (json, field, code) in cases {
+            let label = format!("{field}/{code}");
+            assert_eq!(
+                codes(create(json).validate()),
+                vec![(field.to_owned(), code.to_owned())],
+                "{label}"
+            );
+        }
+    }
+
+    #[test]
+    fn create_accepts_boundary_values() {
+        let ok = create(serde_json::json!({
+            "name": "é".repeat(100),
+            "description": "x".repeat(1000),
+            "repository_id": 1,
+            "ticket_slug": "AM-123.v2_x",
+            "document": "d".repeat(DOCUMENT_MAX_BYTES),
+        }));
+        assert_eq!(codes(ok.validate()), vec![]);
+    }
+
+    #[test]
+    fn update_tells_absent_from_null() {
+        let update: UpdateChannel =
+            serde_json::from_value(serde_json::json!({"description": null})).expect("deserializes");
+        assert_eq!(update.description, Some(None));
+        assert_eq!(update.document, None);
+        assert!(
+            serde_json::from_value::<UpdateChannel>(serde_json::json!({"name": null})).is_err()
+        );
+        assert!(
+            serde_json::from_value::<UpdateChannel>(serde_json::json!({"archived": null})).is_err()
+        );
+    }
+}

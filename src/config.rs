@@ -1,0 +1,226 @@
+//! Command line and environment configuration.
+//!
+//! Every flag has a `CHANNELD_…` environment variable (the database URL uses the conventional
+//! `DATABASE_URL`). Secrets are wrapped in [`Secret`] so that `Debug` never prints them.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// channeld: collaboration channels with persistent history and live delivery.
+#[derive(Debug, Parser)]
+#[command(name = "channeld", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: human-readable `text` or one JSON object per line.
+    #[arg(long, env = "CHANNELD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (applies pending migrations first unless --no-migrate).
+    Serve(ServeArgs),
+    /// Create the database if it is missing, apply pending migrations, and exit.
+    Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys.
+    Keys {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL, e.g. postgres://user:pass@127.0.0.1:5432/channeld.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "CHANNELD_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a pooled connection before answering 503 (e.g. 5s, 500ms).
+    #[arg(long, env = "CHANNELD_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "CHANNELD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Do not apply pending migrations at start (run `channeld migrate` as a separate step).
+    #[arg(long, env = "CHANNELD_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "CHANNELD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long, env = "CHANNELD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a secret key and print it once.
+    Create(CreateKeyArgs),
+    /// List keys (secrets are never shown again).
+    List,
+    /// Revoke a key: it stops working at once.
+    Revoke {
+        /// The key's public id (sk_id_…).
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    /// A label for people, e.g. the orchestrator that will use the key.
+    #[arg(long)]
+    pub name: String,
+
+    /// Comma-separated scopes: channels:read, channels:write, publish, subscribe, presence, send, admin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub scopes: Vec<String>,
+
+    /// Realtime channel pattern the key may touch; repeat for several (default `**`).
+    #[arg(long = "channel-pattern")]
+    pub channel_patterns: Vec<String>,
+
+    /// Lifetime, e.g. 90d, 12h, 1h30m; the key never expires when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+
+    /// Print only the single-string secret (sk_live_…), for scripts.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Settings the running server consults per request.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl From<&ServeArgs> for Config {
+    fn from(args: &ServeArgs) -> Self {
+        Self {
+            max_body_bytes: args.max_body_bytes,
+        }
+    }
+}
+
+/// A string that must never reach a log line.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Parses durations such as `30s`, `500ms`, `15m`, `12h`, `90d`, `2w` or `1h30m`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let invalid =
+        || format!("invalid duration `{input}` (examples: 500ms, 30s, 15m, 12h, 90d, 1h30m)");
+    let mut total = Duration::ZERO;
+    let mut rest = input.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let amount: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            "w" => Duration::from_secs(7 * 86_400),
+            _ => return Err(invalid()),
+        };
+        rest = &rest[unit_len..];
+        let part = unit.checked_mul(u32::try_from(amount).map_err(|_| invalid())?);
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(invalid)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_combinations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        for bad in ["", "10", "s", "10x", "-5s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "`{bad}` should be rejected");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print_in_debug_output() {
+        let secret = Secret::new("postgres://user:hunter2@db/channeld");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

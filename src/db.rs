@@ -1,0 +1,38 @@
+//! Connecting to PostgreSQL and applying migrations.
+
+use sqlx::{
+    PgPool,
+    migrate::{MigrateDatabase, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DatabaseArgs;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// A pool that connects on demand, so the server starts and stays up while PostgreSQL is away.
+pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = args.database_url.expose().parse()?;
+    Ok(pool_options(args).connect_lazy_with(options))
+}
+
+pub fn pool_options(args: &DatabaseArgs) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(args.db_max_connections)
+        .acquire_timeout(args.db_acquire_timeout)
+}
+
+/// Creates the database when it does not exist yet, then applies pending migrations.
+/// The migrator holds an advisory lock, so replicas starting together migrate once.
+pub async fn migrate(args: &DatabaseArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let url = args.database_url.expose();
+    if !sqlx::Postgres::database_exists(url).await? {
+        tracing::info!("creating the database");
+        sqlx::Postgres::create_database(url).await?;
+    }
+    let pool = pool_options(args).max_connections(1).connect(url).await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}

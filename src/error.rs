@@ -1,0 +1,281 @@
+//! The one error type of the HTTP API and its JSON envelope:
+//! `{"error": "<code>", "message": "<for humans>", "details": {"field": ["what"]}}`.
+//!
+//! Internal causes are logged here, inside the request's span, and never written into a body.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::auth::Scope;
+
+/// Per-field problems: field name → short snake_case codes such as `length` or `required`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldErrors(BTreeMap<String, Vec<String>>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: impl Into<String>, code: impl Into<String>) {
+        let codes = self.0.entry(field.into()).or_default();
+        let code = code.into();
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// `Ok(())` when nothing was added, otherwise an `invalid_request` that names every field.
+    pub fn into_result(self) -> Result<(), ApiError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let summary: Vec<String> = self
+            .fields()
+            .map(|(field, codes)| format!("{field} ({})", codes.join(", ")))
+            .collect();
+        Err(ApiError::invalid_with(
+            format!("invalid {}", summary.join("; ")),
+            self,
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        details: Option<FieldErrors>,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("this key lacks a required scope")]
+    InsufficientScope { required: Vec<Scope> },
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("another channel that is not archived already has this name")]
+    ChannelNameTaken,
+    #[error("the channel is archived")]
+    ChannelArchived,
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn invalid_with(message: impl Into<String>, details: FieldErrors) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
+    /// An `invalid_request` about one field.
+    pub fn invalid_field(field: &str, code: &str, message: impl Into<String>) -> Self {
+        let mut details = FieldErrors::default();
+        details.add(field, code);
+        Self::invalid_with(message, details)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ChannelNameTaken | Self::ChannelArchived => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } | Self::PayloadTooLarge(_) => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::ChannelNameTaken => "channel_name_taken",
+            Self::ChannelArchived => "channel_archived",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a FieldErrors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required_scopes: Option<Vec<&'static str>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
+            Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            _ => {}
+        }
+        let body = Envelope {
+            error: self.code(),
+            message: self.to_string(),
+            details: match &self {
+                Self::InvalidRequest { details, .. } => details.as_ref(),
+                _ => None,
+            },
+            required_scopes: match &self {
+                Self::InsufficientScope { required } => {
+                    Some(required.iter().map(|s| s.as_str()).collect())
+                }
+                _ => None,
+            },
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            return Self::Unavailable(error);
+        }
+        if let Some(db) = error.as_database_error() {
+            if db.constraint() == Some("channels_active_name_key") {
+                return Self::ChannelNameTaken;
+            }
+        }
+        Self::Internal(Box::new(error))
+    }
+}
+
+/// Whether the error means "PostgreSQL cannot be reached right now" rather than a bad query.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exceptions; 57P0x: server shutting down or starting; 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_status_and_code() {
+        let cases: Vec<(ApiError, StatusCode, &str)> = vec![
+            (
+                ApiError::invalid("x"),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                ApiError::PayloadTooLarge("x".into()),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+            ),
+            (
+                ApiError::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                ApiError::InsufficientScope {
+                    required: vec![Scope::ChannelsRead],
+                },
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+            ),
+            (ApiError::NotFound, StatusCode::NOT_FOUND, "not_found"),
+            (
+                ApiError::MethodNotAllowed,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                ApiError::ChannelNameTaken,
+                StatusCode::CONFLICT,
+                "channel_name_taken",
+            ),
+            (
+                ApiError::ChannelArchived,
+                StatusCode::CONFLICT,
+                "channel_archived",
+            ),
+            (
+                ApiError::Unavailable(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                ApiError::Internal("boom".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+            ),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn pool_timeouts_are_unavailable_not_internal() {
+        assert!(matches!(
+            ApiError::from(sqlx::Error::PoolTimedOut),
+            ApiError::Unavailable(_)
+        ));
+        assert!(matches!(
+            ApiError::from(sqlx::Error::RowNotFound),
+            ApiError::Internal(_)
+        ));
+    }
+
+    #[test]
+    fn internal_causes_never_reach_the_body() {
+        let response = ApiError::Internal("secret detail".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let message = ApiError::Internal("secret detail".into()).to_string();
+        assert!(!message.contains("secret detail"));
+    }
+}

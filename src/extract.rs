@@ -1,0 +1,220 @@
+//! Request extractors shared by every feature. Each one answers failures in the error envelope.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Request},
+    http::{StatusCode, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+use crate::error::{ApiError, FieldErrors};
+
+/// A JSON body that deserialized and passed its `Validate` rules.
+///
+/// Malformed JSON, a wrong type, a missing or unknown field and a failed rule all answer
+/// 400 `invalid_request` with `details` naming the field. The `Content-Type` is not checked, so
+/// `curl -d` works without `-H 'Content-Type: application/json'`.
+pub struct ValidatedJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ValidatedJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is too large".into())
+            } else {
+                ApiError::invalid("could not read the request body")
+            }
+        })?;
+        let value: T = parse_json(&bytes)?;
+        value.validate().map_err(validation_error)?;
+        Ok(Self(value))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_none() {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    }
+    if first != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
+        return Err(ApiError::invalid("request body must be a JSON object"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if !inner.is_data() {
+            return ApiError::invalid(format!("malformed JSON: {inner}"));
+        }
+        let text = inner.to_string();
+        let (field, code) = if let Some(name) = backticked(&text, "missing field `") {
+            (name, "required")
+        } else if let Some(name) = backticked(&text, "unknown field `") {
+            (name, "unknown_field")
+        } else {
+            (path, "type")
+        };
+        ApiError::invalid_field(&field, code, format!("{field}: {text}"))
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::invalid(format!("malformed JSON: {error}")))?;
+    Ok(value)
+}
+
+/// The name inside serde's "missing field `x`" style messages.
+fn backticked(text: &str, prefix: &str) -> Option<String> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+fn validation_error(errors: ValidationErrors) -> ApiError {
+    let mut details = FieldErrors::default();
+    let mut messages = Vec::new();
+    for (field, kind) in errors.errors() {
+        if let ValidationErrorsKind::Field(list) = kind {
+            for error in list {
+                details.add(field.as_ref(), error.code.as_ref());
+                messages.push(match &error.message {
+                    Some(message) => message.to_string(),
+                    None => format!("{field} is invalid ({})", error.code),
+                });
+            }
+        }
+    }
+    messages.sort();
+    ApiError::invalid_with(messages.join("; "), details)
+}
+
+/// Query-string parameters, parsed leniently and checked one by one so that every bad parameter
+/// is named in `details`. Unknown parameters are ignored.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(Self)
+            .map_err(|_| ApiError::invalid("malformed query string"))
+    }
+}
+
+impl QueryParams {
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An integer within `min..=max`, recording `range` or `type` in `errors` when it is not.
+    pub fn int(&self, name: &str, min: i64, max: i64, errors: &mut FieldErrors) -> Option<i64> {
+        let raw = self.get(name)?;
+        match raw.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(_) => {
+                errors.add(name, "range");
+                None
+            }
+            Err(_) => {
+                errors.add(name, "type");
+                None
+            }
+        }
+    }
+
+    /// `true` or `false`, recording `type` in `errors` for anything else.
+    pub fn bool(&self, name: &str, errors: &mut FieldErrors) -> Option<bool> {
+        match self.get(name)? {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => {
+                errors.add(name, "type");
+                None
+            }
+        }
+    }
+}
+
+/// The `{id}` of a persistent channel. Anything but a positive integer is 404 `not_found`, the
+/// same answer as an id that does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ChannelId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        match raw.parse::<i64>() {
+            Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(Self(id)),
+            _ => Err(ApiError::NotFound),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        count: Option<i64>,
+    }
+
+    fn details_of(error: ApiError) -> Vec<(String, Vec<String>)> {
+        match error {
+            ApiError::InvalidRequest {
+                details: Some(d), ..
+            } => d
+                .fields()
+                .map(|(f, c)| (f.to_owned(), c.to_vec()))
+                .collect(),
+            other => panic!("expected details, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field_and_what_was_wrong() {
+        let cases = [
+            (r#"{}"#, "name", "required"),
+            (r#"{"name": 5}"#, "name", "type"),
+            (r#"{"name": "a", "count": "x"}"#, "count", "type"),
+            (r#"{"name": "a", "colour": 1}"#, "colour", "unknown_field"),
+        ];
+        for (body, field, code) in cases {
+            let error = parse_json::<Body>(body.as_bytes()).expect_err(body);
+            assert_eq!(
+                details_of(error),
+                vec![(field.to_owned(), vec![code.to_owned()])],
+                "body {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_invalid_requests_without_details() {
+        for body in ["", "{", "[1]", "\"name\"", r#"{"name":"a"} trailing"#] {
+            match parse_json::<Body>(body.as_bytes()) {
+                Err(ApiError::InvalidRequest { details: None, .. }) => {}
+                other => panic!("body {body:?}: unexpected {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! channeld: collaboration channels for AI agents and the people watching them.
+//!
+//! Orchestrators create channels and post messages, stored in PostgreSQL; dashboards list channels
+//! and read their history over REST. The product contract is `SPEC.md`; this crate implements it.
+//!
+//! # Layout
+//! - [`config`]: command line and environment settings (`clap`), secrets that never print.
+//! - [`startup`]: [`startup::AppState`], the router and middleware stack, graceful serving.
+//! - [`error`]: the one [`error::ApiError`] and its JSON envelope.
+//! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
+//! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
+//! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
+//! - [`messages`]: channel history (`/v1/channels/{id}/messages`).
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`db`]: connection pool and embedded migrations.
+//! - [`cli`]: the `channeld keys …` commands.
+//! - [`telemetry`]: logging set-up.
+
+pub mod auth;
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod messages;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,62 @@
+//! The `channeld` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use channeld::{
+    cli,
+    config::{Cli, Command, Config},
+    db, startup, telemetry,
+};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Cli::parse();
+    telemetry::init(args.log_format);
+    match run(args.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("channeld: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> cli::CliResult {
+    match command {
+        Command::Migrate(database) => {
+            db::migrate(&database).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Keys { database, command } => {
+            let pool = db::pool_options(&database)
+                .max_connections(1)
+                .connect(database.database_url.expose())
+                .await?;
+            cli::run_keys(&pool, command, &mut std::io::stdout()).await
+        }
+        Command::Serve(args) => {
+            if !args.no_migrate {
+                db::migrate(&args.database).await?;
+            }
+            let pool = db::pool(&args.database)?;
+            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            tracing::info!(address = %listener.local_addr()?, "channeld listening");
+            let state = startup::AppState::new(pool, Config::from(&args));
+            let grace = args.shutdown_timeout;
+            let shutdown = async move {
+                startup::shutdown_signal().await;
+                // In-flight requests get `grace` to finish; then the process exits regardless.
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    tracing::warn!("shutdown timeout reached; exiting");
+                    std::process::exit(0);
+                });
+            };
+            startup::serve(listener, state, shutdown).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! SQL for messages.
+//!
+//! Ordering guarantee: a message's id is drawn only after its transaction holds the channel's row
+//! lock (the `UPDATE` of `updated_at` in the same statement), and the lock is released only after
+//! commit. Within one channel, ids therefore become visible in increasing order, and a reader that
+//! pages with `after=<last id seen>` can never skip a message that commits later with a smaller id.
+
+use sqlx::PgExecutor;
+
+use super::model::Message;
+
+/// Stores a message on an active channel and bumps the channel's `updated_at`, in one statement.
+/// `None` when nothing was stored: the channel is missing or archived, or `idempotency_key` was
+/// already used on this channel.
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    content: &str,
+    sender_type: &str,
+    pod_key: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        r#"
+        WITH channel AS (
+            UPDATE channels SET updated_at = now()
+            WHERE id = $1 AND NOT archived
+            RETURNING id
+        )
+        INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key)
+        SELECT id, $2, $3, $4, $5 FROM channel
+        ON CONFLICT (channel_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, channel_id, content, sender_type, pod_key, created_at
+        "#,
+        channel_id,
+        content,
+        sender_type,
+        pod_key,
+        idempotency_key,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The message first stored with this idempotency key on this channel.
+pub async fn find_by_idempotency_key(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    idempotency_key: &str,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        r#"
+        SELECT id, channel_id, content, sender_type, pod_key, created_at
+        FROM messages WHERE channel_id = $1 AND idempotency_key = $2
+        "#,
+        channel_id,
+        idempotency_key,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Which page of history to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Page {
+    /// The newest messages, newest first.
+    Latest,
+    /// Messages older than this id, newest first.
+    Before(i64),
+    /// Messages newer than this id, oldest first.
+    After(i64),
+}
+
+/// Up to `limit` messages of the page, in the page's order.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    page: Page,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    // Three statements rather than one with optional bounds, so each uses the
+    // (channel_id, id) index with a real range instead of a filter.
+    match page {
+        Page::Latest => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                FROM messages WHERE channel_id = $1
+                ORDER BY id DESC LIMIT $2
+                "#,
+                channel_id,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+        Page::Before(before) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                FROM messages WHERE channel_id = $1 AND id < $2
+                ORDER BY id DESC LIMIT $3
+                "#,
+                channel_id,
+                before,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+        Page::After(after) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                FROM messages WHERE channel_id = $1 AND id > $2
+                ORDER BY id ASC LIMIT $3
+                "#,
+                channel_id,
+                after,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! HTTP handlers for `/v1/channels/{id}/messages`.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use serde_json::{Value, json};
+
+use super::{
+    db::{self, Page},
+    model::{CreateMessage, is_printable_ascii},
+};
+use crate::{
+    auth::{ChannelsRead, ChannelsWrite, Scoped},
+    channels::{ChannelState, channel_state},
+    error::{ApiError, FieldErrors},
+    extract::{ChannelId, QueryParams, ValidatedJson},
+    startup::AppState,
+};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `GET /v1/channels/{id}/messages`: newest first, or oldest first after an `after` cursor.
+pub async fn list(
+    _: Scoped<ChannelsRead>,
+    State(state): State<AppState>,
+    ChannelId(channel_id): ChannelId,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let limit = query.int("limit", 1, 100, &mut errors).unwrap_or(50);
+    let before = query.int("before", 1, i64::MAX, &mut errors);
+    let after = query.int("after", 0, i64::MAX, &mut errors);
+    if before.is_some() && after.is_some() {
+        errors.add("before", "conflict");
+        errors.add("after", "conflict");
+    }
+    errors.into_result()?;
+    let page = match (before, after) {
+        (Some(before), _) => Page::Before(before),
+        (_, Some(after)) => Page::After(after),
+        _ => Page::Latest,
+    };
+
+    let mut messages = db::page(&state.db, channel_id, page, limit + 1).await?;
+    if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    Ok(Json(json!({"messages": messages, "has_more": has_more})))
+}
+
+/// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
+/// already used on this channel, 200 with the message first stored under it.
+pub async fn create(
+    _: Scoped<ChannelsWrite>,
+    State(state): State<AppState>,
+    ChannelId(channel_id): ChannelId,
+    headers: HeaderMap,
+    ValidatedJson(new): ValidatedJson<CreateMessage>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let stored = db::insert(
+        &state.db,
+        channel_id,
+        &new.content,
+        new.sender_type(),
+        new.pod_key.as_deref(),
+        idempotency_key,
+    )
+    .await?;
+    if let Some(message) = stored {
+        return Ok((StatusCode::CREATED, Json(json!({"message": message}))));
+    }
+
+    // Nothing stored: an earlier request with this key, or a missing or archived channel.
+    if let Some(key) = idempotency_key {
+        if let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await? {
+            return Ok((StatusCode::OK, Json(json!({"message": original}))));
+        }
+    }
+    match channel_state(&state.db, channel_id).await? {
+        None => Err(ApiError::NotFound),
+        Some(ChannelState::Archived | ChannelState::Active) => Err(ApiError::ChannelArchived),
+    }
+}
+
+/// The `Idempotency-Key` header: 1-255 printable ASCII characters when present.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if is_printable_ascii(key, 255) => Ok(Some(key)),
+        _ => Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "format",
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        )),
+    }
+}
