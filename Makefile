@@ -19,9 +19,10 @@ test:
 	  DATABASE_URL=$$url $(CARGO) test --all-targets
 
 build:
-	$(CARGO) build --quiet
+	@$(CARGO) build --quiet
 
-## Print a new API key for the `make run` database: make key SCOPES=channels:write NAME=me
+## Print a new API key for the `make run` database: export KEY=$(make key)
+## (choose with SCOPES=publish,subscribe NAME=my-agent)
 SCOPES ?= channels:read,channels:write
 NAME ?= quickstart
 key: build

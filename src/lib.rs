@@ -15,6 +15,7 @@
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
 //! - [`telemetry`]: logging set-up.
+//! - [`timestamp`]: the one RFC 3339 form every timestamp takes on the wire.
 
 pub mod auth;
 pub mod channels;
@@ -27,3 +28,4 @@ pub mod health;
 pub mod messages;
 pub mod startup;
 pub mod telemetry;
+pub mod timestamp;

@@ -1,11 +1,11 @@
 //! HTTP handlers for `/v1/channels`.
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{
     db::{self, ListFilter},
-    model::{CreateChannel, UpdateChannel, is_ticket_slug},
+    model::{Channel, ChannelSummary, CreateChannel, UpdateChannel, is_ticket_slug},
 };
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
@@ -14,12 +14,23 @@ use crate::{
     startup::AppState,
 };
 
+#[derive(Serialize)]
+pub struct ChannelBody {
+    pub channel: Channel,
+}
+
+#[derive(Serialize)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelSummary>,
+    pub total: i64,
+}
+
 /// `GET /v1/channels`: filtered, paged, most recently active first.
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     query: QueryParams,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelList>, ApiError> {
     let mut errors = FieldErrors::default();
     let ticket_slug = query.get("ticket_slug").map(str::to_owned);
     if ticket_slug
@@ -38,7 +49,7 @@ pub async fn list(
     errors.into_result()?;
     let channels = db::list(&state.db, &filter).await?;
     let total = db::count(&state.db, &filter).await?;
-    Ok(Json(json!({"channels": channels, "total": total})))
+    Ok(Json(ChannelList { channels, total }))
 }
 
 /// `GET /v1/channels/{id}`.
@@ -46,9 +57,9 @@ pub async fn get(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelBody>, ApiError> {
     let channel = db::find(&state.db, id).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(json!({"channel": channel})))
+    Ok(Json(ChannelBody { channel }))
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.
@@ -56,9 +67,9 @@ pub async fn create(
     _: Scoped<ChannelsWrite>,
     State(state): State<AppState>,
     ValidatedJson(new): ValidatedJson<CreateChannel>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ChannelBody>), ApiError> {
     let channel = db::insert(&state.db, &new).await?;
-    Ok((StatusCode::CREATED, Json(json!({"channel": channel}))))
+    Ok((StatusCode::CREATED, Json(ChannelBody { channel })))
 }
 
 /// `PUT /v1/channels/{id}`: only the fields present change; `{}` changes nothing.
@@ -67,12 +78,12 @@ pub async fn update(
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     ValidatedJson(change): ValidatedJson<UpdateChannel>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelBody>, ApiError> {
     let channel = if change.is_empty() {
         db::find(&state.db, id).await?
     } else {
         db::update(&state.db, id, &change).await?
     };
     let channel = channel.ok_or(ApiError::NotFound)?;
-    Ok(Json(json!({"channel": channel})))
+    Ok(Json(ChannelBody { channel }))
 }

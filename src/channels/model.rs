@@ -13,7 +13,9 @@ pub struct ChannelSummary {
     pub repository_id: Option<i64>,
     pub ticket_slug: Option<String>,
     pub archived: bool,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -5,11 +5,11 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{
     db::{self, Page},
-    model::{CreateMessage, is_printable_ascii},
+    model::{CreateMessage, Message, is_printable_ascii},
 };
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
@@ -21,13 +21,24 @@ use crate::{
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+#[derive(Serialize)]
+pub struct MessageBody {
+    pub message: Message,
+}
+
+#[derive(Serialize)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
 /// `GET /v1/channels/{id}/messages`: newest first, or oldest first after an `after` cursor.
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     query: QueryParams,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessagePage>, ApiError> {
     let mut errors = FieldErrors::default();
     let limit = query.int("limit", 1, 100, &mut errors).unwrap_or(50);
     let before = query.int("before", 1, i64::MAX, &mut errors);
@@ -49,7 +60,7 @@ pub async fn list(
     }
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
-    Ok(Json(json!({"messages": messages, "has_more": has_more})))
+    Ok(Json(MessagePage { messages, has_more }))
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
@@ -60,7 +71,7 @@ pub async fn create(
     ChannelId(channel_id): ChannelId,
     headers: HeaderMap,
     ValidatedJson(new): ValidatedJson<CreateMessage>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let stored = db::insert(
         &state.db,
@@ -72,18 +83,20 @@ pub async fn create(
     )
     .await?;
     if let Some(message) = stored {
-        return Ok((StatusCode::CREATED, Json(json!({"message": message}))));
+        return Ok((StatusCode::CREATED, Json(MessageBody { message })));
     }
 
     // Nothing stored: an earlier request with this key, or a missing or archived channel.
     if let Some(key) = idempotency_key {
         if let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await? {
-            return Ok((StatusCode::OK, Json(json!({"message": original}))));
+            return Ok((StatusCode::OK, Json(MessageBody { message: original })));
         }
     }
     match channel_state(&state.db, channel_id).await? {
         None => Err(ApiError::NotFound),
-        Some(ChannelState::Archived | ChannelState::Active) => Err(ApiError::ChannelArchived),
+        Some(ChannelState::Archived) => Err(ApiError::ChannelArchived),
+        // Archived when the insert ran, unarchived since: the post was refused as archived.
+        Some(ChannelState::Active) => Err(ApiError::ChannelArchived),
     }
 }
 

@@ -12,6 +12,7 @@ pub struct Message {
     pub content: String,
     pub sender_type: String,
     pub pod_key: Option<String>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
 

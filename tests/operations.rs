@@ -1,0 +1,346 @@
+//! Operating channeld: probes, outages and recovery, request ids, error envelopes for whatever a
+//! route does not handle, and the real binary (key CLI, JSON logs, SIGTERM).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use channeld::auth::Scope;
+use common::{DbProxy, TestApp, assert_error, call};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+#[sqlx::test]
+async fn healthz_and_readyz_answer_when_all_is_well(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(common::json_body(response).await, json!({"status": status}));
+    }
+}
+
+#[sqlx::test]
+async fn a_database_outage_answers_503_and_recovers_by_itself(db: PgPool) {
+    let options = (*db.connect_options()).clone();
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let proxy = DbProxy::start(target.parse().expect("tcp database address")).await;
+    let server_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(options.host("127.0.0.1").port(proxy.addr.port()));
+    let app = TestApp::spawn_with(db, server_pool).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "survives").await;
+
+    proxy.cut();
+    let (status, body) = call(app.http.get(format!("{}/readyz", app.base))).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, body) = app.get("/v1/channels", &key).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{channel}/messages"),
+            &key,
+            json!({"content": "x"}),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let (status, _) = call(app.http.get(format!("{}/healthz", app.base))).await;
+    assert_eq!(status, StatusCode::OK, "the process stays up");
+
+    proxy.restore();
+    let mut ready = false;
+    for _ in 0..50 {
+        let (status, _) = call(app.http.get(format!("{}/readyz", app.base))).await;
+        if status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "readyz recovers once the database is back");
+    let (status, body) = app.get(&format!("/v1/channels/{channel}"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["channel"]["name"], "survives",
+        "nothing stored was lost"
+    );
+}
+
+#[sqlx::test]
+async fn every_response_carries_a_request_id(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&[Scope::ChannelsRead]).await;
+    let response = app
+        .request(Method::GET, "/v1/channels", &key)
+        .send()
+        .await
+        .unwrap();
+    let generated = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+
+    let response = app
+        .request(Method::GET, "/v1/nowhere", &key)
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "trace-me-123",
+        "a caller's id is kept"
+    );
+}
+
+#[sqlx::test]
+async fn unknown_routes_and_methods_answer_in_the_envelope(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let response = app
+        .request(Method::GET, "/v2/channels", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let status = response.status();
+    assert_error(
+        status,
+        &common::json_body(response).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    let (status, body) = call(app.request(Method::DELETE, "/v1/channels", &key)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[sqlx::test]
+async fn bodies_over_one_mebibyte_are_413(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let huge = json!({"name": "big", "document": "x".repeat(1024 * 1024)});
+    let (status, body) = app.post("/v1/channels", &key, huge).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+    let (_, listed) = app.get("/v1/channels", &key).await;
+    assert_eq!(listed["total"], 0);
+}
+
+/// A `DATABASE_URL` for the binary, naming this test's database.
+fn database_url(db: &PgPool) -> String {
+    let options = db.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().expect("database name"),
+    )
+}
+
+fn channeld(db: &PgPool, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(args)
+        .env("DATABASE_URL", database_url(db))
+        .output()
+        .expect("run channeld")
+}
+
+#[sqlx::test]
+async fn the_key_cli_creates_lists_and_revokes(db: PgPool) {
+    let created = channeld(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "cli test",
+            "--scopes",
+            "channels:read",
+            "--quiet",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("sk_live_"), "{secret}");
+    let key_id = format!("sk_id_{}", &secret[8..24]);
+
+    let app = TestApp::spawn(db.clone()).await;
+    let (status, _) = app.get("/v1/channels", &secret).await;
+    assert_eq!(status, StatusCode::OK, "the printed secret works");
+
+    let listed = channeld(&db, &["keys", "list"]);
+    let listing = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listing.contains(&key_id) && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&secret[25..]),
+        "list never shows a secret"
+    );
+
+    let revoked = channeld(&db, &["keys", "revoke", &key_id]);
+    assert!(revoked.status.success());
+    let (status, _) = app.get("/v1/channels", &secret).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked key stops working at once"
+    );
+    assert!(
+        String::from_utf8(channeld(&db, &["keys", "list"]).stdout)
+            .unwrap()
+            .contains("revoked")
+    );
+
+    let unknown = channeld(&db, &["keys", "revoke", "sk_id_nope"]);
+    assert!(!unknown.status.success());
+    let bad_scope = channeld(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--scopes",
+            "channels:delete",
+        ],
+    );
+    assert!(!bad_scope.status.success());
+    assert!(String::from_utf8_lossy(&bad_scope.stderr).contains("unknown scope"));
+
+    let verbose = channeld(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "full",
+            "--scopes",
+            "publish,subscribe",
+            "--channel-pattern",
+            "app_abc/**",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    let text = String::from_utf8(verbose.stdout).unwrap();
+    assert!(
+        text.contains("sk_live_") && text.contains("sk_secret_") && text.contains("app_abc/**"),
+        "{text}"
+    );
+}
+
+#[sqlx::test]
+async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm(db: PgPool) {
+    let created = channeld(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "srv",
+            "--scopes",
+            "channels:read",
+            "--quiet",
+        ],
+    );
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("DATABASE_URL", database_url(&db))
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("server exited early").unwrap();
+        let event: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if event["message"] == "channeld listening" {
+            break event["address"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}/v1/channels?token=do-not-log-me"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let logged: Vec<String> = lines.map_while(Result::ok).collect();
+    let request_line = logged
+        .iter()
+        .find(|line| line.contains(&request_id))
+        .unwrap_or_else(|| panic!("no log line for {request_id}: {logged:#?}"));
+    let event: Value = serde_json::from_str(request_line).unwrap();
+    assert_eq!(event["span"]["status"], 200, "{event}");
+    assert_eq!(event["span"]["path"], "/v1/channels");
+    assert_eq!(event["span"]["method"], "GET");
+    for line in &logged {
+        assert!(
+            !line.contains("do-not-log-me") && !line.contains(&secret[8..]),
+            "secret leaked: {line}"
+        );
+    }
+}
