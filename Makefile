@@ -11,7 +11,7 @@ BIN := target/debug/channeld
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 run: build
 	@url=$$(scripts/dev-db.sh channeld) && \
-	  DATABASE_URL=$$url CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
+	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
 ## Bootstrap PostgreSQL if needed, then run the whole test suite against it.
 test:
@@ -23,20 +23,24 @@ build:
 
 ## Print a new API key for the `make run` database: export KEY=$(make key)
 ## (choose with SCOPES=publish,subscribe NAME=my-agent)
-SCOPES ?= channels:read,channels:write
+SCOPES ?= channels:read,channels:write,publish,subscribe,presence,send
 NAME ?= quickstart
 key: build
 	@url=$$(scripts/dev-db.sh channeld) && \
 	  DATABASE_URL=$$url $(BIN) migrate --log-format text 2>/dev/null && \
-	  DATABASE_URL=$$url $(BIN) keys create --name "$(NAME)" --scopes "$(SCOPES)" --quiet
+	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) \
+	  $(BIN) keys create --name "$(NAME)" --scopes "$(SCOPES)" --quiet
 
 migrate: build
 	@url=$$(scripts/dev-db.sh channeld) && DATABASE_URL=$$url $(BIN) migrate
 
-## Regenerate .sqlx/ after changing a query (needs a database; uses a scratch one).
-prepare: build
-	@url=$$(scripts/dev-db.sh channeld_sqlx) && \
-	  DATABASE_URL=$$url $(BIN) migrate && \
+## Regenerate .sqlx/ after changing a query. The scratch database it checks queries against is
+## built with psql from migrations/ (the binary cannot migrate it while .sqlx/ is stale); it only
+## serves compile-time checks and is never touched by the migrator.
+prepare:
+	@admin=$$(scripts/dev-db.sh postgres) && url=$$(scripts/dev-db.sh channeld_sqlx) && \
+	  psql -q "$$admin" -c 'DROP DATABASE IF EXISTS channeld_sqlx' -c 'CREATE DATABASE channeld_sqlx' && \
+	  for f in migrations/*.sql; do psql -q "$$url" -v ON_ERROR_STOP=1 -f "$$f" >/dev/null || exit 1; done && \
 	  rm -rf .sqlx && mkdir .sqlx && touch src/lib.rs && \
 	  SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$$url $(CARGO) check --quiet --all-targets && \
 	  echo "wrote $$(ls .sqlx | wc -l) query files to .sqlx/"

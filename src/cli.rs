@@ -2,32 +2,58 @@
 
 use std::io::Write;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
-    auth::{NewKey, Scope, create_key, list_keys, revoke_key},
+    auth::{
+        MasterKey, NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, list_keys,
+        list_publishable_keys, revoke_key, revoke_publishable_key,
+    },
     config::{CreateKeyArgs, KeysCommand},
 };
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-pub async fn run_keys(db: &PgPool, command: KeysCommand, out: &mut impl Write) -> CliResult {
+pub async fn run_keys(
+    db: &PgPool,
+    master_key: Option<&MasterKey>,
+    command: KeysCommand,
+    out: &mut impl Write,
+) -> CliResult {
     match command {
-        KeysCommand::Create(args) => create(db, args, out).await,
+        KeysCommand::Create(args) if args.publishable => create_publishable(db, args, out).await,
+        KeysCommand::Create(args) => {
+            let master_key = master_key.ok_or(
+                "CHANNELD_MASTER_KEY (or --master-key) is required to create a secret key: \
+                 it encrypts the secret that signs tokens",
+            )?;
+            create(db, master_key, args, out).await
+        }
         KeysCommand::List => list(db, out).await,
         KeysCommand::Revoke { key_id } => {
-            if revoke_key(db, &key_id).await? {
-                writeln!(out, "revoked {key_id}")?;
-                Ok(())
+            let revoked = if key_id.starts_with("pk_live_") {
+                revoke_publishable_key(db, &key_id).await?
             } else {
-                Err(format!("no key with id `{key_id}`").into())
+                revoke_key(db, &key_id).await?
+            };
+            if !revoked {
+                return Err(format!("no key with id `{key_id}`").into());
             }
+            writeln!(out, "revoked {key_id}")?;
+            Ok(())
         }
     }
 }
 
-async fn create(db: &PgPool, args: CreateKeyArgs, out: &mut impl Write) -> CliResult {
+/// What both kinds of key share: a name, scopes, patterns and an optional lifetime.
+struct Checked {
+    name: String,
+    scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+fn check(args: &CreateKeyArgs) -> Result<Checked, Box<dyn std::error::Error + Send + Sync>> {
     let name = args.name.trim().to_owned();
     if !(1..=100).contains(&name.chars().count()) {
         return Err("--name must be 1-100 characters".into());
@@ -51,13 +77,27 @@ async fn create(db: &PgPool, args: CreateKeyArgs, out: &mut impl Write) -> CliRe
         Some(lifetime) => Some(Utc::now() + chrono::Duration::from_std(lifetime)?),
         None => None,
     };
-    let new = NewKey {
+    Ok(Checked {
         name,
         scopes,
-        channel_patterns: args.channel_patterns,
         expires_at,
+    })
+}
+
+async fn create(
+    db: &PgPool,
+    master_key: &MasterKey,
+    args: CreateKeyArgs,
+    out: &mut impl Write,
+) -> CliResult {
+    let checked = check(&args)?;
+    let new = NewKey {
+        name: checked.name,
+        scopes: checked.scopes,
+        channel_patterns: args.channel_patterns,
+        expires_at: checked.expires_at,
     };
-    let (generated, stored) = create_key(db, &new).await?;
+    let (generated, stored) = create_key(db, &new, master_key).await?;
     if args.quiet {
         writeln!(out, "{}", generated.live_form())?;
         return Ok(());
@@ -69,13 +109,7 @@ async fn create(db: &PgPool, args: CreateKeyArgs, out: &mut impl Write) -> CliRe
         "  channel patterns: {}",
         stored.channel_patterns.join(", ")
     )?;
-    writeln!(
-        out,
-        "  expires:          {}",
-        stored
-            .expires_at
-            .map_or("never".to_owned(), |at| at.to_rfc3339())
-    )?;
+    writeln!(out, "  expires:          {}", expiry(stored.expires_at))?;
     writeln!(out)?;
     writeln!(out, "Secret, shown only now:")?;
     writeln!(out, "  {}", generated.live_form())?;
@@ -84,34 +118,93 @@ async fn create(db: &PgPool, args: CreateKeyArgs, out: &mut impl Write) -> CliRe
     Ok(())
 }
 
-async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
-    let keys = list_keys(db).await?;
-    let now = Utc::now();
+async fn create_publishable(db: &PgPool, args: CreateKeyArgs, out: &mut impl Write) -> CliResult {
+    let checked = check(&args)?;
+    if let Some(scope) = checked.scopes.iter().find(|s| !s.is_realtime()) {
+        return Err(format!(
+            "a publishable key may only hold publish, subscribe, presence and send (not {scope})"
+        )
+        .into());
+    }
+    if args.allowed_origins.is_empty() {
+        return Err(
+            "a publishable key needs at least one --allowed-origin (`*` allows any)".into(),
+        );
+    }
+    let new = NewPublishableKey {
+        name: checked.name,
+        actions: checked.scopes,
+        channel_patterns: args.channel_patterns,
+        allowed_origins: args.allowed_origins,
+        expires_at: checked.expires_at,
+    };
+    let stored = create_publishable_key(db, &new).await?;
+    if args.quiet {
+        writeln!(out, "{}", stored.key)?;
+        return Ok(());
+    }
     writeln!(
         out,
-        "{:<22}  {:<20}  {:<8}  {:<25}  {:<30}  CHANNEL PATTERNS",
-        "KEY ID", "NAME", "STATUS", "EXPIRES", "SCOPES"
+        "Created publishable key {} ({})",
+        stored.key, stored.name
     )?;
-    for key in keys {
-        let status = if key.revoked_at.is_some() {
-            "revoked"
-        } else if key.is_active(now) {
-            "active"
-        } else {
-            "expired"
-        };
+    writeln!(out, "  actions:          {}", stored.actions.join(", "))?;
+    writeln!(
+        out,
+        "  channel patterns: {}",
+        stored.channel_patterns.join(", ")
+    )?;
+    writeln!(
+        out,
+        "  allowed origins:  {}",
+        stored.allowed_origins.join(", ")
+    )?;
+    writeln!(out, "  expires:          {}", expiry(stored.expires_at))?;
+    Ok(())
+}
+
+async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
+    let now = Utc::now();
+    let status = |revoked: bool, active: bool| match (revoked, active) {
+        (true, _) => "revoked",
+        (false, true) => "active",
+        (false, false) => "expired",
+    };
+    writeln!(
+        out,
+        "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  CHANNEL PATTERNS",
+        "KEY", "NAME", "STATUS", "EXPIRES", "SCOPES"
+    )?;
+    for key in list_keys(db).await? {
         writeln!(
             out,
-            "{:<22}  {:<20}  {:<8}  {:<25}  {:<30}  {}",
+            "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  {}",
             key.key_id,
             key.name,
-            status,
-            key.expires_at.map_or("never".to_owned(), |at| at
-                .format("%Y-%m-%dT%H:%M:%SZ")
-                .to_string()),
+            status(key.revoked_at.is_some(), key.is_active(now)),
+            expiry(key.expires_at),
             key.scopes.join(","),
             key.channel_patterns.join(","),
         )?;
     }
+    for key in list_publishable_keys(db).await? {
+        writeln!(
+            out,
+            "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  {}  (origins: {})",
+            key.key,
+            key.name,
+            status(key.revoked_at.is_some(), key.is_active(now)),
+            expiry(key.expires_at),
+            key.actions.join(","),
+            key.channel_patterns.join(","),
+            key.allowed_origins.join(","),
+        )?;
+    }
     Ok(())
+}
+
+fn expiry(at: Option<DateTime<Utc>>) -> String {
+    at.map_or("never".to_owned(), |at| {
+        at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    })
 }

@@ -7,6 +7,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::MasterKey;
+
 /// channeld: collaboration channels with persistent history and live delivery.
 #[derive(Debug, Parser)]
 #[command(name = "channeld", version, about, long_about = None)]
@@ -29,6 +31,9 @@ pub enum Command {
     Keys {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// Master key that encrypts key secrets at rest (64 hex characters); needed to create secret keys.
+        #[arg(long, env = "CHANNELD_MASTER_KEY", hide_env_values = true)]
+        master_key: Option<MasterKey>,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -76,6 +81,94 @@ pub struct ServeArgs {
     /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, env = "CHANNELD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Master key that encrypts key secrets at rest (64 hex characters, e.g. `openssl rand -hex 32`).
+    #[arg(long, env = "CHANNELD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: MasterKey,
+
+    #[command(flatten)]
+    pub realtime: RealtimeConfig,
+}
+
+/// WebSocket limits and timers.
+#[derive(Debug, Clone, Args)]
+pub struct RealtimeConfig {
+    /// Interval between server pings on each WebSocket.
+    #[arg(long = "ws-ping-interval", env = "CHANNELD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A WebSocket silent for this long (no frame, no pong) is dropped.
+    #[arg(long = "ws-idle-timeout", env = "CHANNELD_WS_IDLE_TIMEOUT", default_value = "40s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest inbound WebSocket frame in bytes (larger: close 1009).
+    #[arg(long = "ws-max-frame-bytes", env = "CHANNELD_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Subscriptions one connection may hold.
+    #[arg(
+        long = "ws-max-subscriptions",
+        env = "CHANNELD_WS_MAX_SUBSCRIPTIONS",
+        default_value_t = 100
+    )]
+    pub max_subscriptions: usize,
+
+    /// Sustained inbound frames per second per connection (beyond the burst: close 4011).
+    #[arg(
+        long = "ws-frame-rate",
+        env = "CHANNELD_WS_FRAME_RATE",
+        default_value_t = 100
+    )]
+    pub frame_rate: u32,
+
+    /// Inbound frames a connection may send in a burst.
+    #[arg(
+        long = "ws-frame-burst",
+        env = "CHANNELD_WS_FRAME_BURST",
+        default_value_t = 200
+    )]
+    pub frame_burst: u32,
+
+    /// WebSocket connects allowed per source IP per window (beyond: HTTP 429).
+    #[arg(
+        long = "ws-connects-per-ip",
+        env = "CHANNELD_WS_CONNECTS_PER_IP",
+        default_value_t = 60
+    )]
+    pub connects_per_ip: u32,
+
+    /// The window of --ws-connects-per-ip.
+    #[arg(long = "ws-connect-window", env = "CHANNELD_WS_CONNECT_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub connect_window: Duration,
+
+    /// Frames queued for one connection before it counts as a slow consumer and is dropped.
+    #[arg(
+        long = "ws-outbound-queue",
+        env = "CHANNELD_WS_OUTBOUND_QUEUE",
+        default_value_t = 4096
+    )]
+    pub outbound_queue: usize,
+
+    /// How often connections are checked against revoked or expired keys.
+    #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub key_check_interval: Duration,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(40),
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 100,
+            frame_rate: 100,
+            frame_burst: 200,
+            connects_per_ip: 60,
+            connect_window: Duration::from_secs(60),
+            outbound_queue: 4096,
+            key_check_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,21 +202,34 @@ pub struct CreateKeyArgs {
     #[arg(long, value_parser = parse_duration)]
     pub expires_in: Option<Duration>,
 
-    /// Print only the single-string secret (sk_live_…), for scripts.
+    /// Print only the single-string secret (sk_live_…, or pk_live_…), for scripts.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Create a publishable key (pk_live_…): a browser-safe WebSocket credential.
+    #[arg(long)]
+    pub publishable: bool,
+
+    /// Origin allowed to use a publishable key, e.g. https://app.example.com (`*` for any); repeatable.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Settings the running server consults per request.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub max_body_bytes: usize,
+    pub master_key: MasterKey,
+    pub realtime: RealtimeConfig,
 }
 
 impl Default for Config {
+    /// Defaults with a freshly generated master key, for tests and embedding.
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            master_key: MasterKey::generate(),
+            realtime: RealtimeConfig::default(),
         }
     }
 }
@@ -132,6 +238,8 @@ impl From<&ServeArgs> for Config {
     fn from(args: &ServeArgs) -> Self {
         Self {
             max_body_bytes: args.max_body_bytes,
+            master_key: args.master_key.clone(),
+            realtime: args.realtime.clone(),
         }
     }
 }

@@ -64,6 +64,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("this key lacks a required scope")]
     InsufficientScope { required: Vec<Scope> },
+    #[error("this credential does not permit `{0}`")]
+    ActionNotPermitted(Scope),
+    #[error("the channel is outside this credential's channel patterns")]
+    ChannelNotAuthorized,
+    #[error("channel names starting with _metered/, _internal/ or _system/ are reserved")]
+    ChannelReserved,
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -105,7 +113,11 @@ impl ApiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. }
+            | Self::ActionNotPermitted(_)
+            | Self::ChannelNotAuthorized => StatusCode::FORBIDDEN,
+            Self::ChannelReserved => StatusCode::BAD_REQUEST,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ChannelNameTaken | Self::ChannelArchived => StatusCode::CONFLICT,
@@ -119,6 +131,10 @@ impl ApiError {
             Self::InvalidRequest { .. } | Self::PayloadTooLarge(_) => "invalid_request",
             Self::Unauthorized => "unauthorized",
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::ActionNotPermitted(_) => "action_not_permitted",
+            Self::ChannelNotAuthorized => "channel_not_authorized",
+            Self::ChannelReserved => "channel_reserved",
+            Self::RateLimited { .. } => "rate_limited",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ChannelNameTaken => "channel_name_taken",
@@ -161,10 +177,18 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, Self::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
         }
         response
     }
@@ -225,6 +249,28 @@ mod tests {
                 },
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
+            ),
+            (
+                ApiError::ActionNotPermitted(Scope::Publish),
+                StatusCode::FORBIDDEN,
+                "action_not_permitted",
+            ),
+            (
+                ApiError::ChannelNotAuthorized,
+                StatusCode::FORBIDDEN,
+                "channel_not_authorized",
+            ),
+            (
+                ApiError::ChannelReserved,
+                StatusCode::BAD_REQUEST,
+                "channel_reserved",
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 3,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
             ),
             (ApiError::NotFound, StatusCode::NOT_FOUND, "not_found"),
             (

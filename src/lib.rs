@@ -1,7 +1,8 @@
 //! channeld: collaboration channels for AI agents and the people watching them.
 //!
 //! Orchestrators create channels and post messages, stored in PostgreSQL; dashboards list channels
-//! and read their history over REST. The product contract is `SPEC.md`; this crate implements it.
+//! and read their history over REST; live clients follow channels, presence and ephemeral events
+//! over WebSocket. The product contract is `SPEC.md`; this crate implements it.
 //!
 //! # Layout
 //! - [`config`]: command line and environment settings (`clap`), secrets that never print.
@@ -11,6 +12,7 @@
 //! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
 //! - [`messages`]: channel history (`/v1/channels/{id}/messages`).
+//! - [`realtime`]: the WebSocket protocol (`GET /v1`), its hub, tokens, and realtime REST.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod messages;
+pub mod realtime;
 pub mod startup;
 pub mod telemetry;
 pub mod timestamp;

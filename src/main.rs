@@ -29,12 +29,16 @@ async fn run(command: Command) -> cli::CliResult {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Keys { database, command } => {
+        Command::Keys {
+            database,
+            master_key,
+            command,
+        } => {
             let pool = db::pool_options(&database)
                 .max_connections(1)
                 .connect(database.database_url.expose())
                 .await?;
-            cli::run_keys(&pool, command, &mut std::io::stdout()).await
+            cli::run_keys(&pool, master_key.as_ref(), command, &mut std::io::stdout()).await
         }
         Command::Serve(args) => {
             if !args.no_migrate {

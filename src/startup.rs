@@ -18,19 +18,27 @@ use tower_http::{
 };
 use tracing::{Span, field};
 
-use crate::{channels, config::Config, error::ApiError, health, messages};
+use crate::{
+    channels,
+    config::Config,
+    error::ApiError,
+    health, messages,
+    realtime::{self, Realtime},
+};
 
 /// Everything a handler may need, built once and cloned cheaply per request.
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
+    pub realtime: Realtime,
 }
 
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         Self {
             db,
+            realtime: Realtime::new(&config.realtime),
             config: Arc::new(config),
         }
     }
@@ -45,7 +53,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(channels::router())
         .merge(messages::router())
-        .fallback(|| async { ApiError::NotFound })
+        .merge(realtime::router())
+        .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(

@@ -177,10 +177,13 @@ fn database_url(db: &PgPool) -> String {
     )
 }
 
+const MASTER_KEY: &str = "6368616e6e656c642074657374206d6173746572206b65792030303030303030";
+
 fn channeld(db: &PgPool, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_channeld"))
         .args(args)
         .env("DATABASE_URL", database_url(db))
+        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .output()
         .expect("run channeld")
 }
@@ -293,6 +296,7 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
     let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .env("DATABASE_URL", database_url(&db))
+        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()

@@ -95,6 +95,21 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+const PUBLISHABLE_PREFIX: &str = "pk_live_";
+const PUBLISHABLE_LEN: usize = 24;
+
+/// A new publishable key: `pk_live_` + 24 base62 characters.
+pub fn generate_publishable() -> String {
+    format!("{PUBLISHABLE_PREFIX}{}", base62(PUBLISHABLE_LEN))
+}
+
+/// Whether `raw` has the shape of a publishable key.
+pub fn is_publishable(raw: &str) -> bool {
+    raw.strip_prefix(PUBLISHABLE_PREFIX).is_some_and(|rest| {
+        rest.len() == PUBLISHABLE_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 fn secret_digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -130,6 +145,14 @@ mod tests {
         assert_eq!(live.key_id, key.key_id);
         assert!(live.matches(&key.digest()));
         assert!(!live.matches(&GeneratedKey::generate().digest()));
+    }
+
+    #[test]
+    fn publishable_keys_have_their_own_shape() {
+        let pk = generate_publishable();
+        assert!(is_publishable(&pk), "{pk}");
+        assert!(Credential::parse(&pk).is_none(), "never a REST credential");
+        assert!(!is_publishable(&pk[..pk.len() - 1]));
     }
 
     #[test]

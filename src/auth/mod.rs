@@ -1,12 +1,21 @@
-//! API keys: generation and hashing, storage, scopes, and the [`Principal`] extractor that
-//! authenticates every REST request.
+//! API keys: generation and hashing, storage, scopes, the [`Principal`] extractor that
+//! authenticates every REST request, channel patterns, and realtime tokens.
 
 mod db;
 mod keys;
+pub mod patterns;
 mod principal;
 mod scopes;
+mod secrets;
+pub mod tokens;
 
-pub use db::{ApiKey, NewKey, create_key, find_key, list_keys, revoke_key};
-pub use keys::{Credential, GeneratedKey};
-pub use principal::{ChannelsRead, ChannelsWrite, Principal, Scoped};
+pub use db::{
+    ApiKey, NewKey, NewPublishableKey, PublishableKey, create_key, create_publishable_key,
+    find_key, find_publishable_key, inactive_among, list_keys, list_publishable_keys, revoke_key,
+    revoke_publishable_key,
+};
+pub use keys::{Credential, GeneratedKey, is_publishable};
+pub use patterns::Pattern;
+pub use principal::{Admin, ChannelsRead, ChannelsWrite, Principal, Scoped};
 pub use scopes::{Scope, ScopeSet};
+pub use secrets::MasterKey;

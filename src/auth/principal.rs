@@ -9,7 +9,7 @@ use axum::{
 };
 use chrono::Utc;
 
-use super::{Credential, Scope, ScopeSet, find_key};
+use super::{Credential, Pattern, Scope, ScopeSet, find_key};
 use crate::{error::ApiError, startup::AppState};
 
 /// The authenticated caller of a REST request.
@@ -17,17 +17,32 @@ use crate::{error::ApiError, startup::AppState};
 pub struct Principal {
     pub key_id: String,
     pub scopes: ScopeSet,
-    pub channel_patterns: Vec<String>,
+    pub channel_patterns: Vec<Pattern>,
+    /// The key's secret under the master key, for minting tokens.
+    pub secret_encrypted: Option<Vec<u8>>,
 }
 
 impl Principal {
+    /// 403 `insufficient_scope` for a missing REST scope, `action_not_permitted` for a missing
+    /// realtime action.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.contains(scope) {
             Ok(())
+        } else if scope.is_realtime() {
+            Err(ApiError::ActionNotPermitted(scope))
         } else {
             Err(ApiError::InsufficientScope {
                 required: vec![scope],
             })
+        }
+    }
+
+    /// 403 `channel_not_authorized` unless one of the key's patterns matches `channel`.
+    pub fn require_channel(&self, channel: &str) -> Result<(), ApiError> {
+        if super::patterns::any_matches(&self.channel_patterns, channel) {
+            Ok(())
+        } else {
+            Err(ApiError::ChannelNotAuthorized)
         }
     }
 }
@@ -50,7 +65,12 @@ impl FromRequestParts<AppState> for Principal {
         Ok(Self {
             scopes: ScopeSet::from_stored(&key.scopes),
             key_id: key.key_id,
-            channel_patterns: key.channel_patterns,
+            channel_patterns: key
+                .channel_patterns
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect(),
+            secret_encrypted: key.secret_encrypted,
         })
     }
 }
@@ -80,6 +100,11 @@ impl RequiredScope for ChannelsRead {
 pub struct ChannelsWrite;
 impl RequiredScope for ChannelsWrite {
     const SCOPE: Scope = Scope::ChannelsWrite;
+}
+
+pub struct Admin;
+impl RequiredScope for Admin {
+    const SCOPE: Scope = Scope::Admin;
 }
 
 /// A [`Principal`] that holds scope `S`: 401 without a valid key, 403 `insufficient_scope` without `S`.

@@ -36,6 +36,18 @@ impl Scope {
         }
     }
 
+    /// The actions of the realtime surface, as opposed to REST scopes.
+    pub const REALTIME: [Scope; 4] = [
+        Scope::Publish,
+        Scope::Subscribe,
+        Scope::Presence,
+        Scope::Send,
+    ];
+
+    pub fn is_realtime(self) -> bool {
+        Self::REALTIME.contains(&self)
+    }
+
     fn bit(self) -> u8 {
         1 << (self as u8)
     }
@@ -74,6 +86,15 @@ impl ScopeSet {
             other => self.0 & other.bit(),
         };
         granted != 0
+    }
+
+    /// Only the realtime actions of this set.
+    pub fn realtime(self) -> ScopeSet {
+        self.iter().filter(|s| s.is_realtime()).collect()
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(Scope::as_str).collect()
     }
 
     pub fn iter(self) -> impl Iterator<Item = Scope> {

@@ -16,6 +16,7 @@ use crate::{
     channels::{ChannelState, channel_state},
     error::{ApiError, FieldErrors},
     extract::{ChannelId, QueryParams, ValidatedJson},
+    realtime,
     startup::AppState,
 };
 
@@ -83,6 +84,7 @@ pub async fn create(
     )
     .await?;
     if let Some(message) = stored {
+        realtime::publish_stored(&state.realtime.hub, &message);
         return Ok((StatusCode::CREATED, Json(MessageBody { message })));
     }
 

@@ -5,41 +5,72 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use channeld::{
-    auth::{NewKey, Scope, create_key},
+    auth::{NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, tokens},
     config::Config,
     startup::{AppState, serve},
 };
 use chrono::{DateTime, Utc};
+use futures::{SinkExt, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{oneshot, watch},
+    task::JoinHandle,
 };
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 pub struct TestApp {
     pub base: String,
+    pub ws_base: String,
     pub db: PgPool,
     pub http: reqwest::Client,
+    pub config: Config,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestApp {
     /// Serves the app on a free port with `db` as its pool.
     pub async fn spawn(db: PgPool) -> Self {
-        Self::spawn_with(db.clone(), db).await
+        Self::spawn_full(db.clone(), db, Config::default()).await
     }
 
     /// Serves the app with `server_pool`, while the test keeps `db` for set-up and checks.
     pub async fn spawn_with(db: PgPool, server_pool: PgPool) -> Self {
+        Self::spawn_full(db, server_pool, Config::default()).await
+    }
+
+    pub async fn spawn_config(db: PgPool, config: Config) -> Self {
+        Self::spawn_full(db.clone(), db, config).await
+    }
+
+    async fn spawn_full(db: PgPool, server_pool: PgPool, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = AppState::new(server_pool, Config::default());
-        tokio::spawn(serve(listener, state, std::future::pending()));
+        let state = AppState::new(server_pool, config.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
         Self {
             base: format!("http://{addr}"),
+            ws_base: format!("ws://{addr}"),
             db,
             http: reqwest::Client::new(),
+            config,
+            state,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Begins graceful shutdown, as SIGTERM does.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 
@@ -59,8 +90,96 @@ impl TestApp {
             channel_patterns: vec![],
             expires_at,
         };
-        let (generated, _) = create_key(&self.db, &new).await.expect("create key");
+        let (generated, _) = create_key(&self.db, &new, &self.config.master_key)
+            .await
+            .expect("create key");
         generated.live_form()
+    }
+
+    /// A key limited to `patterns`.
+    pub async fn key_with_patterns(&self, scopes: &[Scope], patterns: &[&str]) -> String {
+        let new = NewKey {
+            name: "test".into(),
+            scopes: scopes.to_vec(),
+            channel_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            expires_at: None,
+        };
+        let (generated, _) = create_key(&self.db, &new, &self.config.master_key)
+            .await
+            .expect("create key");
+        generated.live_form()
+    }
+
+    /// A publishable key with these actions, patterns and allowed origins.
+    pub async fn publishable(
+        &self,
+        actions: &[Scope],
+        patterns: &[&str],
+        origins: &[&str],
+    ) -> String {
+        let new = NewPublishableKey {
+            name: "browser".into(),
+            actions: actions.to_vec(),
+            channel_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            expires_at: None,
+        };
+        create_publishable_key(&self.db, &new)
+            .await
+            .expect("create pk")
+            .key
+    }
+
+    /// Mints a token through `POST /v1/tokens`.
+    pub async fn token(&self, key: &str, body: Value) -> String {
+        let (status, response) = self.post("/v1/tokens", key, body).await;
+        assert_eq!(status, StatusCode::OK, "mint token: {response}");
+        response["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Connects with `?<query>` and reads the welcome frame.
+    pub async fn ws(&self, query: &str) -> (Ws, Value) {
+        let mut ws = self
+            .ws_raw(query)
+            .await
+            .unwrap_or_else(|status| panic!("upgrade refused: {status}"));
+        let welcome = ws.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+
+    /// A connected peer: mints a token for `peer` with `extra` claims and connects.
+    pub async fn peer(&self, key: &str, peer: &str, extra: Value) -> Ws {
+        let mut body = json!({"peerId": peer});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let token = self.token(key, body).await;
+        self.ws(&format!("token={token}")).await.0
+    }
+
+    /// Attempts an upgrade; `Err(status)` when the server answers with plain HTTP instead.
+    pub async fn ws_raw(&self, query: &str) -> Result<Ws, u16> {
+        self.ws_request(query, None).await
+    }
+
+    pub async fn ws_request(&self, query: &str, origin: Option<&str>) -> Result<Ws, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}/v1?{query}", self.ws_base)
+            .into_client_request()
+            .unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => Ok(Ws { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(other) => panic!("websocket connect failed: {other}"),
+        }
     }
 
     /// A key that may read and write channels.
@@ -172,5 +291,114 @@ impl DbProxy {
 
     pub fn restore(&self) {
         self.up.send_replace(true);
+    }
+}
+
+/// Splits an `sk_live_` key into its id and secret, as a backend minting tokens locally would.
+pub fn key_parts(live: &str) -> (String, String) {
+    (
+        format!("sk_id_{}", &live[8..24]),
+        format!("sk_secret_{}", &live[25..]),
+    )
+}
+
+/// A token signed locally with the key's secret (no server round trip).
+pub fn local_token(live: &str, claims: &tokens::Claims) -> String {
+    let (id, secret) = key_parts(live);
+    tokens::sign(&id, &secret, claims)
+}
+
+pub fn claims(peer: &str, exp: i64) -> tokens::Claims {
+    tokens::Claims {
+        sub: peer.into(),
+        exp,
+        channels: None,
+        permissions: None,
+        peer_metadata: None,
+        metadata: None,
+    }
+}
+
+/// A WebSocket client speaking the JSON protocol.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Ws {
+    pub async fn send(&mut self, frame: Value) {
+        self.stream
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send frame");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next JSON frame (pings are skipped); panics after 5 s or on close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("stream open")
+                .expect("frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a frame with a requestId and returns the reply (ack, error or pong).
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    /// Subscribes and asserts the ack.
+    pub async fn subscribe(&mut self, channel: &str) {
+        let ack = self
+            .request(json!({"type": "subscribe", "channel": channel, "requestId": "sub"}))
+            .await;
+        assert_eq!(
+            ack,
+            json!({"type": "ack", "requestId": "sub"}),
+            "subscribe {channel}"
+        );
+    }
+
+    /// Reads until the server closes; returns the close code. Text frames before it are skipped.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("closed within 5 s");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+                Some(Ok(Message::Close(None))) | None => return 1005,
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => panic!("socket error before a close frame: {error}"),
+            }
+        }
+    }
+
+    /// Asserts nothing but pings arrives for `duration`.
+    pub async fn silent_for(&mut self, duration: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
     }
 }

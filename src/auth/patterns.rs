@@ -1,0 +1,171 @@
+//! Channel patterns: `*` matches any run of characters except `/`, `**` any run including `/`;
+//! `\*` and `\\` are a literal star and backslash.
+//!
+//! Besides matching a concrete channel name, a pattern can be checked to lie within another
+//! ([`Pattern::covers`]), which is how a token's `channels` are kept inside its key's patterns.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    /// `*`: any run without `/`.
+    Star,
+    /// `**`: any run.
+    DoubleStar,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Self {
+        let mut tokens = Vec::new();
+        let mut chars = source.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.peek() {
+                    Some(&next @ ('*' | '\\')) => {
+                        chars.next();
+                        tokens.push(Token::Literal(next));
+                    }
+                    _ => tokens.push(Token::Literal('\\')),
+                },
+                '*' => {
+                    let mut run = 1;
+                    while chars.peek() == Some(&'*') {
+                        chars.next();
+                        run += 1;
+                    }
+                    tokens.push(if run == 1 {
+                        Token::Star
+                    } else {
+                        Token::DoubleStar
+                    });
+                }
+                other => tokens.push(Token::Literal(other)),
+            }
+        }
+        Self {
+            source: source.to_owned(),
+            tokens,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the concrete channel `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let subject: Vec<Token> = name.chars().map(Token::Literal).collect();
+        self.matches_tokens(&subject)
+    }
+
+    /// Whether every name `other` matches is matched by `self` too. Sound (never claims
+    /// containment that does not hold) and exact for the patterns people write.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        self.matches_tokens(&other.tokens)
+    }
+
+    /// Dynamic programming over (pattern position, subject position). A subject token may itself
+    /// be a wildcard: `*` is consumed by `*` or `**`, and `**` only by `**`.
+    fn matches_tokens(&self, subject: &[Token]) -> bool {
+        let (p, s) = (&self.tokens, subject);
+        // row[j]: does p[i..] match s[j..]? Computed from the last pattern token backwards.
+        let mut next = vec![false; s.len() + 1];
+        next[s.len()] = true;
+        for i in (0..p.len()).rev() {
+            let mut row = vec![false; s.len() + 1];
+            for j in (0..=s.len()).rev() {
+                row[j] = match p[i] {
+                    Token::Literal(c) => j < s.len() && s[j] == Token::Literal(c) && next[j + 1],
+                    Token::Star => {
+                        next[j]
+                            || (j < s.len()
+                                && matches!(s[j], Token::Literal(c) if c != '/' )
+                                && row[j + 1])
+                            || (j < s.len() && s[j] == Token::Star && row[j + 1])
+                    }
+                    Token::DoubleStar => next[j] || (j < s.len() && row[j + 1]),
+                };
+            }
+            next = row;
+        }
+        next[0]
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.source)
+    }
+}
+
+/// Whether any of `patterns` matches `name`.
+pub fn any_matches(patterns: &[Pattern], name: &str) -> bool {
+    patterns.iter().any(|p| p.matches(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_star_stops_at_slashes_and_double_star_crosses_them() {
+        let cases = [
+            ("app_abc/*", "app_abc/room-1", true),
+            ("app_abc/*", "app_abc/a/b", false),
+            ("app_abc/*", "app_abc/", true),
+            ("app_abc/**", "app_abc/room-1", true),
+            ("app_abc/**", "app_abc/a/b", true),
+            ("app_abc/**", "app_xyz/a", false),
+            ("room-*", "room-42", true),
+            ("room-*", "room-4/2", false),
+            ("**", "anything/at/all", true),
+            ("*", "no-slash", true),
+            ("*", "a/b", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            (r"lit\*", "lit*", true),
+            (r"lit\*", "literal", false),
+            (r"back\\slash", r"back\slash", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(
+                Pattern::new(pattern).matches(name),
+                expected,
+                "{pattern} ~ {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn covers_admits_only_narrower_patterns() {
+        let cases = [
+            ("app_abc/**", "app_abc/*", true),
+            ("app_abc/**", "app_abc/room-1", true),
+            ("app_abc/**", "app_abc/**", true),
+            ("app_abc/*", "app_abc/room-*", true),
+            ("app_abc/*", "app_abc/**", false),
+            ("app_abc/*", "app_abc/*/x", false),
+            ("app_abc/*", "app_xyz/*", false),
+            ("**", "**", true),
+            ("room-1", "room-*", false),
+            (r"lit\*", r"lit\*", true),
+            (r"lit\*", "lit*", false),
+        ];
+        for (outer, inner, expected) in cases {
+            assert_eq!(
+                Pattern::new(outer).covers(&Pattern::new(inner)),
+                expected,
+                "{outer} ⊇ {inner}"
+            );
+        }
+    }
+}

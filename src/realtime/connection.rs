@@ -1,0 +1,461 @@
+//! One task per WebSocket: authenticate before the upgrade, then `select!` over inbound frames,
+//! the outbound queue, the close signal, heartbeats, token expiry and server shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        ConnectInfo, State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{
+    hub::{CloseSignal, ConnId, Hub, Member, SubscribeError},
+    limits::FrameBucket,
+    names::{ChannelKind, NameError, channel_kind, is_peer_id},
+    protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
+    session::{Session, authenticate},
+};
+use crate::{
+    auth::Scope,
+    channels::{ChannelState, channel_state},
+    error::ApiError,
+    extract::QueryParams,
+    startup::AppState,
+};
+
+/// How long before a token's `exp` its connection is closed with 4002.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
+/// Outbound frames written per socket flush.
+const WRITE_BATCH: usize = 64;
+
+/// `GET /v1`: the WebSocket endpoint. Limits and credentials are checked before the upgrade, so
+/// failures are plain HTTP answers (429, 401).
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: QueryParams,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(retry_after_secs) = state.realtime.connects.check(remote.ip()) {
+        return ApiError::RateLimited { retry_after_secs }.into_response();
+    }
+    let Ok(ws) = ws else {
+        return ApiError::invalid("GET /v1 expects a WebSocket upgrade").into_response();
+    };
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let session = match authenticate(&state, query.get("token"), query.get("key"), origin).await {
+        Ok(session) => session,
+        Err(error) => return error.into_response(),
+    };
+    let limits = &state.config.realtime;
+    ws.max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| run(socket, state, session))
+}
+
+struct Connection {
+    state: AppState,
+    hub: Hub,
+    session: Session,
+    conn: ConnId,
+    sink: SplitSink<WebSocket, Message>,
+}
+
+/// What ends a connection's loop.
+enum End {
+    /// The client went away or the socket failed: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+async fn run(socket: WebSocket, state: AppState, session: Session) {
+    let limits = state.config.realtime.clone();
+    let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
+    let signal = Arc::new(CloseSignal::default());
+    let hub = state.realtime.hub.clone();
+    let conn = hub.register(Member {
+        peer_id: session.peer_id.clone(),
+        key_id: session.key_id.clone(),
+        presence: session.permissions.contains(Scope::Presence),
+        peer_metadata: session.peer_metadata.clone(),
+        tx,
+        signal: signal.clone(),
+    });
+    let mut shutdown = state.realtime.shutdown.subscribe();
+    // A connection accepted while shutdown began must still hear about it.
+    shutdown.mark_changed();
+    let (sink, mut stream) = socket.split();
+    let mut connection = Connection {
+        state,
+        hub: hub.clone(),
+        session,
+        conn,
+        sink,
+    };
+
+    let welcome = ServerFrame::Welcome {
+        peer_id: &connection.session.peer_id,
+        expires_at: connection.session.expires_at,
+        server_time: Utc::now().timestamp(),
+        max_message_size: limits.max_frame_bytes,
+        metadata: connection.session.metadata.as_deref(),
+    }
+    .encode();
+    let mut end = match connection.sink.send(Message::Text(welcome)).await {
+        Ok(()) => None,
+        Err(_) => Some(End::Gone),
+    };
+
+    let mut bucket = FrameBucket::new(limits.frame_rate, limits.frame_burst);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let expiry = tokio::time::sleep(connection.time_to_expiry());
+    tokio::pin!(expiry);
+
+    while end.is_none() {
+        end = tokio::select! {
+            code = signal.closed() => Some(End::Close(code, close_reason(code))),
+            _ = shutdown.changed() => {
+                let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
+                let _ = connection.sink.send(Message::Text(frame)).await;
+                Some(End::Close(close::GOING_AWAY, "server shutting down"))
+            }
+            received = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 { Some(End::Gone) } else { connection.write_batch(&mut batch).await }
+            }
+            inbound = stream.next() => {
+                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
+                match inbound {
+                    None | Some(Ok(Message::Close(_))) => Some(End::Gone),
+                    Some(Err(error)) => Some(read_error(error)),
+                    Some(Ok(Message::Text(text))) => {
+                        if bucket.take() { connection.handle(&text).await } else {
+                            Some(End::Close(close::RATE_LIMITED, "over the message rate"))
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if bucket.take() {
+                            connection.error(ErrorCode::MalformedMessage, "frames must be JSON text", None).await
+                        } else {
+                            Some(End::Close(close::RATE_LIMITED, "over the message rate"))
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                }
+            }
+            _ = ping.tick() => connection.send(Message::Ping(Default::default())).await,
+            () = &mut idle => Some(End::Gone),
+            () = &mut expiry => Some(End::Close(close::TOKEN_EXPIRED, "token expired")),
+        };
+    }
+
+    hub.unregister(conn);
+    if let Some(End::Close(code, reason)) = end {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = connection.sink.send(Message::Close(Some(frame))).await;
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::KICKED => "kicked",
+        close::INVALID_TOKEN => "credential revoked",
+        close::POLICY => "slow consumer",
+        _ => "closed",
+    }
+}
+
+/// Oversized frames close with 1009; any other read failure means the client is gone.
+fn read_error(error: axum::Error) -> End {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(close::TOO_BIG, "frame too big"),
+        _ => End::Gone,
+    }
+}
+
+impl Connection {
+    fn time_to_expiry(&self) -> Duration {
+        let Some(exp) = self.session.expires_at else {
+            return Duration::from_secs(100 * 365 * 86_400);
+        };
+        let remaining_ms = exp.saturating_mul(1000) - Utc::now().timestamp_millis();
+        Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0))
+            .saturating_sub(EXPIRY_MARGIN)
+    }
+
+    async fn send(&mut self, message: Message) -> Option<End> {
+        self.sink.send(message).await.err().map(|_| End::Gone)
+    }
+
+    /// Writes queued frames with one flush for the whole batch.
+    async fn write_batch(&mut self, batch: &mut Vec<Utf8Bytes>) -> Option<End> {
+        for frame in batch.drain(..) {
+            if self.sink.feed(Message::Text(frame)).await.is_err() {
+                return Some(End::Gone);
+            }
+        }
+        self.sink.flush().await.err().map(|_| End::Gone)
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        request_id: Option<&str>,
+    ) -> Option<End> {
+        let frame = ServerFrame::Error {
+            code,
+            message,
+            request_id,
+        }
+        .encode();
+        self.send(Message::Text(frame)).await
+    }
+
+    /// Acks a frame that carried a `requestId`; frames without one get no ack.
+    async fn ack(&mut self, request_id: Option<&str>) -> Option<End> {
+        match request_id {
+            Some(request_id) => {
+                let frame = ServerFrame::Ack {
+                    request_id,
+                    recovered: None,
+                }
+                .encode();
+                self.send(Message::Text(frame)).await
+            }
+            None => None,
+        }
+    }
+
+    /// Handles one client frame. Every failure is an `error` frame; the connection stays open.
+    async fn handle(&mut self, text: &str) -> Option<End> {
+        let frame = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(malformed) => {
+                let id = malformed.request_id;
+                return self
+                    .error(
+                        ErrorCode::MalformedMessage,
+                        "frames must be JSON objects with a string `type`",
+                        id.as_deref(),
+                    )
+                    .await;
+            }
+        };
+        let request_id = frame.request_id.clone();
+        let outcome = match frame.kind.as_deref() {
+            Some("subscribe") => self.subscribe(&frame).await,
+            Some("unsubscribe") => self.unsubscribe(&frame),
+            Some("publish") => self.publish(&frame).await,
+            Some("send") => self.send_direct(&frame),
+            Some("ping") => {
+                let frame = ServerFrame::Pong {
+                    request_id: request_id.as_deref(),
+                }
+                .encode();
+                return self.send(Message::Text(frame)).await;
+            }
+            Some(_) => Err((ErrorCode::UnknownType, "unknown frame type".to_owned())),
+            None => Err((ErrorCode::MalformedMessage, "`type` is required".to_owned())),
+        };
+        match outcome {
+            Ok(extra) => {
+                if let Some(end) = self.ack(request_id.as_deref()).await {
+                    return Some(end);
+                }
+                match extra {
+                    Some(frame) => self.send(Message::Text(frame)).await,
+                    None => None,
+                }
+            }
+            Err((code, message)) => self.error(code, &message, request_id.as_deref()).await,
+        }
+    }
+
+    fn require(&self, action: Scope) -> Result<(), Failure> {
+        if self.session.permissions.contains(action) {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::ActionNotPermitted,
+                format!("this connection may not {action}"),
+            ))
+        }
+    }
+
+    /// Validates a channel named in a frame and checks it against the session's patterns.
+    fn channel<'f>(&self, frame: &'f ClientFrame) -> Result<(&'f str, ChannelKind), Failure> {
+        let name = frame.channel.as_deref().ok_or((
+            ErrorCode::InvalidChannel,
+            "`channel` is required".to_owned(),
+        ))?;
+        let kind = channel_kind(name).map_err(|error| match error {
+            NameError::Invalid => (
+                ErrorCode::InvalidChannel,
+                "channel names are 1-256 characters without control characters".to_owned(),
+            ),
+            NameError::Reserved => (
+                ErrorCode::ChannelReserved,
+                "this channel prefix is reserved".to_owned(),
+            ),
+        })?;
+        if !self.session.may_use(name) {
+            return Err((
+                ErrorCode::ChannelNotAuthorized,
+                format!("channel `{name}` is outside this connection's channels"),
+            ));
+        }
+        Ok((name, kind))
+    }
+
+    /// A persistent channel's live stream needs the key's REST scope and an existing channel.
+    async fn persistent(&self, id: i64, scope: Scope, writing: bool) -> Result<(), Failure> {
+        if !self.session.key_scopes.contains(scope) {
+            return Err((
+                ErrorCode::ChannelNotAuthorized,
+                format!("persistent channels need the key scope {scope}"),
+            ));
+        }
+        match channel_state(&self.state.db, id).await {
+            Ok(Some(ChannelState::Active)) => Ok(()),
+            Ok(Some(ChannelState::Archived)) if !writing => Ok(()),
+            Ok(Some(ChannelState::Archived)) => Err((
+                ErrorCode::InvalidChannel,
+                format!("channel {id} is archived"),
+            )),
+            Ok(None) => Err((
+                ErrorCode::InvalidChannel,
+                format!("channel {id} does not exist"),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "checking a persistent channel failed");
+                Err((
+                    ErrorCode::InternalError,
+                    "could not check the channel; retry".to_owned(),
+                ))
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, frame: &ClientFrame) -> Outcome {
+        self.require(Scope::Subscribe)?;
+        let (name, kind) = self.channel(frame)?;
+        if let ChannelKind::Persistent(id) = kind {
+            self.persistent(id, Scope::ChannelsRead, false).await?;
+        }
+        let max = self.state.config.realtime.max_subscriptions;
+        let roster = self
+            .hub
+            .subscribe(self.conn, name, frame.include_sender_metadata, max)
+            .map_err(|SubscribeError::LimitExceeded| {
+                (
+                    ErrorCode::ChannelLimitExceeded,
+                    format!("at most {max} subscriptions per connection"),
+                )
+            })?;
+        let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
+        else {
+            return Ok(None);
+        };
+        let joined: Vec<PeerEntry<'_>> = roster
+            .iter()
+            .map(|(peer_id, metadata)| PeerEntry {
+                peer_id,
+                metadata: metadata.as_deref(),
+            })
+            .collect();
+        Ok(Some(
+            ServerFrame::Presence {
+                channel: name,
+                joined: &joined,
+                left: &[],
+            }
+            .encode(),
+        ))
+    }
+
+    fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
+        let (name, _) = self.channel(frame)?;
+        self.hub.unsubscribe(self.conn, name);
+        Ok(None)
+    }
+
+    async fn publish(&mut self, frame: &ClientFrame) -> Outcome {
+        self.require(Scope::Publish)?;
+        let (name, kind) = self.channel(frame)?;
+        let data = frame
+            .data
+            .as_deref()
+            .ok_or((ErrorCode::MissingData, "`data` is required".to_owned()))?;
+        if let ChannelKind::Persistent(id) = kind {
+            self.persistent(id, Scope::ChannelsWrite, true).await?;
+        }
+        let from = &*self.session.peer_id;
+        let plain = ServerFrame::Message {
+            channel: name,
+            from,
+            data,
+            from_metadata: None,
+        }
+        .encode();
+        let with_metadata = self.session.peer_metadata.as_deref().map(|metadata| {
+            ServerFrame::Message {
+                channel: name,
+                from,
+                data,
+                from_metadata: Some(metadata),
+            }
+            .encode()
+        });
+        self.hub
+            .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
+        Ok(None)
+    }
+
+    fn send_direct(&mut self, frame: &ClientFrame) -> Outcome {
+        self.require(Scope::Send)?;
+        let to = frame.to.as_deref().filter(|to| is_peer_id(to)).ok_or((
+            ErrorCode::InvalidPeerId,
+            "`to` must be 1-128 printable ASCII characters".to_owned(),
+        ))?;
+        let data = frame
+            .data
+            .as_deref()
+            .ok_or((ErrorCode::MissingData, "`data` is required".to_owned()))?;
+        let direct = ServerFrame::Direct {
+            from: &self.session.peer_id,
+            data,
+            from_metadata: self.session.peer_metadata.as_deref(),
+        }
+        .encode();
+        if self.hub.send_to_peer(to, &direct) == 0 && !self.hub.is_connected(to) {
+            return Err((
+                ErrorCode::PeerNotFound,
+                format!("peer `{to}` is not connected"),
+            ));
+        }
+        Ok(None)
+    }
+}
+
+type Failure = (ErrorCode, String);
+/// A handled frame: `Ok` with an optional frame to send right after the ack.
+type Outcome = Result<Option<Utf8Bytes>, Failure>;

@@ -1,0 +1,433 @@
+//! The hub: which connection is subscribed where, who is present in each channel, and fan-out.
+//!
+//! Connections are indexed by id, by peer and by channel. The lock is a plain `RwLock` that is
+//! never held across an `.await`: delivering is a non-blocking `try_send` of shared, already
+//! serialized bytes into each connection's bounded queue.
+//!
+//! Slow consumers: when a connection's queue is full, that connection is told to close (1008,
+//! "slow consumer") and counted; the frame is dropped for it alone. Publishers never wait for a
+//! reader, so one stalled socket cannot slow the others or grow memory without bound.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicU16, AtomicU64, Ordering},
+    },
+};
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, mpsc};
+
+use super::protocol::{PeerEntry, ServerFrame, close};
+
+pub type ConnId = u64;
+pub type Metadata = Arc<RawValue>;
+
+/// Tells one connection's task to close, from anywhere, even when its queue is full.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Asks the connection to close with `code`. Returns `false` if it was already asked.
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// Resolves with the close code once [`CloseSignal::close`] was called.
+    pub async fn closed(&self) -> u16 {
+        loop {
+            let code = self.code.load(Ordering::Acquire);
+            if code != 0 {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What the hub keeps about a connection when it registers.
+pub struct Member {
+    pub peer_id: Arc<str>,
+    pub key_id: Arc<str>,
+    /// Receives presence frames.
+    pub presence: bool,
+    pub peer_metadata: Option<Metadata>,
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub signal: Arc<CloseSignal>,
+}
+
+/// Counters for operators.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub slow_consumer_disconnects: AtomicU64,
+    pub frames_out: AtomicU64,
+}
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<RwLock<Inner>>,
+    next_id: Arc<AtomicU64>,
+    pub stats: Arc<HubStats>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: HashMap<ConnId, Connection>,
+    channels: HashMap<Arc<str>, Channel>,
+    peers: HashMap<Arc<str>, Vec<ConnId>>,
+}
+
+struct Connection {
+    member: Member,
+    channels: Vec<Arc<str>>,
+}
+
+#[derive(Default)]
+struct Channel {
+    subscribers: Vec<Subscriber>,
+    peers: HashMap<Arc<str>, Presence>,
+}
+
+struct Subscriber {
+    conn: ConnId,
+    include_sender_metadata: bool,
+    presence: bool,
+    tx: mpsc::Sender<Utf8Bytes>,
+    signal: Arc<CloseSignal>,
+}
+
+struct Presence {
+    connections: u32,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    LimitExceeded,
+}
+
+/// Peers already present in a channel when a connection subscribed.
+pub type Roster = Vec<(Arc<str>, Option<Metadata>)>;
+
+impl Hub {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn register(&self, member: Member) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut inner = self.write();
+        inner
+            .peers
+            .entry(member.peer_id.clone())
+            .or_default()
+            .push(id);
+        inner.connections.insert(
+            id,
+            Connection {
+                member,
+                channels: Vec::new(),
+            },
+        );
+        id
+    }
+
+    /// Removes the connection everywhere; peers whose last connection this was leave.
+    pub fn unregister(&self, conn: ConnId) {
+        let mut inner = self.write();
+        let Some(connection) = inner.connections.get(&conn) else {
+            return;
+        };
+        let channels = connection.channels.clone();
+        let peer = connection.member.peer_id.clone();
+        for channel in channels {
+            inner.leave(conn, &channel, &self.stats);
+        }
+        if let Some(conns) = inner.peers.get_mut(&peer) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                inner.peers.remove(&peer);
+            }
+        }
+        inner.connections.remove(&conn);
+    }
+
+    /// Subscribes `conn` to `channel`. Returns the roster of other peers already there, or `None`
+    /// when it was subscribed already (only its options change). A peer's first connection in
+    /// the channel announces it to the others.
+    pub fn subscribe(
+        &self,
+        conn: ConnId,
+        channel: &str,
+        include_sender_metadata: bool,
+        max_subscriptions: usize,
+    ) -> Result<Option<Roster>, SubscribeError> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(connection) = inner.connections.get_mut(&conn) else {
+            return Ok(None);
+        };
+        if let Some(existing) = inner.channels.get_mut(channel) {
+            if let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn) {
+                sub.include_sender_metadata = include_sender_metadata;
+                return Ok(None);
+            }
+        }
+        if connection.channels.len() >= max_subscriptions {
+            return Err(SubscribeError::LimitExceeded);
+        }
+        let name: Arc<str> = inner
+            .channels
+            .get_key_value(channel)
+            .map_or_else(|| Arc::from(channel), |(k, _)| k.clone());
+        connection.channels.push(name.clone());
+        let member = &connection.member;
+        let entry = inner.channels.entry(name.clone()).or_default();
+        let roster: Roster = entry
+            .peers
+            .iter()
+            .filter(|(peer, _)| *peer != &member.peer_id)
+            .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
+            .collect();
+        entry.subscribers.push(Subscriber {
+            conn,
+            include_sender_metadata,
+            presence: member.presence,
+            tx: member.tx.clone(),
+            signal: member.signal.clone(),
+        });
+        let presence = entry
+            .peers
+            .entry(member.peer_id.clone())
+            .or_insert(Presence {
+                connections: 0,
+                metadata: member.peer_metadata.clone(),
+            });
+        presence.connections += 1;
+        if presence.connections == 1 {
+            let joined = [PeerEntry {
+                peer_id: &member.peer_id,
+                metadata: member.peer_metadata.as_deref(),
+            }];
+            let frame = ServerFrame::Presence {
+                channel: &name,
+                joined: &joined,
+                left: &[],
+            }
+            .encode();
+            // The peer's first connection here: every other subscriber belongs to another peer.
+            entry.broadcast_presence(&frame, Some(conn), &self.stats);
+        }
+        Ok(Some(roster))
+    }
+
+    /// Returns whether `conn` was subscribed.
+    pub fn unsubscribe(&self, conn: ConnId, channel: &str) -> bool {
+        let mut inner = self.write();
+        let Some(connection) = inner.connections.get_mut(&conn) else {
+            return false;
+        };
+        let Some(position) = connection.channels.iter().position(|c| &**c == channel) else {
+            return false;
+        };
+        let name = connection.channels.swap_remove(position);
+        inner.leave(conn, &name, &self.stats);
+        true
+    }
+
+    /// Delivers to every subscriber of `channel` but `sender`. Subscribers that asked for sender
+    /// metadata get `with_metadata` when there is one. Returns how many were reached.
+    pub fn publish(
+        &self,
+        channel: &str,
+        sender: Option<ConnId>,
+        plain: &Utf8Bytes,
+        with_metadata: Option<&Utf8Bytes>,
+    ) -> usize {
+        let inner = self.read();
+        let Some(entry) = inner.channels.get(channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for sub in entry.subscribers.iter().filter(|s| Some(s.conn) != sender) {
+            let frame = match with_metadata {
+                Some(frame) if sub.include_sender_metadata => frame,
+                _ => plain,
+            };
+            if deliver(&sub.tx, &sub.signal, frame, &self.stats) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Delivers to every connection of `peer`. Returns how many were reached.
+    pub fn send_to_peer(&self, peer: &str, frame: &Utf8Bytes) -> usize {
+        let inner = self.read();
+        let Some(conns) = inner.peers.get(peer) else {
+            return 0;
+        };
+        conns
+            .iter()
+            .filter_map(|id| inner.connections.get(id))
+            .filter(|c| deliver(&c.member.tx, &c.member.signal, frame, &self.stats))
+            .count()
+    }
+
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.read().peers.contains_key(peer)
+    }
+
+    /// Closes every connection of `peer` with `code`. Returns how many there were.
+    pub fn close_peer(&self, peer: &str, code: u16) -> usize {
+        let inner = self.read();
+        let Some(conns) = inner.peers.get(peer) else {
+            return 0;
+        };
+        conns
+            .iter()
+            .filter_map(|id| inner.connections.get(id))
+            .inspect(|c| {
+                c.member.signal.close(code);
+            })
+            .count()
+    }
+
+    /// Closes every connection made with one of `keys` (revoked or expired keys).
+    pub fn close_keys(&self, keys: &HashSet<String>, code: u16) -> usize {
+        let inner = self.read();
+        inner
+            .connections
+            .values()
+            .filter(|c| keys.contains(&*c.member.key_id))
+            .inspect(|c| {
+                c.member.signal.close(code);
+            })
+            .count()
+    }
+
+    /// The distinct keys behind open connections.
+    pub fn key_ids(&self) -> Vec<String> {
+        let inner = self.read();
+        let keys: HashSet<&str> = inner
+            .connections
+            .values()
+            .map(|c| &*c.member.key_id)
+            .collect();
+        keys.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Peers present in `channel`, with their metadata.
+    pub fn peers(&self, channel: &str) -> Roster {
+        let inner = self.read();
+        inner.channels.get(channel).map_or_else(Vec::new, |entry| {
+            entry
+                .peers
+                .iter()
+                .map(|(p, presence)| (p.clone(), presence.metadata.clone()))
+                .collect()
+        })
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.read().connections.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.read()
+            .connections
+            .values()
+            .map(|c| c.channels.len())
+            .sum()
+    }
+}
+
+impl Inner {
+    /// Removes `conn` from `channel`; announces the peer's departure on its last connection.
+    fn leave(&mut self, conn: ConnId, channel: &Arc<str>, stats: &HubStats) {
+        let Some(peer) = self
+            .connections
+            .get(&conn)
+            .map(|c| c.member.peer_id.clone())
+        else {
+            return;
+        };
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        entry.subscribers.retain(|s| s.conn != conn);
+        if let Some(presence) = entry.peers.get_mut(&peer) {
+            presence.connections -= 1;
+            if presence.connections == 0 {
+                let presence = entry.peers.remove(&peer).expect("present");
+                let left = [PeerEntry {
+                    peer_id: &peer,
+                    metadata: presence.metadata.as_deref(),
+                }];
+                let frame = ServerFrame::Presence {
+                    channel,
+                    joined: &[],
+                    left: &left,
+                }
+                .encode();
+                entry.broadcast_presence(&frame, None, stats);
+            }
+        }
+        if entry.subscribers.is_empty() {
+            self.channels.remove(channel);
+        }
+    }
+}
+
+impl Channel {
+    fn broadcast_presence(&self, frame: &Utf8Bytes, except: Option<ConnId>, stats: &HubStats) {
+        for sub in self
+            .subscribers
+            .iter()
+            .filter(|s| s.presence && Some(s.conn) != except)
+        {
+            deliver(&sub.tx, &sub.signal, frame, stats);
+        }
+    }
+}
+
+/// Queues `frame` for one connection without waiting. A full queue marks a slow consumer.
+fn deliver(
+    tx: &mpsc::Sender<Utf8Bytes>,
+    signal: &CloseSignal,
+    frame: &Utf8Bytes,
+    stats: &HubStats,
+) -> bool {
+    match tx.try_send(frame.clone()) {
+        Ok(()) => {
+            stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if signal.close(close::POLICY) {
+                stats
+                    .slow_consumer_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("slow consumer disconnected");
+            }
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}

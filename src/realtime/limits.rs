@@ -1,0 +1,115 @@
+//! Rate limits of the realtime surface: connects per source IP, and inbound frames per connection.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// At most `max` WebSocket connects per source IP per fixed `window`.
+#[derive(Debug)]
+pub struct ConnectLimiter {
+    max: u32,
+    window: Duration,
+    hits: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl ConnectLimiter {
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            hits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one connect from `ip`. `Err(seconds)` says when to retry once over the limit.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut hits = self.hits.lock().unwrap_or_else(PoisonError::into_inner);
+        if hits.len() > 10_000 {
+            hits.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let (start, count) = hits.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= self.max {
+            let remaining = self.window.saturating_sub(now.duration_since(*start));
+            return Err(remaining.as_secs().max(1));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// Token bucket over one connection's inbound frames: `rate` per second sustained, `burst` at once.
+#[derive(Debug)]
+pub struct FrameBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl FrameBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one frame's token; `false` when the connection is over its rate.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connects_are_limited_per_ip_and_window() {
+        let limiter = ConnectLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(limiter.check(a), Ok(()));
+        assert_eq!(limiter.check(a), Ok(()));
+        assert_eq!(limiter.check(a), Err(60));
+        assert_eq!(
+            limiter.check(b),
+            Ok(()),
+            "other addresses are counted apart"
+        );
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert_eq!(limiter.check(a), Err(15));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(limiter.check(a), Ok(()), "a new window starts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_allow_a_burst_then_the_sustained_rate() {
+        let mut bucket = FrameBucket::new(100, 200);
+        assert!((0..200).all(|_| bucket.take()), "the burst passes");
+        assert!(!bucket.take(), "the 201st frame at once is over");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!((0..10).all(|_| bucket.take()), "100/s refills 10 in 100 ms");
+        assert!(!bucket.take());
+    }
+}

@@ -1,0 +1,407 @@
+//! Realtime over REST: mint tokens, list a channel's peers, publish from a backend, kick a peer.
+
+use axum::{
+    Json,
+    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    http::Method,
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value, value::RawValue};
+use validator::{Validate, ValidationError};
+
+use super::{
+    names::{ChannelKind, NameError, channel_kind, is_peer_id},
+    protocol::{ServerFrame, close},
+    session::{MAX_METADATA, MAX_PEER_METADATA},
+};
+use crate::{
+    auth::{Admin, Pattern, Principal, Scope, ScopeSet, Scoped, tokens},
+    channels::{ChannelState, channel_state},
+    error::{ApiError, FieldErrors},
+    extract::ValidatedJson,
+    startup::AppState,
+};
+
+/// Largest `data` a REST publish may carry, encoded.
+pub const MAX_PUBLISH_DATA: usize = 32 * 1024;
+const MAX_TOKEN_LIFETIME: i64 = 86_400;
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    #[serde(rename = "peerId")]
+    #[validate(custom(function = "valid_peer_id"))]
+    pub peer_id: String,
+    pub channels: Option<Vec<String>>,
+    pub permissions: Option<Vec<String>>,
+    #[serde(rename = "expiresInSec")]
+    #[validate(range(min = 1, max = 86400, message = "expiresInSec must be 1-86400"))]
+    pub expires_in_sec: Option<i64>,
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(rename = "peerMetadata")]
+    pub peer_metadata: Option<Map<String, Value>>,
+}
+
+fn valid_peer_id(id: &str) -> Result<(), ValidationError> {
+    if is_peer_id(id) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("format")
+            .with_message("peerId must be 1-128 printable ASCII characters".into()))
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenBody {
+    pub token: String,
+    #[serde(rename = "expiresAt")]
+    pub expires_at: i64,
+}
+
+/// `POST /v1/tokens`: any secret key mints a token for one peer, never wider than itself.
+pub async fn mint_token(
+    principal: Principal,
+    State(state): State<AppState>,
+    ValidatedJson(request): ValidatedJson<MintToken>,
+) -> Result<Json<TokenBody>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let size = |object: &Option<Map<String, Value>>| {
+        object
+            .as_ref()
+            .map_or(0, |o| Value::Object(o.clone()).to_string().len())
+    };
+    if size(&request.metadata) > MAX_METADATA {
+        errors.add("metadata", "length");
+    }
+    if size(&request.peer_metadata) > MAX_PEER_METADATA {
+        errors.add("peerMetadata", "length");
+    }
+    let channels = request.channels.clone().unwrap_or_default();
+    if channels
+        .iter()
+        .any(|c| c.is_empty() || c.chars().count() > 256 || c.chars().any(char::is_control))
+    {
+        errors.add("channels", "format");
+    }
+    let permissions = request.permissions.clone().unwrap_or_default();
+    let mut asked = Vec::new();
+    for name in &permissions {
+        match name.parse::<Scope>() {
+            Ok(scope) if scope.is_realtime() => asked.push(scope),
+            _ => errors.add("permissions", "unknown"),
+        }
+    }
+    errors.into_result()?;
+
+    if let Some(missing) = asked
+        .iter()
+        .find(|scope| !principal.scopes.contains(**scope))
+    {
+        return Err(ApiError::ActionNotPermitted(*missing));
+    }
+    let within_key = |pattern: &str| {
+        let pattern = Pattern::new(pattern);
+        principal
+            .channel_patterns
+            .iter()
+            .any(|outer| outer.covers(&pattern))
+    };
+    if !channels.iter().all(|c| within_key(c)) {
+        return Err(ApiError::ChannelNotAuthorized);
+    }
+    let secret = principal
+        .secret_encrypted
+        .as_deref()
+        .and_then(|blob| state.config.master_key.decrypt(&principal.key_id, blob))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "this key cannot sign tokens; create a new key with `channeld keys create`",
+            )
+        })?;
+
+    let expires_at = Utc::now().timestamp()
+        + request
+            .expires_in_sec
+            .unwrap_or(3600)
+            .min(MAX_TOKEN_LIFETIME);
+    let claims = tokens::Claims {
+        sub: request.peer_id,
+        exp: expires_at,
+        channels: request.channels,
+        permissions: request.permissions.map(|_| {
+            asked
+                .iter()
+                .copied()
+                .collect::<ScopeSet>()
+                .names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        }),
+        peer_metadata: request.peer_metadata,
+        metadata: request.metadata,
+    };
+    let token = tokens::sign(&principal.key_id, &secret, &claims);
+    Ok(Json(TokenBody { token, expires_at }))
+}
+
+/// Checks a `{channel}` of a realtime REST route. Persistent channels also need `scope` on the
+/// key, must exist (404) and, when `writing`, must not be archived (409).
+async fn authorize_channel(
+    state: &AppState,
+    principal: &Principal,
+    channel: &str,
+    scope: Scope,
+    writing: bool,
+) -> Result<(), ApiError> {
+    let kind = channel_kind(channel).map_err(|error| match error {
+        NameError::Invalid => ApiError::invalid_field(
+            "channel",
+            "format",
+            "channel names are 1-256 characters without control characters",
+        ),
+        NameError::Reserved => ApiError::ChannelReserved,
+    })?;
+    principal.require_channel(channel)?;
+    if let ChannelKind::Persistent(id) = kind {
+        principal.require(scope)?;
+        match channel_state(&state.db, id).await? {
+            None => return Err(ApiError::NotFound),
+            Some(ChannelState::Archived) if writing => return Err(ApiError::ChannelArchived),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+pub struct PeerInfo<'a> {
+    #[serde(rename = "peerId")]
+    pub peer_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// `GET /v1/channels/{channel}/peers`.
+pub async fn peers(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+) -> Response {
+    peers_of(&state, &principal, &channel).await.into_response()
+}
+
+async fn peers_of(
+    state: &AppState,
+    principal: &Principal,
+    channel: &str,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Presence)?;
+    authorize_channel(state, principal, channel, Scope::ChannelsRead, false).await?;
+    let roster = state.realtime.hub.peers(channel);
+    let peers: Vec<PeerInfo<'_>> = roster
+        .iter()
+        .map(|(peer_id, metadata)| PeerInfo {
+            peer_id,
+            metadata: metadata.as_deref(),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"channel": channel, "peers": peers})).into_response())
+}
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    #[serde(default, deserialize_with = "present_raw")]
+    pub data: Option<Box<RawValue>>,
+    #[validate(custom(function = "valid_from"))]
+    pub from: Option<String>,
+    #[serde(rename = "peerMetadata")]
+    pub peer_metadata: Option<Map<String, Value>>,
+}
+
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+fn valid_from(from: &str) -> Result<(), ValidationError> {
+    if is_peer_id(from) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("format")
+            .with_message("from must be 1-128 printable ASCII characters".into()))
+    }
+}
+
+#[derive(Serialize)]
+pub struct Delivered<'a> {
+    pub channel: &'a str,
+    pub delivered: usize,
+}
+
+/// `POST /v1/channels/{channel}/publish`: reaches every subscriber; answers how many.
+pub async fn publish(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    body: ValidatedJson<PublishRequest>,
+) -> Response {
+    publish_to(&state, &principal, &channel, body.0)
+        .await
+        .into_response()
+}
+
+async fn publish_to(
+    state: &AppState,
+    principal: &Principal,
+    channel: &str,
+    request: PublishRequest,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::Publish)?;
+    let data = request.data.ok_or_else(|| {
+        ApiError::invalid_field(
+            "data",
+            "required",
+            "data is required (null is a valid value)",
+        )
+    })?;
+    if data.get().len() > MAX_PUBLISH_DATA {
+        return Err(ApiError::PayloadTooLarge(
+            "data must be at most 32 KiB encoded".into(),
+        ));
+    }
+    let peer_metadata = match request.peer_metadata {
+        Some(object) => {
+            let raw = serde_json::value::to_raw_value(&object)
+                .map_err(|e| ApiError::Internal(Box::new(e)))?;
+            if raw.get().len() > MAX_PEER_METADATA {
+                return Err(ApiError::invalid_field(
+                    "peerMetadata",
+                    "length",
+                    "peerMetadata must be at most 4 KiB",
+                ));
+            }
+            Some(raw)
+        }
+        None => None,
+    };
+    authorize_channel(state, principal, channel, Scope::ChannelsWrite, true).await?;
+    let from = request.from.as_deref().unwrap_or("server");
+    let plain = ServerFrame::Message {
+        channel,
+        from,
+        data: &data,
+        from_metadata: None,
+    }
+    .encode();
+    let with_metadata = peer_metadata.as_deref().map(|metadata| {
+        ServerFrame::Message {
+            channel,
+            from,
+            data: &data,
+            from_metadata: Some(metadata),
+        }
+        .encode()
+    });
+    let delivered = state
+        .realtime
+        .hub
+        .publish(channel, None, &plain, with_metadata.as_ref());
+    Ok(Json(Delivered { channel, delivered }).into_response())
+}
+
+#[derive(Serialize)]
+pub struct Kicked {
+    #[serde(rename = "peerId")]
+    pub peer_id: String,
+    pub closed: usize,
+}
+
+/// `DELETE /v1/peers/{peerId}`: closes every connection of the peer with 4020.
+pub async fn kick(
+    _: Scoped<Admin>,
+    State(state): State<AppState>,
+    Path(peer_id): Path<String>,
+) -> Result<Json<Kicked>, ApiError> {
+    if !is_peer_id(&peer_id) {
+        return Err(ApiError::invalid_field(
+            "peerId",
+            "format",
+            "peer ids are 1-128 printable ASCII characters",
+        ));
+    }
+    let closed = state.realtime.hub.close_peer(&peer_id, close::KICKED);
+    Ok(Json(Kicked { peer_id, closed }))
+}
+
+/// The literal form `/v1/channels/app_abc/room-1/peers` (a `/` inside the channel name, not
+/// encoded), which the router's `{channel}` segment cannot capture. Every other unmatched path
+/// is 404.
+pub async fn literal_channel_routes(State(state): State<AppState>, request: Request) -> Response {
+    let Some((channel, action)) = literal_channel(request.uri().path()) else {
+        return ApiError::NotFound.into_response();
+    };
+    let (mut parts, body) = request.into_parts();
+    let principal = match Principal::from_request_parts(&mut parts, &state).await {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    let result = match (action, &parts.method) {
+        ("peers", &Method::GET) => peers_of(&state, &principal, &channel).await,
+        ("publish", &Method::POST) => {
+            match ValidatedJson::<PublishRequest>::from_request(
+                Request::from_parts(parts, body),
+                &state,
+            )
+            .await
+            {
+                Ok(ValidatedJson(request)) => {
+                    publish_to(&state, &principal, &channel, request).await
+                }
+                Err(error) => Err(error),
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    };
+    result.into_response()
+}
+
+/// `/v1/channels/<name with slashes>/(peers|publish)` → (decoded name, action).
+fn literal_channel(path: &str) -> Option<(String, &'static str)> {
+    let rest = path.strip_prefix("/v1/channels/")?;
+    let (raw, action) = rest.rsplit_once('/')?;
+    let action = match action {
+        "peers" => "peers",
+        "publish" => "publish",
+        _ => return None,
+    };
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?;
+    Some((name.into_owned(), action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_paths_keep_their_slashes() {
+        assert_eq!(
+            literal_channel("/v1/channels/app_abc/room-1/peers"),
+            Some(("app_abc/room-1".into(), "peers"))
+        );
+        assert_eq!(
+            literal_channel("/v1/channels/a/b/c/publish"),
+            Some(("a/b/c".into(), "publish"))
+        );
+        assert_eq!(
+            literal_channel("/v1/channels/a%20b/x/peers"),
+            Some(("a b/x".into(), "peers"))
+        );
+        assert_eq!(literal_channel("/v1/channels/a/b/messages"), None);
+        assert_eq!(literal_channel("/v2/channels/a/b/peers"), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! Who a WebSocket connection is: resolved from `?token=` (a JWT minted by a secret key) or
+//! `?key=pk_live_…` (a publishable key) before the upgrade. Any failure is one 401.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::{Map, Value, value::RawValue};
+
+use super::names::is_peer_id;
+use crate::{
+    auth::{
+        Pattern, ScopeSet, find_key, find_publishable_key, is_publishable, patterns::any_matches,
+        tokens,
+    },
+    error::ApiError,
+    startup::AppState,
+};
+
+pub const MAX_PEER_METADATA: usize = 4 * 1024;
+pub const MAX_METADATA: usize = 8 * 1024;
+
+/// An authenticated realtime peer on one connection.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub peer_id: Arc<str>,
+    /// The secret key that minted the token, or the publishable key.
+    pub key_id: Arc<str>,
+    /// Realtime actions this connection may take.
+    pub permissions: ScopeSet,
+    /// All scopes of the key behind the connection (persistent channels need `channels:read`).
+    pub key_scopes: ScopeSet,
+    key_patterns: Vec<Pattern>,
+    token_patterns: Option<Vec<Pattern>>,
+    /// Unix seconds; `None` for publishable keys.
+    pub expires_at: Option<i64>,
+    pub peer_metadata: Option<Arc<RawValue>>,
+    pub metadata: Option<Box<RawValue>>,
+}
+
+impl Session {
+    /// Whether `channel` lies within the key's patterns and, if the token names any, the token's.
+    pub fn may_use(&self, channel: &str) -> bool {
+        any_matches(&self.key_patterns, channel)
+            && self
+                .token_patterns
+                .as_ref()
+                .is_none_or(|patterns| any_matches(patterns, channel))
+    }
+}
+
+pub async fn authenticate(
+    state: &AppState,
+    token: Option<&str>,
+    key: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Session, ApiError> {
+    match (token, key) {
+        (Some(token), None) => from_token(state, token).await,
+        (None, Some(key)) if is_publishable(key) => from_publishable(state, key, origin).await,
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> {
+    let unverified = tokens::parse(token).map_err(|_| ApiError::Unauthorized)?;
+    let key = find_key(&state.db, &unverified.kid)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let now = Utc::now();
+    if !key.is_active(now) {
+        return Err(ApiError::Unauthorized);
+    }
+    let secret = key
+        .secret_encrypted
+        .as_deref()
+        .and_then(|blob| state.config.master_key.decrypt(&key.key_id, blob))
+        .ok_or(ApiError::Unauthorized)?;
+    let claims = unverified
+        .verify(&secret)
+        .map_err(|_| ApiError::Unauthorized)?;
+    if claims.exp <= now.timestamp() || !is_peer_id(&claims.sub) {
+        return Err(ApiError::Unauthorized);
+    }
+    let key_scopes = ScopeSet::from_stored(&key.scopes);
+    let permissions = match &claims.permissions {
+        None => key_scopes.realtime(),
+        Some(names) => {
+            let asked = ScopeSet::from_stored(names).realtime();
+            key_scopes
+                .realtime()
+                .iter()
+                .filter(|s| asked.contains(*s))
+                .collect()
+        }
+    };
+    Ok(Session {
+        peer_id: Arc::from(claims.sub.as_str()),
+        key_id: Arc::from(key.key_id.as_str()),
+        permissions,
+        key_scopes,
+        key_patterns: key
+            .channel_patterns
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect(),
+        token_patterns: claims
+            .channels
+            .map(|c| c.iter().map(|p| Pattern::new(p)).collect()),
+        expires_at: Some(claims.exp),
+        peer_metadata: raw_object(claims.peer_metadata, MAX_PEER_METADATA)?.map(Arc::from),
+        metadata: raw_object(claims.metadata, MAX_METADATA)?,
+    })
+}
+
+async fn from_publishable(
+    state: &AppState,
+    key: &str,
+    origin: Option<&str>,
+) -> Result<Session, ApiError> {
+    let stored = find_publishable_key(&state.db, key)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if !stored.is_active(Utc::now()) || !stored.allows_origin(origin) {
+        return Err(ApiError::Unauthorized);
+    }
+    let actions = ScopeSet::from_stored(&stored.actions).realtime();
+    Ok(Session {
+        peer_id: Arc::from(uuid::Uuid::new_v4().to_string().as_str()),
+        key_id: Arc::from(stored.key.as_str()),
+        permissions: actions,
+        key_scopes: actions,
+        key_patterns: stored
+            .channel_patterns
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect(),
+        token_patterns: None,
+        expires_at: None,
+        peer_metadata: None,
+        metadata: None,
+    })
+}
+
+/// Serializes a metadata object once; over `max` bytes the credential is refused.
+fn raw_object(
+    object: Option<Map<String, Value>>,
+    max: usize,
+) -> Result<Option<Box<RawValue>>, ApiError> {
+    let Some(object) = object else {
+        return Ok(None);
+    };
+    let raw =
+        serde_json::value::to_raw_value(&object).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    if raw.get().len() > max {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(Some(raw))
+}
