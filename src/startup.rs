@@ -105,18 +105,36 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
     );
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// How long WebSocket clients get to receive `going_away` and close after shutdown begins.
+const WEBSOCKET_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` resolves: then stops accepting, tells WebSocket clients `going_away`
+/// (close 1001), and lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    let key_watch = tokio::spawn(realtime::watch_keys(state.clone()));
+    let realtime = state.realtime.clone();
+    let stopping = async move {
+        shutdown.await;
+        realtime.shutdown.send_replace(true);
+    };
+    let hub = state.realtime.hub.clone();
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(stopping)
+    .await;
+    key_watch.abort();
+    // Upgraded connections outlive the HTTP server; give them time to say goodbye.
+    let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
+    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

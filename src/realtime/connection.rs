@@ -93,8 +93,6 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         signal: signal.clone(),
     });
     let mut shutdown = state.realtime.shutdown.subscribe();
-    // A connection accepted while shutdown began must still hear about it.
-    shutdown.mark_changed();
     let (sink, mut stream) = socket.split();
     let mut connection = Connection {
         state,
@@ -129,7 +127,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     while end.is_none() {
         end = tokio::select! {
             code = signal.closed() => Some(End::Close(code, close_reason(code))),
-            _ = shutdown.changed() => {
+            () = stopping(&mut shutdown) => {
                 let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
                 let _ = connection.sink.send(Message::Text(frame)).await;
                 Some(End::Close(close::GOING_AWAY, "server shutting down"))
@@ -171,6 +169,11 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         };
         let _ = connection.sink.send(Message::Close(Some(frame))).await;
     }
+}
+
+/// Resolves once shutdown has begun, immediately if it already had when the connection opened.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
 fn close_reason(code: u16) -> &'static str {

@@ -1,0 +1,379 @@
+//! WebSocket credentials before the upgrade, and every way a connection ends: oversize frames,
+//! token expiry, message rate, kicks, revoked keys, slow consumers, silence and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use channeld::{auth::Scope, config::Config};
+use common::{TestApp, claims, local_token};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+const REALTIME: [Scope; 4] = [
+    Scope::Publish,
+    Scope::Subscribe,
+    Scope::Presence,
+    Scope::Send,
+];
+
+fn in_an_hour() -> i64 {
+    chrono::Utc::now().timestamp() + 3600
+}
+
+#[sqlx::test]
+async fn tokens_minted_locally_with_kid_connect(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut claims = claims("local-peer", in_an_hour());
+    claims.peer_metadata = Some(serde_json::from_value(json!({"via": "local"})).unwrap());
+    let (_, welcome) = app
+        .ws(&format!("token={}", local_token(&key, &claims)))
+        .await;
+    assert_eq!(welcome["peerId"], "local-peer");
+}
+
+#[sqlx::test]
+async fn bad_credentials_are_refused_with_401_before_the_upgrade(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let revoked = app.key(&REALTIME).await;
+    let valid = local_token(&key, &claims("p", in_an_hour()));
+    let payload = valid.split('.').nth(1).unwrap();
+    let header = |json: &str| URL_SAFE_NO_PAD.encode(json);
+    let (key_id, _) = common::key_parts(&key);
+    let alg_none = format!(
+        "{}.{payload}.",
+        header(&format!(r#"{{"alg":"none","kid":"{key_id}"}}"#))
+    );
+    let hs512 = format!(
+        "{}.{payload}.{}",
+        header(&format!(r#"{{"alg":"HS512","kid":"{key_id}"}}"#)),
+        valid.rsplit('.').next().unwrap()
+    );
+    let unknown_kid = local_token(
+        &format!("sk_live_{}_{}", "Z".repeat(16), &key[25..]),
+        &claims("p", in_an_hour()),
+    );
+    let mut bad_signature = valid.clone();
+    bad_signature.replace_range(valid.len() - 4.., "AAAA");
+    let expired = local_token(&key, &claims("p", chrono::Utc::now().timestamp() - 1));
+    let other_secret = local_token(
+        &format!("{}{}", &key[..25], "x".repeat(32)),
+        &claims("p", in_an_hour()),
+    );
+    let bad_peer = local_token(&key, &claims("tab\tpeer", in_an_hour()));
+    let revoked_token = local_token(&revoked, &claims("p", in_an_hour()));
+    channeld::auth::revoke_key(&app.db, &common::key_parts(&revoked).0)
+        .await
+        .unwrap();
+
+    let cases = [
+        ("no credential", String::new()),
+        ("garbage", "token=garbage".to_owned()),
+        ("alg none", format!("token={alg_none}")),
+        ("HS512", format!("token={hs512}")),
+        ("unknown kid", format!("token={unknown_kid}")),
+        ("bad signature", format!("token={bad_signature}")),
+        (
+            "signed with another secret",
+            format!("token={other_secret}"),
+        ),
+        ("expired", format!("token={expired}")),
+        ("invalid peer id", format!("token={bad_peer}")),
+        ("revoked key", format!("token={revoked_token}")),
+        ("secret key as ?key=", format!("key={key}")),
+        ("unknown pk", format!("key=pk_live_{}", "a".repeat(24))),
+    ];
+    for (label, query) in cases {
+        assert_eq!(app.ws_raw(&query).await.err(), Some(401), "{label}");
+    }
+    assert!(
+        app.ws_raw(&format!("token={valid}")).await.is_ok(),
+        "the valid token still connects"
+    );
+}
+
+#[sqlx::test]
+async fn publishable_keys_connect_only_from_allowed_origins(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let pk = app
+        .publishable(
+            &[Scope::Subscribe, Scope::Publish],
+            &["public/*"],
+            &["https://app.example.com"],
+        )
+        .await;
+    let open = app.publishable(&[Scope::Subscribe], &["**"], &["*"]).await;
+
+    let mut ws = app
+        .ws_request(&format!("key={pk}"), Some("https://app.example.com"))
+        .await
+        .expect("allowed origin");
+    let welcome = ws.recv().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["expiresAt"], serde_json::Value::Null);
+    let peer = welcome["peerId"].as_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(peer).is_ok(),
+        "a server-assigned UUID: {peer}"
+    );
+    ws.subscribe("public/lobby").await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": "private/x", "requestId": "p"}))
+        .await;
+    assert_eq!(reply["code"], "channel_not_authorized");
+    let reply = ws
+        .request(json!({"type": "send", "to": "x", "data": 1, "requestId": "s"}))
+        .await;
+    assert_eq!(reply["code"], "action_not_permitted");
+
+    assert_eq!(
+        app.ws_request(&format!("key={pk}"), Some("https://evil.example"))
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(
+        app.ws_request(&format!("key={pk}"), None).await.err(),
+        Some(401),
+        "an Origin is required"
+    );
+    assert!(
+        app.ws_request(&format!("key={open}"), None).await.is_ok(),
+        "`*` allows any origin"
+    );
+}
+
+#[sqlx::test]
+async fn connects_beyond_the_per_ip_limit_get_429(db: PgPool) {
+    let mut config = Config::default();
+    config.realtime.connects_per_ip = 3;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&REALTIME).await;
+    let token = local_token(&key, &claims("p", in_an_hour()));
+    for _ in 0..3 {
+        assert!(app.ws_raw(&format!("token={token}")).await.is_ok());
+    }
+    assert_eq!(app.ws_raw(&format!("token={token}")).await.err(), Some(429));
+    let response = app
+        .http
+        .get(format!("{}/v1?token={token}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(common::json_body(response).await["error"], "rate_limited");
+}
+
+#[sqlx::test]
+async fn an_oversized_frame_closes_with_1009(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut ws = app.peer(&key, "big", json!({})).await;
+    let huge = format!(
+        r#"{{"type":"publish","channel":"c","data":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    ws.send_raw(&huge).await;
+    assert_eq!(ws.closed().await, 1009);
+}
+
+#[sqlx::test]
+async fn a_connection_closes_with_4002_just_before_its_token_expires(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let (mut ws, _) = app
+        .ws(&format!(
+            "token={}",
+            local_token(&key, &claims("brief", exp))
+        ))
+        .await;
+    assert_eq!(ws.closed().await, 4002);
+    let closed_at = chrono::Utc::now().timestamp_millis();
+    assert!(
+        closed_at < exp * 1000,
+        "closed before exp ({closed_at} vs {})",
+        exp * 1000
+    );
+}
+
+#[sqlx::test]
+async fn too_many_frames_close_with_4011(db: PgPool) {
+    let mut config = Config::default();
+    config.realtime.frame_rate = 5;
+    config.realtime.frame_burst = 10;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&REALTIME).await;
+    let mut ws = app.peer(&key, "chatty", json!({})).await;
+    for _ in 0..11 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    assert_eq!(ws.closed().await, 4011);
+}
+
+#[sqlx::test]
+async fn kicking_a_peer_closes_all_its_connections_with_4020(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let admin = app.key(&[Scope::Admin]).await;
+    let mut one = app.peer(&key, "u_bob_456", json!({})).await;
+    let mut two = app.peer(&key, "u_bob_456", json!({})).await;
+    let mut bystander = app.peer(&key, "carol", json!({})).await;
+
+    let (status, body) =
+        common::call(app.request(reqwest::Method::DELETE, "/v1/peers/u_bob_456", &admin)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"peerId": "u_bob_456", "closed": 2}))
+    );
+    assert_eq!(one.closed().await, 4020);
+    assert_eq!(two.closed().await, 4020);
+    assert_eq!(
+        bystander.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+
+    let (status, body) =
+        common::call(app.request(reqwest::Method::DELETE, "/v1/peers/nobody", &admin)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"peerId": "nobody", "closed": 0}))
+    );
+    let (status, body) =
+        common::call(app.request(reqwest::Method::DELETE, "/v1/peers/carol", &key)).await;
+    common::assert_error(status, &body, StatusCode::FORBIDDEN, "insufficient_scope");
+}
+
+#[sqlx::test]
+async fn revoking_a_key_closes_its_connections_with_4001(db: PgPool) {
+    let mut config = Config::default();
+    config.realtime.key_check_interval = Duration::from_millis(100);
+    let app = TestApp::spawn_config(db, config).await;
+    let doomed = app.key(&REALTIME).await;
+    let kept = app.key(&REALTIME).await;
+    let mut gone = app.peer(&doomed, "a", json!({})).await;
+    let mut stays = app.peer(&kept, "b", json!({})).await;
+    channeld::auth::revoke_key(&app.db, &common::key_parts(&doomed).0)
+        .await
+        .unwrap();
+    assert_eq!(gone.closed().await, 4001);
+    assert_eq!(stays.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[sqlx::test]
+async fn the_server_pings_and_drops_connections_that_stay_silent(db: PgPool) {
+    let mut config = Config::default();
+    config.realtime.ping_interval = Duration::from_millis(100);
+    config.realtime.idle_timeout = Duration::from_millis(400);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&REALTIME).await;
+    let mut lively = app.peer(&key, "lively", json!({})).await;
+    let mut silent = app.peer(&key, "silent", json!({})).await;
+
+    // Reading answers the server's pings with pongs, so this connection outlives the idle timeout.
+    lively.silent_for(Duration::from_millis(1000)).await;
+    assert_eq!(
+        lively.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+
+    // A client that never reads never answers pings; the server drops it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    use futures::StreamExt;
+    let mut saw_end = false;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(2), silent.stream.next()).await
+    {
+        if message.is_err() || message.as_ref().is_ok_and(|m| m.is_close()) {
+            saw_end = true;
+            break;
+        }
+    }
+    let after = tokio::time::timeout(Duration::from_secs(2), silent.stream.next()).await;
+    assert!(
+        saw_end || matches!(after, Ok(None) | Ok(Some(Err(_)))),
+        "the silent connection was dropped"
+    );
+}
+
+#[sqlx::test]
+async fn a_stalled_reader_is_disconnected_without_slowing_the_others(db: PgPool) {
+    let mut config = Config::default();
+    config.realtime.outbound_queue = 16;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&REALTIME).await;
+    let backend = app.key(&[Scope::Publish]).await;
+    let mut fast = app
+        .peer(&key, "fast", json!({"permissions": ["subscribe"]}))
+        .await;
+    let mut stalled = app
+        .peer(&key, "stalled", json!({"permissions": ["subscribe"]}))
+        .await;
+    fast.subscribe("firehose").await;
+    stalled.subscribe("firehose").await;
+
+    // Enough bytes to fill the stalled socket's kernel buffers and then its queue.
+    const MESSAGES: usize = 400;
+    let payload = "x".repeat(30 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut received = 0;
+        while received < MESSAGES {
+            let frame = fast.recv().await;
+            assert_eq!(frame["type"], "message");
+            received += 1;
+        }
+        received
+    });
+    for n in 0..MESSAGES {
+        let (status, body) = app
+            .post(
+                "/v1/channels/firehose/publish",
+                &backend,
+                json!({"data": {"n": n, "pad": payload}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        MESSAGES,
+        "the fast subscriber got every message"
+    );
+    assert_eq!(
+        stalled.closed().await,
+        1008,
+        "the stalled subscriber was cut off"
+    );
+    assert_eq!(
+        app.state
+            .realtime
+            .hub
+            .stats
+            .slow_consumer_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[sqlx::test]
+async fn shutdown_sends_going_away_then_closes_with_1001(db: PgPool) {
+    let mut app = TestApp::spawn(db.clone()).await;
+    let key = app.key(&REALTIME).await;
+    let mut ws = app.peer(&key, "p", json!({})).await;
+    app.shutdown();
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "going_away", "retryAfterMs": 1000})
+    );
+    assert_eq!(ws.closed().await, 1001);
+    let server = app.server.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops");
+    assert!(result.unwrap().is_ok());
+}

@@ -1,0 +1,400 @@
+//! Realtime driven from a backend: minting tokens, listing peers, publishing over REST, and
+//! stored messages reaching the live channel of their persistent channel.
+
+mod common;
+
+use channeld::auth::Scope;
+use common::{TestApp, assert_error};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const REALTIME: [Scope; 4] = [
+    Scope::Publish,
+    Scope::Subscribe,
+    Scope::Presence,
+    Scope::Send,
+];
+
+#[sqlx::test]
+async fn tokens_are_minted_within_the_key_and_validated(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key_with_patterns(&[Scope::Subscribe, Scope::Presence], &["app_abc/**"])
+        .await;
+    let (status, body) = app
+        .post("/v1/tokens", &key, json!({"peerId": "u_alice_123", "channels": ["app_abc/*"], "permissions": ["subscribe"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["expiresAt", "token"]);
+    let default_expiry = chrono::Utc::now().timestamp() + 3600;
+    assert!(
+        (body["expiresAt"].as_i64().unwrap() - default_expiry).abs() <= 2,
+        "default lifetime is an hour"
+    );
+
+    let forbidden = [
+        (
+            json!({"peerId": "p", "channels": ["app_xyz/*"]}),
+            StatusCode::FORBIDDEN,
+            "channel_not_authorized",
+        ),
+        (
+            json!({"peerId": "p", "channels": ["**"]}),
+            StatusCode::FORBIDDEN,
+            "channel_not_authorized",
+        ),
+        (
+            json!({"peerId": "p", "permissions": ["publish"]}),
+            StatusCode::FORBIDDEN,
+            "action_not_permitted",
+        ),
+    ];
+    for (request, status, code) in forbidden {
+        let (got, body) = app.post("/v1/tokens", &key, request.clone()).await;
+        assert_error(got, &body, status, code);
+    }
+    let invalid = [
+        (json!({}), "peerId", "required"),
+        (json!({"peerId": ""}), "peerId", "format"),
+        (json!({"peerId": "a\tb"}), "peerId", "format"),
+        (
+            json!({"peerId": "p", "expiresInSec": 0}),
+            "expiresInSec",
+            "range",
+        ),
+        (
+            json!({"peerId": "p", "expiresInSec": 86401}),
+            "expiresInSec",
+            "range",
+        ),
+        (
+            json!({"peerId": "p", "permissions": ["fly"]}),
+            "permissions",
+            "unknown",
+        ),
+        (
+            json!({"peerId": "p", "permissions": ["channels:read"]}),
+            "permissions",
+            "unknown",
+        ),
+        (
+            json!({"peerId": "p", "peerMetadata": {"x": "y".repeat(4100)}}),
+            "peerMetadata",
+            "length",
+        ),
+        (
+            json!({"peerId": "p", "metadata": {"x": "y".repeat(8200)}}),
+            "metadata",
+            "length",
+        ),
+        (json!({"peerId": "p", "metadata": [1]}), "metadata", "type"),
+    ];
+    for (request, field, code) in invalid {
+        let (status, body) = app.post("/v1/tokens", &key, request.clone()).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(body["details"], json!({field: [code]}), "{request}");
+    }
+}
+
+#[sqlx::test]
+async fn peers_are_listed_in_both_path_forms(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut alice = app
+        .peer(&key, "alice", json!({"peerMetadata": {"name": "Alice"}}))
+        .await;
+    let mut bob = app.peer(&key, "bob", json!({})).await;
+    alice.subscribe("app_abc/room-1").await;
+    bob.subscribe("app_abc/room-1").await;
+
+    for path in [
+        "/v1/channels/app_abc%2Froom-1/peers",
+        "/v1/channels/app_abc/room-1/peers",
+    ] {
+        let (status, mut body) = app.get(path, &key).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body["peers"]
+            .as_array_mut()
+            .unwrap()
+            .sort_by_key(|p| p["peerId"].as_str().unwrap().to_owned());
+        assert_eq!(
+            body,
+            json!({"channel": "app_abc/room-1", "peers": [
+                {"peerId": "alice", "metadata": {"name": "Alice"}},
+                {"peerId": "bob"}
+            ]}),
+            "{path}"
+        );
+    }
+    let (_, empty) = app.get("/v1/channels/quiet-room/peers", &key).await;
+    assert_eq!(empty, json!({"channel": "quiet-room", "peers": []}));
+}
+
+#[sqlx::test]
+async fn realtime_rest_checks_actions_patterns_and_names(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let no_presence = app.key(&[Scope::Publish]).await;
+    let narrow = app.key_with_patterns(&REALTIME, &["app_abc/*"]).await;
+    let publish = |path: &str, key: &str| {
+        common::call(
+            app.request(Method::POST, path, key)
+                .json(&json!({"data": 1})),
+        )
+    };
+
+    let (status, body) = app.get("/v1/channels/room/peers", &no_presence).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "action_not_permitted");
+    let (status, body) = publish(
+        "/v1/channels/room/publish",
+        &app.key(&[Scope::Subscribe]).await,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "action_not_permitted");
+    let (status, body) = app.get("/v1/channels/app_xyz%2Froom/peers", &narrow).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "channel_not_authorized",
+    );
+    let (status, body) = publish("/v1/channels/app_abc/a/b/publish", &narrow).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "channel_not_authorized",
+    );
+    let (status, body) = publish("/v1/channels/_internal%2Fx/publish", &narrow).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "channel_reserved");
+    let (status, body) = app.get("/v1/channels/bad%01name/peers", &narrow).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = common::call(
+        app.http
+            .get(format!("{}/v1/channels/app_abc/room/peers", app.base)),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (status, body) =
+        common::call(app.request(Method::DELETE, "/v1/channels/app_abc/room/peers", &narrow)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
+
+#[sqlx::test]
+async fn rest_publish_reaches_subscribers_with_from_and_metadata(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut plain = app
+        .peer(&key, "plain", json!({"permissions": ["subscribe"]}))
+        .await;
+    let mut curious = app
+        .peer(&key, "curious", json!({"permissions": ["subscribe"]}))
+        .await;
+    plain.subscribe("app_abc/room-1").await;
+    let ack = curious
+        .request(json!({"type": "subscribe", "channel": "app_abc/room-1", "includeSenderMetadata": true, "requestId": "s"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+
+    let (status, body) = app
+        .post(
+            "/v1/channels/app_abc%2Froom-1/publish",
+            &key,
+            json!({"data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({"channel": "app_abc/room-1", "delivered": 2})
+        )
+    );
+    let expected =
+        json!({"type": "message", "channel": "app_abc/room-1", "from": "server", "data": {"n": 1}});
+    assert_eq!(plain.recv().await, expected);
+    assert_eq!(
+        curious.recv().await,
+        expected,
+        "no fromMetadata without peerMetadata"
+    );
+
+    let body = json!({"data": null, "from": "billing-bot", "peerMetadata": {"team": "billing"}});
+    let (status, response) = app
+        .post("/v1/channels/app_abc/room-1/publish", &key, body)
+        .await;
+    assert_eq!(
+        (status, response["delivered"].clone()),
+        (StatusCode::OK, json!(2))
+    );
+    assert_eq!(
+        curious.recv().await,
+        json!({"type": "message", "channel": "app_abc/room-1", "from": "billing-bot", "data": null, "fromMetadata": {"team": "billing"}})
+    );
+    assert!(plain.recv().await.get("fromMetadata").is_none());
+
+    let (_, nobody) = app
+        .post("/v1/channels/empty/publish", &key, json!({"data": 1}))
+        .await;
+    assert_eq!(nobody, json!({"channel": "empty", "delivered": 0}));
+
+    let big = json!({"data": "x".repeat(33 * 1024)});
+    let (status, body) = app.post("/v1/channels/room/publish", &key, big).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+    let (status, body) = app
+        .post("/v1/channels/room/publish", &key, json!({"from": "x"}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(body["details"], json!({"data": ["required"]}));
+    let (status, body) = app
+        .post(
+            "/v1/channels/room/publish",
+            &key,
+            json!({"data": 1, "from": "tab\t"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["details"]),
+        (StatusCode::BAD_REQUEST, &json!({"from": ["format"]}))
+    );
+}
+
+#[sqlx::test]
+async fn stored_messages_reach_the_live_channel_exactly_as_rest_returns_them(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key(&[Scope::ChannelsWrite, Scope::Subscribe, Scope::Publish])
+        .await;
+    let channel = app.channel(&key, "live").await;
+    let live = channel.to_string();
+    let mut watcher = app.peer(&key, "dashboard", json!({})).await;
+    watcher.subscribe(&live).await;
+
+    let path = format!("/v1/channels/{channel}/messages");
+    let (_, posted) = app
+        .post(&path, &key, json!({"content": "deploy started"}))
+        .await;
+    assert_eq!(
+        watcher.recv().await,
+        json!({"type": "message", "channel": live, "from": "api", "data": posted["message"]})
+    );
+    let (_, by_agent) = app
+        .post(&path, &key, json!({"content": "done", "pod_key": "pod-7"}))
+        .await;
+    let frame = watcher.recv().await;
+    assert_eq!(frame["from"], "pod-7");
+    assert_eq!(frame["data"], by_agent["message"]);
+
+    // An idempotent replay stores nothing new, so nothing new is delivered.
+    let replay = || {
+        let request = app
+            .request(Method::POST, &path, &key)
+            .header("Idempotency-Key", "k1")
+            .json(&json!({"content": "once"}));
+        common::call(request)
+    };
+    assert_eq!(replay().await.0, StatusCode::CREATED);
+    watcher.recv().await;
+    assert_eq!(replay().await.0, StatusCode::OK);
+    watcher
+        .silent_for(std::time::Duration::from_millis(200))
+        .await;
+}
+
+#[sqlx::test]
+async fn persistent_live_channels_follow_rest_permissions(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let writer = app.writer().await;
+    let channel = app.channel(&writer, "guarded").await;
+    let realtime_only = app.key(&REALTIME).await;
+    let reader = app
+        .key(&[Scope::ChannelsRead, Scope::Subscribe, Scope::Publish])
+        .await;
+
+    let mut ws = app.peer(&realtime_only, "p", json!({})).await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": channel.to_string(), "requestId": "a"}))
+        .await;
+    assert_eq!(
+        reply["code"], "channel_not_authorized",
+        "subscribing needs channels:read on the key"
+    );
+
+    let mut ws = app.peer(&reader, "r", json!({})).await;
+    ws.subscribe(&channel.to_string()).await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": "987654", "requestId": "b"}))
+        .await;
+    assert_eq!(
+        reply["code"], "invalid_channel",
+        "unknown persistent channel"
+    );
+    let reply = ws
+        .request(
+            json!({"type": "publish", "channel": channel.to_string(), "data": 1, "requestId": "c"}),
+        )
+        .await;
+    assert_eq!(
+        reply["code"], "channel_not_authorized",
+        "publishing needs channels:write"
+    );
+
+    let (status, body) = app
+        .post("/v1/channels/987654/publish", &writer, json!({"data": 1}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let both = app
+        .key(&[Scope::ChannelsWrite, Scope::Publish, Scope::Presence])
+        .await;
+    let (status, body) = app
+        .post("/v1/channels/987654/publish", &both, json!({"data": 1}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = app.get("/v1/channels/987654/peers", &both).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{channel}/publish"),
+            &both,
+            json!({"data": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["delivered"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+    assert_eq!(ws.recv().await["data"], 1);
+
+    app.put(
+        &format!("/v1/channels/{channel}"),
+        &writer,
+        json!({"archived": true}),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{channel}/publish"),
+            &both,
+            json!({"data": 1}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "channel_archived");
+    let _: Value = Value::Null;
+}
