@@ -319,6 +319,42 @@ async fn stored_messages_reach_the_live_channel_exactly_as_rest_returns_them(db:
 }
 
 #[sqlx::test]
+async fn concurrent_posts_reach_subscribers_in_id_order(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
+    let channel = app.channel(&key, "ordered").await;
+    let mut watcher = app.peer(&key, "watcher", json!({})).await;
+    watcher.subscribe(&channel.to_string()).await;
+
+    const POSTS: usize = 120;
+    let posts = (0..POSTS).map(|n| {
+        let request = app
+            .request(
+                Method::POST,
+                &format!("/v1/channels/{channel}/messages"),
+                &key,
+            )
+            .json(&json!({"content": format!("m{n}")}));
+        common::call(request)
+    });
+    let results = futures::future::join_all(posts).await;
+    assert!(
+        results
+            .iter()
+            .all(|(status, _)| *status == StatusCode::CREATED)
+    );
+
+    let mut ids = Vec::new();
+    for _ in 0..POSTS {
+        ids.push(watcher.recv().await["data"]["id"].as_i64().unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "live delivery follows id order: {ids:?}"
+    );
+}
+
+#[sqlx::test]
 async fn persistent_live_channels_follow_rest_permissions(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let writer = app.writer().await;

@@ -74,6 +74,7 @@ pub async fn create(
     ValidatedJson(new): ValidatedJson<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
+    let order = state.realtime.post_order(channel_id).await;
     let stored = db::insert(
         &state.db,
         channel_id,
@@ -85,6 +86,7 @@ pub async fn create(
     .await?;
     if let Some(message) = stored {
         realtime::publish_stored(&state.realtime.hub, &message);
+        drop(order);
         return Ok((StatusCode::CREATED, Json(MessageBody { message })));
     }
 

@@ -16,7 +16,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use serde_json::value::to_raw_value;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, MutexGuard, watch};
 
 pub use hub::Hub;
 pub use limits::ConnectLimiter;
@@ -34,7 +34,11 @@ pub struct Realtime {
     pub connects: Arc<ConnectLimiter>,
     /// Set to `true` once the server is shutting down: connections send `going_away` and close.
     pub shutdown: Arc<watch::Sender<bool>>,
+    post_order: Arc<[Mutex<()>]>,
 }
+
+/// Stripes of the per-channel lock that keeps live delivery in commit order.
+const POST_ORDER_STRIPES: usize = 256;
 
 impl Realtime {
     pub fn new(config: &RealtimeConfig) -> Self {
@@ -45,7 +49,16 @@ impl Realtime {
                 config.connect_window,
             )),
             shutdown: Arc::new(watch::channel(false).0),
+            post_order: (0..POST_ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    /// Held from storing a message until it is handed to the hub, so that subscribers of a
+    /// persistent channel receive its messages in id order. Posts to one channel are serialized
+    /// by the channel's row lock in PostgreSQL anyway; this extends that order to delivery.
+    pub async fn post_order(&self, channel_id: i64) -> MutexGuard<'_, ()> {
+        let stripe = channel_id.unsigned_abs() as usize % self.post_order.len();
+        self.post_order[stripe].lock().await
     }
 }
 

@@ -184,6 +184,12 @@ pub struct PeerInfo<'a> {
     pub metadata: Option<&'a RawValue>,
 }
 
+#[derive(Serialize)]
+pub struct PeersBody<'a> {
+    pub channel: &'a str,
+    pub peers: Vec<PeerInfo<'a>>,
+}
+
 /// `GET /v1/channels/{channel}/peers`.
 pub async fn peers(
     principal: Principal,
@@ -208,7 +214,7 @@ async fn peers_of(
             metadata: metadata.as_deref(),
         })
         .collect();
-    Ok(Json(serde_json::json!({"channel": channel, "peers": peers})).into_response())
+    Ok(Json(PeersBody { channel, peers }).into_response())
 }
 
 #[derive(Debug, Deserialize, Validate)]
