@@ -344,20 +344,26 @@ async fn a_stalled_reader_is_disconnected_without_slowing_the_others(db: PgPool)
         MESSAGES,
         "the fast subscriber got every message"
     );
+    let hub = &app.state.realtime.hub;
     assert_eq!(
-        stalled.closed().await,
-        1008,
-        "the stalled subscriber was cut off"
-    );
-    assert_eq!(
-        app.state
-            .realtime
-            .hub
-            .stats
+        hub.stats
             .slow_consumer_disconnects
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    // The server lets go of the stalled connection without waiting for it to read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hub.connection_count() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What it reads once it wakes up ends the connection: a 1008 close if it fit in the socket
+    // buffers, otherwise the end of the stream.
+    let code = stalled.closed().await;
+    assert!(code == 1008 || code == 1005, "closed with {code}");
 }
 
 #[sqlx::test]

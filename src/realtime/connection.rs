@@ -69,6 +69,7 @@ struct Connection {
     session: Session,
     conn: ConnId,
     sink: SplitSink<WebSocket, Message>,
+    signal: Arc<CloseSignal>,
 }
 
 /// What ends a connection's loop.
@@ -77,7 +78,12 @@ enum End {
     Gone,
     /// Close with this code and reason.
     Close(u16, &'static str),
+    /// Asked to close with this code while a write was blocked on a client that stopped reading.
+    Stuck(u16),
 }
+
+/// How long the closing frame may take to reach a client before the socket is dropped anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn run(socket: WebSocket, state: AppState, session: Session) {
     let limits = state.config.realtime.clone();
@@ -100,6 +106,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         session,
         conn,
         sink,
+        signal: signal.clone(),
     };
 
     let welcome = ServerFrame::Welcome {
@@ -162,12 +169,18 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     }
 
     hub.unregister(conn);
-    if let Some(End::Close(code, reason)) = end {
+    let closing = match end {
+        Some(End::Close(code, reason)) => Some((code, reason)),
+        Some(End::Stuck(code)) => Some((code, close_reason(code))),
+        _ => None,
+    };
+    if let Some((code, reason)) = closing {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = connection.sink.send(Message::Close(Some(frame))).await;
+        let goodbye = connection.sink.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     }
 }
 
@@ -204,18 +217,28 @@ impl Connection {
             .saturating_sub(EXPIRY_MARGIN)
     }
 
+    /// Every write races the close signal: a client that stops reading blocks its socket, and
+    /// must not keep this task (and its buffers) alive after the hub gave up on it.
     async fn send(&mut self, message: Message) -> Option<End> {
-        self.sink.send(message).await.err().map(|_| End::Gone)
+        tokio::select! {
+            sent = self.sink.send(message) => sent.err().map(|_| End::Gone),
+            code = self.signal.closed() => Some(End::Stuck(code)),
+        }
     }
 
     /// Writes queued frames with one flush for the whole batch.
     async fn write_batch(&mut self, batch: &mut Vec<Utf8Bytes>) -> Option<End> {
-        for frame in batch.drain(..) {
-            if self.sink.feed(Message::Text(frame)).await.is_err() {
-                return Some(End::Gone);
+        let sink = &mut self.sink;
+        let write = async move {
+            for frame in batch.drain(..) {
+                sink.feed(Message::Text(frame)).await?;
             }
+            sink.flush().await
+        };
+        tokio::select! {
+            written = write => written.err().map(|_| End::Gone),
+            code = self.signal.closed() => Some(End::Stuck(code)),
         }
-        self.sink.flush().await.err().map(|_| End::Gone)
     }
 
     async fn error(

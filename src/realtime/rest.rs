@@ -70,7 +70,7 @@ pub async fn mint_token(
     let size = |object: &Option<Map<String, Value>>| {
         object
             .as_ref()
-            .map_or(0, |o| Value::Object(o.clone()).to_string().len())
+            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |v| v.len()))
     };
     if size(&request.metadata) > MAX_METADATA {
         errors.add("metadata", "length");
