@@ -149,6 +149,10 @@ pub struct RealtimeConfig {
     )]
     pub outbound_queue: usize,
 
+    /// Interval of the comment lines that keep quiet Server-Sent Events streams open.
+    #[arg(long = "sse-keep-alive", env = "CHANNELD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keep_alive: Duration,
+
     /// How often connections are checked against revoked or expired keys.
     #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub key_check_interval: Duration,
@@ -167,6 +171,7 @@ impl Default for RealtimeConfig {
             connect_window: Duration::from_secs(60),
             outbound_queue: 4096,
             key_check_interval: Duration::from_secs(5),
+            sse_keep_alive: Duration::from_secs(15),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: command line and environment settings (`clap`), secrets that never print.
 //! - [`startup`]: [`startup::AppState`], the router and middleware stack, graceful serving.
 //! - [`error`]: the one [`error::ApiError`] and its JSON envelope.
+//! - [`etag`]: conditional GET (`ETag`, `If-None-Match` → 304).
 //! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
 //! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod etag;
 pub mod extract;
 pub mod health;
 pub mod messages;

@@ -1,6 +1,11 @@
 //! HTTP handlers for `/v1/channels`.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
 use serde::Serialize;
 
 use super::{
@@ -10,6 +15,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     error::{ApiError, FieldErrors},
+    etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
     startup::AppState,
 };
@@ -29,8 +35,9 @@ pub struct ChannelList {
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: QueryParams,
-) -> Result<Json<ChannelList>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
     let ticket_slug = query.get("ticket_slug").map(str::to_owned);
     if ticket_slug
@@ -49,7 +56,7 @@ pub async fn list(
     errors.into_result()?;
     let channels = db::list(&state.db, &filter).await?;
     let total = db::count(&state.db, &filter).await?;
-    Ok(Json(ChannelList { channels, total }))
+    json_with_etag(&headers, &ChannelList { channels, total })
 }
 
 /// `GET /v1/channels/{id}`.
@@ -57,9 +64,10 @@ pub async fn get(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
-) -> Result<Json<ChannelBody>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let channel = db::find(&state.db, id).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(ChannelBody { channel }))
+    json_with_etag(&headers, &ChannelBody { channel })
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.

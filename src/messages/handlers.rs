@@ -1,11 +1,15 @@
 //! HTTP handlers for `/v1/channels/{id}/messages`.
 
+use std::time::Duration;
+
 use axum::{
     Json,
     extract::State,
     http::{HeaderMap, StatusCode},
+    response::Response,
 };
 use serde::Serialize;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
 use super::{
     db::{self, Page},
@@ -15,6 +19,7 @@ use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     channels::{ChannelState, channel_state},
     error::{ApiError, FieldErrors},
+    etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
     realtime,
     startup::AppState,
@@ -33,20 +38,35 @@ pub struct MessagePage {
     pub has_more: bool,
 }
 
+/// Longest `wait` of a long poll, in seconds.
+const MAX_WAIT_SECS: i64 = 30;
+
 /// `GET /v1/channels/{id}/messages`: newest first, or oldest first after an `after` cursor.
+///
+/// With `after` and `wait=<seconds>`, an empty answer is held until a message is posted or the
+/// wait ends (long poll). The waiter follows the channel's feed *before* reading, so a message
+/// posted between its read and its wait still wakes it; while waiting it holds no database
+/// connection.
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
+    headers: HeaderMap,
     query: QueryParams,
-) -> Result<Json<MessagePage>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
     let limit = query.int("limit", 1, 100, &mut errors).unwrap_or(50);
     let before = query.int("before", 1, i64::MAX, &mut errors);
     let after = query.int("after", 0, i64::MAX, &mut errors);
+    let wait = query
+        .int("wait", 0, MAX_WAIT_SECS, &mut errors)
+        .unwrap_or(0);
     if before.is_some() && after.is_some() {
         errors.add("before", "conflict");
         errors.add("after", "conflict");
+    }
+    if wait > 0 && after.is_none() {
+        errors.add("wait", "requires_after");
     }
     errors.into_result()?;
     let page = match (before, after) {
@@ -55,13 +75,29 @@ pub async fn list(
         _ => Page::Latest,
     };
 
+    let mut feed = (wait > 0).then(|| state.realtime.feeds.subscribe(channel_id));
     let mut messages = db::page(&state.db, channel_id, page, limit + 1).await?;
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
+    if let Some(feed) = feed.as_mut() {
+        let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
+        let mut shutdown = state.realtime.shutdown.subscribe();
+        while messages.is_empty() {
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, feed.recv()) => match woken {
+                    // A new message, or so many that this waiter lagged: read them from the database.
+                    Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+                    Ok(Err(RecvError::Closed)) | Err(_) => break,
+                },
+                _ = shutdown.wait_for(|stopping| *stopping) => break,
+            }
+            messages = db::page(&state.db, channel_id, page, limit + 1).await?;
+        }
+    }
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
-    Ok(Json(MessagePage { messages, has_more }))
+    json_with_etag(&headers, &MessagePage { messages, has_more })
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
@@ -85,7 +121,7 @@ pub async fn create(
     )
     .await?;
     if let Some(message) = stored {
-        realtime::publish_stored(&state.realtime.hub, &message);
+        realtime::publish_stored(&state.realtime, &message);
         drop(order);
         return Ok((StatusCode::CREATED, Json(MessageBody { message })));
     }

@@ -1,16 +1,21 @@
 //! Messages of persistent channels: posting (idempotent, gap-free ordering) and reading history.
 
 mod db;
+mod events;
 mod handlers;
 pub mod model;
 
 use axum::{Router, routing::get};
 
+pub use db::{Page, page};
+
 use crate::startup::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/v1/channels/{id}/messages",
-        get(handlers::list).post(handlers::create),
-    )
+    Router::new()
+        .route(
+            "/v1/channels/{id}/messages",
+            get(handlers::list).post(handlers::create),
+        )
+        .route("/v1/channels/{id}/events", get(events::events))
 }

@@ -1,7 +1,7 @@
 //! One task per WebSocket: authenticate before the upgrade, then `select!` over inbound frames,
 //! the outbound queue, the close signal, heartbeats, token expiry and server shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::{
@@ -16,17 +16,19 @@ use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    hub::{CloseSignal, ConnId, Hub, Member, SubscribeError},
+    hub::{CloseSignal, ConnId, Hub, Member, Outbound, SubscribeError},
     limits::FrameBucket,
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
     session::{Session, authenticate},
+    stored_frame,
 };
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
     error::ApiError,
     extract::QueryParams,
+    messages::{Page, model::Message as MessageRow, page},
     startup::AppState,
 };
 
@@ -70,6 +72,8 @@ struct Connection {
     conn: ConnId,
     sink: SplitSink<WebSocket, Message>,
     signal: Arc<CloseSignal>,
+    /// Per persistent channel resumed with `since`: the last message id already replayed.
+    replayed: HashMap<i64, i64>,
 }
 
 /// What ends a connection's loop.
@@ -107,6 +111,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         conn,
         sink,
         signal: signal.clone(),
+        replayed: HashMap::new(),
     };
 
     let welcome = ServerFrame::Welcome {
@@ -226,12 +231,20 @@ impl Connection {
         }
     }
 
-    /// Writes queued frames with one flush for the whole batch.
-    async fn write_batch(&mut self, batch: &mut Vec<Utf8Bytes>) -> Option<End> {
-        let sink = &mut self.sink;
+    /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
+    /// resumed subscription already replayed.
+    async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
+        let (sink, replayed) = (&mut self.sink, &self.replayed);
         let write = async move {
-            for frame in batch.drain(..) {
-                sink.feed(Message::Text(frame)).await?;
+            for item in batch.drain(..) {
+                let seen = item.stored.is_some_and(|s| {
+                    replayed
+                        .get(&s.channel_id)
+                        .is_some_and(|&upto| s.message_id <= upto)
+                });
+                if !seen {
+                    sink.feed(Message::Text(item.frame)).await?;
+                }
             }
             sink.flush().await
         };
@@ -257,17 +270,35 @@ impl Connection {
     }
 
     /// Acks a frame that carried a `requestId`; frames without one get no ack.
-    async fn ack(&mut self, request_id: Option<&str>) -> Option<End> {
+    async fn ack(&mut self, request_id: Option<&str>, recovered: Option<bool>) -> Option<End> {
         match request_id {
             Some(request_id) => {
                 let frame = ServerFrame::Ack {
                     request_id,
-                    recovered: None,
+                    recovered,
                 }
                 .encode();
                 self.send(Message::Text(frame)).await
             }
             None => None,
+        }
+    }
+
+    /// Sends frames that follow an ack (a roster, replayed history) with one flush.
+    async fn send_all(&mut self, frames: Vec<Utf8Bytes>) -> Option<End> {
+        if frames.is_empty() {
+            return None;
+        }
+        let sink = &mut self.sink;
+        let write = async move {
+            for frame in frames {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            written = write => written.err().map(|_| End::Gone),
+            code = self.signal.closed() => Some(End::Stuck(code)),
         }
     }
 
@@ -303,14 +334,11 @@ impl Connection {
             None => Err((ErrorCode::MalformedMessage, "`type` is required".to_owned())),
         };
         match outcome {
-            Ok(extra) => {
-                if let Some(end) = self.ack(request_id.as_deref()).await {
+            Ok(reply) => {
+                if let Some(end) = self.ack(request_id.as_deref(), reply.recovered).await {
                     return Some(end);
                 }
-                match extra {
-                    Some(frame) => self.send(Message::Text(frame)).await,
-                    None => None,
-                }
+                self.send_all(reply.then).await
             }
             Err((code, message)) => self.error(code, &message, request_id.as_deref()).await,
         }
@@ -381,9 +409,20 @@ impl Connection {
         }
     }
 
+    /// Subscribes; with `since` on a persistent channel, replays the history newer than it.
+    ///
+    /// The subscription is registered first and history read second, so every message lands in
+    /// the replay, the live queue, or both; [`Connection::write_batch`] drops the live copies of
+    /// replayed messages. Nothing is missed and nothing is repeated across the switch.
     async fn subscribe(&mut self, frame: &ClientFrame) -> Outcome {
         self.require(Scope::Subscribe)?;
         let (name, kind) = self.channel(frame)?;
+        if frame.since.is_some_and(|since| since < 0) {
+            return Err((
+                ErrorCode::MalformedMessage,
+                "`since` must be a message id (0 or more)".to_owned(),
+            ));
+        }
         if let ChannelKind::Persistent(id) = kind {
             self.persistent(id, Scope::ChannelsRead, false).await?;
         }
@@ -397,31 +436,59 @@ impl Connection {
                     format!("at most {max} subscriptions per connection"),
                 )
             })?;
-        let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
-        else {
-            return Ok(None);
-        };
-        let joined: Vec<PeerEntry<'_>> = roster
-            .iter()
-            .map(|(peer_id, metadata)| PeerEntry {
-                peer_id,
-                metadata: metadata.as_deref(),
-            })
-            .collect();
-        Ok(Some(
-            ServerFrame::Presence {
-                channel: name,
-                joined: &joined,
-                left: &[],
+        let mut reply = Reply::default();
+        if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
+        {
+            let joined: Vec<PeerEntry<'_>> = roster
+                .iter()
+                .map(|(peer_id, metadata)| PeerEntry {
+                    peer_id,
+                    metadata: metadata.as_deref(),
+                })
+                .collect();
+            reply.then.push(
+                ServerFrame::Presence {
+                    channel: name,
+                    joined: &joined,
+                    left: &[],
+                }
+                .encode(),
+            );
+        }
+        match (frame.since, kind) {
+            (Some(since), ChannelKind::Persistent(id)) => {
+                let (history, recovered) = match replay(&self.state, id, since).await {
+                    Ok(found) => found,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading history for a resumed subscription failed");
+                        self.hub.unsubscribe(self.conn, name);
+                        return Err((
+                            ErrorCode::InternalError,
+                            "could not read the channel's history; retry".to_owned(),
+                        ));
+                    }
+                };
+                let upto = history.last().map_or(since, |m| m.id);
+                self.replayed.insert(id, upto);
+                reply.recovered = Some(recovered);
+                reply
+                    .then
+                    .extend(history.iter().map(|m| stored_frame(m).frame));
             }
-            .encode(),
-        ))
+            // Ephemeral channels keep no history to recover.
+            (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
+            (None, _) => {}
+        }
+        Ok(reply)
     }
 
     fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
-        let (name, _) = self.channel(frame)?;
+        let (name, kind) = self.channel(frame)?;
         self.hub.unsubscribe(self.conn, name);
-        Ok(None)
+        if let ChannelKind::Persistent(id) = kind {
+            self.replayed.remove(&id);
+        }
+        Ok(Reply::default())
     }
 
     async fn publish(&mut self, frame: &ClientFrame) -> Outcome {
@@ -435,25 +502,28 @@ impl Connection {
             self.persistent(id, Scope::ChannelsWrite, true).await?;
         }
         let from = &*self.session.peer_id;
-        let plain = ServerFrame::Message {
+        let plain: Outbound = ServerFrame::Message {
             channel: name,
             from,
             data,
             from_metadata: None,
         }
-        .encode();
-        let with_metadata = self.session.peer_metadata.as_deref().map(|metadata| {
-            ServerFrame::Message {
-                channel: name,
-                from,
-                data,
-                from_metadata: Some(metadata),
-            }
-            .encode()
-        });
+        .encode()
+        .into();
+        let with_metadata: Option<Outbound> =
+            self.session.peer_metadata.as_deref().map(|metadata| {
+                ServerFrame::Message {
+                    channel: name,
+                    from,
+                    data,
+                    from_metadata: Some(metadata),
+                }
+                .encode()
+                .into()
+            });
         self.hub
             .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
-        Ok(None)
+        Ok(Reply::default())
     }
 
     fn send_direct(&mut self, frame: &ClientFrame) -> Outcome {
@@ -466,22 +536,51 @@ impl Connection {
             .data
             .as_deref()
             .ok_or((ErrorCode::MissingData, "`data` is required".to_owned()))?;
-        let direct = ServerFrame::Direct {
+        let direct: Outbound = ServerFrame::Direct {
             from: &self.session.peer_id,
             data,
             from_metadata: self.session.peer_metadata.as_deref(),
         }
-        .encode();
+        .encode()
+        .into();
         if self.hub.send_to_peer(to, &direct) == 0 && !self.hub.is_connected(to) {
             return Err((
                 ErrorCode::PeerNotFound,
                 format!("peer `{to}` is not connected"),
             ));
         }
-        Ok(None)
+        Ok(Reply::default())
     }
 }
 
+/// Most replayed on a resumed subscription; beyond it the newest ones are replayed and the
+/// client pages the older rest over REST.
+const MAX_REPLAY: i64 = 1000;
+
+/// Stored messages of channel `id` newer than `since`, oldest first, and whether that is all of
+/// them. When more than [`MAX_REPLAY`] exist, the newest [`MAX_REPLAY`] are returned, so the live
+/// stream continues without a gap and the older rest is one `before=` walk away over REST.
+async fn replay(
+    state: &AppState,
+    id: i64,
+    since: i64,
+) -> Result<(Vec<MessageRow>, bool), sqlx::Error> {
+    let history = page(&state.db, id, Page::After(since), MAX_REPLAY + 1).await?;
+    if history.len() as i64 <= MAX_REPLAY {
+        return Ok((history, true));
+    }
+    let mut newest = page(&state.db, id, Page::Latest, MAX_REPLAY).await?;
+    newest.reverse();
+    Ok((newest, false))
+}
+
 type Failure = (ErrorCode, String);
-/// A handled frame: `Ok` with an optional frame to send right after the ack.
-type Outcome = Result<Option<Utf8Bytes>, Failure>;
+
+/// What a handled frame answers: the ack's `recovered`, and frames to send right after the ack.
+#[derive(Default)]
+struct Reply {
+    recovered: Option<bool>,
+    then: Vec<Utf8Bytes>,
+}
+
+type Outcome = Result<Reply, Failure>;

@@ -23,6 +23,29 @@ use tokio::sync::{Notify, mpsc};
 use super::protocol::{PeerEntry, ServerFrame, close};
 
 pub type ConnId = u64;
+
+/// A frame queued for one connection. Frames carrying a stored message name it, so that a
+/// subscription resumed from history can skip live frames it already replayed.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Utf8Bytes,
+    pub stored: Option<StoredRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRef {
+    pub channel_id: i64,
+    pub message_id: i64,
+}
+
+impl From<Utf8Bytes> for Outbound {
+    fn from(frame: Utf8Bytes) -> Self {
+        Self {
+            frame,
+            stored: None,
+        }
+    }
+}
 pub type Metadata = Arc<RawValue>;
 
 /// Tells one connection's task to close, from anywhere, even when its queue is full.
@@ -64,7 +87,7 @@ pub struct Member {
     /// Receives presence frames.
     pub presence: bool,
     pub peer_metadata: Option<Metadata>,
-    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub tx: mpsc::Sender<Outbound>,
     pub signal: Arc<CloseSignal>,
 }
 
@@ -104,7 +127,7 @@ struct Subscriber {
     conn: ConnId,
     include_sender_metadata: bool,
     presence: bool,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: mpsc::Sender<Outbound>,
     signal: Arc<CloseSignal>,
 }
 
@@ -225,12 +248,13 @@ impl Hub {
                 peer_id: &member.peer_id,
                 metadata: member.peer_metadata.as_deref(),
             }];
-            let frame = ServerFrame::Presence {
+            let frame: Outbound = ServerFrame::Presence {
                 channel: &name,
                 joined: &joined,
                 left: &[],
             }
-            .encode();
+            .encode()
+            .into();
             // The peer's first connection here: every other subscriber belongs to another peer.
             entry.broadcast_presence(&frame, Some(conn), &self.stats);
         }
@@ -257,8 +281,8 @@ impl Hub {
         &self,
         channel: &str,
         sender: Option<ConnId>,
-        plain: &Utf8Bytes,
-        with_metadata: Option<&Utf8Bytes>,
+        plain: &Outbound,
+        with_metadata: Option<&Outbound>,
     ) -> usize {
         let inner = self.read();
         let Some(entry) = inner.channels.get(channel) else {
@@ -278,7 +302,7 @@ impl Hub {
     }
 
     /// Delivers to every connection of `peer`. Returns how many were reached.
-    pub fn send_to_peer(&self, peer: &str, frame: &Utf8Bytes) -> usize {
+    pub fn send_to_peer(&self, peer: &str, frame: &Outbound) -> usize {
         let inner = self.read();
         let Some(conns) = inner.peers.get(peer) else {
             return 0;
@@ -380,12 +404,13 @@ impl Inner {
                     peer_id: &peer,
                     metadata: presence.metadata.as_deref(),
                 }];
-                let frame = ServerFrame::Presence {
+                let frame: Outbound = ServerFrame::Presence {
                     channel,
                     joined: &[],
                     left: &left,
                 }
-                .encode();
+                .encode()
+                .into();
                 entry.broadcast_presence(&frame, None, stats);
             }
         }
@@ -396,7 +421,7 @@ impl Inner {
 }
 
 impl Channel {
-    fn broadcast_presence(&self, frame: &Utf8Bytes, except: Option<ConnId>, stats: &HubStats) {
+    fn broadcast_presence(&self, frame: &Outbound, except: Option<ConnId>, stats: &HubStats) {
         for sub in self
             .subscribers
             .iter()
@@ -409,9 +434,9 @@ impl Channel {
 
 /// Queues `frame` for one connection without waiting. A full queue marks a slow consumer.
 fn deliver(
-    tx: &mpsc::Sender<Utf8Bytes>,
+    tx: &mpsc::Sender<Outbound>,
     signal: &CloseSignal,
-    frame: &Utf8Bytes,
+    frame: &Outbound,
     stats: &HubStats,
 ) -> bool {
     match tx.try_send(frame.clone()) {

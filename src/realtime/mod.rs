@@ -2,6 +2,7 @@
 //! and the REST endpoints that drive it from a backend.
 
 mod connection;
+pub mod feeds;
 pub mod hub;
 mod limits;
 pub mod names;
@@ -18,7 +19,9 @@ use axum::{
 use serde_json::value::to_raw_value;
 use tokio::sync::{Mutex, MutexGuard, watch};
 
+pub use feeds::Feeds;
 pub use hub::Hub;
+use hub::{Outbound, StoredRef};
 pub use limits::ConnectLimiter;
 pub use rest::literal_channel_routes;
 
@@ -34,6 +37,8 @@ pub struct Realtime {
     pub connects: Arc<ConnectLimiter>,
     /// Set to `true` once the server is shutting down: connections send `going_away` and close.
     pub shutdown: Arc<watch::Sender<bool>>,
+    /// Stored messages for followers that are not WebSocket peers (SSE, long poll).
+    pub feeds: Feeds,
     post_order: Arc<[Mutex<()>]>,
 }
 
@@ -49,6 +54,7 @@ impl Realtime {
                 config.connect_window,
             )),
             shutdown: Arc::new(watch::channel(false).0),
+            feeds: Feeds::default(),
             post_order: (0..POST_ORDER_STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
@@ -71,12 +77,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/peers/{peer_id}", delete(rest::kick))
 }
 
-/// Delivers a message stored through REST to the subscribers of its live channel `"<id>"`:
-/// `from` is the `pod_key` (or `"api"`), `data` the stored message exactly as REST returns it.
-pub fn publish_stored(hub: &Hub, message: &Message) {
-    let Ok(data) = to_raw_value(message) else {
-        return;
-    };
+/// The `message` frame of a stored message on its live channel `"<id>"`: `from` is the
+/// `pod_key` (or `"api"`), `data` the message exactly as REST returns it.
+pub fn stored_frame(message: &Message) -> Outbound {
+    let data = to_raw_value(message).expect("stored messages serialize");
     let channel = message.channel_id.to_string();
     let from = message.pod_key.as_deref().unwrap_or("api");
     let frame = ServerFrame::Message {
@@ -86,7 +90,23 @@ pub fn publish_stored(hub: &Hub, message: &Message) {
         from_metadata: None,
     }
     .encode();
-    hub.publish(&channel, None, &frame, None);
+    Outbound {
+        frame,
+        stored: Some(StoredRef {
+            channel_id: message.channel_id,
+            message_id: message.id,
+        }),
+    }
+}
+
+/// Delivers a just-stored message to everyone following its channel: WebSocket subscribers of
+/// `"<id>"`, SSE streams and long-poll waiters.
+pub fn publish_stored(realtime: &Realtime, message: &Message) {
+    let frame = stored_frame(message);
+    realtime
+        .hub
+        .publish(&message.channel_id.to_string(), None, &frame, None);
+    realtime.feeds.publish(message);
 }
 
 /// Closes, every `key_check_interval`, the connections whose key was revoked or has expired.

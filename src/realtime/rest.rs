@@ -12,6 +12,7 @@ use serde_json::{Map, Value, value::RawValue};
 use validator::{Validate, ValidationError};
 
 use super::{
+    hub::Outbound,
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ServerFrame, close},
     session::{MAX_METADATA, MAX_PEER_METADATA},
@@ -295,14 +296,15 @@ async fn publish_to(
     };
     authorize_channel(state, principal, channel, Scope::ChannelsWrite, true).await?;
     let from = request.from.as_deref().unwrap_or("server");
-    let plain = ServerFrame::Message {
+    let plain: Outbound = ServerFrame::Message {
         channel,
         from,
         data: &data,
         from_metadata: None,
     }
-    .encode();
-    let with_metadata = peer_metadata.as_deref().map(|metadata| {
+    .encode()
+    .into();
+    let with_metadata: Option<Outbound> = peer_metadata.as_deref().map(|metadata| {
         ServerFrame::Message {
             channel,
             from,
@@ -310,6 +312,7 @@ async fn publish_to(
             from_metadata: Some(metadata),
         }
         .encode()
+        .into()
     });
     let delivered = state
         .realtime

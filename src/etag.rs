@@ -1,0 +1,78 @@
+//! Conditional GET: a strong `ETag` computed from the exact response body, so the tag changes
+//! exactly when the response would, and `If-None-Match` with the current tag answers 304.
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Serializes `value` as the JSON body with its `ETag`, or answers 304 when the client has it.
+pub fn json_with_etag<T: Serialize>(request: &HeaderMap, value: &T) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let digest = Sha256::digest(&body);
+    let tag = format!("\"{}\"", hex::encode(&digest[..16]));
+    let tag_value = HeaderValue::from_str(&tag).expect("hex in quotes is a valid header value");
+    if matches(request, &tag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag_value)]).into_response());
+    }
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, tag_value),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `If-None-Match`: a list of tags (weak ones compare by their opaque part) or `*`.
+fn matches(request: &HeaderMap, tag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_NONE_MATCH, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn if_none_match_accepts_lists_weak_tags_and_star() {
+        let tag = "\"abc\"";
+        assert!(matches(&with("\"abc\""), tag));
+        assert!(matches(&with("\"x\", \"abc\""), tag));
+        assert!(matches(&with("W/\"abc\""), tag));
+        assert!(matches(&with("*"), tag));
+        assert!(!matches(&with("\"abd\""), tag));
+        assert!(!matches(&HeaderMap::new(), tag));
+    }
+
+    #[test]
+    fn the_tag_follows_the_body() {
+        let first = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 1})).unwrap();
+        let same = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 1})).unwrap();
+        let other = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 2})).unwrap();
+        assert_eq!(first.headers()[header::ETAG], same.headers()[header::ETAG]);
+        assert_ne!(first.headers()[header::ETAG], other.headers()[header::ETAG]);
+        let tag = first.headers()[header::ETAG].to_str().unwrap();
+        let cached = json_with_etag(&with(tag), &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    }
+}

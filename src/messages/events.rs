@@ -1,0 +1,146 @@
+//! `GET /v1/channels/{id}/events`: a channel's stored messages as Server-Sent Events.
+//!
+//! `event: message`, `id: <message id>`, `data: <the message as REST returns it>`. A client that
+//! reconnects with `Last-Event-ID` (or `?since=`) resumes exactly after that message: the stream
+//! subscribes to the channel's feed first, then reads history from the database, then follows the
+//! feed, dropping what it already sent. A follower that falls behind the feed goes back to the
+//! database. A comment line keeps proxies from closing a quiet stream.
+
+use std::{collections::VecDeque, convert::Infallible, sync::Arc};
+
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures_util::Stream;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch};
+
+use super::{
+    db::{Page, page},
+    model::Message,
+};
+use crate::{
+    auth::{ChannelsRead, Scoped},
+    channels::channel_state,
+    error::{ApiError, FieldErrors},
+    extract::{ChannelId, QueryParams},
+    startup::AppState,
+};
+
+/// Messages read from the database per round while catching up.
+const CATCH_UP_PAGE: i64 = 100;
+
+pub async fn events(
+    _: Scoped<ChannelsRead>,
+    State(state): State<AppState>,
+    ChannelId(channel_id): ChannelId,
+    headers: HeaderMap,
+    query: QueryParams,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let last_event_id = headers.get("last-event-id").map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|id| *id >= 0)
+            .ok_or(())
+    });
+    let since = match last_event_id {
+        Some(Ok(id)) => Some(id),
+        Some(Err(())) => {
+            errors.add("Last-Event-ID", "type");
+            None
+        }
+        None => query.int("since", 0, i64::MAX, &mut errors),
+    };
+    errors.into_result()?;
+    if channel_state(&state.db, channel_id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+
+    // Follow the feed before reading, so nothing committed in between is missed.
+    let feed = state.realtime.feeds.subscribe(channel_id);
+    let cursor = match since {
+        Some(since) => since,
+        // A new follower starts from now: nothing older is sent.
+        None => page(&state.db, channel_id, Page::Latest, 1)
+            .await?
+            .first()
+            .map_or(0, |m| m.id),
+    };
+    let follower = Follower {
+        db: state.db.clone(),
+        channel_id,
+        cursor,
+        pending: VecDeque::new(),
+        catching_up: true,
+        feed,
+        shutdown: state.realtime.shutdown.subscribe(),
+    };
+    let stream = futures_util::stream::unfold(follower, |mut follower| async move {
+        let message = follower.next().await?;
+        let event = Event::default()
+            .event("message")
+            .id(message.id.to_string())
+            .json_data(&message)
+            .unwrap_or_else(|_| Event::default().comment("unserializable message"));
+        Some((Ok(event), follower))
+    });
+    let keep_alive = KeepAlive::new().interval(state.config.realtime.sse_keep_alive);
+    Ok(Sse::new(stream).keep_alive(keep_alive))
+}
+
+struct Follower {
+    db: PgPool,
+    channel_id: i64,
+    /// The last message id sent.
+    cursor: i64,
+    pending: VecDeque<Message>,
+    catching_up: bool,
+    feed: broadcast::Receiver<Arc<Message>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Follower {
+    /// The next message to send, or `None` when the stream should end (shutdown, or a database
+    /// error: the client reconnects with `Last-Event-ID` and loses nothing).
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                self.cursor = message.id;
+                return Some(message);
+            }
+            if self.catching_up {
+                let batch = match page(
+                    &self.db,
+                    self.channel_id,
+                    Page::After(self.cursor),
+                    CATCH_UP_PAGE,
+                )
+                .await
+                {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        tracing::warn!(%error, "event stream could not read history; ending it");
+                        return None;
+                    }
+                };
+                self.catching_up = batch.len() as i64 == CATCH_UP_PAGE;
+                self.pending.extend(batch);
+                continue;
+            }
+            tokio::select! {
+                received = self.feed.recv() => match received {
+                    Ok(message) if message.id > self.cursor => self.pending.push_back((*message).clone()),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.shutdown.wait_for(|stopping| *stopping) => return None,
+            }
+        }
+    }
+}
