@@ -22,8 +22,16 @@ pub struct ApiKey {
 impl ApiKey {
     /// Neither revoked nor past its expiry.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+        active(self.revoked_at, self.expires_at, now)
     }
+}
+
+fn active(
+    revoked_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    revoked_at.is_none() && expires_at.is_none_or(|at| at > now)
 }
 
 /// What the operator asked for at `keys create`.
@@ -123,7 +131,7 @@ pub struct PublishableKey {
 
 impl PublishableKey {
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+        active(self.revoked_at, self.expires_at, now)
     }
 
     /// Whether a browser at `origin` may use this key (`*` allows any origin).

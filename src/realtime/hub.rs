@@ -304,12 +304,8 @@ impl Hub {
     /// Delivers to every connection of `peer`. Returns how many were reached.
     pub fn send_to_peer(&self, peer: &str, frame: &Outbound) -> usize {
         let inner = self.read();
-        let Some(conns) = inner.peers.get(peer) else {
-            return 0;
-        };
-        conns
-            .iter()
-            .filter_map(|id| inner.connections.get(id))
+        inner
+            .peer_connections(peer)
             .filter(|c| deliver(&c.member.tx, &c.member.signal, frame, &self.stats))
             .count()
     }
@@ -321,12 +317,8 @@ impl Hub {
     /// Closes every connection of `peer` with `code`. Returns how many there were.
     pub fn close_peer(&self, peer: &str, code: u16) -> usize {
         let inner = self.read();
-        let Some(conns) = inner.peers.get(peer) else {
-            return 0;
-        };
-        conns
-            .iter()
-            .filter_map(|id| inner.connections.get(id))
+        inner
+            .peer_connections(peer)
             .inspect(|c| {
                 c.member.signal.close(code);
             })
@@ -383,6 +375,14 @@ impl Hub {
 }
 
 impl Inner {
+    fn peer_connections<'a>(&'a self, peer: &str) -> impl Iterator<Item = &'a Connection> {
+        self.peers
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.connections.get(id))
+    }
+
     /// Removes `conn` from `channel`; announces the peer's departure on its last connection.
     fn leave(&mut self, conn: ConnId, channel: &Arc<str>, stats: &HubStats) {
         let Some(peer) = self
