@@ -91,11 +91,20 @@ async fn create(
     out: &mut impl Write,
 ) -> CliResult {
     let checked = check(&args)?;
+    let positive = |value: Option<u32>, flag: &str| match value {
+        Some(0) => Err(format!("{flag} must be at least 1")),
+        Some(n) => i32::try_from(n)
+            .map(Some)
+            .map_err(|_| format!("{flag} is too large")),
+        None => Ok(None),
+    };
     let new = NewKey {
         name: checked.name,
         scopes: checked.scopes,
         channel_patterns: args.channel_patterns,
         expires_at: checked.expires_at,
+        rate_limit: positive(args.rate_limit, "--rate-limit")?,
+        rate_burst: positive(args.rate_burst, "--rate-burst")?,
     };
     let (generated, stored) = create_key(db, &new, master_key).await?;
     if args.quiet {

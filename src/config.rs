@@ -7,7 +7,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::MasterKey;
+use crate::{auth::MasterKey, ratelimit::Limit};
 
 /// channeld: collaboration channels with persistent history and live delivery.
 #[derive(Debug, Parser)]
@@ -85,6 +85,18 @@ pub struct ServeArgs {
     /// Master key that encrypts key secrets at rest (64 hex characters, e.g. `openssl rand -hex 32`).
     #[arg(long, env = "CHANNELD_MASTER_KEY", hide_env_values = true)]
     pub master_key: MasterKey,
+
+    /// Requests per second each key may make, sustained (a key created with --rate-limit overrides it).
+    #[arg(long, env = "CHANNELD_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+
+    /// Requests each key may make at once.
+    #[arg(long, env = "CHANNELD_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+
+    /// Serve /metrics on this separate address (e.g. 127.0.0.1:9090) instead of on --listen.
+    #[arg(long, env = "CHANNELD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 
     #[command(flatten)]
     pub realtime: RealtimeConfig,
@@ -211,6 +223,14 @@ pub struct CreateKeyArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
+    /// This key's own sustained requests per second (default: the server's --rate-limit).
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+
+    /// This key's own burst (default: the server's --rate-burst).
+    #[arg(long)]
+    pub rate_burst: Option<u32>,
+
     /// Create a publishable key (pk_live_…): a browser-safe WebSocket credential.
     #[arg(long)]
     pub publishable: bool,
@@ -225,6 +245,10 @@ pub struct CreateKeyArgs {
 pub struct Config {
     pub max_body_bytes: usize,
     pub master_key: MasterKey,
+    /// Per-key rate limit for keys without their own.
+    pub rate_limit: Limit,
+    /// `/metrics` is served on the main listener (false when --metrics-listen moves it).
+    pub metrics_on_main: bool,
     pub realtime: RealtimeConfig,
 }
 
@@ -234,6 +258,11 @@ impl Default for Config {
         Self {
             max_body_bytes: 1024 * 1024,
             master_key: MasterKey::generate(),
+            rate_limit: Limit {
+                rate: 50,
+                burst: 100,
+            },
+            metrics_on_main: true,
             realtime: RealtimeConfig::default(),
         }
     }
@@ -244,6 +273,11 @@ impl From<&ServeArgs> for Config {
         Self {
             max_body_bytes: args.max_body_bytes,
             master_key: args.master_key.clone(),
+            rate_limit: Limit {
+                rate: args.rate_limit,
+                burst: args.rate_burst,
+            },
+            metrics_on_main: args.metrics_listen.is_none(),
             realtime: args.realtime.clone(),
         }
     }

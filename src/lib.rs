@@ -14,6 +14,8 @@
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
 //! - [`messages`]: channel history (`/v1/channels/{id}/messages`).
 //! - [`realtime`]: the WebSocket protocol (`GET /v1`), its hub, tokens, and realtime REST.
+//! - [`ratelimit`]: per-key token buckets and the `RateLimit-*` headers.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
@@ -30,6 +32,8 @@ pub mod etag;
 pub mod extract;
 pub mod health;
 pub mod messages;
+pub mod metrics;
+pub mod ratelimit;
 pub mod realtime;
 pub mod startup;
 pub mod telemetry;

@@ -48,6 +48,12 @@ async fn run(command: Command) -> cli::CliResult {
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             tracing::info!(address = %listener.local_addr()?, "channeld listening");
             let state = startup::AppState::new(pool, Config::from(&args));
+            if let Some(address) = args.metrics_listen {
+                let metrics_listener = tokio::net::TcpListener::bind(address).await?;
+                tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
+                let metrics = startup::metrics_router(state.clone());
+                tokio::spawn(async move { axum::serve(metrics_listener, metrics).await });
+            }
             let grace = args.shutdown_timeout;
             let shutdown = async move {
                 startup::shutdown_signal().await;

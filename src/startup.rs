@@ -6,7 +6,9 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, Response},
+    middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
+    routing::get,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -23,6 +25,8 @@ use crate::{
     config::Config,
     error::ApiError,
     health, messages,
+    metrics::{self, Metrics},
+    ratelimit::{self, RateLimiter},
     realtime::{self, Realtime},
 };
 
@@ -32,6 +36,8 @@ pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub realtime: Realtime,
+    pub rate_limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -39,6 +45,8 @@ impl AppState {
         Self {
             db,
             realtime: Realtime::new(&config.realtime),
+            rate_limiter: Arc::new(RateLimiter::default()),
+            metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
         }
     }
@@ -49,13 +57,19 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let mut routes = Router::new()
         .merge(health::router())
         .merge(channels::router())
         .merge(messages::router())
-        .merge(realtime::router())
+        .merge(realtime::router());
+    if state.config.metrics_on_main {
+        routes = routes.route("/metrics", get(metrics::render));
+    }
+    routes
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn(ratelimit::headers))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -73,6 +87,13 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
+}
+
+/// `/metrics` alone, for `--metrics-listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(state)
 }
 
 /// The span every request's log lines carry. The query string is left out on purpose: it can

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use channeld::{auth::Scope, config::Config};
+use channeld::auth::Scope;
 use common::{TestApp, assert_error};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -212,7 +212,7 @@ impl Events {
 
 #[sqlx::test]
 async fn server_sent_events_stream_history_and_live_and_resume_after_a_drop(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.sse_keep_alive = Duration::from_millis(200);
     let app = TestApp::spawn_config(db, config).await;
     let key = app.writer().await;

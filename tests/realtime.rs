@@ -394,7 +394,7 @@ async fn every_error_code_answers_and_keeps_the_connection_open(db: PgPool) {
 
 #[sqlx::test]
 async fn subscriptions_are_capped_per_connection(db: PgPool) {
-    let mut config = channeld::config::Config::default();
+    let mut config = common::test_config();
     config.realtime.max_subscriptions = 3;
     let app = TestApp::spawn_config(db, config).await;
     let key = app.key(&[Scope::Subscribe]).await;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use channeld::{auth::Scope, config::Config};
+use channeld::auth::Scope;
 use common::{TestApp, claims, local_token};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -149,7 +149,7 @@ async fn publishable_keys_connect_only_from_allowed_origins(db: PgPool) {
 
 #[sqlx::test]
 async fn connects_beyond_the_per_ip_limit_get_429(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.connects_per_ip = 3;
     let app = TestApp::spawn_config(db, config).await;
     let key = app.key(&REALTIME).await;
@@ -204,7 +204,7 @@ async fn a_connection_closes_with_4002_just_before_its_token_expires(db: PgPool)
 
 #[sqlx::test]
 async fn too_many_frames_close_with_4011(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.frame_rate = 5;
     config.realtime.frame_burst = 10;
     let app = TestApp::spawn_config(db, config).await;
@@ -251,7 +251,7 @@ async fn kicking_a_peer_closes_all_its_connections_with_4020(db: PgPool) {
 
 #[sqlx::test]
 async fn revoking_a_key_closes_its_connections_with_4001(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.key_check_interval = Duration::from_millis(100);
     let app = TestApp::spawn_config(db, config).await;
     let doomed = app.key(&REALTIME).await;
@@ -267,7 +267,7 @@ async fn revoking_a_key_closes_its_connections_with_4001(db: PgPool) {
 
 #[sqlx::test]
 async fn the_server_pings_and_drops_connections_that_stay_silent(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.ping_interval = Duration::from_millis(100);
     config.realtime.idle_timeout = Duration::from_millis(400);
     let app = TestApp::spawn_config(db, config).await;
@@ -303,7 +303,7 @@ async fn the_server_pings_and_drops_connections_that_stay_silent(db: PgPool) {
 
 #[sqlx::test]
 async fn a_stalled_reader_is_disconnected_without_slowing_the_others(db: PgPool) {
-    let mut config = Config::default();
+    let mut config = common::test_config();
     config.realtime.outbound_queue = 16;
     let app = TestApp::spawn_config(db, config).await;
     let key = app.key(&REALTIME).await;

@@ -17,6 +17,9 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Requests per second and burst of this key; `None` for the server's defaults.
+    pub rate_limit: Option<i32>,
+    pub rate_burst: Option<i32>,
 }
 
 impl ApiKey {
@@ -41,6 +44,8 @@ pub struct NewKey {
     pub scopes: Vec<Scope>,
     pub channel_patterns: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limit: Option<i32>,
+    pub rate_burst: Option<i32>,
 }
 
 /// Stores a new key and returns it with its secret, which is never available again.
@@ -60,9 +65,11 @@ pub async fn create_key(
     let stored = sqlx::query_as!(
         ApiKey,
         r#"
-        INSERT INTO api_keys (key_id, name, secret_sha256, scopes, channel_patterns, expires_at, secret_encrypted)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        RETURNING key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at
+        INSERT INTO api_keys (key_id, name, secret_sha256, scopes, channel_patterns, expires_at, secret_encrypted,
+                              rate_limit, rate_burst)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        RETURNING key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
+               rate_limit, rate_burst
         "#,
         generated.key_id,
         new.name,
@@ -71,6 +78,8 @@ pub async fn create_key(
         &patterns,
         new.expires_at,
         encrypted,
+        new.rate_limit,
+        new.rate_burst,
     )
     .fetch_one(db)
     .await?;
@@ -84,7 +93,8 @@ pub async fn find_key(
     sqlx::query_as!(
         ApiKey,
         r#"
-        SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at
+        SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
+               rate_limit, rate_burst
         FROM api_keys WHERE key_id = $1
         "#,
         key_id,
@@ -97,7 +107,8 @@ pub async fn list_keys(db: impl PgExecutor<'_>) -> Result<Vec<ApiKey>, sqlx::Err
     sqlx::query_as!(
         ApiKey,
         r#"
-        SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at
+        SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
+               rate_limit, rate_burst
         FROM api_keys ORDER BY created_at, key_id
         "#,
     )

@@ -1,7 +1,7 @@
 //! The [`Principal`] extractor: who is calling, proven by an API key. There is no anonymous
 //! principal: a missing, malformed, unknown, expired or revoked key is one indistinguishable 401.
 
-use std::marker::PhantomData;
+use std::{marker::PhantomData, sync::atomic::Ordering};
 
 use axum::{
     extract::FromRequestParts,
@@ -10,7 +10,11 @@ use axum::{
 use chrono::Utc;
 
 use super::{Credential, Pattern, Scope, ScopeSet, find_key};
-use crate::{error::ApiError, startup::AppState};
+use crate::{
+    error::ApiError,
+    ratelimit::{DecisionSlot, Limit},
+    startup::AppState,
+};
 
 /// The authenticated caller of a REST request.
 #[derive(Debug, Clone)]
@@ -61,6 +65,27 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or(ApiError::Unauthorized)?;
         if !credential.matches(&key.secret_sha256) || !key.is_active(Utc::now()) {
             return Err(ApiError::Unauthorized);
+        }
+        let default = state.config.rate_limit;
+        let limit = Limit {
+            rate: key
+                .rate_limit
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(default.rate),
+            burst: key
+                .rate_burst
+                .and_then(|b| u32::try_from(b).ok())
+                .unwrap_or(default.burst),
+        };
+        let decision = state.rate_limiter.check(&key.key_id, limit);
+        if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
+            slot.set(decision);
+        }
+        if !decision.allowed {
+            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::RateLimited {
+                retry_after_secs: decision.retry_after_secs,
+            });
         }
         Ok(Self {
             scopes: ScopeSet::from_stored(&key.scopes),

@@ -149,6 +149,9 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
             }
             inbound = stream.next() => {
                 idle.as_mut().reset(Instant::now() + limits.idle_timeout);
+                if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                    connection.state.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 match inbound {
                     None | Some(Ok(Message::Close(_))) => Some(End::Gone),
                     Some(Err(error)) => Some(read_error(error)),

@@ -35,12 +35,12 @@ pub struct TestApp {
 impl TestApp {
     /// Serves the app on a free port with `db` as its pool.
     pub async fn spawn(db: PgPool) -> Self {
-        Self::spawn_full(db.clone(), db, Config::default()).await
+        Self::spawn_full(db.clone(), db, test_config()).await
     }
 
     /// Serves the app with `server_pool`, while the test keeps `db` for set-up and checks.
     pub async fn spawn_with(db: PgPool, server_pool: PgPool) -> Self {
-        Self::spawn_full(db, server_pool, Config::default()).await
+        Self::spawn_full(db, server_pool, test_config()).await
     }
 
     pub async fn spawn_config(db: PgPool, config: Config) -> Self {
@@ -89,6 +89,8 @@ impl TestApp {
             scopes: scopes.to_vec(),
             channel_patterns: vec![],
             expires_at,
+            rate_limit: None,
+            rate_burst: None,
         };
         let (generated, _) = create_key(&self.db, &new, &self.config.master_key)
             .await
@@ -103,6 +105,8 @@ impl TestApp {
             scopes: scopes.to_vec(),
             channel_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
             expires_at: None,
+            rate_limit: None,
+            rate_burst: None,
         };
         let (generated, _) = create_key(&self.db, &new, &self.config.master_key)
             .await
@@ -291,6 +295,18 @@ impl DbProxy {
 
     pub fn restore(&self) {
         self.up.send_replace(true);
+    }
+}
+
+/// The server's defaults, but with per-key limits high enough that tests generating load measure
+/// delivery rather than rate limiting. Tests about limits set their own.
+pub fn test_config() -> Config {
+    Config {
+        rate_limit: channeld::ratelimit::Limit {
+            rate: 1_000_000,
+            burst: 1_000_000,
+        },
+        ..Config::default()
     }
 }
 

@@ -1,0 +1,197 @@
+//! Prometheus metrics in text format at `/metrics`.
+//!
+//! A small registry owned by the application state rather than a process-global recorder, so
+//! that several servers in one process (as in the tests) each count their own.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::startup::AppState;
+
+/// Upper bounds of the request latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    http: Mutex<BTreeMap<(String, &'static str, u16), Histogram>>,
+    pub rate_limited: AtomicU64,
+    pub frames_in: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    fn observe(&self, route: String, method: &'static str, status: u16, seconds: f64) {
+        let mut http = self.http.lock().unwrap_or_else(PoisonError::into_inner);
+        let series = http.entry((route, method, status)).or_default();
+        series.count += 1;
+        series.sum += seconds;
+        for (bucket, bound) in series.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+}
+
+fn method_name(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+/// Middleware: counts every request by matched route, method and status, with its latency.
+/// Unmatched paths share one `route="unmatched"` label so that clients cannot grow the series.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_name(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .observe(route, method, response.status().as_u16(), seconds);
+    response
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let mut out = String::with_capacity(4096);
+    let metrics = &state.metrics;
+    {
+        let http = metrics.http.lock().unwrap_or_else(PoisonError::into_inner);
+        out.push_str("# HELP channeld_http_requests_total HTTP requests by matched route, method and status.\n");
+        out.push_str("# TYPE channeld_http_requests_total counter\n");
+        for ((route, method, status), series) in http.iter() {
+            let _ = writeln!(
+                out,
+                "channeld_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
+                series.count
+            );
+        }
+        out.push_str("# HELP channeld_http_request_duration_seconds HTTP request latency.\n");
+        out.push_str("# TYPE channeld_http_request_duration_seconds histogram\n");
+        for ((route, method, status), series) in http.iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            for (count, bound) in series.buckets.iter().zip(BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "channeld_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "channeld_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                series.count
+            );
+            let _ = writeln!(
+                out,
+                "channeld_http_request_duration_seconds_sum{{{labels}}} {}",
+                series.sum
+            );
+            let _ = writeln!(
+                out,
+                "channeld_http_request_duration_seconds_count{{{labels}}} {}",
+                series.count
+            );
+        }
+    }
+    let hub = &state.realtime.hub;
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let pool = &state.db;
+    let samples: [(&str, &str, &str, u64); 9] = [
+        (
+            "channeld_websocket_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            hub.connection_count() as u64,
+        ),
+        (
+            "channeld_websocket_subscriptions",
+            "gauge",
+            "Channel subscriptions across connections.",
+            hub.subscription_count() as u64,
+        ),
+        (
+            "channeld_websocket_frames_in_total",
+            "counter",
+            "Frames received from WebSocket clients.",
+            load(&metrics.frames_in),
+        ),
+        (
+            "channeld_websocket_frames_out_total",
+            "counter",
+            "Frames queued to WebSocket clients.",
+            load(&hub.stats.frames_out),
+        ),
+        (
+            "channeld_websocket_slow_consumer_disconnects_total",
+            "counter",
+            "Connections dropped for not keeping up.",
+            load(&hub.stats.slow_consumer_disconnects),
+        ),
+        (
+            "channeld_rate_limited_requests_total",
+            "counter",
+            "Requests refused with 429 by per-key limits.",
+            load(&metrics.rate_limited),
+        ),
+        (
+            "channeld_db_pool_connections",
+            "gauge",
+            "Open database connections in the pool.",
+            u64::from(pool.size()),
+        ),
+        (
+            "channeld_db_pool_idle",
+            "gauge",
+            "Idle database connections in the pool.",
+            pool.num_idle() as u64,
+        ),
+        (
+            "channeld_db_pool_max",
+            "gauge",
+            "Largest pool size allowed.",
+            u64::from(pool.options().get_max_connections()),
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], out).into_response()
+}
