@@ -6,7 +6,7 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test build key migrate prepare fmt lint ci db-stop
+.PHONY: run test build key migrate prepare fuzz fmt lint ci db-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 run: build
@@ -44,6 +44,10 @@ prepare:
 	  rm -rf .sqlx && mkdir .sqlx && touch src/lib.rs && \
 	  SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$$url $(CARGO) check --quiet --all-targets && \
 	  echo "wrote $$(ls .sqlx | wc -l) query files to .sqlx/"
+
+## Fuzz the live API from its OpenAPI document (schemathesis from PyPI, in .data/venv).
+fuzz: build
+	@scripts/fuzz.sh
 
 fmt:
 	$(CARGO) fmt

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::auth::Scope;
 
 /// Per-field problems: field name → short snake_case codes such as `length` or `required`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldErrors(BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {
@@ -145,12 +145,18 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "invalid_request", "message": "name must be 2-100 characters", "details": {"name": ["length"]}}))]
+pub struct Envelope<'a> {
+    /// A stable snake_case code.
     error: &'static str,
+    /// For humans.
     message: String,
+    /// Field → what was wrong with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a FieldErrors>,
+    /// With `insufficient_scope`: the scopes the route needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     required_scopes: Option<Vec<&'static str>>,
 }

@@ -1,9 +1,13 @@
 //! Liveness and readiness probes.
 
 use axum::{Json, Router, extract::State, routing::get};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::{error::ApiError, startup::AppState};
+use crate::{
+    error::{ApiError, Envelope},
+    startup::AppState,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -11,16 +15,29 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (alive) or `ready` (the database answers).
+    pub status: &'static str,
+}
+
 /// 200 while the process runs, whatever the database does.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs", body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
 }
 
 /// 200 only when the database answers; otherwise 503 `unavailable`.
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers", body = Status),
+        (status = 503, description = "The database is unreachable", body = Envelope),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     sqlx::query!("SELECT 1 AS one")
         .fetch_one(&state.db)
         .await
         .map_err(ApiError::Unavailable)?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Status { status: "ready" }))
 }

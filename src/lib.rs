@@ -16,6 +16,7 @@
 //! - [`realtime`]: the WebSocket protocol (`GET /v1`), its hub, tokens, and realtime REST.
 //! - [`ratelimit`]: per-key token buckets and the `RateLimit-*` headers.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`openapi`]: the OpenAPI 3.1 document (`/v1/openapi.json`) and `/docs`.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
@@ -33,6 +34,7 @@ pub mod extract;
 pub mod health;
 pub mod messages;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
 pub mod startup;

@@ -26,6 +26,7 @@ use crate::{
     error::ApiError,
     health, messages,
     metrics::{self, Metrics},
+    openapi,
     ratelimit::{self, RateLimiter},
     realtime::{self, Realtime},
 };
@@ -61,7 +62,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(channels::router())
         .merge(messages::router())
-        .merge(realtime::router());
+        .merge(realtime::router())
+        .merge(openapi::router());
     if state.config.metrics_on_main {
         routes = routes.route("/metrics", get(metrics::render));
     }

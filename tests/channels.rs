@@ -327,6 +327,18 @@ async fn invalid_channel_bodies_name_the_field(db: PgPool) {
             "description",
             "length",
         ),
+        (
+            "PUT",
+            json!({"description": "a\u{0}b"}),
+            "description",
+            "null_character",
+        ),
+        (
+            "POST",
+            json!({"name": "ok", "document": "a\u{0}b"}),
+            "document",
+            "null_character",
+        ),
     ];
     for (method, body, field, code) in cases {
         let (status, response) = if method == "POST" {

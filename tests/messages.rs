@@ -167,6 +167,11 @@ async fn invalid_messages_are_rejected_and_nothing_is_stored(db: PgPool) {
         (json!({"content": "x".repeat(65_537)}), "content", "length"),
         (json!({"content": 5}), "content", "type"),
         (
+            json!({"content": "nul \u{0} byte"}),
+            "content",
+            "null_character",
+        ),
+        (
             json!({"content": "x", "pod_key": "p".repeat(101)}),
             "pod_key",
             "format",

@@ -348,3 +348,76 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
         );
     }
 }
+
+#[sqlx::test]
+async fn the_openapi_document_describes_every_route_and_docs_render_it(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let (status, document) = call(app.http.get(format!("{}/v1/openapi.json", app.base))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    let expected = [
+        ("/v1/channels", vec!["get", "post"]),
+        ("/v1/channels/{id}", vec!["get", "put"]),
+        ("/v1/channels/{id}/messages", vec!["get", "post"]),
+        ("/v1/channels/{id}/events", vec!["get"]),
+        ("/v1/channels/{channel}/peers", vec!["get"]),
+        ("/v1/channels/{channel}/publish", vec!["post"]),
+        ("/v1/peers/{peer_id}", vec!["delete"]),
+        ("/v1/tokens", vec!["post"]),
+        ("/v1", vec!["get"]),
+        ("/healthz", vec!["get"]),
+        ("/readyz", vec!["get"]),
+        ("/metrics", vec!["get"]),
+    ];
+    let paths = document["paths"].as_object().expect("paths");
+    assert_eq!(
+        paths.len(),
+        expected.len(),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for (path, methods) in expected {
+        for method in methods {
+            assert!(
+                paths[path][method].is_object(),
+                "{method} {path} is documented"
+            );
+        }
+    }
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+    let post_message = &paths["/v1/channels/{id}/messages"]["post"];
+    let headers: Vec<&str> = post_message["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "header")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(headers, ["Idempotency-Key"]);
+    assert_eq!(
+        post_message["responses"]["409"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Envelope"
+    );
+
+    let docs = app
+        .http
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = docs.text().await.unwrap();
+    assert!(
+        page.contains("swagger"),
+        "the page loads assets from channeld itself"
+    );
+    assert!(!page.contains("https://"), "no CDN");
+}

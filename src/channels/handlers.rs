@@ -14,24 +14,42 @@ use super::{
 };
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
-    error::{ApiError, FieldErrors},
+    error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
     startup::AppState,
 };
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ChannelBody {
     pub channel: Channel,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ChannelList {
     pub channels: Vec<ChannelSummary>,
     pub total: i64,
 }
 
 /// `GET /v1/channels`: filtered, paged, most recently active first.
+#[utoipa::path(get, path = "/v1/channels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("repository_id" = Option<i64>, Query, minimum = 1, description = "Only channels of this repository"),
+        ("ticket_slug" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Only channels of this ticket"),
+        ("include_archived" = Option<bool>, Query, description = "Include archived channels (default false)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Channels to skip (default 0)"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer: 304 while unchanged"),
+    ),
+    responses(
+        (status = 200, description = "Most recently active first", body = ChannelList, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "A bad query parameter", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
@@ -60,6 +78,17 @@ pub async fn list(
 }
 
 /// `GET /v1/channels/{id}`.
+#[utoipa::path(get, path = "/v1/channels/{id}", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = i64, Path, description = "Channel id"), ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "The channel, with its document", body = ChannelBody, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 404, description = "No such channel (`not_found`)", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn get(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
@@ -71,6 +100,18 @@ pub async fn get(
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.
+#[utoipa::path(post, path = "/v1/channels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+    request_body = CreateChannel,
+    responses(
+        (status = 201, description = "Created", body = ChannelBody),
+        (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
+        (status = 409, description = "An active channel has this name (`channel_name_taken`)", body = Envelope),
+        (status = 413, description = "Body over 1 MiB", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,
     State(state): State<AppState>,
@@ -81,6 +122,20 @@ pub async fn create(
 }
 
 /// `PUT /v1/channels/{id}`: only the fields present change; `{}` changes nothing.
+#[utoipa::path(put, path = "/v1/channels/{id}", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = i64, Path, description = "Channel id")),
+    request_body = UpdateChannel,
+    responses(
+        (status = 200, description = "Updated (only present fields change; `null` clears)", body = ChannelBody),
+        (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
+        (status = 404, description = "No such channel", body = Envelope),
+        (status = 409, description = "An active channel has this name (`channel_name_taken`)", body = Envelope),
+        (status = 413, description = "Body over 1 MiB", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn update(
     _: Scoped<ChannelsWrite>,
     State(state): State<AppState>,

@@ -1,7 +1,7 @@
 //! Persistent channels: create, read, list, update and archive.
 
 mod db;
-mod handlers;
+pub(crate) mod handlers;
 pub mod model;
 
 use axum::{Router, routing::get};

@@ -2,10 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
+use crate::messages::model::no_null_character;
+
 /// A channel as listed: every field but the (possibly large) `document`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChannelSummary {
     pub id: i64,
     pub name: String,
@@ -14,13 +17,15 @@ pub struct ChannelSummary {
     pub ticket_slug: Option<String>,
     pub archived: bool,
     #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
 }
 
 /// A channel as read one at a time, `document` included.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Channel {
     #[serde(flatten)]
     pub summary: ChannelSummary,
@@ -30,35 +35,51 @@ pub struct Channel {
 pub const DOCUMENT_MAX_BYTES: usize = 512 * 1024;
 
 /// `POST /v1/channels`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
+    /// 2-100 characters after trimming, no control characters; unique among active channels.
     #[validate(custom(function = "valid_name"))]
+    #[schema(min_length = 2, max_length = 100)]
     pub name: String,
-    #[validate(length(max = 1000, message = "description must be at most 1000 characters"))]
+    #[validate(
+        length(max = 1000, message = "description must be at most 1000 characters"),
+        custom(function = "valid_description")
+    )]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     #[validate(range(min = 1, message = "repository_id must be a positive integer"))]
+    #[schema(minimum = 1)]
     pub repository_id: Option<i64>,
     #[validate(custom(function = "valid_ticket_slug"))]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub ticket_slug: Option<String>,
     #[validate(custom(function = "valid_document"))]
     pub document: Option<String>,
 }
 
 /// `PUT /v1/channels/{id}`: absent fields stay as they are; a present `null` clears a nullable one.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateChannel {
     #[serde(default, deserialize_with = "present_non_null")]
     #[validate(custom(function = "valid_name"))]
+    #[schema(min_length = 2, max_length = 100, nullable = false)]
     pub name: Option<String>,
+    /// `null` clears it.
     #[serde(default, deserialize_with = "present")]
-    #[validate(length(max = 1000, message = "description must be at most 1000 characters"))]
+    #[validate(
+        length(max = 1000, message = "description must be at most 1000 characters"),
+        custom(function = "valid_description")
+    )]
+    #[schema(max_length = 1000)]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[validate(custom(function = "valid_document"))]
     pub document: Option<Option<String>>,
+    /// `true` archives, `false` unarchives.
     #[serde(default, deserialize_with = "present_non_null")]
+    #[schema(nullable = false)]
     pub archived: Option<bool>,
 }
 
@@ -121,9 +142,13 @@ fn valid_ticket_slug(slug: &str) -> Result<(), ValidationError> {
     }
 }
 
+fn valid_description(description: &str) -> Result<(), ValidationError> {
+    no_null_character(description, "description")
+}
+
 fn valid_document(document: &str) -> Result<(), ValidationError> {
     if document.len() <= DOCUMENT_MAX_BYTES {
-        Ok(())
+        no_null_character(document, "document")
     } else {
         Err(ValidationError::new("length").with_message("document must be at most 512 KiB".into()))
     }

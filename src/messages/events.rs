@@ -24,7 +24,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, Scoped},
     channels::channel_state,
-    error::{ApiError, FieldErrors},
+    error::{ApiError, Envelope, FieldErrors},
     extract::{ChannelId, QueryParams},
     startup::AppState,
 };
@@ -32,6 +32,21 @@ use crate::{
 /// Messages read from the database per round while catching up.
 const CATCH_UP_PAGE: i64 = 100;
 
+#[utoipa::path(get, path = "/v1/channels/{id}/events", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("id" = i64, Path, description = "Channel id"),
+        ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
+    ),
+    responses(
+        (status = 200, description = "`event: message`, `id: <message id>`, `data: <the message as JSON>`; comment lines keep the stream open", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad `since` or `Last-Event-ID`", body = Envelope),
+        (status = 404, description = "No such channel", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn events(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     channels::{ChannelState, channel_state},
-    error::{ApiError, FieldErrors},
+    error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
     realtime,
@@ -27,12 +27,12 @@ use crate::{
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageBody {
     pub message: Message,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub messages: Vec<Message>,
     pub has_more: bool,
@@ -47,6 +47,25 @@ const MAX_WAIT_SECS: i64 = 30;
 /// wait ends (long poll). The waiter follows the channel's feed *before* reading, so a message
 /// posted between its read and its wait still wakes it; while waiting it holds no database
 /// connection.
+#[utoipa::path(get, path = "/v1/channels/{id}/messages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("id" = i64, Path, description = "Channel id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Messages older than this id, newest first"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Messages newer than this id, oldest first"),
+        ("wait" = Option<i64>, Query, minimum = 0, maximum = 30, description = "With `after`: hold an empty answer up to this many seconds for a new message"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "A page of history", body = MessagePage, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "A bad query parameter", body = Envelope),
+        (status = 404, description = "No such channel", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn list(
     _: Scoped<ChannelsRead>,
     State(state): State<AppState>,
@@ -102,6 +121,24 @@ pub async fn list(
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
 /// already used on this channel, 200 with the message first stored under it.
+#[utoipa::path(post, path = "/v1/channels/{id}/messages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+    params(
+        ("id" = i64, Path, description = "Channel id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; retries with the same key return the original message"),
+    ),
+    request_body = CreateMessage,
+    responses(
+        (status = 201, description = "Stored", body = MessageBody),
+        (status = 200, description = "A retry: the message first stored under this Idempotency-Key", body = MessageBody),
+        (status = 400, description = "Malformed JSON, an invalid field or Idempotency-Key", body = Envelope),
+        (status = 404, description = "No such channel", body = Envelope),
+        (status = 409, description = "The channel is archived (`channel_archived`)", body = Envelope),
+        (status = 413, description = "Body over 1 MiB", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,
     State(state): State<AppState>,

@@ -1,8 +1,8 @@
 //! Messages of persistent channels: posting (idempotent, gap-free ordering) and reading history.
 
 mod db;
-mod events;
-mod handlers;
+pub(crate) mod events;
+pub(crate) mod handlers;
 pub mod model;
 
 use axum::{Router, routing::get};

@@ -2,10 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
 /// A stored message, exactly as REST returns it and live delivery carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Message {
     pub id: i64,
     pub channel_id: i64,
@@ -13,18 +14,23 @@ pub struct Message {
     pub sender_type: String,
     pub pod_key: Option<String>,
     #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
 }
 
 pub const CONTENT_MAX_BYTES: usize = 65_536;
 
 /// `POST /v1/channels/{id}/messages`.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessage {
+    /// 1-65,536 bytes.
     #[validate(custom(function = "valid_content"))]
+    #[schema(min_length = 1)]
     pub content: String,
+    /// 1-100 printable ASCII characters; makes the sender an `agent`.
     #[validate(custom(function = "valid_pod_key"))]
+    #[schema(pattern = "^[ -~]{1,100}$")]
     pub pod_key: Option<String>,
 }
 
@@ -40,10 +46,21 @@ impl CreateMessage {
 }
 
 fn valid_content(content: &str) -> Result<(), ValidationError> {
-    if (1..=CONTENT_MAX_BYTES).contains(&content.len()) {
-        Ok(())
+    if !(1..=CONTENT_MAX_BYTES).contains(&content.len()) {
+        return Err(
+            ValidationError::new("length").with_message("content must be 1-65536 bytes".into())
+        );
+    }
+    no_null_character(content, "content")
+}
+
+/// PostgreSQL text cannot hold U+0000, so stored text refuses it up front (400, not a 500).
+pub fn no_null_character(text: &str, field: &str) -> Result<(), ValidationError> {
+    if text.contains('\0') {
+        Err(ValidationError::new("null_character")
+            .with_message(format!("{field} must not contain U+0000").into()))
     } else {
-        Err(ValidationError::new("length").with_message("content must be 1-65536 bytes".into()))
+        Ok(())
     }
 }
 
@@ -84,6 +101,7 @@ mod tests {
             (make("x".into(), Some(&"p".repeat(101))), "pod_key"),
             (make("x".into(), Some("pod\tkey")), "pod_key"),
             (make("x".into(), Some("pød")), "pod_key"),
+            (make("nul\0byte".into(), None), "content"),
         ];
         for (message, field) in bad {
             let errors = message.validate().expect_err(field);

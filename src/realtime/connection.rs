@@ -26,7 +26,7 @@ use super::{
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
-    error::ApiError,
+    error::{ApiError, Envelope},
     extract::QueryParams,
     messages::{Page, model::Message as MessageRow, page},
     startup::AppState,
@@ -39,6 +39,17 @@ const WRITE_BATCH: usize = 64;
 
 /// `GET /v1`: the WebSocket endpoint. Limits and credentials are checked before the upgrade, so
 /// failures are plain HTTP answers (429, 401).
+#[utoipa::path(get, path = "/v1", tag = "realtime",
+    params(
+        ("token" = Option<String>, Query, description = "A token from `POST /v1/tokens` or signed by a backend (HS256, `kid` = key id)"),
+        ("key" = Option<String>, Query, description = "A publishable key (`pk_live_…`), checked against `Origin`"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol of SPEC §5"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = Envelope),
+        (status = 401, description = "Missing or invalid credential", body = Envelope),
+        (status = 429, description = "Too many connects from this address (`rate_limited`)", body = Envelope),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,

@@ -1,13 +1,13 @@
 //! Realtime: the WebSocket protocol (presence, publish, direct messages), its tokens and keys,
 //! and the REST endpoints that drive it from a backend.
 
-mod connection;
+pub(crate) mod connection;
 pub mod feeds;
 pub mod hub;
 mod limits;
 pub mod names;
 pub mod protocol;
-mod rest;
+pub(crate) mod rest;
 pub mod session;
 
 use std::{collections::HashSet, sync::Arc};

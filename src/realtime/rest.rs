@@ -20,7 +20,7 @@ use super::{
 use crate::{
     auth::{Admin, Pattern, Principal, Scope, ScopeSet, Scoped, tokens},
     channels::{ChannelState, channel_state},
-    error::{ApiError, FieldErrors},
+    error::{ApiError, Envelope, FieldErrors},
     extract::ValidatedJson,
     startup::AppState,
 };
@@ -31,21 +31,30 @@ const MAX_TOKEN_LIFETIME: i64 = 86_400;
 
 /// `POST /v1/tokens`. Checked in the handler rather than by `validator`, whose error details
 /// would name the Rust fields instead of the camelCase ones clients send.
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
+    /// The peer's id (`sub`): 1-128 printable ASCII characters.
     #[serde(rename = "peerId")]
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub peer_id: String,
+    /// Channel patterns, each within the key's.
     pub channels: Option<Vec<String>>,
+    /// Realtime actions, each held by the key.
     pub permissions: Option<Vec<String>>,
     #[serde(rename = "expiresInSec")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub expires_in_sec: Option<i64>,
+    /// Delivered once in `welcome`; at most 8 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Shown to other peers in presence; at most 4 KiB.
     #[serde(rename = "peerMetadata")]
+    #[schema(value_type = Option<Object>)]
     pub peer_metadata: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenBody {
     pub token: String,
     #[serde(rename = "expiresAt")]
@@ -53,6 +62,17 @@ pub struct TokenBody {
 }
 
 /// `POST /v1/tokens`: any secret key mints a token for one peer, never wider than itself.
+#[utoipa::path(post, path = "/v1/tokens", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+    request_body = MintToken,
+    responses(
+        (status = 200, description = "A token for `GET /v1?token=`", body = TokenBody),
+        (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
+        (status = 413, description = "Body over 1 MiB", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn mint_token(
     principal: Principal,
     State(state): State<AppState>,
@@ -177,21 +197,33 @@ async fn authorize_channel(
     Ok(())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PeerInfo<'a> {
     #[serde(rename = "peerId")]
     pub peer_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<&'a RawValue>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PeersBody<'a> {
     pub channel: &'a str,
     pub peers: Vec<PeerInfo<'a>>,
 }
 
 /// `GET /v1/channels/{channel}/peers`.
+#[utoipa::path(get, path = "/v1/channels/{channel}/peers", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+    params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
+    responses(
+        (status = 200, description = "Peers present in the channel", body = PeersBody),
+        (status = 400, description = "A malformed (`invalid_request`) or reserved (`channel_reserved`) channel name", body = Envelope),
+        (status = 404, description = "All-digit name of a persistent channel that does not exist", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn peers(
     principal: Principal,
     State(state): State<AppState>,
@@ -218,14 +250,18 @@ async fn peers_of(
     Ok(Json(PeersBody { channel, peers }).into_response())
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// Any JSON, `null` included; required.
     #[serde(default, deserialize_with = "present_raw")]
+    #[schema(value_type = serde_json::Value, required = true)]
     pub data: Option<Box<RawValue>>,
     #[validate(custom(function = "valid_from"))]
     pub from: Option<String>,
+    /// Shown as `fromMetadata` to subscribers that asked for it; at most 4 KiB.
     #[serde(rename = "peerMetadata")]
+    #[schema(value_type = Option<Object>)]
     pub peer_metadata: Option<Map<String, Value>>,
 }
 
@@ -242,13 +278,27 @@ fn valid_from(from: &str) -> Result<(), ValidationError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Delivered<'a> {
     pub channel: &'a str,
     pub delivered: usize,
 }
 
 /// `POST /v1/channels/{channel}/publish`: reaches every subscriber; answers how many.
+#[utoipa::path(post, path = "/v1/channels/{channel}/publish", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+    params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Published; `delivered` counts the subscribers reached", body = Delivered),
+        (status = 400, description = "A malformed body or channel name, or a reserved channel", body = Envelope),
+        (status = 404, description = "All-digit name of a persistent channel that does not exist", body = Envelope),
+        (status = 409, description = "The persistent channel is archived", body = Envelope),
+        (status = 413, description = "`data` over 32 KiB or body over 1 MiB", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn publish(
     principal: Principal,
     State(state): State<AppState>,
@@ -321,7 +371,7 @@ async fn publish_to(
     Ok(Json(Delivered { channel, delivered }).into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Kicked {
     #[serde(rename = "peerId")]
     pub peer_id: String,
@@ -329,6 +379,16 @@ pub struct Kicked {
 }
 
 /// `DELETE /v1/peers/{peerId}`: closes every connection of the peer with 4020.
+#[utoipa::path(delete, path = "/v1/peers/{peer_id}", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+    params(("peer_id" = String, Path, description = "1-128 printable ASCII characters")),
+    responses(
+        (status = 200, description = "The peer's connections were closed with 4020 (`closed` may be 0)", body = Kicked),
+        (status = 400, description = "A malformed peer id", body = Envelope),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
+        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
+        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
+        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+    ))]
 pub async fn kick(
     _: Scoped<Admin>,
     State(state): State<AppState>,
