@@ -32,6 +32,9 @@ pub struct Metrics {
     http: Mutex<BTreeMap<(String, &'static str, u16), Histogram>>,
     pub rate_limited: AtomicU64,
     pub frames_in: AtomicU64,
+    /// Requests answered 503: the database could not be reached, or no pooled connection
+    /// came free within the acquire timeout.
+    pub db_unavailable: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -79,9 +82,11 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let started = Instant::now();
     let response = next.run(request).await;
     let seconds = started.elapsed().as_secs_f64();
-    state
-        .metrics
-        .observe(route, method, response.status().as_u16(), seconds);
+    let status = response.status().as_u16();
+    if status == 503 {
+        state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+    state.metrics.observe(route, method, status, seconds);
     response
 }
 
@@ -132,7 +137,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let hub = &state.realtime.hub;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
-    let samples: [(&str, &str, &str, u64); 9] = [
+    let samples: [(&str, &str, &str, u64); 11] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -186,6 +191,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "gauge",
             "Largest pool size allowed.",
             u64::from(pool.options().get_max_connections()),
+        ),
+        (
+            "channeld_db_pool_in_use",
+            "gauge",
+            "Database connections checked out right now.",
+            u64::from(pool.size()).saturating_sub(pool.num_idle() as u64),
+        ),
+        (
+            "channeld_db_unavailable_total",
+            "counter",
+            "Requests answered 503: database unreachable or no pooled connection within the acquire timeout.",
+            load(&metrics.db_unavailable),
         ),
     ];
     for (name, kind, help, value) in samples {
