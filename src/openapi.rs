@@ -25,7 +25,7 @@ use crate::{channels, error, health, messages, metrics, realtime, startup::AppSt
         messages::handlers::list,
         messages::handlers::create,
         messages::events::events,
-        realtime::rest::mint_token,
+        realtime::mint::mint_token,
         realtime::rest::peers,
         realtime::rest::publish,
         realtime::rest::kick,

@@ -16,19 +16,15 @@ use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    hub::{CloseSignal, ConnId, Hub, Member, Outbound, SubscribeError},
+    hub::{CloseSignal, ConnId, Hub, Member, Outbound},
     limits::FrameBucket,
-    names::{ChannelKind, NameError, channel_kind, is_peer_id},
-    protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
+    protocol::{ErrorCode, ServerFrame, close},
     session::{Session, authenticate},
-    stored_frame,
 };
 use crate::{
     auth::Scope,
-    channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
     extract::QueryParams,
-    messages::{Page, model::Message as MessageRow, page},
     startup::AppState,
 };
 
@@ -76,19 +72,19 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(socket, state, session))
 }
 
-struct Connection {
-    state: AppState,
-    hub: Hub,
-    session: Session,
-    conn: ConnId,
-    sink: SplitSink<WebSocket, Message>,
-    signal: Arc<CloseSignal>,
+pub(super) struct Connection {
+    pub(super) state: AppState,
+    pub(super) hub: Hub,
+    pub(super) session: Session,
+    pub(super) conn: ConnId,
+    pub(super) sink: SplitSink<WebSocket, Message>,
+    pub(super) signal: Arc<CloseSignal>,
     /// Per persistent channel resumed with `since`: the last message id already replayed.
-    replayed: HashMap<i64, i64>,
+    pub(super) replayed: HashMap<i64, i64>,
 }
 
 /// What ends a connection's loop.
-enum End {
+pub(super) enum End {
     /// The client went away or the socket failed: nothing more to send.
     Gone,
     /// Close with this code and reason.
@@ -238,7 +234,7 @@ impl Connection {
 
     /// Every write races the close signal: a client that stops reading blocks its socket, and
     /// must not keep this task (and its buffers) alive after the hub gave up on it.
-    async fn send(&mut self, message: Message) -> Option<End> {
+    pub(super) async fn send(&mut self, message: Message) -> Option<End> {
         tokio::select! {
             sent = self.sink.send(message) => sent.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
@@ -268,7 +264,7 @@ impl Connection {
         }
     }
 
-    async fn error(
+    pub(super) async fn error(
         &mut self,
         code: ErrorCode,
         message: &str,
@@ -284,7 +280,11 @@ impl Connection {
     }
 
     /// Acks a frame that carried a `requestId`; frames without one get no ack.
-    async fn ack(&mut self, request_id: Option<&str>, recovered: Option<bool>) -> Option<End> {
+    pub(super) async fn ack(
+        &mut self,
+        request_id: Option<&str>,
+        recovered: Option<bool>,
+    ) -> Option<End> {
         match request_id {
             Some(request_id) => {
                 let frame = ServerFrame::Ack {
@@ -299,7 +299,7 @@ impl Connection {
     }
 
     /// Sends frames that follow an ack (a roster, replayed history) with one flush.
-    async fn send_all(&mut self, frames: Vec<Utf8Bytes>) -> Option<End> {
+    pub(super) async fn send_all(&mut self, frames: Vec<Utf8Bytes>) -> Option<End> {
         if frames.is_empty() {
             return None;
         }
@@ -315,286 +315,4 @@ impl Connection {
             code = self.signal.closed() => Some(End::Stuck(code)),
         }
     }
-
-    /// Handles one client frame. Every failure is an `error` frame; the connection stays open.
-    async fn handle(&mut self, text: &str) -> Option<End> {
-        let frame = match parse_client_frame(text) {
-            Ok(frame) => frame,
-            Err(malformed) => {
-                let id = malformed.request_id;
-                return self
-                    .error(
-                        ErrorCode::MalformedMessage,
-                        "frames must be JSON objects with a string `type`",
-                        id.as_deref(),
-                    )
-                    .await;
-            }
-        };
-        let request_id = frame.request_id.clone();
-        let outcome = match frame.kind.as_deref() {
-            Some("subscribe") => self.subscribe(&frame).await,
-            Some("unsubscribe") => self.unsubscribe(&frame),
-            Some("publish") => self.publish(&frame).await,
-            Some("send") => self.send_direct(&frame),
-            Some("ping") => {
-                let frame = ServerFrame::Pong {
-                    request_id: request_id.as_deref(),
-                }
-                .encode();
-                return self.send(Message::Text(frame)).await;
-            }
-            Some(_) => Err((ErrorCode::UnknownType, "unknown frame type".to_owned())),
-            None => Err((ErrorCode::MalformedMessage, "`type` is required".to_owned())),
-        };
-        match outcome {
-            Ok(reply) => {
-                if let Some(end) = self.ack(request_id.as_deref(), reply.recovered).await {
-                    return Some(end);
-                }
-                self.send_all(reply.then).await
-            }
-            Err((code, message)) => self.error(code, &message, request_id.as_deref()).await,
-        }
-    }
-
-    fn require(&self, action: Scope) -> Result<(), Failure> {
-        if self.session.permissions.contains(action) {
-            Ok(())
-        } else {
-            Err((
-                ErrorCode::ActionNotPermitted,
-                format!("this connection may not {action}"),
-            ))
-        }
-    }
-
-    /// Validates a channel named in a frame and checks it against the session's patterns.
-    fn channel<'f>(&self, frame: &'f ClientFrame) -> Result<(&'f str, ChannelKind), Failure> {
-        let name = frame.channel.as_deref().ok_or((
-            ErrorCode::InvalidChannel,
-            "`channel` is required".to_owned(),
-        ))?;
-        let kind = channel_kind(name).map_err(|error| match error {
-            NameError::Invalid => (
-                ErrorCode::InvalidChannel,
-                "channel names are 1-256 characters without control characters".to_owned(),
-            ),
-            NameError::Reserved => (
-                ErrorCode::ChannelReserved,
-                "this channel prefix is reserved".to_owned(),
-            ),
-        })?;
-        if !self.session.may_use(name) {
-            return Err((
-                ErrorCode::ChannelNotAuthorized,
-                format!("channel `{name}` is outside this connection's channels"),
-            ));
-        }
-        Ok((name, kind))
-    }
-
-    /// A persistent channel's live stream needs the key's REST scope and an existing channel.
-    async fn persistent(&self, id: i64, scope: Scope, writing: bool) -> Result<(), Failure> {
-        if !self.session.key_scopes.contains(scope) {
-            return Err((
-                ErrorCode::ChannelNotAuthorized,
-                format!("persistent channels need the key scope {scope}"),
-            ));
-        }
-        match channel_state(&self.state.db, id).await {
-            Ok(Some(ChannelState::Active)) => Ok(()),
-            Ok(Some(ChannelState::Archived)) if !writing => Ok(()),
-            Ok(Some(ChannelState::Archived)) => Err((
-                ErrorCode::InvalidChannel,
-                format!("channel {id} is archived"),
-            )),
-            Ok(None) => Err((
-                ErrorCode::InvalidChannel,
-                format!("channel {id} does not exist"),
-            )),
-            Err(error) => {
-                tracing::warn!(%error, "checking a persistent channel failed");
-                Err((
-                    ErrorCode::InternalError,
-                    "could not check the channel; retry".to_owned(),
-                ))
-            }
-        }
-    }
-
-    /// Subscribes; with `since` on a persistent channel, replays the history newer than it.
-    ///
-    /// The subscription is registered first and history read second, so every message lands in
-    /// the replay, the live queue, or both; [`Connection::write_batch`] drops the live copies of
-    /// replayed messages. Nothing is missed and nothing is repeated across the switch.
-    async fn subscribe(&mut self, frame: &ClientFrame) -> Outcome {
-        self.require(Scope::Subscribe)?;
-        let (name, kind) = self.channel(frame)?;
-        if frame.since.is_some_and(|since| since < 0) {
-            return Err((
-                ErrorCode::MalformedMessage,
-                "`since` must be a message id (0 or more)".to_owned(),
-            ));
-        }
-        if let ChannelKind::Persistent(id) = kind {
-            self.persistent(id, Scope::ChannelsRead, false).await?;
-        }
-        let max = self.state.config.realtime.max_subscriptions;
-        let roster = self
-            .hub
-            .subscribe(self.conn, name, frame.include_sender_metadata, max)
-            .map_err(|SubscribeError::LimitExceeded| {
-                (
-                    ErrorCode::ChannelLimitExceeded,
-                    format!("at most {max} subscriptions per connection"),
-                )
-            })?;
-        let mut reply = Reply::default();
-        if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
-        {
-            let joined: Vec<PeerEntry<'_>> = roster
-                .iter()
-                .map(|(peer_id, metadata)| PeerEntry {
-                    peer_id,
-                    metadata: metadata.as_deref(),
-                })
-                .collect();
-            reply.then.push(
-                ServerFrame::Presence {
-                    channel: name,
-                    joined: &joined,
-                    left: &[],
-                }
-                .encode(),
-            );
-        }
-        match (frame.since, kind) {
-            (Some(since), ChannelKind::Persistent(id)) => {
-                let (history, recovered) = match replay(&self.state, id, since).await {
-                    Ok(found) => found,
-                    Err(error) => {
-                        tracing::warn!(%error, "reading history for a resumed subscription failed");
-                        self.hub.unsubscribe(self.conn, name);
-                        return Err((
-                            ErrorCode::InternalError,
-                            "could not read the channel's history; retry".to_owned(),
-                        ));
-                    }
-                };
-                let upto = history.last().map_or(since, |m| m.id);
-                self.replayed.insert(id, upto);
-                reply.recovered = Some(recovered);
-                reply
-                    .then
-                    .extend(history.iter().map(|m| stored_frame(m).frame));
-            }
-            // Ephemeral channels keep no history to recover.
-            (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
-            (None, _) => {}
-        }
-        Ok(reply)
-    }
-
-    fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
-        let (name, kind) = self.channel(frame)?;
-        self.hub.unsubscribe(self.conn, name);
-        if let ChannelKind::Persistent(id) = kind {
-            self.replayed.remove(&id);
-        }
-        Ok(Reply::default())
-    }
-
-    async fn publish(&mut self, frame: &ClientFrame) -> Outcome {
-        self.require(Scope::Publish)?;
-        let (name, kind) = self.channel(frame)?;
-        let data = frame
-            .data
-            .as_deref()
-            .ok_or((ErrorCode::MissingData, "`data` is required".to_owned()))?;
-        if let ChannelKind::Persistent(id) = kind {
-            self.persistent(id, Scope::ChannelsWrite, true).await?;
-        }
-        let from = &*self.session.peer_id;
-        let plain: Outbound = ServerFrame::Message {
-            channel: name,
-            from,
-            data,
-            from_metadata: None,
-        }
-        .encode()
-        .into();
-        let with_metadata: Option<Outbound> =
-            self.session.peer_metadata.as_deref().map(|metadata| {
-                ServerFrame::Message {
-                    channel: name,
-                    from,
-                    data,
-                    from_metadata: Some(metadata),
-                }
-                .encode()
-                .into()
-            });
-        self.hub
-            .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
-        Ok(Reply::default())
-    }
-
-    fn send_direct(&mut self, frame: &ClientFrame) -> Outcome {
-        self.require(Scope::Send)?;
-        let to = frame.to.as_deref().filter(|to| is_peer_id(to)).ok_or((
-            ErrorCode::InvalidPeerId,
-            "`to` must be 1-128 printable ASCII characters".to_owned(),
-        ))?;
-        let data = frame
-            .data
-            .as_deref()
-            .ok_or((ErrorCode::MissingData, "`data` is required".to_owned()))?;
-        let direct: Outbound = ServerFrame::Direct {
-            from: &self.session.peer_id,
-            data,
-            from_metadata: self.session.peer_metadata.as_deref(),
-        }
-        .encode()
-        .into();
-        if self.hub.send_to_peer(to, &direct) == 0 && !self.hub.is_connected(to) {
-            return Err((
-                ErrorCode::PeerNotFound,
-                format!("peer `{to}` is not connected"),
-            ));
-        }
-        Ok(Reply::default())
-    }
 }
-
-/// Most replayed on a resumed subscription; beyond it the newest ones are replayed and the
-/// client pages the older rest over REST.
-const MAX_REPLAY: i64 = 1000;
-
-/// Stored messages of channel `id` newer than `since`, oldest first, and whether that is all of
-/// them. When more than [`MAX_REPLAY`] exist, the newest [`MAX_REPLAY`] are returned, so the live
-/// stream continues without a gap and the older rest is one `before=` walk away over REST.
-async fn replay(
-    state: &AppState,
-    id: i64,
-    since: i64,
-) -> Result<(Vec<MessageRow>, bool), sqlx::Error> {
-    let history = page(&state.db, id, Page::After(since), MAX_REPLAY + 1).await?;
-    if history.len() as i64 <= MAX_REPLAY {
-        return Ok((history, true));
-    }
-    let mut newest = page(&state.db, id, Page::Latest, MAX_REPLAY).await?;
-    newest.reverse();
-    Ok((newest, false))
-}
-
-type Failure = (ErrorCode, String);
-
-/// What a handled frame answers: the ack's `recovered`, and frames to send right after the ack.
-#[derive(Default)]
-struct Reply {
-    recovered: Option<bool>,
-    then: Vec<Utf8Bytes>,
-}
-
-type Outcome = Result<Reply, Failure>;

@@ -1,10 +1,19 @@
 //! Realtime: the WebSocket protocol (presence, publish, direct messages), its tokens and keys,
 //! and the REST endpoints that drive it from a backend.
+//!
+//! - `protocol`: client and server frames, error and close codes.
+//! - `session`: who a connection is, from a token or a publishable key.
+//! - `connection`: the upgrade and the one task per socket; `frames`: one function per frame type.
+//! - `hub`: subscriptions, presence and fan-out; `feeds`: stored messages for SSE and long polls.
+//! - `limits`: connects per IP and frames per connection; `names`: channel names and peer ids.
+//! - `mint`: `POST /v1/tokens`; `rest`: peers, publish and kick over REST.
 
 pub(crate) mod connection;
 pub mod feeds;
+mod frames;
 pub mod hub;
 mod limits;
+pub(crate) mod mint;
 pub mod names;
 pub mod protocol;
 pub(crate) mod rest;
@@ -71,7 +80,7 @@ impl Realtime {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1", get(connection::upgrade))
-        .route("/v1/tokens", post(rest::mint_token))
+        .route("/v1/tokens", post(mint::mint_token))
         .route("/v1/channels/{id}/peers", get(rest::peers))
         .route("/v1/channels/{id}/publish", post(rest::publish))
         .route("/v1/peers/{peer_id}", delete(rest::kick))

@@ -1,4 +1,4 @@
-//! Realtime over REST: mint tokens, list a channel's peers, publish from a backend, kick a peer.
+//! Realtime over REST: list a channel's peers, publish from a backend, kick a peer.
 
 use axum::{
     Json,
@@ -6,7 +6,6 @@ use axum::{
     http::Method,
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, value::RawValue};
 use validator::{Validate, ValidationError};
@@ -15,158 +14,18 @@ use super::{
     hub::Outbound,
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ServerFrame, close},
-    session::{MAX_METADATA, MAX_PEER_METADATA},
+    session::MAX_PEER_METADATA,
 };
 use crate::{
-    auth::{Admin, Pattern, Principal, Scope, ScopeSet, Scoped, tokens},
+    auth::{Admin, Principal, Scope, Scoped},
     channels::{ChannelState, channel_state},
-    error::{ApiError, Envelope, FieldErrors},
+    error::{ApiError, Envelope},
     extract::ValidatedJson,
     startup::AppState,
 };
 
 /// Largest `data` a REST publish may carry, encoded.
 pub const MAX_PUBLISH_DATA: usize = 32 * 1024;
-const MAX_TOKEN_LIFETIME: i64 = 86_400;
-
-/// `POST /v1/tokens`. Checked in the handler rather than by `validator`, whose error details
-/// would name the Rust fields instead of the camelCase ones clients send.
-#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MintToken {
-    /// The peer's id (`sub`): 1-128 printable ASCII characters.
-    #[serde(rename = "peerId")]
-    #[schema(pattern = "^[ -~]{1,128}$")]
-    pub peer_id: String,
-    /// Channel patterns, each within the key's.
-    pub channels: Option<Vec<String>>,
-    /// Realtime actions, each held by the key.
-    pub permissions: Option<Vec<String>>,
-    #[serde(rename = "expiresInSec")]
-    #[schema(minimum = 1, maximum = 86400)]
-    pub expires_in_sec: Option<i64>,
-    /// Delivered once in `welcome`; at most 8 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Map<String, Value>>,
-    /// Shown to other peers in presence; at most 4 KiB.
-    #[serde(rename = "peerMetadata")]
-    #[schema(value_type = Option<Object>)]
-    pub peer_metadata: Option<Map<String, Value>>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TokenBody {
-    pub token: String,
-    #[serde(rename = "expiresAt")]
-    pub expires_at: i64,
-}
-
-/// `POST /v1/tokens`: any secret key mints a token for one peer, never wider than itself.
-#[utoipa::path(post, path = "/v1/tokens", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    request_body = MintToken,
-    responses(
-        (status = 200, description = "A token for `GET /v1?token=`", body = TokenBody),
-        (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
-        (status = 413, description = "Body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
-    ))]
-pub async fn mint_token(
-    principal: Principal,
-    State(state): State<AppState>,
-    ValidatedJson(request): ValidatedJson<MintToken>,
-) -> Result<Json<TokenBody>, ApiError> {
-    let mut errors = FieldErrors::default();
-    if !is_peer_id(&request.peer_id) {
-        errors.add("peerId", "format");
-    }
-    if request
-        .expires_in_sec
-        .is_some_and(|secs| !(1..=MAX_TOKEN_LIFETIME).contains(&secs))
-    {
-        errors.add("expiresInSec", "range");
-    }
-    let size = |object: &Option<Map<String, Value>>| {
-        object
-            .as_ref()
-            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |v| v.len()))
-    };
-    if size(&request.metadata) > MAX_METADATA {
-        errors.add("metadata", "length");
-    }
-    if size(&request.peer_metadata) > MAX_PEER_METADATA {
-        errors.add("peerMetadata", "length");
-    }
-    let channels = request.channels.clone().unwrap_or_default();
-    if channels
-        .iter()
-        .any(|c| c.is_empty() || c.chars().count() > 256 || c.chars().any(char::is_control))
-    {
-        errors.add("channels", "format");
-    }
-    let permissions = request.permissions.clone().unwrap_or_default();
-    let mut asked = Vec::new();
-    for name in &permissions {
-        match name.parse::<Scope>() {
-            Ok(scope) if scope.is_realtime() => asked.push(scope),
-            _ => errors.add("permissions", "unknown"),
-        }
-    }
-    errors.into_result()?;
-
-    if let Some(missing) = asked
-        .iter()
-        .find(|scope| !principal.scopes.contains(**scope))
-    {
-        return Err(ApiError::ActionNotPermitted(*missing));
-    }
-    let within_key = |pattern: &str| {
-        let pattern = Pattern::new(pattern);
-        principal
-            .channel_patterns
-            .iter()
-            .any(|outer| outer.covers(&pattern))
-    };
-    if !channels.iter().all(|c| within_key(c)) {
-        return Err(ApiError::ChannelNotAuthorized);
-    }
-    let secret = principal
-        .secret_encrypted
-        .as_deref()
-        .and_then(|blob| state.config.master_key.decrypt(&principal.key_id, blob))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "this key cannot sign tokens; create a new key with `channeld keys create`",
-            )
-        })?;
-
-    let expires_at = Utc::now().timestamp()
-        + request
-            .expires_in_sec
-            .unwrap_or(3600)
-            .min(MAX_TOKEN_LIFETIME);
-    let claims = tokens::Claims {
-        sub: request.peer_id,
-        exp: expires_at,
-        channels: request.channels,
-        permissions: request.permissions.map(|_| {
-            asked
-                .iter()
-                .copied()
-                .collect::<ScopeSet>()
-                .names()
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        }),
-        peer_metadata: request.peer_metadata,
-        metadata: request.metadata,
-    };
-    let token = tokens::sign(&principal.key_id, &secret, &claims);
-    Ok(Json(TokenBody { token, expires_at }))
-}
 
 /// Checks a `{channel}` of a realtime REST route. Persistent channels also need `scope` on the
 /// key, must exist (404) and, when `writing`, must not be archived (409).
