@@ -72,12 +72,15 @@ fn method_name(method: &axum::http::Method) -> &'static str {
 }
 
 /// Middleware: counts every request by matched route, method and status, with its latency.
-/// Unmatched paths share one `route="unmatched"` label so that clients cannot grow the series.
+/// Unmatched paths share one `route="unmatched"` label so that clients cannot grow the series;
+/// the literal form of channel names with `/` counts under the route it answers to.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(matched) => matched.as_str().to_owned(),
+        None => crate::realtime::rest::literal_route(request.uri().path())
+            .unwrap_or("unmatched")
+            .to_owned(),
+    };
     let method = method_name(request.method());
     let started = Instant::now();
     let response = next.run(request).await;

@@ -142,6 +142,7 @@ async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
         app.get("/v1/channels", &key).await;
     }
     app.get("/v1/nowhere", &key).await;
+    app.get("/v1/channels/app_abc/room-1/peers", &key).await;
     let text = scrape(&url).await;
     assert_eq!(sample(&text, listed), Some(3.0), "{text}");
     assert_eq!(
@@ -150,6 +151,10 @@ async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
             r#"channeld_http_requests_total{route="unmatched",method="GET",status="404"}"#
         ),
         Some(1.0)
+    );
+    assert!(
+        text.contains(r#"channeld_http_requests_total{route="/v1/channels/{id}/peers",method="GET",status="403"} 1"#),
+        "the literal form counts under its route:\n{text}"
     );
     assert!(text.contains(r#"channeld_http_request_duration_seconds_bucket{route="/v1/channels",method="GET",status="200",le="+Inf"} 3"#));
     assert_eq!(sample(&text, "channeld_websocket_connections"), Some(0.0));

@@ -296,6 +296,14 @@ pub async fn literal_channel_routes(State(state): State<AppState>, request: Requ
     result.into_response()
 }
 
+/// The route a literal-form path answers to, for metrics labels.
+pub(crate) fn literal_route(path: &str) -> Option<&'static str> {
+    match literal_channel(path)?.1 {
+        "peers" => Some("/v1/channels/{id}/peers"),
+        _ => Some("/v1/channels/{id}/publish"),
+    }
+}
+
 /// `/v1/channels/<name with slashes>/(peers|publish)` → (decoded name, action).
 fn literal_channel(path: &str) -> Option<(String, &'static str)> {
     let rest = path.strip_prefix("/v1/channels/")?;
