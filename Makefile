@@ -6,7 +6,7 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test build key migrate prepare fuzz fmt lint ci db-stop
+.PHONY: run test build key migrate prepare fuzz bench fmt lint ci db-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 run: build
@@ -48,6 +48,10 @@ prepare:
 ## Fuzz the live API from its OpenAPI document (schemathesis from PyPI, in .data/venv).
 fuzz: build
 	@scripts/fuzz.sh
+
+## Measure the realtime side on a release build: idle footprint, fan-out, presence churn.
+bench:
+	@scripts/bench.sh
 
 fmt:
 	$(CARGO) fmt

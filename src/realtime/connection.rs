@@ -67,8 +67,8 @@ pub async fn upgrade(
     let limits = &state.config.realtime;
     ws.max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| run(socket, state, session))
 }
 
@@ -135,7 +135,8 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     };
 
     let mut bucket = FrameBucket::new(limits.frame_rate, limits.frame_burst);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows on first use: an idle connection should not hold a batch buffer.
+    let mut batch = Vec::new();
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     let idle = tokio::time::sleep(limits.idle_timeout);
