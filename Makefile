@@ -49,7 +49,9 @@ prepare:
 fuzz: build
 	@scripts/fuzz.sh
 
-## Measure the realtime side on a release build: idle footprint, fan-out, presence churn.
+## Benchmark a release build on loopback: REST against pgbench running the same SQL, WebSocket
+## fan-out against sockudo, idle-connection memory and presence churn. Prints a table and writes
+## bench/results/latest.json. The first run builds sockudo once into ~/.cache/channeld-bench.
 bench:
 	@scripts/bench.sh
 

@@ -1,39 +1,97 @@
 #!/usr/bin/env bash
-# Measures channeld's realtime side on loopback with a release build: the memory of idle
-# subscribed connections, fan-out at 100 and 1,000 subscribers, and presence churn.
+# `make bench`: measures channeld on a release build, on loopback, and writes the figures to
+# bench/results/latest.json. See examples/bench/main.rs for what each row measures.
 #
-#   scripts/bench.sh [IDLE_CONNECTIONS]     (default 10000)
+#   scripts/bench.sh                       the whole run (about 4 minutes once built)
+#   BENCH_ARGS="--idle 2000" scripts/bench.sh   extra arguments for the load generator
 #
-# The server runs on a fresh database with limits raised so that they do not shape the load.
+# Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
+# shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
+# with `cargo install` into $BENCH_CACHE (outside the repository); when that fails, its rows are
+# skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-idle=${1:-10000}
-# The server and the load generator each hold one descriptor per connection.
-ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((idle + 1024)) ]; then
-  echo "bench: at most $(ulimit -n) open files here; lowering idle connections" >&2
-  idle=$(($(ulimit -n) - 1024))
-fi
+say() { echo "bench: $*" >&2; }
+as_root=$([ "$(id -u)" -eq 0 ] && echo yes || true)
 
-SQLX_OFFLINE=true cargo build --release --quiet
-SQLX_OFFLINE=true cargo build --release --quiet --example bench
+# Both servers and the load generator hold one descriptor per connection.
+ulimit -n "$(ulimit -Hn)"
+
+if ! command -v pgbench >/dev/null && ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
+  [ -n "$as_root" ] || { say "pgbench is missing: install Debian's postgresql package"; exit 1; }
+  say "installing pgbench (Debian's postgresql package)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+fi
+command -v pgbench >/dev/null || PATH="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1):$PATH"
+
+SQLX_OFFLINE=true cargo build --release --quiet --bin channeld --example bench
+
+# sockudo, built once and cached outside the repository.
+BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/channeld-bench}
+SOCKUDO_VERSION=5.2.0
+sockudo="$BENCH_CACHE/sockudo-$SOCKUDO_VERSION/bin/sockudo"
+sockudo_skipped=""
+if [ ! -x "$sockudo" ] && [ -z "${BENCH_NO_SOCKUDO:-}" ]; then
+  say "building sockudo $SOCKUDO_VERSION once into $BENCH_CACHE (several minutes; log in $BENCH_CACHE/install.log)"
+  mkdir -p "$BENCH_CACHE"
+  if ! command -v protoc >/dev/null && [ -n "$as_root" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >&2 || true
+  fi
+  CARGO_TARGET_DIR="$BENCH_CACHE/target" cargo install sockudo --version "$SOCKUDO_VERSION" --locked \
+    --no-default-features --features local --root "$BENCH_CACHE/sockudo-$SOCKUDO_VERSION" \
+    >"$BENCH_CACHE/install.log" 2>&1 || sockudo_skipped="cargo install sockudo failed (see $BENCH_CACHE/install.log)"
+fi
+[ -x "$sockudo" ] || sockudo_skipped=${sockudo_skipped:-"sockudo is not installed"}
+[ -z "${BENCH_NO_SOCKUDO:-}" ] || sockudo_skipped="BENCH_NO_SOCKUDO is set"
 
 admin=$(scripts/dev-db.sh postgres)
-export DATABASE_URL=$(scripts/dev-db.sh channeld_bench)
+export DATABASE_URL=${admin%/postgres}/channeld_bench
 export CHANNELD_MASTER_KEY=$(scripts/dev-master-key.sh)
 psql -q "$admin" -c 'DROP DATABASE IF EXISTS channeld_bench' >/dev/null
-target/release/channeld migrate 2>/dev/null
+target/release/channeld migrate --log-format text 2>/dev/null
 key=$(target/release/channeld keys create --name bench --quiet \
-  --scopes publish,subscribe,presence,send --rate-limit 1000000 --rate-burst 1000000)
+  --scopes channels:write,publish,subscribe,presence,send --rate-limit 1000000 --rate-burst 1000000)
 
+mkdir -p .data bench/results
 port=${BENCH_PORT:-18100}
+pusher_port=${BENCH_PUSHER_PORT:-18101}
+pids=()
+stop_servers() {
+  kill "${pids[@]}" 2>/dev/null || true
+  # sockudo drains for a grace period after SIGTERM; the next run needs its port.
+  for _ in $(seq 1 30); do kill -0 "${pids[@]}" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "${pids[@]}" 2>/dev/null || true
+}
+trap stop_servers EXIT
+
 RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port" \
   --ws-connects-per-ip 1000000 --ws-frame-rate 100000 --ws-frame-burst 100000 \
-  >.data/bench-server.log 2>&1 &
+  >.data/bench-channeld.log 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
+pids+=("$server")
+
+pusher_args=()
+if [ -z "$sockudo_skipped" ]; then
+  # In-memory defaults, with the default app's limits raised for the workload.
+  HOST=127.0.0.1 PORT=$pusher_port RUST_LOG=warn METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
+    SOCKUDO_MAX_CONNECTIONS=1000000 SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=bench-key \
+    SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
+    SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=1000000 \
+    "$sockudo" >.data/bench-sockudo.log 2>&1 &
+  pusher=$!
+  pids+=("$pusher")
+  pusher_args=(--pusher-ws "ws://127.0.0.1:$pusher_port" --pusher-pid "$pusher")
+else
+  pusher_args=(--pusher-skipped "$sockudo_skipped")
+fi
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$port" ${pusher:+"$pusher_port"}; do
+  for _ in $(seq 1 100); do answers "$p" && break; sleep 0.1; done
+  answers "$p" || { say "nothing answers on port $p; see .data/bench-*.log"; exit 1; }
 done
-target/release/examples/bench "http://127.0.0.1:$port" "$key" "$server" "$idle"
+
+# shellcheck disable=SC2086
+target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
+  --database-url "$DATABASE_URL" "${pusher_args[@]}" ${BENCH_ARGS:-}

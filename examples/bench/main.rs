@@ -1,0 +1,278 @@
+//! channeld's benchmark: the load generator that `make bench` drives (scripts/bench.sh starts the
+//! servers and passes their addresses). It measures, in one run:
+//!
+//! 1. the REST ceiling: pgbench running channeld's own SQL, then channeld over HTTP, at 1, 8 and
+//!    32 clients, and the ratio of the two;
+//! 2. WebSocket fan-out from one publisher to 100, 1,000 and 5,000 subscribers;
+//! 3. the resident memory of 10,000 idle subscribed connections;
+//! 4. presence churn with 1,000 peers;
+//! 5. the same fan-out against a Pusher-protocol server (sockudo), when one is given.
+//!
+//! It prints a table and writes every figure to a JSON file.
+
+mod realtime;
+mod report;
+mod rest;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use realtime::Server;
+use rest::{Op, Target};
+use stats::CpuWindow;
+
+#[derive(Parser)]
+#[command(about = "Load generator for channeld's benchmark (run it through `make bench`)")]
+struct Args {
+    /// channeld's base URL, e.g. http://127.0.0.1:18100.
+    #[arg(long)]
+    base: String,
+    /// A key with channels:write and the realtime actions, its rate limit raised.
+    #[arg(long)]
+    key: String,
+    /// channeld's process id, for its CPU time and memory.
+    #[arg(long)]
+    pid: u32,
+    /// The database channeld serves from; pgbench runs against it too.
+    #[arg(long)]
+    database_url: String,
+    /// The compile-time query data the pgbench scripts are taken from.
+    #[arg(long, default_value = ".sqlx")]
+    sqlx_dir: PathBuf,
+    /// Seconds per REST run.
+    #[arg(long, default_value_t = 5)]
+    rest_seconds: u64,
+    /// Idle connections for the memory footprint.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Fan-out runs as SUBSCRIBERS:PUBLISHES_PER_SEC, comma separated.
+    #[arg(long, default_value = "100:2000,1000:1000,5000:200")]
+    fanout: String,
+    /// Seconds each fan-out run publishes for.
+    #[arg(long, default_value_t = 10)]
+    fanout_seconds: u64,
+    /// Peers in the presence-churn run.
+    #[arg(long, default_value_t = 1000)]
+    churn_peers: usize,
+    /// A Pusher-protocol server to run the same fan-out against: ws://host:port.
+    #[arg(long)]
+    pusher_ws: Option<String>,
+    #[arg(long, default_value = "bench-key")]
+    pusher_key: String,
+    #[arg(long, default_value = "bench-secret")]
+    pusher_secret: String,
+    #[arg(long)]
+    pusher_pid: Option<u32>,
+    /// Why the Pusher comparison is missing, when it is.
+    #[arg(long)]
+    pusher_skipped: Option<String>,
+    /// Which parts to run, comma separated: rest, footprint, fanout, churn.
+    #[arg(long, default_value = "rest,footprint,fanout,churn")]
+    only: String,
+    /// Where to write the figures.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    out: PathBuf,
+}
+
+const CLIENTS: [usize; 3] = [1, 8, 32];
+/// Channels the REST load spreads over, and the history each starts with.
+const CHANNELS: i64 = 256;
+const SEEDED_MESSAGES: usize = 60;
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let fanouts = parse_fanouts(&args.fanout)?;
+    let channeld = Server::Channeld {
+        base: args.base.clone(),
+        key: args.key.clone(),
+        pid: args.pid,
+    };
+    let mut notes = Vec::new();
+
+    let run = |part: &str| args.only.split(',').any(|p| p.trim() == part);
+
+    let mut rest_rows = Vec::new();
+    if run("rest") {
+        eprintln!("bench: seeding {CHANNELS} channels");
+        let target = seed(&args).await?;
+        for clients in CLIENTS {
+            for op in [Op::Post, Op::Get] {
+                eprintln!("bench: {} at {clients} clients", op.name());
+                let script = rest::pgbench_script(&args.sqlx_dir, op)?;
+                rest::psql(&args.database_url, "VACUUM ANALYZE")?;
+                let window = CpuWindow::start(args.pid);
+                let pgbench = rest::pgbench(
+                    &args.database_url,
+                    &script,
+                    &target,
+                    clients,
+                    args.rest_seconds,
+                )?;
+                let pgbench_postgres_pct = window.stop().postgres_pct;
+                let window = CpuWindow::start(args.pid);
+                let channeld = rest::load(&target, op, clients, args.rest_seconds).await?;
+                let cpu = window.stop();
+                let ratio = channeld.per_sec / pgbench.per_sec.max(f64::EPSILON);
+                rest_rows.push(report::RestRow {
+                    op: op.name(),
+                    clients,
+                    pgbench,
+                    channeld,
+                    ratio,
+                    pgbench_postgres_pct,
+                    cpu,
+                });
+            }
+        }
+    }
+
+    let mut footprint = None;
+    if run("footprint") {
+        eprintln!("bench: {} idle connections", args.idle);
+        footprint = Some(realtime::footprint(&channeld, args.idle).await);
+    }
+
+    let pusher = match (&args.pusher_ws, args.pusher_pid) {
+        (Some(ws), Some(pid)) => Some(Server::Pusher {
+            ws: ws.clone(),
+            app_key: args.pusher_key.clone(),
+            secret: args.pusher_secret.clone(),
+            pid,
+        }),
+        _ => {
+            notes.push(format!(
+                "sockudo rows skipped: {}",
+                args.pusher_skipped
+                    .as_deref()
+                    .unwrap_or("no Pusher server given")
+            ));
+            None
+        }
+    };
+    let mut fanout_rows = Vec::new();
+    for &(subscribers, rate) in fanouts.iter().filter(|_| run("fanout")) {
+        eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (channeld)");
+        fanout_rows.push(
+            realtime::fan_out(
+                &channeld,
+                "channeld",
+                subscribers,
+                rate,
+                args.fanout_seconds,
+            )
+            .await,
+        );
+        if let Some(pusher) = &pusher {
+            eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (sockudo)");
+            fanout_rows.push(
+                realtime::fan_out(pusher, "sockudo", subscribers, rate, args.fanout_seconds).await,
+            );
+        }
+    }
+
+    let mut churn = None;
+    if run("churn") {
+        eprintln!("bench: presence churn with {} peers", args.churn_peers);
+        churn = Some(realtime::churn(&channeld, args.churn_peers, 5).await);
+    }
+
+    report::print(
+        &rest_rows,
+        &fanout_rows,
+        footprint.as_ref(),
+        churn.as_ref(),
+        &notes,
+    );
+    let figures = json!({
+        "generated_at": chrono::Utc::now().to_rfc3339(),
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "rest": rest_rows,
+        "fanout": fanout_rows,
+        "footprint": footprint,
+        "churn": churn,
+        "notes": notes,
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let text = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, text + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
+    eprintln!("bench: figures written to {}", args.out.display());
+    Ok(())
+}
+
+fn parse_fanouts(spec: &str) -> Result<Vec<(usize, u64)>, String> {
+    spec.split(',')
+        .map(|run| {
+            let (subscribers, rate) = run
+                .split_once(':')
+                .ok_or_else(|| format!("bad fan-out run {run:?}"))?;
+            Ok((
+                subscribers
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad subscribers in {run:?}"))?,
+                rate.trim()
+                    .parse()
+                    .map_err(|_| format!("bad rate in {run:?}"))?,
+            ))
+        })
+        .collect()
+}
+
+/// Creates the channels the REST load uses over REST, then gives each a history longer than one
+/// page in one statement, interleaved across channels as concurrent posting leaves it.
+async fn seed(args: &Args) -> Result<Target, String> {
+    let http = reqwest::Client::new();
+    let key_id = key_id(&args.key)?;
+    let mut ids = Vec::new();
+    for n in 0..CHANNELS {
+        let created: Value = http
+            .post(format!("{}/v1/channels", args.base))
+            .bearer_auth(&args.key)
+            .json(&json!({"name": format!("bench {n} {}", std::process::id())}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = created["channel"]["id"]
+            .as_i64()
+            .ok_or_else(|| format!("channel not created: {created}"))?;
+        ids.push(id);
+    }
+    let (lo, hi) = (
+        ids.iter().min().copied().unwrap_or(1),
+        ids.iter().max().copied().unwrap_or(1),
+    );
+    if hi - lo + 1 != CHANNELS {
+        return Err("seeded channel ids are not contiguous".into());
+    }
+    let history = format!(
+        "INSERT INTO messages (channel_id, content, sender_type) \
+         SELECT c, '{}', 'api' FROM generate_series(1, {SEEDED_MESSAGES}) AS n, generate_series({lo}, {hi}) AS c \
+         ORDER BY n, c",
+        rest::CONTENT
+    );
+    rest::psql(&args.database_url, &history)?;
+    Ok(Target {
+        addr: args.base.trim_start_matches("http://").to_owned(),
+        key: args.key.clone(),
+        key_id,
+        channels: (lo, hi),
+    })
+}
+
+/// The `sk_id_…` part of an `sk_live_<id>_<secret>` key.
+fn key_id(key: &str) -> Result<String, String> {
+    let id = key
+        .strip_prefix("sk_live_")
+        .and_then(|rest| rest.split('_').next())
+        .ok_or("the key must be in its sk_live_ form")?;
+    Ok(format!("sk_id_{id}"))
+}

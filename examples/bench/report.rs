@@ -1,0 +1,136 @@
+//! The table `make bench` prints.
+
+use serde::Serialize;
+
+use crate::{
+    realtime::{Churn, FanOut, Footprint},
+    stats::{CpuShare, Figures},
+};
+
+/// One REST operation at one concurrency, pgbench beside channeld.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestRow {
+    pub op: &'static str,
+    pub clients: usize,
+    pub pgbench: Figures,
+    pub channeld: Figures,
+    /// channeld requests/s over pgbench transactions/s.
+    pub ratio: f64,
+    /// PostgreSQL's CPU while pgbench ran, in % of one core.
+    pub pgbench_postgres_pct: f64,
+    /// channeld's, the load generator's and PostgreSQL's CPU while channeld was measured.
+    pub cpu: CpuShare,
+}
+
+pub fn print(
+    rest: &[RestRow],
+    fanout: &[FanOut],
+    footprint: Option<&Footprint>,
+    churn: Option<&Churn>,
+    notes: &[String],
+) {
+    println!();
+    println!(
+        "REST against the database ceiling (pgbench runs channeld's own SQL, -M prepared; CPU in % of one core)"
+    );
+    println!(
+        "{:<14} {:>7} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6} {:>6} {:>6} | {:>6}",
+        "operation",
+        "clients",
+        "pgbench/s",
+        "p50 ms",
+        "p99 ms",
+        "pg CPU",
+        "channeld/s",
+        "p50 ms",
+        "p99 ms",
+        "pg CPU",
+        "server",
+        "bench",
+        "ratio"
+    );
+    for row in rest {
+        println!(
+            "{:<14} {:>7} | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>6.2}",
+            row.op,
+            row.clients,
+            row.pgbench.per_sec,
+            row.pgbench.p50_ms,
+            row.pgbench.p99_ms,
+            row.pgbench_postgres_pct,
+            row.channeld.per_sec,
+            row.channeld.p50_ms,
+            row.channeld.p99_ms,
+            row.cpu.postgres_pct,
+            row.cpu.server_pct,
+            row.cpu.bench_pct,
+            row.ratio
+        );
+    }
+
+    println!();
+    println!("WebSocket fan-out: one publisher, ~100-byte messages (CPU in % of one core)");
+    println!(
+        "{:<9} {:>6} {:>8} {:>12} {:>8} {:>8} {:>6} {:>6} {:>10} {:>9}",
+        "server",
+        "subs",
+        "pub/s",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "lost",
+        "drops",
+        "server CPU",
+        "bench CPU"
+    );
+    for row in fanout {
+        println!(
+            "{:<9} {:>6} {:>8} {:>12.0} {:>8.2} {:>8.2} {:>6} {:>6} {:>9.0}% {:>8.0}%",
+            row.server,
+            row.subscribers,
+            row.publish_rate,
+            row.deliveries.per_sec,
+            row.deliveries.p50_ms,
+            row.deliveries.p99_ms,
+            row.lost,
+            row.disconnected,
+            row.cpu.server_pct,
+            row.cpu.bench_pct
+        );
+    }
+    for pair in fanout.chunks(2) {
+        if let [ours, theirs] = pair {
+            println!(
+                "  {} subscribers: channeld / sockudo = {:.2}x deliveries/s, p99 {:.2} vs {:.2} ms",
+                ours.subscribers,
+                ours.deliveries.per_sec / theirs.deliveries.per_sec.max(f64::EPSILON),
+                ours.deliveries.p99_ms,
+                theirs.deliveries.p99_ms
+            );
+        }
+    }
+
+    println!();
+    if let Some(footprint) = footprint {
+        println!(
+            "Idle connections: {} subscribed, RSS {} -> {} KiB, {:.2} KiB per connection",
+            footprint.connections,
+            footprint.rss_before_kib,
+            footprint.rss_after_kib,
+            footprint.per_connection_kib
+        );
+    }
+    if let Some(churn) = churn {
+        println!(
+            "Presence churn: {} peers, {:.0} joins+leaves/s, {} disconnected (server CPU {:.0}%, bench CPU {:.0}%)",
+            churn.peers,
+            churn.joins_leaves_per_sec,
+            churn.disconnected,
+            churn.cpu.server_pct,
+            churn.cpu.bench_pct
+        );
+    }
+    for note in notes {
+        println!("note: {note}");
+    }
+}

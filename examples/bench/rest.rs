@@ -1,0 +1,320 @@
+//! The REST ceiling: pgbench running exactly the SQL channeld runs for a request, then channeld
+//! itself over HTTP at the same concurrency against the same database.
+//!
+//! The SQL comes from `.sqlx/`, the compile-time record of every query in the code, so the
+//! pgbench scripts cannot drift from what channeld sends. Parameters become pgbench variables;
+//! the ones a bench request leaves empty (`pod_key`, `Idempotency-Key`) become `NULL`.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::stats::Figures;
+
+/// What a bench request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `POST /v1/channels/{id}/messages`.
+    Post,
+    /// `GET /v1/channels/{id}/messages` (the latest 50).
+    Get,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Post => "POST messages",
+            Op::Get => "GET messages",
+        }
+    }
+}
+
+/// The message every bench post stores: about 100 bytes.
+pub const CONTENT: &str = "Deploy of build 4711 finished on canary; error rate flat at 0.02%, p99 latency 41 ms. Proceeding.";
+
+/// Where the load goes: a key, and a range of channel ids that each hold at least 50 messages.
+pub struct Target {
+    pub addr: String,
+    pub key: String,
+    pub key_id: String,
+    pub channels: (i64, i64),
+}
+
+// ---------------------------------------------------------------------------------------------
+// pgbench
+
+/// The pgbench script for `op`: the statements channeld runs for one such request, in order.
+pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
+    let key_lookup = find_query(sqlx_dir, |q| q.contains("FROM api_keys WHERE key_id = $1"))?;
+    let mut script = String::from("\\set cid random(:lo, :hi)\n");
+    script += &format!("{};\n", bind(&key_lookup, &[":kid"]));
+    match op {
+        Op::Post => {
+            let insert = find_query(sqlx_dir, |q| q.contains("INSERT INTO messages"))?;
+            // channel id, content, sender_type, pod_key, idempotency key
+            script += &format!(
+                "{};\n",
+                bind(&insert, &[":cid", ":content", "'api'", "NULL", "NULL"])
+            );
+        }
+        Op::Get => {
+            let latest = find_query(sqlx_dir, |q| {
+                q.contains("FROM messages WHERE channel_id = $1\n")
+                    && q.contains("ORDER BY id DESC LIMIT $2")
+            })?;
+            // channel id, limit: the handler reads one more than the page to learn `has_more`.
+            script += &format!("{};\n", bind(&latest, &[":cid", "51"]));
+        }
+    }
+    Ok(script)
+}
+
+/// The one query in `.sqlx/` that `pick` selects.
+fn find_query(sqlx_dir: &Path, pick: impl Fn(&str) -> bool) -> Result<String, String> {
+    let entries =
+        std::fs::read_dir(sqlx_dir).map_err(|e| format!("{}: {e}", sqlx_dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if let Some(query) = json["query"].as_str().filter(|q| pick(q)) {
+            found.push(query.trim().to_owned());
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(format!("expected one matching query in .sqlx/, found {n}")),
+    }
+}
+
+/// Replaces `$1…$n` with pgbench variables or literals, highest first so `$1` never eats `$10`.
+fn bind(sql: &str, values: &[&str]) -> String {
+    let mut sql = sql.to_owned();
+    for (n, value) in values.iter().enumerate().rev() {
+        sql = sql.replace(&format!("${}", n + 1), value);
+    }
+    sql
+}
+
+/// Runs one SQL command with psql: seeding, and `VACUUM ANALYZE` before each measured pair so
+/// that pgbench and channeld, which prepare their statements at different times, plan them from
+/// the same statistics.
+pub fn psql(database_url: &str, sql: &str) -> Result<(), String> {
+    let status = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql, database_url])
+        .status()
+        .map_err(|e| format!("psql: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("psql failed: {sql}"))
+}
+
+/// Runs pgbench with prepared statements and reads every transaction's latency from its log.
+pub fn pgbench(
+    database_url: &str,
+    script: &str,
+    target: &Target,
+    clients: usize,
+    seconds: u64,
+) -> Result<Figures, String> {
+    let dir = std::env::temp_dir().join(format!("channeld-pgbench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let script_path = dir.join("script.sql");
+    std::fs::write(&script_path, script).map_err(|e| e.to_string())?;
+    let output = Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-l"])
+        .arg(format!("--log-prefix={}", dir.join("log").display()))
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string(), "-f"])
+        .arg(&script_path)
+        .args([
+            "-D",
+            &format!("lo={}", target.channels.0),
+            "-D",
+            &format!("hi={}", target.channels.1),
+        ])
+        .args([
+            "-D",
+            &format!("kid={}", target.key_id),
+            "-D",
+            &format!("content={CONTENT}"),
+        ])
+        .arg(database_url)
+        .output()
+        .map_err(|e| format!("pgbench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if !entry.file_name().to_string_lossy().starts_with("log") {
+            continue;
+        }
+        let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        // client_id transaction_no latency_us script_no epoch epoch_us
+        latencies.extend(
+            log.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u32>().ok()),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let count = latencies.len() as u64;
+    Ok(Figures::new(count, seconds as f64, &mut latencies))
+}
+
+// ---------------------------------------------------------------------------------------------
+// channeld over HTTP
+
+/// `clients` keep-alive connections sending `op` back to back for `seconds`.
+pub async fn load(
+    target: &Target,
+    op: Op,
+    clients: usize,
+    seconds: u64,
+) -> Result<Figures, String> {
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(Http::connect(&target.addr).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut http| {
+            let (key, channels) = (target.key.clone(), target.channels);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let channel = rand::thread_rng().gen_range(channels.0..=channels.1);
+                    let request = request(op, &key, channel);
+                    let sent = Instant::now();
+                    let status = http.exchange(&request).await?;
+                    let expected = if op == Op::Post { 201 } else { 200 };
+                    if status != expected {
+                        return Err(format!("{} answered {status}", op.name()));
+                    }
+                    latencies.push(sent.elapsed().as_micros() as u32);
+                }
+                Ok::<_, String>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Figures::new(all.len() as u64, elapsed, &mut all))
+}
+
+fn request(op: Op, key: &str, channel: i64) -> Vec<u8> {
+    match op {
+        Op::Post => {
+            let body = format!("{{\"content\":\"{CONTENT}\"}}");
+            format!(
+                "POST /v1/channels/{channel}/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        Op::Get => format!(
+            "GET /v1/channels/{channel}/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+        )
+        .into_bytes(),
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive client: one request at a time, bodies sized by Content-Length.
+/// It costs the machine far less CPU per request than a general-purpose client, so the figures
+/// measure the server.
+struct Http {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Http {
+    async fn connect(addr: &str) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(Self {
+            stream,
+            buffer: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends one request and reads its whole response; returns the status code.
+    async fn exchange(&mut self, request: &[u8]) -> Result<u16, String> {
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.buffer.clear();
+        let head_end = loop {
+            if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.read_more().await?;
+        };
+        let head = std::str::from_utf8(&self.buffer[..head_end]).map_err(|e| e.to_string())?;
+        let status = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or("bad status line")?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or("response without Content-Length")?;
+        while self.buffer.len() < head_end + length {
+            self.read_more().await?;
+        }
+        Ok(status)
+    }
+
+    async fn read_more(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("server closed the connection".into());
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
