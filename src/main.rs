@@ -9,6 +9,11 @@ use channeld::{
 };
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: fewer cycles per request and per delivered frame,
+/// and memory handed back to the system as connections come and go.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Cli::parse();
