@@ -65,7 +65,7 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port" \
+TOKIO_WORKER_THREADS=${SERVER_THREADS:-2} RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port" \
   --ws-connects-per-ip 1000000 --ws-frame-rate 100000 --ws-frame-burst 100000 \
   >.data/bench-channeld.log 2>&1 &
 server=$!

@@ -207,15 +207,18 @@ pub async fn fan_out(
     let credential = server.credential("subscriber", &["subscribe"]).await;
     let sockets = open_many(subscribers, || server.subscriber(&credential, &channel)).await;
 
-    let received = Arc::new(AtomicU64::new(0));
+    // One counter per subscriber: a single shared one would bounce between cores a million
+    // times a second and make the load generator its own bottleneck.
+    let counters: Vec<Arc<AtomicU64>> = (0..subscribers).map(|_| Arc::default()).collect();
     let disconnected = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
     let tasks: Vec<_> = sockets
         .into_iter()
-        .map(|socket| {
+        .zip(&counters)
+        .map(|(socket, counter)| {
             tokio::spawn(receive(
                 socket,
-                received.clone(),
+                counter.clone(),
                 disconnected.clone(),
                 stopped.clone(),
             ))
@@ -253,7 +256,8 @@ pub async fn fan_out(
     let settle = Instant::now() + Duration::from_secs(5);
     while Instant::now() < settle {
         let live = (subscribers - disconnected.load(Ordering::Relaxed)) as u64;
-        if received.load(Ordering::Relaxed) >= published * live {
+        let received: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        if received >= published * live {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,7 +304,7 @@ async fn receive(
                     if let Some(sent) = stamp(text.as_bytes()) {
                         latencies.push(epoch_micros().saturating_sub(sent) as u32);
                         count += 1;
-                        received.fetch_add(1, Ordering::Relaxed);
+                        received.store(count, Ordering::Relaxed);
                     }
                 }
                 Some(Ok(_)) => {}

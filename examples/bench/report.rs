@@ -98,8 +98,11 @@ pub fn print(
             row.cpu.bench_pct
         );
     }
-    for pair in fanout.chunks(2) {
-        if let [ours, theirs] = pair {
+    for ours in fanout.iter().filter(|r| r.server == "channeld") {
+        let theirs = fanout
+            .iter()
+            .find(|t| t.server == "sockudo" && t.subscribers == ours.subscribers);
+        if let Some(theirs) = theirs {
             println!(
                 "  {} subscribers: channeld / sockudo = {:.2}x deliveries/s, p99 {:.2} vs {:.2} ms",
                 ours.subscribers,

@@ -144,10 +144,21 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     let expiry = tokio::time::sleep(connection.time_to_expiry());
     tokio::pin!(expiry);
 
+    // Futures that live as long as the loop, rather than being made anew on every wake-up.
+    let closed = signal.closed();
+    tokio::pin!(closed);
+    let going_away = stopping(&mut shutdown);
+    tokio::pin!(going_away);
+
     while end.is_none() {
+        // Biased, and in this order: a close or shutdown wins; then queued frames, the hot path
+        // of fan-out, are written without polling the timers on every delivery. The timers are
+        // still polled whenever the queue is empty, which is most of the time; a connection
+        // whose queue never empties is a slow consumer that the hub closes anyway.
         end = tokio::select! {
-            code = signal.closed() => Some(End::Close(code, close_reason(code))),
-            () = stopping(&mut shutdown) => {
+            biased;
+            code = &mut closed => Some(End::Close(code, close_reason(code))),
+            () = &mut going_away => {
                 let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
                 let _ = connection.sink.send(Message::Text(frame)).await;
                 Some(End::Close(close::GOING_AWAY, "server shutting down"))

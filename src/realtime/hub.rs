@@ -63,7 +63,9 @@ impl CloseSignal {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.notify.notify_one();
+            // Every waiter: the connection's loop and a write blocked on a stalled client may
+            // both be waiting.
+            self.notify.notify_waiters();
         }
         first
     }
@@ -71,11 +73,14 @@ impl CloseSignal {
     /// Resolves with the close code once [`CloseSignal::close`] was called.
     pub async fn closed(&self) -> u16 {
         loop {
+            // Created before the check: `notify_waiters` completes every `Notified` that
+            // exists when it runs, so a close between the check and the await is not missed.
+            let notified = self.notify.notified();
             let code = self.code.load(Ordering::Acquire);
             if code != 0 {
                 return code;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }
