@@ -151,12 +151,9 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     tokio::pin!(going_away);
 
     while end.is_none() {
-        // Biased, and in this order: a close or shutdown wins; then queued frames, the hot path
-        // of fan-out, are written without polling the timers on every delivery. The timers are
-        // still polled whenever the queue is empty, which is most of the time; a connection
-        // whose queue never empties is a slow consumer that the hub closes anyway.
+        // Unbiased on purpose: a queue that never quite empties must not starve inbound frames,
+        // heartbeats or the expiry close.
         end = tokio::select! {
-            biased;
             code = &mut closed => Some(End::Close(code, close_reason(code))),
             () = &mut going_away => {
                 let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
