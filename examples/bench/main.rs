@@ -10,6 +10,7 @@
 //!
 //! It prints a table and writes every figure to a JSON file.
 
+mod fanout;
 mod realtime;
 mod report;
 mod rest;
@@ -157,7 +158,7 @@ async fn main() -> Result<(), String> {
     for &(subscribers, rate) in fanouts.iter().filter(|_| run("fanout")) {
         eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (channeld)");
         fanout_rows.push(
-            realtime::fan_out(
+            fanout::fan_out(
                 &channeld,
                 "channeld",
                 subscribers,
@@ -169,7 +170,7 @@ async fn main() -> Result<(), String> {
         if let Some(pusher) = &pusher {
             eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (sockudo)");
             fanout_rows.push(
-                realtime::fan_out(pusher, "sockudo", subscribers, rate, args.fanout_seconds).await,
+                fanout::fan_out(pusher, "sockudo", subscribers, rate, args.fanout_seconds).await,
             );
         }
     }

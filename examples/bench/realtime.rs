@@ -1,6 +1,5 @@
-//! The realtime side: fan-out from one publisher to many subscribers (against channeld and, for
-//! comparison, a Pusher-protocol server under the same workload), the memory of idle
-//! subscribed connections, and presence churn.
+//! The realtime side: the servers under test and how to connect to them, the memory of idle
+//! subscribed connections, and presence churn. Fan-out is in `fanout`.
 
 use std::{
     sync::{
@@ -15,12 +14,11 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::{io::AsyncReadExt, sync::watch};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 
-use crate::stats::{CpuShare, CpuWindow, Figures, epoch_micros, rss_kib};
+use crate::stats::{CpuShare, CpuWindow, rss_kib};
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connections opened at once while setting up a run.
 const CONNECT_BATCH: usize = 250;
@@ -69,7 +67,7 @@ impl Server {
     }
 
     /// The name a workload's channel has on this server (Pusher client events need `private-`).
-    fn channel(&self, name: &str) -> String {
+    pub fn channel(&self, name: &str) -> String {
         match self {
             Server::Channeld { .. } => name.to_owned(),
             Server::Pusher { .. } => format!("private-{name}"),
@@ -136,7 +134,7 @@ impl Server {
     }
 
     /// A connection subscribed to `channel`.
-    async fn subscriber(&self, credential: &Credential, channel: &str) -> Socket {
+    pub async fn subscriber(&self, credential: &Credential, channel: &str) -> Socket {
         let (mut socket, socket_id) = self.connect(credential).await;
         self.subscribe(&mut socket, socket_id.as_deref(), channel)
             .await;
@@ -144,7 +142,7 @@ impl Server {
     }
 
     /// One published frame carrying `data` (a JSON string).
-    fn publish_frame(&self, channel: &str, data: &str) -> String {
+    pub fn publish_frame(&self, channel: &str, data: &str) -> String {
         match self {
             Server::Channeld { .. } => {
                 json!({"type": "publish", "channel": channel, "data": data}).to_string()
@@ -167,7 +165,7 @@ async fn next_json(socket: &mut Socket) -> Value {
 }
 
 /// Opens `count` connections with `open`, a batch at a time.
-async fn open_many<F, Fut>(count: usize, open: F) -> Vec<Socket>
+pub async fn open_many<F, Fut>(count: usize, open: F) -> Vec<Socket>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Socket>,
@@ -178,192 +176,6 @@ where
         sockets.extend(join_all((0..batch).map(|_| open())).await);
     }
     sockets
-}
-
-/// What a fan-out run measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct FanOut {
-    pub server: &'static str,
-    pub subscribers: usize,
-    pub publish_rate: u64,
-    pub published: u64,
-    pub deliveries: Figures,
-    /// Messages that subscribers still connected at the end never received.
-    pub lost: u64,
-    /// Subscribers the server disconnected during the run.
-    pub disconnected: usize,
-    pub cpu: CpuShare,
-}
-
-/// One publisher sending `rate` ~100-byte messages per second for `seconds` to `subscribers`.
-pub async fn fan_out(
-    server: &Server,
-    name: &'static str,
-    subscribers: usize,
-    rate: u64,
-    seconds: u64,
-) -> FanOut {
-    let channel = server.channel(&format!("fanout-{subscribers}"));
-    let credential = server.credential("subscriber", &["subscribe"]).await;
-    let sockets = open_many(subscribers, || server.subscriber(&credential, &channel)).await;
-
-    // One counter per subscriber: a single shared one would bounce between cores a million
-    // times a second and make the load generator its own bottleneck.
-    let counters: Vec<Arc<AtomicU64>> = (0..subscribers).map(|_| Arc::default()).collect();
-    let disconnected = Arc::new(AtomicUsize::new(0));
-    let (stop, stopped) = watch::channel(false);
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .zip(&counters)
-        .map(|(socket, counter)| {
-            tokio::spawn(receive(
-                socket,
-                counter.clone(),
-                disconnected.clone(),
-                stopped.clone(),
-            ))
-        })
-        .collect();
-
-    let publisher_credential = server
-        .credential("publisher", &["publish", "subscribe"])
-        .await;
-    let publisher = server.subscriber(&publisher_credential, &channel).await;
-    let (mut sink, mut replies) = publisher.split();
-    // Whatever the server says to the publisher is read and dropped.
-    let drain = tokio::spawn(async move { while let Some(Ok(_)) = replies.next().await {} });
-
-    let cpu = CpuWindow::start(server.pid());
-    let started = Instant::now();
-    let pad = "x".repeat(72);
-    let mut published = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while started.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        // Catch up to the schedule, so the rate holds whatever the timer's granularity.
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        while published < due {
-            let data = format!("ts:{}:{pad}", epoch_micros());
-            sink.feed(Message::text(server.publish_frame(&channel, &data)))
-                .await
-                .expect("publish");
-            published += 1;
-        }
-        sink.flush().await.expect("publish");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    // Let deliveries in flight arrive: until every live subscriber has them all, or 5 s.
-    let settle = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < settle {
-        let live = (subscribers - disconnected.load(Ordering::Relaxed)) as u64;
-        let received: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        if received >= published * live {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cpu = cpu.stop();
-    let _ = stop.send(true);
-    let mut latencies = Vec::new();
-    let mut lost = 0;
-    for task in tasks {
-        let (count, mut local, closed) = task.await.expect("subscriber task");
-        if !closed {
-            lost += published.saturating_sub(count);
-        }
-        latencies.append(&mut local);
-    }
-    drain.abort();
-    let delivered = latencies.len() as u64;
-    FanOut {
-        server: name,
-        subscribers,
-        publish_rate: rate,
-        published,
-        deliveries: Figures::new(delivered, elapsed, &mut latencies),
-        lost,
-        disconnected: disconnected.load(Ordering::Relaxed),
-        cpu,
-    }
-}
-
-/// Reads one subscriber's frames until told to stop: how many carried a timestamp, their
-/// publish-to-receive latencies in microseconds, and whether the server closed the socket.
-///
-/// After the handshake the frames are read straight off the TCP stream: server frames are
-/// unmasked, so a frame is a 2-10 byte header and its payload, scanned in place with no
-/// allocation per frame. That keeps the load generator's CPU well below the server's. Pings are
-/// not answered; a run is shorter than the server's idle timeout.
-async fn receive(
-    socket: Socket,
-    received: Arc<AtomicU64>,
-    disconnected: Arc<AtomicUsize>,
-    mut stop: watch::Receiver<bool>,
-) -> (u64, Vec<u32>, bool) {
-    let MaybeTlsStream::Plain(mut tcp) = socket.into_inner() else {
-        unreachable!("the bench speaks plain ws://");
-    };
-    let mut latencies = Vec::new();
-    let mut count = 0u64;
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut filled = 0;
-    let gone = |count, latencies| {
-        disconnected.fetch_add(1, Ordering::Relaxed);
-        (count, latencies, true)
-    };
-    loop {
-        tokio::select! {
-            read = tcp.read(&mut buffer[filled..]) => match read {
-                Ok(0) | Err(_) => return gone(count, latencies),
-                Ok(n) => filled += n,
-            },
-            _ = stop.wait_for(|stop| *stop) => return (count, latencies, false),
-        }
-        let mut at = 0;
-        while let Some((opcode, payload)) = frame(&buffer[at..filled]) {
-            at += payload.end;
-            match opcode {
-                0x8 => return gone(count, latencies),
-                0x1 | 0x0 => {
-                    if let Some(sent) = stamp(&buffer[at - payload.len()..at]) {
-                        latencies.push(epoch_micros().saturating_sub(sent) as u32);
-                        count += 1;
-                        received.store(count, Ordering::Relaxed);
-                    }
-                }
-                _ => {}
-            }
-        }
-        buffer.copy_within(at..filled, 0);
-        filled -= at;
-        if filled == buffer.len() {
-            buffer.resize(buffer.len() * 2, 0);
-        }
-    }
-}
-
-/// The opcode and payload range (from the start of `bytes`) of the first whole frame in `bytes`.
-fn frame(bytes: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
-    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
-    let (length, header) = match second & 0x7f {
-        126 => (
-            usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
-            4,
-        ),
-        127 => (
-            usize::try_from(u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)).ok()?,
-            10,
-        ),
-        n => (usize::from(n), 2),
-    };
-    (bytes.len() >= header + length).then_some((first & 0x0f, header..header + length))
-}
-
-/// The microseconds after `ts:` in a frame, found without parsing the JSON.
-fn stamp(frame: &[u8]) -> Option<u64> {
-    let at = frame.windows(3).position(|w| w == b"ts:")? + 3;
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
-    Some(digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// What the idle-connection run measured.

@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use crate::{
-    realtime::{Churn, FanOut, Footprint},
+    fanout::FanOut,
+    realtime::{Churn, Footprint},
     stats::{CpuShare, Figures},
 };
 
@@ -29,87 +30,91 @@ pub fn print(
     churn: Option<&Churn>,
     notes: &[String],
 ) {
-    println!();
-    println!(
-        "REST against the database ceiling (pgbench runs channeld's own SQL, -M prepared; CPU in % of one core)"
-    );
-    println!(
-        "{:<14} {:>7} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6} {:>6} {:>6} | {:>6}",
-        "operation",
-        "clients",
-        "pgbench/s",
-        "p50 ms",
-        "p99 ms",
-        "pg CPU",
-        "channeld/s",
-        "p50 ms",
-        "p99 ms",
-        "pg CPU",
-        "server",
-        "bench",
-        "ratio"
-    );
-    for row in rest {
+    if !rest.is_empty() {
+        println!();
         println!(
-            "{:<14} {:>7} | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>6.2}",
-            row.op,
-            row.clients,
-            row.pgbench.per_sec,
-            row.pgbench.p50_ms,
-            row.pgbench.p99_ms,
-            row.pgbench_postgres_pct,
-            row.channeld.per_sec,
-            row.channeld.p50_ms,
-            row.channeld.p99_ms,
-            row.cpu.postgres_pct,
-            row.cpu.server_pct,
-            row.cpu.bench_pct,
-            row.ratio
+            "REST against the database ceiling (pgbench runs channeld's own SQL, -M prepared; CPU in % of one core)"
         );
+        println!(
+            "{:<14} {:>7} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6} {:>6} {:>6} | {:>6}",
+            "operation",
+            "clients",
+            "pgbench/s",
+            "p50 ms",
+            "p99 ms",
+            "pg CPU",
+            "channeld/s",
+            "p50 ms",
+            "p99 ms",
+            "pg CPU",
+            "server",
+            "bench",
+            "ratio"
+        );
+        for row in rest {
+            println!(
+                "{:<14} {:>7} | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>6.2}",
+                row.op,
+                row.clients,
+                row.pgbench.per_sec,
+                row.pgbench.p50_ms,
+                row.pgbench.p99_ms,
+                row.pgbench_postgres_pct,
+                row.channeld.per_sec,
+                row.channeld.p50_ms,
+                row.channeld.p99_ms,
+                row.cpu.postgres_pct,
+                row.cpu.server_pct,
+                row.cpu.bench_pct,
+                row.ratio
+            );
+        }
     }
 
-    println!();
-    println!("WebSocket fan-out: one publisher, ~100-byte messages (CPU in % of one core)");
-    println!(
-        "{:<9} {:>6} {:>8} {:>12} {:>8} {:>8} {:>6} {:>6} {:>10} {:>9}",
-        "server",
-        "subs",
-        "pub/s",
-        "deliveries/s",
-        "p50 ms",
-        "p99 ms",
-        "lost",
-        "drops",
-        "server CPU",
-        "bench CPU"
-    );
-    for row in fanout {
+    if !fanout.is_empty() {
+        println!();
+        println!("WebSocket fan-out: one publisher, ~100-byte messages (CPU in % of one core)");
         println!(
-            "{:<9} {:>6} {:>8} {:>12.0} {:>8.2} {:>8.2} {:>6} {:>6} {:>9.0}% {:>8.0}%",
-            row.server,
-            row.subscribers,
-            row.publish_rate,
-            row.deliveries.per_sec,
-            row.deliveries.p50_ms,
-            row.deliveries.p99_ms,
-            row.lost,
-            row.disconnected,
-            row.cpu.server_pct,
-            row.cpu.bench_pct
+            "{:<9} {:>6} {:>8} {:>12} {:>8} {:>8} {:>6} {:>6} {:>10} {:>9}",
+            "server",
+            "subs",
+            "pub/s",
+            "deliveries/s",
+            "p50 ms",
+            "p99 ms",
+            "lost",
+            "drops",
+            "server CPU",
+            "bench CPU"
         );
-    }
-    for ours in fanout.iter().filter(|r| r.server == "channeld") {
-        let theirs = fanout
-            .iter()
-            .find(|t| t.server == "sockudo" && t.subscribers == ours.subscribers);
-        if let Some(theirs) = theirs {
+        for row in fanout {
             println!(
-                "  {} subscribers: channeld / sockudo = {:.2}x deliveries/s, p99 {:.2} vs {:.2} ms",
-                ours.subscribers,
-                ours.deliveries.per_sec / theirs.deliveries.per_sec.max(f64::EPSILON),
-                ours.deliveries.p99_ms,
-                theirs.deliveries.p99_ms
+                "{:<9} {:>6} {:>8} {:>12.0} {:>8.2} {:>8.2} {:>6} {:>6} {:>9.0}% {:>8.0}%",
+                row.server,
+                row.subscribers,
+                row.publish_rate,
+                row.deliveries.per_sec,
+                row.deliveries.p50_ms,
+                row.deliveries.p99_ms,
+                row.lost,
+                row.disconnected,
+                row.cpu.server_pct,
+                row.cpu.bench_pct
             );
+        }
+        for ours in fanout.iter().filter(|r| r.server == "channeld") {
+            let theirs = fanout
+                .iter()
+                .find(|t| t.server == "sockudo" && t.subscribers == ours.subscribers);
+            if let Some(theirs) = theirs {
+                println!(
+                    "  {} subscribers: channeld / sockudo = {:.2}x deliveries/s, p99 {:.2} vs {:.2} ms",
+                    ours.subscribers,
+                    ours.deliveries.per_sec / theirs.deliveries.per_sec.max(f64::EPSILON),
+                    ours.deliveries.p99_ms,
+                    theirs.deliveries.p99_ms
+                );
+            }
         }
     }
 
