@@ -204,3 +204,34 @@ fn stamp(frame: &[u8]) -> Option<u64> {
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
     Some(digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_found_whole_with_every_length_form() {
+        let short = [&[0x81, 3][..], b"abc"].concat();
+        assert_eq!(frame(&short), Some((0x1, 2..5)));
+        assert_eq!(
+            frame(&short[..4]),
+            None,
+            "a partial payload waits for more bytes"
+        );
+
+        let medium = [&[0x81, 126, 0x01, 0x00][..], &[b'x'; 256]].concat();
+        assert_eq!(frame(&medium), Some((0x1, 4..260)));
+
+        let long = [&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0][..], &vec![0u8; 65_536]].concat();
+        assert_eq!(frame(&long), Some((0x2, 10..65_546)));
+        assert_eq!(frame(&[0x88]), None);
+    }
+
+    #[test]
+    fn the_publish_timestamp_is_read_from_the_frame() {
+        let frame =
+            br#"{"type":"message","channel":"c","from":"p","data":"ts:1795384855123456:xxxx"}"#;
+        assert_eq!(stamp(frame), Some(1_795_384_855_123_456));
+        assert_eq!(stamp(br#"{"type":"ack"}"#), None);
+    }
+}

@@ -318,3 +318,42 @@ impl Http {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlx_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".sqlx")
+    }
+
+    #[test]
+    fn pgbench_scripts_are_built_from_the_queries_channeld_runs() {
+        let post = pgbench_script(&sqlx_dir(), Op::Post).expect("post script");
+        assert!(
+            post.contains("FROM api_keys WHERE key_id = :kid;"),
+            "{post}"
+        );
+        assert!(
+            post.contains("UPDATE channels SET updated_at = now()"),
+            "{post}"
+        );
+        assert!(
+            post.contains("SELECT id, :content, 'api', NULL, NULL FROM channel"),
+            "{post}"
+        );
+        let get = pgbench_script(&sqlx_dir(), Op::Get).expect("get script");
+        assert!(get.contains("WHERE channel_id = :cid"), "{get}");
+        assert!(get.contains("ORDER BY id DESC LIMIT 51;"), "{get}");
+        for script in [&post, &get] {
+            assert!(!script.contains('$'), "every parameter is bound: {script}");
+        }
+    }
+
+    #[test]
+    fn binding_replaces_higher_numbers_first() {
+        let values: Vec<String> = (1..=10).map(|n| format!("v{n}")).collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        assert_eq!(bind("$1 $10 $2", &values), "v1 v10 v2");
+    }
+}
