@@ -2,8 +2,9 @@
 # `make bench`: measures channeld on a release build, on loopback, and writes the figures to
 # bench/results/latest.json. See examples/bench/main.rs for what each row measures.
 #
-#   scripts/bench.sh                       the whole run (about 4 minutes once built)
-#   BENCH_ARGS="--idle 2000" scripts/bench.sh   extra arguments for the load generator
+#   scripts/bench.sh                                the whole run (about 3 minutes once built)
+#   BENCH_ARGS="--only rest --rest-seconds 10" scripts/bench.sh   options for the load generator
+#   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
 #
 # Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
 # shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
@@ -15,7 +16,13 @@ say() { echo "bench: $*" >&2; }
 as_root=$([ "$(id -u)" -eq 0 ] && echo yes || true)
 
 # Both servers and the load generator hold one descriptor per connection.
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+idle=10000
+limit=$(ulimit -n)
+if [ "$limit" != unlimited ] && [ "$limit" -lt $((idle + 1024)) ]; then
+  idle=$((limit - 1024))
+  say "at most $limit open files here; measuring $idle idle connections"
+fi
 
 if ! command -v pgbench >/dev/null && ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
   [ -n "$as_root" ] || { say "pgbench is missing: install Debian's postgresql package"; exit 1; }
@@ -65,7 +72,7 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-TOKIO_WORKER_THREADS=${SERVER_THREADS:-2} RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port" \
+RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port" \
   --ws-connects-per-ip 1000000 --ws-frame-rate 100000 --ws-frame-burst 100000 \
   >.data/bench-channeld.log 2>&1 &
 server=$!
@@ -94,4 +101,4 @@ done
 
 # shellcheck disable=SC2086
 target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
-  --database-url "$DATABASE_URL" "${pusher_args[@]}" ${BENCH_ARGS:-}
+  --database-url "$DATABASE_URL" --idle "$idle" "${pusher_args[@]}" ${BENCH_ARGS:-}

@@ -26,7 +26,10 @@ use rest::{Op, Target};
 use stats::CpuWindow;
 
 #[derive(Parser)]
-#[command(about = "Load generator for channeld's benchmark (run it through `make bench`)")]
+#[command(
+    about = "Load generator for channeld's benchmark (run it through `make bench`)",
+    args_override_self = true
+)]
 struct Args {
     /// channeld's base URL, e.g. http://127.0.0.1:18100.
     #[arg(long)]
