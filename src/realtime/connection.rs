@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{SinkExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
@@ -77,7 +77,8 @@ pub(super) struct Connection {
     pub(super) hub: Hub,
     pub(super) session: Session,
     pub(super) conn: ConnId,
-    pub(super) sink: SplitSink<WebSocket, Message>,
+    /// Read and written by this one task: no lock between a reading and a writing half.
+    pub(super) socket: WebSocket,
     pub(super) signal: Arc<CloseSignal>,
     /// Per persistent channel resumed with `since`: the last message id already replayed.
     pub(super) replayed: HashMap<i64, i64>,
@@ -110,13 +111,12 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         signal: signal.clone(),
     });
     let mut shutdown = state.realtime.shutdown.subscribe();
-    let (sink, mut stream) = socket.split();
     let mut connection = Connection {
         state,
         hub: hub.clone(),
         session,
         conn,
-        sink,
+        socket,
         signal: signal.clone(),
         replayed: HashMap::new(),
     };
@@ -129,7 +129,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         metadata: connection.session.metadata.as_deref(),
     }
     .encode();
-    let mut end = match connection.sink.send(Message::Text(welcome)).await {
+    let mut end = match connection.socket.send(Message::Text(welcome)).await {
         Ok(()) => None,
         Err(_) => Some(End::Gone),
     };
@@ -157,13 +157,13 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
             code = &mut closed => Some(End::Close(code, close_reason(code))),
             () = &mut going_away => {
                 let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
-                let _ = connection.sink.send(Message::Text(frame)).await;
+                let _ = connection.socket.send(Message::Text(frame)).await;
                 Some(End::Close(close::GOING_AWAY, "server shutting down"))
             }
             received = rx.recv_many(&mut batch, WRITE_BATCH) => {
                 if received == 0 { Some(End::Gone) } else { connection.write_batch(&mut batch).await }
             }
-            inbound = stream.next() => {
+            inbound = connection.socket.next() => {
                 idle.as_mut().reset(Instant::now() + limits.idle_timeout);
                 if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
                     connection.state.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,7 +203,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let goodbye = connection.sink.send(Message::Close(Some(frame)));
+        let goodbye = connection.socket.send(Message::Close(Some(frame)));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
     }
 }
@@ -245,7 +245,7 @@ impl Connection {
     /// must not keep this task (and its buffers) alive after the hub gave up on it.
     pub(super) async fn send(&mut self, message: Message) -> Option<End> {
         tokio::select! {
-            sent = self.sink.send(message) => sent.err().map(|_| End::Gone),
+            sent = self.socket.send(message) => sent.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
         }
     }
@@ -253,7 +253,7 @@ impl Connection {
     /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
     /// resumed subscription already replayed.
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
-        let (sink, replayed) = (&mut self.sink, &self.replayed);
+        let (sink, replayed) = (&mut self.socket, &self.replayed);
         let write = async move {
             for item in batch.drain(..) {
                 let seen = item.stored.is_some_and(|s| {
@@ -312,7 +312,7 @@ impl Connection {
         if frames.is_empty() {
             return None;
         }
-        let sink = &mut self.sink;
+        let sink = &mut self.socket;
         let write = async move {
             for frame in frames {
                 sink.feed(Message::Text(frame)).await?;

@@ -97,7 +97,9 @@ impl Connection {
     }
 
     /// A persistent channel's live stream needs the key's REST scope and an existing channel.
-    async fn persistent(&self, id: i64, scope: Scope, writing: bool) -> Result<(), Failure> {
+    /// (`&mut self` although it only reads: the socket inside is `Send` but not `Sync`, so only a
+    /// unique borrow of the connection may be held across an `.await`.)
+    async fn persistent(&mut self, id: i64, scope: Scope, writing: bool) -> Result<(), Failure> {
         if !self.session.key_scopes.contains(scope) {
             return Err((
                 ErrorCode::ChannelNotAuthorized,
