@@ -9,6 +9,7 @@ use axum::{
     middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
     routing::get,
+    serve::ListenerExt,
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -145,6 +146,13 @@ pub async fn serve(
         realtime.shutdown.send_replace(true);
     };
     let hub = state.realtime.hub.clone();
+    // Without TCP_NODELAY, a small WebSocket frame written while an earlier one is still
+    // unacknowledged waits for the client's delayed ACK: tens of milliseconds of latency.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -14,7 +14,9 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async_with_config, tungstenite::Message,
+};
 
 use crate::stats::{CpuShare, CpuWindow, rss_kib};
 
@@ -86,7 +88,11 @@ impl Server {
             }
             (Server::Channeld { .. }, None) => unreachable!("channeld connections carry a token"),
         };
-        let (mut socket, _) = connect_async(url).await.expect("connect");
+        // Nagle off, as a real-time client would: the publisher writes small frames every
+        // millisecond, which would otherwise wait for the server's delayed ACKs.
+        let (mut socket, _) = connect_async_with_config(url, None, true)
+            .await
+            .expect("connect");
         let greeting = next_json(&mut socket).await;
         let socket_id = match self {
             Server::Channeld { .. } => None,
