@@ -199,8 +199,7 @@ pub async fn footprint(server: &Server, connections: usize) -> Footprint {
     let channel = server.channel("idle-room");
     let before = rss_kib(server.pid());
     let sockets = open_many(connections, || server.subscriber(&credential, &channel)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(server.pid());
+    let after = settled_rss_kib(server.pid()).await;
     drop(sockets);
     Footprint {
         connections,
@@ -208,6 +207,21 @@ pub async fn footprint(server: &Server, connections: usize) -> Footprint {
         rss_after_kib: after,
         per_connection_kib: after.saturating_sub(before) as f64 / connections.max(1) as f64,
     }
+}
+
+/// RSS once it stops changing: the server may still be finishing the last subscriptions when
+/// the last ack arrives. Read every 100 ms until two readings agree, for at most 5 s.
+async fn settled_rss_kib(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss_kib(pid);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
 }
 
 /// What the presence-churn run measured.
