@@ -101,10 +101,10 @@ pub fn stored_frame(message: &Message) -> Outbound {
     .encode();
     Outbound {
         frame,
-        stored: Some(StoredRef {
+        stored: Some(Arc::new(StoredRef {
             channel_id: message.channel_id,
             message_id: message.id,
-        }),
+        })),
     }
 }
 
