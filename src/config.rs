@@ -168,6 +168,11 @@ pub struct RealtimeConfig {
     /// How often connections are checked against revoked or expired keys.
     #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub key_check_interval: Duration,
+
+    /// How often every followed persistent channel is re-read from its cursor, catching messages
+    /// whose hint was lost (a poster that died between its commit and its notification).
+    #[arg(long = "delivery-sweep-interval", env = "CHANNELD_DELIVERY_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub delivery_sweep_interval: Duration,
 }
 
 impl Default for RealtimeConfig {
@@ -184,6 +189,7 @@ impl Default for RealtimeConfig {
             outbound_queue: 4096,
             key_check_interval: Duration::from_secs(5),
             sse_keep_alive: Duration::from_secs(15),
+            delivery_sweep_interval: Duration::from_secs(2),
         }
     }
 }
@@ -250,6 +256,15 @@ pub struct Config {
     /// `/metrics` is served on the main listener (false when --metrics-listen moves it).
     pub metrics_on_main: bool,
     pub realtime: RealtimeConfig,
+    /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
+    pub faults: Faults,
+}
+
+/// Pauses that tests put where a race would otherwise be a matter of luck.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Between a post's commit and its doorbell, during which a test's client hangs up.
+    pub post_commit_pause: Duration,
 }
 
 impl Default for Config {
@@ -264,6 +279,7 @@ impl Default for Config {
             },
             metrics_on_main: true,
             realtime: RealtimeConfig::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -279,6 +295,7 @@ impl From<&ServeArgs> for Config {
             },
             metrics_on_main: args.metrics_listen.is_none(),
             realtime: args.realtime.clone(),
+            faults: Faults::default(),
         }
     }
 }

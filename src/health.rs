@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::{
     error::{ApiError, Envelope},
-    startup::AppState,
+    state::AppState,
 };
 
 pub fn router() -> Router<AppState> {

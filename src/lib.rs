@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: command line and environment settings (`clap`), secrets that never print.
-//! - [`startup`]: [`startup::AppState`], the router and middleware stack, graceful serving.
+//! - [`state`]: [`state::AppState`], what every handler may use (a leaf: it imports no handler).
+//! - [`startup`]: the router and middleware stack, graceful serving.
 //! - [`error`]: the one [`error::ApiError`] and its JSON envelope.
 //! - [`etag`]: conditional GET (`ETag`, `If-None-Match` → 304).
 //! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
@@ -14,6 +15,8 @@
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
 //! - [`messages`]: channel history (`/v1/channels/{id}/messages`).
 //! - [`realtime`]: the WebSocket protocol (`GET /v1`), its hub, tokens, and realtime REST.
+//! - [`delivery`]: stored messages to live followers, driven by what PostgreSQL committed
+//!   (cursors per followed channel, the `LISTEN/NOTIFY` doorbell, the reader).
 //! - [`ratelimit`]: per-key token buckets and the `RateLimit-*` headers.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document (`/v1/openapi.json`) and `/docs`.
@@ -28,6 +31,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod error;
 pub mod etag;
 pub mod extract;
@@ -38,5 +42,6 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod timestamp;

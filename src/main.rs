@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use channeld::{
     cli,
     config::{Cli, Command, Config},
-    db, startup, telemetry,
+    db, startup, state, telemetry,
 };
 use clap::Parser;
 
@@ -52,7 +52,7 @@ async fn run(command: Command) -> cli::CliResult {
             let pool = db::pool(&args.database)?;
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             tracing::info!(address = %listener.local_addr()?, "channeld listening");
-            let state = startup::AppState::new(pool, Config::from(&args));
+            let state = state::AppState::new(pool, Config::from(&args));
             if let Some(address) = args.metrics_listen {
                 let metrics_listener = tokio::net::TcpListener::bind(address).await?;
                 tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");

@@ -20,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Upper bounds of the request latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [

@@ -9,7 +9,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{channels, error, health, messages, metrics, realtime, startup::AppState};
+use crate::{channels, error, health, messages, metrics, realtime, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(

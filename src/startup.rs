@@ -1,6 +1,6 @@
-//! Application state, the router with its middleware stack, and serving with graceful shutdown.
+//! The router with its middleware stack, and serving with graceful shutdown.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use axum::{
     Router,
@@ -11,7 +11,6 @@ use axum::{
     routing::get,
     serve::ListenerExt,
 };
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::{
@@ -22,37 +21,9 @@ use tower_http::{
 use tracing::{Span, field};
 
 use crate::{
-    channels,
-    config::Config,
-    error::ApiError,
-    health, messages,
-    metrics::{self, Metrics},
-    openapi,
-    ratelimit::{self, RateLimiter},
-    realtime::{self, Realtime},
+    channels, error::ApiError, health, messages, metrics, openapi, ratelimit, realtime,
+    state::AppState,
 };
-
-/// Everything a handler may need, built once and cloned cheaply per request.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub config: Arc<Config>,
-    pub realtime: Realtime,
-    pub rate_limiter: Arc<RateLimiter>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl AppState {
-    pub fn new(db: PgPool, config: Config) -> Self {
-        Self {
-            db,
-            realtime: Realtime::new(&config.realtime),
-            rate_limiter: Arc::new(RateLimiter::default()),
-            metrics: Arc::new(Metrics::default()),
-            config: Arc::new(config),
-        }
-    }
-}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -140,6 +111,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let key_watch = tokio::spawn(realtime::watch_keys(state.clone()));
+    // Stored messages reach this instance's followers through the reader, whoever posted them.
+    let delivery = state.delivery.start();
     let realtime = state.realtime.clone();
     let stopping = async move {
         shutdown.await;
@@ -160,6 +133,7 @@ pub async fn serve(
     .with_graceful_shutdown(stopping)
     .await;
     key_watch.abort();
+    drop(delivery);
     // Upgraded connections outlive the HTTP server; give them time to say goodbye.
     let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {

@@ -13,7 +13,7 @@ use super::{Credential, Pattern, Scope, ScopeSet, find_key};
 use crate::{
     error::ApiError,
     ratelimit::{DecisionSlot, Limit},
-    startup::AppState,
+    state::AppState,
 };
 
 /// The authenticated caller of a REST request.

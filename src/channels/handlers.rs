@@ -17,7 +17,7 @@ use crate::{
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
-    startup::AppState,
+    state::AppState,
 };
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -8,7 +8,7 @@ use axum::{Router, routing::get};
 
 pub use db::{ChannelState, channel_state};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

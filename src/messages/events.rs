@@ -24,9 +24,10 @@ use super::{
 use crate::{
     auth::{ChannelsRead, Scoped},
     channels::channel_state,
+    delivery::Follow,
     error::{ApiError, Envelope, FieldErrors},
     extract::{ChannelId, QueryParams},
-    startup::AppState,
+    state::AppState,
 };
 
 /// Messages read from the database per round while catching up.
@@ -76,8 +77,9 @@ pub async fn events(
         return Err(ApiError::NotFound);
     }
 
-    // Follow the feed before reading, so nothing committed in between is missed.
-    let feed = state.realtime.feeds.subscribe(channel_id);
+    // Follow the channel before reading, so nothing committed in between is missed.
+    let follow = state.delivery.follow(channel_id).await?;
+    let feed = state.delivery.feeds().subscribe(channel_id);
     let cursor = match since {
         Some(since) => since,
         // A new follower starts from now: nothing older is sent.
@@ -87,6 +89,7 @@ pub async fn events(
             .map_or(0, |m| m.id),
     };
     let follower = Follower {
+        _follow: follow,
         db: state.db.clone(),
         channel_id,
         cursor,
@@ -109,6 +112,8 @@ pub async fn events(
 }
 
 struct Follower {
+    /// Keeps this instance reading the channel's new messages while the stream is open.
+    _follow: Follow,
     db: PgPool,
     channel_id: i64,
     /// The last message id sent.

@@ -21,8 +21,7 @@ use crate::{
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
-    realtime,
-    startup::AppState,
+    state::AppState,
 };
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -43,10 +42,10 @@ const MAX_WAIT_SECS: i64 = 30;
 
 /// `GET /v1/channels/{id}/messages`: newest first, or oldest first after an `after` cursor.
 ///
-/// With `after` and `wait=<seconds>`, an empty answer is held until a message is posted or the
-/// wait ends (long poll). The waiter follows the channel's feed *before* reading, so a message
-/// posted between its read and its wait still wakes it; while waiting it holds no database
-/// connection.
+/// With `after` and `wait=<seconds>`, an empty answer is held until a message is committed (on
+/// any instance) or the wait ends (long poll). The waiter follows the channel *before* reading,
+/// so a message committed between its read and its wait still wakes it; while waiting it holds
+/// no database connection.
 #[utoipa::path(get, path = "/v1/channels/{id}/messages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
         ("id" = i64, Path, description = "Channel id"),
@@ -94,7 +93,14 @@ pub async fn list(
         _ => Page::Latest,
     };
 
-    let mut feed = (wait > 0).then(|| state.realtime.feeds.subscribe(channel_id));
+    // Followed before reading: whatever commits after this read still wakes the waiter.
+    let follow = match wait > 0 {
+        true => Some(state.delivery.follow(channel_id).await?),
+        false => None,
+    };
+    let mut feed = follow
+        .as_ref()
+        .map(|_| state.delivery.feeds().subscribe(channel_id));
     let mut messages = db::page(&state.db, channel_id, page, limit + 1).await?;
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::NotFound);
@@ -147,25 +153,44 @@ pub async fn create(
     ValidatedJson(new): ValidatedJson<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let order = state.realtime.post_order(channel_id).await;
-    let stored = db::insert(
-        &state.db,
-        channel_id,
-        &new.content,
-        new.sender_type(),
-        new.pod_key.as_deref(),
-        idempotency_key,
-    )
-    .await?;
+    // The insert and its doorbell run in a task of their own: a client that hangs up cancels this
+    // handler, never a commit's doorbell. (Were the process to die between the two, the readers'
+    // sweep would still find the message.)
+    let insert = {
+        let (db, delivery) = (state.db.clone(), state.delivery.clone());
+        let idempotency_key = idempotency_key.map(str::to_owned);
+        async move {
+            let stored = db::insert(
+                &db,
+                channel_id,
+                &new.content,
+                new.sender_type(),
+                new.pod_key.as_deref(),
+                idempotency_key.as_deref(),
+            )
+            .await?;
+            if let Some(message) = &stored {
+                let pause = delivery.post_commit_pause();
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                delivery.ring(channel_id, message.id);
+            }
+            Ok::<_, sqlx::Error>(stored)
+        }
+    };
+    let stored = tokio::spawn(insert)
+        .await
+        .map_err(|error| ApiError::Internal(Box::new(error)))??;
     if let Some(message) = stored {
-        realtime::publish_stored(&state.realtime, &message);
-        drop(order);
         return Ok((StatusCode::CREATED, Json(MessageBody { message })));
     }
 
     // Nothing stored: an earlier request with this key, or a missing or archived channel.
     if let Some(key) = idempotency_key {
         if let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await? {
+            // Rung again: the first attempt's poster may have died between commit and doorbell.
+            state.delivery.ring(channel_id, original.id);
             return Ok((StatusCode::OK, Json(MessageBody { message: original })));
         }
     }

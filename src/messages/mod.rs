@@ -9,7 +9,7 @@ use axum::{Router, routing::get};
 
 pub use db::{Page, page};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -23,9 +23,10 @@ use super::{
 };
 use crate::{
     auth::Scope,
+    delivery::Follow,
     error::{ApiError, Envelope},
     extract::QueryParams,
-    startup::AppState,
+    state::AppState,
 };
 
 /// How long before a token's `exp` its connection is closed with 4002.
@@ -80,8 +81,15 @@ pub(super) struct Connection {
     /// Read and written by this one task: no lock between a reading and a writing half.
     pub(super) socket: WebSocket,
     pub(super) signal: Arc<CloseSignal>,
-    /// Per persistent channel resumed with `since`: the last message id already replayed.
-    pub(super) replayed: HashMap<i64, i64>,
+    /// The persistent channels this connection is subscribed to.
+    pub(super) persistent: HashMap<i64, Persistent>,
+}
+
+/// A subscription to a persistent channel: followed through this instance while it lasts.
+pub(super) struct Persistent {
+    pub(super) _follow: Follow,
+    /// Resumed with `since`: the last message id already replayed, whose live copies are skipped.
+    pub(super) replayed: Option<i64>,
 }
 
 /// What ends a connection's loop.
@@ -118,7 +126,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         conn,
         socket,
         signal: signal.clone(),
-        replayed: HashMap::new(),
+        persistent: HashMap::new(),
     };
 
     let welcome = ServerFrame::Welcome {
@@ -253,13 +261,14 @@ impl Connection {
     /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
     /// resumed subscription already replayed.
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
-        let (sink, replayed) = (&mut self.socket, &self.replayed);
+        let (sink, persistent) = (&mut self.socket, &self.persistent);
         let write = async move {
             for item in batch.drain(..) {
                 let seen = item.stored.is_some_and(|s| {
-                    replayed
+                    persistent
                         .get(&s.channel_id)
-                        .is_some_and(|&upto| s.message_id <= upto)
+                        .and_then(|p| p.replayed)
+                        .is_some_and(|upto| s.message_id <= upto)
                 });
                 if !seen {
                     sink.feed(Message::Text(item.frame)).await?;

@@ -4,17 +4,17 @@
 use axum::extract::ws::{Message, Utf8Bytes};
 
 use super::{
-    connection::{Connection, End},
+    connection::{Connection, End, Persistent},
     hub::{Outbound, SubscribeError},
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, parse_client_frame},
-    stored_frame,
 };
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
+    delivery::{Follow, stored_frame},
     messages::{Page, model::Message as MessageRow, page},
-    startup::AppState,
+    state::AppState,
 };
 
 impl Connection {
@@ -141,9 +141,22 @@ impl Connection {
                 "`since` must be a message id (0 or more)".to_owned(),
             ));
         }
-        if let ChannelKind::Persistent(id) = kind {
-            self.persistent(id, Scope::ChannelsRead, false).await?;
-        }
+        // A persistent channel is followed before the hub subscription and the history read:
+        // every message the read cannot see then reaches the hub.
+        let follow = match kind {
+            ChannelKind::Persistent(id) => {
+                self.persistent(id, Scope::ChannelsRead, false).await?;
+                let follow = self.state.delivery.follow(id).await.map_err(|error| {
+                    tracing::warn!(%error, "following a persistent channel failed");
+                    (
+                        ErrorCode::InternalError,
+                        "could not follow the channel; retry".to_owned(),
+                    )
+                })?;
+                Some(follow)
+            }
+            ChannelKind::Ephemeral => None,
+        };
         let max = self.state.config.realtime.max_subscriptions;
         let roster = self
             .hub
@@ -180,6 +193,7 @@ impl Connection {
                     Err(error) => {
                         tracing::warn!(%error, "reading history for a resumed subscription failed");
                         self.hub.unsubscribe(self.conn, name);
+                        self.persistent.remove(&id);
                         return Err((
                             ErrorCode::InternalError,
                             "could not read the channel's history; retry".to_owned(),
@@ -187,7 +201,7 @@ impl Connection {
                     }
                 };
                 let upto = history.last().map_or(since, |m| m.id);
-                self.replayed.insert(id, upto);
+                self.followed(id, follow).replayed = Some(upto);
                 reply.recovered = Some(recovered);
                 reply
                     .then
@@ -195,16 +209,28 @@ impl Connection {
             }
             // Ephemeral channels keep no history to recover.
             (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
-            (None, _) => {}
+            (None, ChannelKind::Persistent(id)) => {
+                self.followed(id, follow);
+            }
+            (None, ChannelKind::Ephemeral) => {}
         }
         Ok(reply)
+    }
+
+    /// The connection's record of a persistent subscription; a repeated subscribe keeps the
+    /// first one's follow and what it replayed.
+    fn followed(&mut self, id: i64, follow: Option<Follow>) -> &mut Persistent {
+        self.persistent.entry(id).or_insert_with(|| Persistent {
+            _follow: follow.expect("persistent channels are followed before subscribing"),
+            replayed: None,
+        })
     }
 
     fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
         let (name, kind) = self.channel(frame)?;
         self.hub.unsubscribe(self.conn, name);
         if let ChannelKind::Persistent(id) = kind {
-            self.replayed.remove(&id);
+            self.persistent.remove(&id);
         }
         Ok(Reply::default())
     }

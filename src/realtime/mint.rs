@@ -14,7 +14,7 @@ use crate::{
     auth::{Pattern, Principal, Scope, ScopeSet, tokens},
     error::{ApiError, Envelope, FieldErrors},
     extract::ValidatedJson,
-    startup::AppState,
+    state::AppState,
 };
 
 const MAX_TOKEN_LIFETIME: i64 = 86_400;

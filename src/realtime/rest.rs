@@ -21,7 +21,7 @@ use crate::{
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
     extract::ValidatedJson,
-    startup::AppState,
+    state::AppState,
 };
 
 /// Largest `data` a REST publish may carry, encoded.

@@ -13,7 +13,7 @@ use crate::{
         tokens,
     },
     error::ApiError,
-    startup::AppState,
+    state::AppState,
 };
 
 pub const MAX_PEER_METADATA: usize = 4 * 1024;

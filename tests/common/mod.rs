@@ -7,7 +7,8 @@ use std::{net::SocketAddr, sync::Arc};
 use channeld::{
     auth::{NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, tokens},
     config::Config,
-    startup::{AppState, serve},
+    startup::serve,
+    state::AppState,
 };
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};

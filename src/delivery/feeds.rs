@@ -1,4 +1,4 @@
-//! Feeds: stored messages of each persistent channel, broadcast in commit order to in-process
+//! Feeds: stored messages of each persistent channel, broadcast in id order to in-process
 //! followers that are not WebSocket peers (Server-Sent Events streams and long-poll waiters).
 //!
 //! A follower subscribes *before* it reads the database, so a message committed between its read
@@ -49,11 +49,12 @@ impl Feeds {
             .subscribe()
     }
 
-    /// Hands a just-stored message to the channel's followers; forgets feeds nobody follows.
-    pub fn publish(&self, message: &Message) {
+    /// Hands a message the reader found to the channel's followers; forgets feeds nobody
+    /// follows.
+    pub fn publish(&self, message: &Arc<Message>) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = inner.channels.get(&message.channel_id) {
-            if sender.send(Arc::new(message.clone())).is_err() {
+            if sender.send(message.clone()).is_err() {
                 inner.channels.remove(&message.channel_id);
             }
         }

@@ -1,0 +1,48 @@
+//! SQL of stored-message delivery: where a newly followed channel starts, and what is newer than
+//! each followed channel's cursor.
+
+use sqlx::PgExecutor;
+
+use crate::messages::model::Message;
+
+/// The newest message id of a channel, 0 when it has none: a new follower's starting cursor.
+pub async fn latest_id(db: impl PgExecutor<'_>, channel_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT COALESCE(max(id), 0) AS "id!" FROM messages WHERE channel_id = $1"#,
+        channel_id,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// For each `(channel, cursor)` pair, up to `per_channel` messages newer than the cursor; ordered
+/// by channel, then id. One round trip for every channel with something pending, each one an
+/// index range scan of `messages (channel_id, id)`.
+pub async fn newer_than(
+    db: impl PgExecutor<'_>,
+    channels: &[i64],
+    cursors: &[i64],
+    per_channel: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        r#"
+        SELECT m.id AS "id!", m.channel_id AS "channel_id!", m.content AS "content!",
+               m.sender_type AS "sender_type!", m.pod_key AS "pod_key?", m.created_at AS "created_at!"
+        FROM unnest($1::bigint[], $2::bigint[]) AS f (channel_id, cursor)
+        CROSS JOIN LATERAL (
+            SELECT id, channel_id, content, sender_type, pod_key, created_at
+            FROM messages
+            WHERE messages.channel_id = f.channel_id AND messages.id > f.cursor
+            ORDER BY id
+            LIMIT $3
+        ) m
+        ORDER BY m.channel_id, m.id
+        "#,
+        channels,
+        cursors,
+        per_channel,
+    )
+    .fetch_all(db)
+    .await
+}

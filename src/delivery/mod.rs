@@ -1,0 +1,300 @@
+//! Stored-message delivery: what live followers see is what PostgreSQL committed.
+//!
+//! A post only rings a doorbell. Each instance keeps a cursor per persistent channel that somebody
+//! follows through it (WebSocket subscribers of `"<id>"`, Server-Sent Events streams, long polls),
+//! reads `id > cursor` in id order, and hands the rows to the hub and to [`Feeds`]. Nothing
+//! downstream trusts a doorbell's content: a hint only says "look at channel N again".
+//!
+//! - In-process: [`Delivery::ring`], called once the insert has committed, wakes this instance's
+//!   reader at once.
+//! - Between instances: `pg_notify('channeld_messages', '<channel>:<id>,…')`, sent after the
+//!   commit as a statement of its own (NOTIFY inside the insert's transaction takes a global lock
+//!   held through the commit), coalesced while one is in flight.
+//! - Lost hints cost latency, never messages: when the listener reconnects, every followed
+//!   channel is re-read from its cursor, and a periodic sweep re-reads them all, for a poster that
+//!   died between its commit and its hint.
+//!
+//! Order: within one channel ids become visible in increasing order (see `messages/db.rs`), so a
+//! cursor that only moves forward never skips a message that commits later with a smaller id.
+//!
+//! A follower calls [`Delivery::follow`] *before* it reads history: from then on every message
+//! newer than the channel's cursor is handed to the hub and the feeds, and everything up to the
+//! cursor is already committed, so the follower's own read finds it. Followers drop what they
+//! already have by id.
+
+mod db;
+mod doorbell;
+pub mod feeds;
+mod reader;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::value::to_raw_value;
+use sqlx::PgPool;
+use tokio::{sync::Notify, task::JoinHandle};
+
+pub use feeds::Feeds;
+
+use crate::{
+    config::Config,
+    messages::model::Message,
+    realtime::{
+        Hub,
+        hub::{Outbound, StoredRef},
+        protocol::ServerFrame,
+    },
+};
+
+/// Stored-message delivery for this instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: PgPool,
+    hub: Hub,
+    feeds: Feeds,
+    followed: Mutex<HashMap<i64, Cursor>>,
+    /// Wakes the reader: some followed channel has something to read.
+    wake: Notify,
+    /// Hints not yet sent to other instances: channel → newest message id.
+    outgoing: Mutex<HashMap<i64, i64>>,
+    /// Wakes the task that sends `outgoing`.
+    send_hints: Notify,
+    sweep_interval: Duration,
+    post_commit_pause: Duration,
+    stats: DeliveryStats,
+}
+
+/// Where one followed channel stands on this instance.
+struct Cursor {
+    /// The newest message id handed to followers.
+    last: i64,
+    followers: usize,
+    /// Bumped by each hint newer than `last` (and by a full page: more is waiting).
+    hint_seq: u64,
+    /// The `hint_seq` that the last complete read began after.
+    read_seq: u64,
+    /// Re-read although no hint came: a sweep, or the listener reconnected.
+    check: bool,
+}
+
+impl Cursor {
+    fn pending(&self) -> bool {
+        self.hint_seq != self.read_seq || self.check
+    }
+}
+
+/// Counters for operators (`/metrics`).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Reads of followed channels' new messages.
+    pub reads: AtomicU64,
+    /// Stored messages handed to live followers.
+    pub delivered: AtomicU64,
+    /// Of those, the ones no hint announced: found by a sweep or after the listener reconnected.
+    pub unhinted: AtomicU64,
+    /// Hints received from PostgreSQL (other instances' posts, and this one's own).
+    pub hints_received: AtomicU64,
+    /// Hint notifications sent after commits (several hints share one).
+    pub notifications_sent: AtomicU64,
+    /// Times the listener connection was lost and re-established.
+    pub listener_reconnects: AtomicU64,
+}
+
+/// One follower of a persistent channel on this instance; dropping it stops following.
+#[must_use = "the channel is followed only while this is held"]
+pub struct Follow {
+    shared: Arc<Shared>,
+    channel_id: i64,
+}
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("channel_id", &self.channel_id)
+            .finish()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let mut followed = self.shared.followed();
+        if let Some(cursor) = followed.get_mut(&self.channel_id) {
+            cursor.followers -= 1;
+            if cursor.followers == 0 {
+                followed.remove(&self.channel_id);
+            }
+        }
+    }
+}
+
+/// Background tasks of delivery; dropping this stops them.
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl Delivery {
+    pub fn new(db: PgPool, hub: Hub, config: &Config) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                db,
+                hub,
+                feeds: Feeds::default(),
+                followed: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                outgoing: Mutex::new(HashMap::new()),
+                send_hints: Notify::new(),
+                sweep_interval: config.realtime.delivery_sweep_interval,
+                post_commit_pause: config.faults.post_commit_pause,
+                stats: DeliveryStats::default(),
+            }),
+        }
+    }
+
+    /// Starts the reader, the listener for other instances' hints, and the hint sender.
+    pub fn start(&self) -> Tasks {
+        Tasks(vec![
+            tokio::spawn(reader::run(self.shared.clone())),
+            tokio::spawn(doorbell::listen(self.shared.clone())),
+            tokio::spawn(doorbell::send(self.shared.clone())),
+        ])
+    }
+
+    /// Stored messages for followers that are not WebSocket peers (SSE, long poll).
+    pub fn feeds(&self) -> &Feeds {
+        &self.shared.feeds
+    }
+
+    /// Follows `channel_id` until the returned guard is dropped. Call it before reading the
+    /// channel's history: every message newer than what that read can see is then delivered.
+    pub async fn follow(&self, channel_id: i64) -> Result<Follow, sqlx::Error> {
+        let follow = || Follow {
+            shared: self.shared.clone(),
+            channel_id,
+        };
+        if let Some(cursor) = self.shared.followed().get_mut(&channel_id) {
+            cursor.followers += 1;
+            return Ok(follow());
+        }
+        // First follower here: start after what is committed now. Everything newer is read and
+        // delivered; everything up to it is visible to the follower's own history read.
+        let last = db::latest_id(&self.shared.db, channel_id).await?;
+        self.shared
+            .followed()
+            .entry(channel_id)
+            .or_insert(Cursor {
+                last,
+                followers: 0,
+                hint_seq: 0,
+                read_seq: 0,
+                check: false,
+            })
+            .followers += 1;
+        Ok(follow())
+    }
+
+    /// Rings the doorbell for a message whose insert has committed: this instance's reader looks
+    /// at once, and other instances are notified through PostgreSQL.
+    pub fn ring(&self, channel_id: i64, message_id: i64) {
+        self.shared.hint(channel_id, message_id);
+        self.shared
+            .outgoing()
+            .entry(channel_id)
+            .and_modify(|newest| *newest = (*newest).max(message_id))
+            .or_insert(message_id);
+        self.shared.send_hints.notify_one();
+    }
+
+    /// A pause between a post's commit and its doorbell, for tests that make the
+    /// client-disconnects-after-commit race certain. Zero outside tests.
+    pub fn post_commit_pause(&self) -> Duration {
+        self.shared.post_commit_pause
+    }
+
+    /// Channels followed through this instance right now.
+    pub fn followed_channels(&self) -> usize {
+        self.shared.followed().len()
+    }
+
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.shared.stats
+    }
+}
+
+impl Shared {
+    fn followed(&self) -> MutexGuard<'_, HashMap<i64, Cursor>> {
+        self.followed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn outgoing(&self) -> MutexGuard<'_, HashMap<i64, i64>> {
+        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Message `message_id` of `channel_id` is committed: if it is followed here and newer than
+    /// what was delivered, the reader looks.
+    fn hint(&self, channel_id: i64, message_id: i64) {
+        let mut followed = self.followed();
+        let Some(cursor) = followed.get_mut(&channel_id) else {
+            return;
+        };
+        if message_id > cursor.last {
+            cursor.hint_seq += 1;
+            drop(followed);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Every followed channel is re-read from its cursor (a sweep, or hints may have been lost).
+    fn check_all(&self) {
+        let mut followed = self.followed();
+        if followed.is_empty() {
+            return;
+        }
+        for cursor in followed.values_mut() {
+            cursor.check = true;
+        }
+        drop(followed);
+        self.wake.notify_one();
+    }
+}
+
+/// The `message` frame of a stored message on its live channel `"<id>"`: `from` is the
+/// `pod_key` (or `"api"`), `data` the message exactly as REST returns it.
+pub fn stored_frame(message: &Message) -> Outbound {
+    let data = to_raw_value(message).expect("stored messages serialize");
+    let channel = message.channel_id.to_string();
+    let from = message.pod_key.as_deref().unwrap_or("api");
+    let frame = ServerFrame::Message {
+        channel: &channel,
+        from,
+        data: &data,
+        from_metadata: None,
+    }
+    .encode();
+    Outbound {
+        frame,
+        stored: Some(Arc::new(StoredRef {
+            channel_id: message.channel_id,
+            message_id: message.id,
+        })),
+    }
+}
+
+fn count(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}

@@ -1,0 +1,134 @@
+//! The reader: one task per instance that reads what is newer than each pending channel's cursor
+//! and hands it to followers in id order. Reads are single-flight, so hints that arrive while one
+//! is running are coalesced into the next.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::time::MissedTickBehavior;
+
+use super::{Shared, count, db, stored_frame};
+use crate::messages::model::Message;
+
+/// Channels covered by one read.
+const CHANNELS_PER_READ: usize = 500;
+/// Messages read per channel per round; a channel with more is read again straight away.
+const PER_CHANNEL: i64 = 100;
+/// The first wait after a failed read; it doubles up to the sweep interval.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A channel taken for one read.
+struct Taken {
+    channel_id: i64,
+    cursor: i64,
+    hint_seq: u64,
+    /// Read only because of a sweep or a reconnect, with no hint pending.
+    unhinted: bool,
+}
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut sweep = tokio::time::interval(shared.sweep_interval);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    sweep.tick().await;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let taken = take_pending(&shared);
+        if taken.is_empty() {
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                _ = sweep.tick() => shared.check_all(),
+            }
+            continue;
+        }
+        let (channels, cursors): (Vec<i64>, Vec<i64>) =
+            taken.iter().map(|t| (t.channel_id, t.cursor)).unzip();
+        count(&shared.stats.reads, 1);
+        match db::newer_than(&shared.db, &channels, &cursors, PER_CHANNEL).await {
+            Ok(rows) => {
+                backoff = FIRST_BACKOFF;
+                deliver(&shared, &taken, rows);
+            }
+            Err(error) => {
+                tracing::warn!(%error, channels = taken.len(), "reading new stored messages failed; retrying");
+                give_back(&shared, &taken);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(shared.sweep_interval.max(FIRST_BACKOFF));
+            }
+        }
+    }
+}
+
+/// Up to [`CHANNELS_PER_READ`] pending channels with their cursors; their `check` is cleared.
+fn take_pending(shared: &Shared) -> Vec<Taken> {
+    let mut followed = shared.followed();
+    followed
+        .iter_mut()
+        .filter(|(_, cursor)| cursor.pending())
+        .take(CHANNELS_PER_READ)
+        .map(|(&channel_id, cursor)| {
+            let unhinted = cursor.hint_seq == cursor.read_seq;
+            cursor.check = false;
+            Taken {
+                channel_id,
+                cursor: cursor.last,
+                hint_seq: cursor.hint_seq,
+                unhinted,
+            }
+        })
+        .collect()
+}
+
+/// A failed read: the channels stay pending.
+fn give_back(shared: &Shared, taken: &[Taken]) {
+    let mut followed = shared.followed();
+    for t in taken {
+        if let Some(cursor) = followed.get_mut(&t.channel_id) {
+            cursor.check = true;
+        }
+    }
+}
+
+/// Advances cursors and hands the new messages to the hub and the feeds, in id order per channel.
+fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
+    let mut by_channel: HashMap<i64, Vec<Message>> = HashMap::new();
+    for row in rows {
+        by_channel.entry(row.channel_id).or_default().push(row);
+    }
+    let mut fresh = Vec::new();
+    {
+        let mut followed = shared.followed();
+        for t in taken {
+            let rows = by_channel.remove(&t.channel_id).unwrap_or_default();
+            // Nobody follows it any more: nothing to hand over.
+            let Some(cursor) = followed.get_mut(&t.channel_id) else {
+                continue;
+            };
+            if rows.len() as i64 == PER_CHANNEL {
+                // A full page: more is waiting.
+                cursor.hint_seq += 1;
+            } else {
+                // Complete as of a read that began after every hint up to `t.hint_seq`.
+                cursor.read_seq = cursor.read_seq.max(t.hint_seq);
+            }
+            // A cursor made anew while this read ran may already be past some of these.
+            let start = rows.partition_point(|m| m.id <= cursor.last);
+            if let Some(newest) = rows.last().filter(|m| m.id > cursor.last) {
+                cursor.last = newest.id;
+            }
+            if t.unhinted {
+                count(&shared.stats.unhinted, rows.len() - start);
+            }
+            fresh.extend(rows.into_iter().skip(start));
+        }
+    }
+    count(&shared.stats.delivered, fresh.len());
+    for message in fresh {
+        let message = Arc::new(message);
+        shared.hub.publish(
+            &message.channel_id.to_string(),
+            None,
+            &stored_frame(&message),
+            None,
+        );
+        shared.feeds.publish(&message);
+    }
+}

@@ -1,0 +1,39 @@
+//! [`AppState`]: everything a handler may need, built once and cloned cheaply per request.
+//!
+//! A leaf module: it names each feature's state type but no handler and no router, so handlers
+//! import it and the router imports handlers without either importing the other back.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::{
+    config::Config, delivery::Delivery, metrics::Metrics, ratelimit::RateLimiter,
+    realtime::Realtime,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub realtime: Realtime,
+    /// Stored messages to live followers: cursors per followed channel, doorbell, reader.
+    pub delivery: Delivery,
+    pub rate_limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, config: Config) -> Self {
+        let realtime = Realtime::new(&config.realtime);
+        let delivery = Delivery::new(db.clone(), realtime.hub.clone(), &config);
+        Self {
+            db,
+            realtime,
+            delivery,
+            rate_limiter: Arc::new(RateLimiter::default()),
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+        }
+    }
+}
