@@ -140,7 +140,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let hub = &state.realtime.hub;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
-    let samples: [(&str, &str, &str, u64); 11] = [
+    let delivery = state.delivery.stats();
+    let samples: [(&str, &str, &str, u64); 18] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -206,6 +207,48 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "counter",
             "Requests answered 503: database unreachable or no pooled connection within the acquire timeout.",
             load(&metrics.db_unavailable),
+        ),
+        (
+            "channeld_delivery_followed_channels",
+            "gauge",
+            "Persistent channels followed through this instance (WebSocket, SSE, long poll).",
+            state.delivery.followed_channels() as u64,
+        ),
+        (
+            "channeld_delivery_reads_total",
+            "counter",
+            "Reads of followed channels' new stored messages.",
+            load(&delivery.reads),
+        ),
+        (
+            "channeld_delivery_messages_total",
+            "counter",
+            "Stored messages handed to this instance's live followers.",
+            load(&delivery.delivered),
+        ),
+        (
+            "channeld_delivery_unhinted_messages_total",
+            "counter",
+            "Stored messages no hint announced, found by the sweep or after the listener reconnected.",
+            load(&delivery.unhinted),
+        ),
+        (
+            "channeld_delivery_hints_received_total",
+            "counter",
+            "Hints received through PostgreSQL LISTEN (every instance's posts, this one's included).",
+            load(&delivery.hints_received),
+        ),
+        (
+            "channeld_delivery_notifications_sent_total",
+            "counter",
+            "NOTIFY payloads sent after commits (hints coalesce into them).",
+            load(&delivery.notifications_sent),
+        ),
+        (
+            "channeld_delivery_listener_reconnects_total",
+            "counter",
+            "Times the LISTEN connection was lost and made anew.",
+            load(&delivery.listener_reconnects),
         ),
     ];
     for (name, kind, help, value) in samples {

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use channeld::auth::Scope;
-use common::{TestApp, assert_error};
+use common::{Events, TestApp, assert_error};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 async fn post_many(app: &TestApp, key: &str, channel: i64, count: usize) -> Vec<i64> {
@@ -143,71 +143,6 @@ async fn a_backlog_over_1000_replays_the_newest_and_says_not_recovered(db: PgPoo
         ack["recovered"], false,
         "ephemeral channels keep no history"
     );
-}
-
-/// Reads Server-Sent Events from a streaming response.
-struct Events {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Events {
-    async fn open(app: &TestApp, path: &str, key: &str, last_event_id: Option<i64>) -> Self {
-        let mut request = app
-            .request(Method::GET, path, key)
-            .header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Self {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next block (event or comment), as its raw lines.
-    async fn next_block(&mut self) -> String {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block = self.buffer[..end].to_owned();
-                self.buffer.drain(..end + 2);
-                return block;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
-                .await
-                .expect("an event within 5 s")
-                .unwrap()
-                .expect("stream open");
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    /// The next `message` event's id and data, skipping keep-alive comments.
-    async fn next_message(&mut self) -> (i64, Value) {
-        loop {
-            let block = self.next_block().await;
-            if block.starts_with(':') {
-                continue;
-            }
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|line| {
-                        line.strip_prefix(&format!("{name}:"))
-                            .map(|v| v.trim_start().to_owned())
-                    })
-                    .unwrap_or_else(|| panic!("no {name} in {block:?}"))
-            };
-            assert_eq!(field("event"), "message");
-            return (
-                field("id").parse().unwrap(),
-                serde_json::from_str(&field("data")).unwrap(),
-            );
-        }
-    }
 }
 
 #[sqlx::test]

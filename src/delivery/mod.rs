@@ -40,6 +40,7 @@ use serde_json::value::to_raw_value;
 use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinHandle};
 
+pub use doorbell::{CHANNEL as NOTIFY_CHANNEL, LISTENER_APPLICATION_NAME};
 pub use feeds::Feeds;
 
 use crate::{

@@ -48,7 +48,18 @@ impl TestApp {
         Self::spawn_full(db.clone(), db, config).await
     }
 
-    async fn spawn_full(db: PgPool, server_pool: PgPool, config: Config) -> Self {
+    /// Another instance on the same database: a pool of its own (as a second process has),
+    /// `config` for its settings.
+    pub async fn spawn_instance(db: PgPool, config: Config) -> Self {
+        let own_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with((*db.connect_options()).clone())
+            .await
+            .expect("second pool");
+        Self::spawn_full(db, own_pool, config).await
+    }
+
+    pub async fn spawn_full(db: PgPool, server_pool: PgPool, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = AppState::new(server_pool, config.clone());
@@ -416,6 +427,72 @@ impl Ws {
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
                 Ok(other) => panic!("expected silence, got {other:?}"),
             }
+        }
+    }
+}
+
+/// Reads Server-Sent Events from a streaming response.
+pub struct Events {
+    pub response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    pub async fn open(app: &TestApp, path: &str, key: &str, last_event_id: Option<i64>) -> Self {
+        let mut request = app
+            .request(Method::GET, path, key)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next block (event or comment), as its raw lines.
+    pub async fn next_block(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block = self.buffer[..end].to_owned();
+                self.buffer.drain(..end + 2);
+                return block;
+            }
+            let chunk =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.response.chunk())
+                    .await
+                    .expect("an event within 5 s")
+                    .unwrap()
+                    .expect("stream open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The next `message` event's id and data, skipping keep-alive comments.
+    pub async fn next_message(&mut self) -> (i64, Value) {
+        loop {
+            let block = self.next_block().await;
+            if block.starts_with(':') {
+                continue;
+            }
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|line| {
+                        line.strip_prefix(&format!("{name}:"))
+                            .map(|v| v.trim_start().to_owned())
+                    })
+                    .unwrap_or_else(|| panic!("no {name} in {block:?}"))
+            };
+            assert_eq!(field("event"), "message");
+            return (
+                field("id").parse().unwrap(),
+                serde_json::from_str(&field("data")).unwrap(),
+            );
         }
     }
 }
