@@ -133,7 +133,7 @@ pub async fn fan_out(
 /// unmasked, so a frame is a 2-10 byte header and its payload, scanned in place with no
 /// allocation per frame. That keeps the load generator's CPU well below the server's. Pings are
 /// not answered; a run is shorter than the server's idle timeout.
-async fn receive(
+pub(crate) async fn receive(
     socket: Socket,
     received: Arc<AtomicU64>,
     disconnected: Arc<AtomicUsize>,
@@ -199,7 +199,7 @@ fn frame(bytes: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
 }
 
 /// The microseconds after `ts:` in a frame, found without parsing the JSON.
-fn stamp(frame: &[u8]) -> Option<u64> {
+pub(crate) fn stamp(frame: &[u8]) -> Option<u64> {
     let at = frame.windows(3).position(|w| w == b"ts:")? + 3;
     let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
     Some(digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))

@@ -6,7 +6,9 @@
 //! 2. WebSocket fan-out from one publisher to 100, 1,000 and 5,000 subscribers;
 //! 3. the resident memory of 10,000 idle subscribed connections;
 //! 4. presence churn with 1,000 peers;
-//! 5. the same fan-out against a Pusher-protocol server (sockudo), when one is given.
+//! 5. the same fan-out against a Pusher-protocol server (sockudo), when one is given;
+//! 6. stored messages to live followers: one writer POSTing to a channel followed by WebSocket
+//!    subscribers and SSE streams, on the same instance and on a second one.
 //!
 //! It prints a table and writes every figure to a JSON file.
 
@@ -15,6 +17,7 @@ mod realtime;
 mod report;
 mod rest;
 mod stats;
+mod stored;
 
 use std::path::PathBuf;
 
@@ -73,8 +76,21 @@ struct Args {
     /// Why the Pusher comparison is missing, when it is.
     #[arg(long)]
     pusher_skipped: Option<String>,
-    /// Which parts to run, comma separated: rest, footprint, fanout, churn.
-    #[arg(long, default_value = "rest,footprint,fanout,churn")]
+    /// A second channeld on the same database, for followers on another instance.
+    #[arg(long)]
+    second_base: Option<String>,
+    #[arg(long)]
+    second_pid: Option<u32>,
+    /// Stored-delivery runs as WEBSOCKETS:SSE_STREAMS:POSTS_PER_SEC, comma separated; a rate of
+    /// `max` posts as fast as one sequential writer goes. Each runs with the followers on the
+    /// instance posted to, then on the second instance.
+    #[arg(long, default_value = "10:1:50,1000:100:200,1000:100:max")]
+    stored: String,
+    /// Seconds each stored run posts for.
+    #[arg(long, default_value_t = 10)]
+    stored_seconds: u64,
+    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored.
+    #[arg(long, default_value = "rest,footprint,fanout,churn,stored")]
     only: String,
     /// Where to write the figures.
     #[arg(long, default_value = "bench/results/latest.json")]
@@ -184,9 +200,52 @@ async fn main() -> Result<(), String> {
         churn = Some(realtime::churn(&channeld, args.churn_peers, 5).await);
     }
 
+    let mut stored_rows = Vec::new();
+    if run("stored") {
+        let runs = parse_stored(&args.stored)?;
+        let first = stored::Instance {
+            base: args.base.clone(),
+            pid: args.pid,
+        };
+        let mut placements = vec![("same instance", first.clone())];
+        match (&args.second_base, args.second_pid) {
+            (Some(base), Some(pid)) => placements.push((
+                "other instance",
+                stored::Instance {
+                    base: base.clone(),
+                    pid,
+                },
+            )),
+            _ => notes
+                .push("stored delivery across instances skipped: no second instance given".into()),
+        }
+        for (ws, sse, rate) in runs {
+            for (placement, followers) in &placements {
+                eprintln!(
+                    "bench: stored delivery to {ws} WebSockets and {sse} event streams on the {placement}, {} posts/s",
+                    rate.map_or("max".to_owned(), |r: u64| r.to_string())
+                );
+                stored_rows.push(
+                    stored::run(
+                        &first,
+                        followers,
+                        placement,
+                        &args.key,
+                        ws,
+                        sse,
+                        rate,
+                        args.stored_seconds,
+                    )
+                    .await,
+                );
+            }
+        }
+    }
+
     report::print(
         &rest_rows,
         &fanout_rows,
+        &stored_rows,
         footprint.as_ref(),
         churn.as_ref(),
         &notes,
@@ -198,6 +257,7 @@ async fn main() -> Result<(), String> {
         "fanout": fanout_rows,
         "footprint": footprint,
         "churn": churn,
+        "stored": stored_rows,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {
@@ -224,6 +284,24 @@ fn parse_fanouts(spec: &str) -> Result<Vec<(usize, u64)>, String> {
                     .parse()
                     .map_err(|_| format!("bad rate in {run:?}"))?,
             ))
+        })
+        .collect()
+}
+
+/// `WEBSOCKETS:SSE_STREAMS:RATE` runs; a rate of `max` is `None`.
+fn parse_stored(spec: &str) -> Result<Vec<(usize, usize, Option<u64>)>, String> {
+    spec.split(',')
+        .map(|run| {
+            let bad = || format!("bad stored run {run:?} (expected WEBSOCKETS:SSE_STREAMS:RATE)");
+            let mut parts = run.trim().split(':');
+            let mut next = || parts.next().ok_or_else(bad);
+            let ws = next()?.parse().map_err(|_| bad())?;
+            let sse = next()?.parse().map_err(|_| bad())?;
+            let rate = match next()? {
+                "max" => None,
+                n => Some(n.parse().map_err(|_| bad())?),
+            };
+            Ok((ws, sse, rate))
         })
         .collect()
 }

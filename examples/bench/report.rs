@@ -6,6 +6,7 @@ use crate::{
     fanout::FanOut,
     realtime::{Churn, Footprint},
     stats::{CpuShare, Figures},
+    stored::StoredRun,
 };
 
 /// One REST operation at one concurrency, pgbench beside channeld.
@@ -26,6 +27,7 @@ pub struct RestRow {
 pub fn print(
     rest: &[RestRow],
     fanout: &[FanOut],
+    stored: &[StoredRun],
     footprint: Option<&Footprint>,
     churn: Option<&Churn>,
     notes: &[String],
@@ -115,6 +117,57 @@ pub fn print(
                     theirs.deliveries.p99_ms
                 );
             }
+        }
+    }
+
+    if !stored.is_empty() {
+        println!();
+        println!(
+            "Stored messages to live followers: one writer POSTing to one channel; latency from POST to frame (CPU in % of one core)"
+        );
+        println!(
+            "{:<15} {:>5} {:>4} {:>7} | {:>7} {:>7} {:>7} | {:>10} {:>7} {:>7} | {:>8} {:>7} {:>7} | {:>5} {:>5} | {:>6} {:>8} {:>5}",
+            "followers on",
+            "ws",
+            "sse",
+            "offered",
+            "posts/s",
+            "POST50",
+            "POST99",
+            "ws frames/s",
+            "p50 ms",
+            "p99 ms",
+            "sse ev/s",
+            "p50 ms",
+            "p99 ms",
+            "lost",
+            "drops",
+            "writer",
+            "follower",
+            "pg"
+        );
+        for row in stored {
+            println!(
+                "{:<15} {:>5} {:>4} {:>7} | {:>7.0} {:>7.2} {:>7.2} | {:>10.0} {:>7.2} {:>7.2} | {:>8.0} {:>7.2} {:>7.2} | {:>5} {:>5} | {:>5.0}% {:>7.0}% {:>4.0}%",
+                row.followers_on,
+                row.ws_subscribers,
+                row.sse_streams,
+                row.offered_rate.map_or("max".to_owned(), |r| r.to_string()),
+                row.posts.per_sec,
+                row.posts.p50_ms,
+                row.posts.p99_ms,
+                row.ws.per_sec,
+                row.ws.p50_ms,
+                row.ws.p99_ms,
+                row.sse.per_sec,
+                row.sse.p50_ms,
+                row.sse.p99_ms,
+                row.lost,
+                row.disconnected,
+                row.writer_cpu.server_pct,
+                row.follower_cpu.server_pct,
+                row.writer_cpu.postgres_pct
+            );
         }
     }
 
