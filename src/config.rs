@@ -106,7 +106,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RealtimeConfig {
     /// Interval between server pings on each WebSocket.
-    #[arg(long = "ws-ping-interval", env = "CHANNELD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "ws-ping-interval", env = "CHANNELD_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_interval)]
     pub ping_interval: Duration,
 
     /// A WebSocket silent for this long (no frame, no pong) is dropped.
@@ -162,16 +162,16 @@ pub struct RealtimeConfig {
     pub outbound_queue: usize,
 
     /// Interval of the comment lines that keep quiet Server-Sent Events streams open.
-    #[arg(long = "sse-keep-alive", env = "CHANNELD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long = "sse-keep-alive", env = "CHANNELD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_interval)]
     pub sse_keep_alive: Duration,
 
     /// How often connections are checked against revoked or expired keys.
-    #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_interval)]
     pub key_check_interval: Duration,
 
     /// How often every followed persistent channel is re-read from its cursor, catching messages
     /// whose hint was lost (a poster that died between its commit and its notification).
-    #[arg(long = "delivery-sweep-interval", env = "CHANNELD_DELIVERY_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long = "delivery-sweep-interval", env = "CHANNELD_DELIVERY_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_interval)]
     pub delivery_sweep_interval: Duration,
 }
 
@@ -328,6 +328,16 @@ impl FromStr for Secret {
     }
 }
 
+/// A duration that must not be zero: the period of something repeated.
+pub fn parse_interval(input: &str) -> Result<Duration, String> {
+    match parse_duration(input)? {
+        Duration::ZERO => Err(format!(
+            "`{input}` is not a usable interval: it must be above zero"
+        )),
+        interval => Ok(interval),
+    }
+}
+
 /// Parses durations such as `30s`, `500ms`, `15m`, `12h`, `90d`, `2w` or `1h30m`.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let invalid =
@@ -380,6 +390,8 @@ mod tests {
         for bad in ["", "10", "s", "10x", "-5s", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "`{bad}` should be rejected");
         }
+        assert!(parse_interval("0s").is_err(), "a zero period is refused");
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
     }
 
     #[test]

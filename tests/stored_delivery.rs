@@ -52,6 +52,32 @@ async fn sse_ids(events: &mut Events, count: usize) -> Vec<i64> {
     ids
 }
 
+/// One long poll after `after` waiting up to 20 s: it must answer with messages, not time out.
+async fn one_long_poll(
+    app: &TestApp,
+    key: &str,
+    channel: i64,
+    after: i64,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    let request = app.request(
+        Method::GET,
+        &format!("/v1/channels/{channel}/messages?after={after}&wait=20"),
+        key,
+    );
+    tokio::spawn(async move {
+        let (status, body) = common::call(request).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<i64> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        assert!(!ids.is_empty(), "the long poll was woken, not timed out");
+        ids
+    })
+}
+
 /// Follows by long polls from `after` until `count` messages arrived; returns their ids.
 async fn long_poll_ids(
     http: reqwest::Client,
@@ -95,13 +121,23 @@ async fn ws_follower(app: &TestApp, key: &str, peer: &str, channel: i64, since: 
     ws
 }
 
-/// Waits until `count` connections with the listener's application name are open on this
-/// test's database.
+/// Waits until `count` event streams and long polls wait on the channel's feed.
+async fn wait_for_feed_followers(app: &TestApp, channel: i64, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.delivery.feeds().followers(channel) < count {
+        assert!(Instant::now() < deadline, "followers never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until exactly `count` listener connections are open on this test's database and have
+/// run their `LISTEN`.
 async fn listeners_open(db: &PgPool, count: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND datname = current_database() AND query LIKE 'LISTEN%'",
         )
         .bind(LISTENER_APPLICATION_NAME)
         .fetch_one(db)
@@ -155,7 +191,7 @@ async fn post_and_hang_up(db: &PgPool, addr: &str, key: &str, channel: i64, cont
 async fn posts_whose_client_hangs_up_after_the_commit_still_reach_every_follower(db: PgPool) {
     let mut config = without_sweep();
     // Between each post's commit and its doorbell: the window in which the clients below hang up.
-    config.faults.post_commit_pause = Duration::from_millis(250);
+    config.faults.post_commit_pause = Duration::from_millis(600);
     let app = TestApp::spawn_config(db, config).await;
     let key = app.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
     let channel = app.channel(&key, "hang-ups").await;
@@ -164,9 +200,9 @@ async fn posts_whose_client_hangs_up_after_the_commit_still_reach_every_follower
     let mut events = Events::open(&app, &path, &key, None).await;
 
     const WRITERS: usize = 2;
-    const PER_WRITER: usize = 15;
+    const PER_WRITER: usize = 10;
     const HANG_UP_TASKS: usize = 2;
-    const HANG_UPS_PER_TASK: usize = 8;
+    const HANG_UPS_PER_TASK: usize = 5;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
@@ -228,14 +264,8 @@ async fn a_commit_whose_doorbell_never_rang_is_found_by_the_sweep(db: PgPool) {
     let mut ws = ws_follower(&app, &key, "watcher", channel, None).await;
     let mut events =
         Events::open(&app, &format!("/v1/channels/{channel}/events"), &key, None).await;
-    let poll = tokio::spawn(long_poll_ids(
-        app.http.clone(),
-        app.base.clone(),
-        key.clone(),
-        channel,
-        0,
-        1,
-    ));
+    let poll = one_long_poll(&app, &key, channel, 0).await;
+    wait_for_feed_followers(&app, channel, 2).await;
 
     // As a poster that died between its commit and its doorbell leaves it: stored, unannounced.
     let orphan: i64 = sqlx::query_scalar(
@@ -278,11 +308,7 @@ async fn a_long_poll_on_one_instance_wakes_within_a_second_of_a_post_on_another(
 
     let path = format!("/v1/channels/{channel}/messages?after=0&wait=20");
     let waiter = tokio::spawn(common::call(b.request(Method::GET, &path, &key)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.state.delivery.feeds().followers(channel) < 1 {
-        assert!(Instant::now() < deadline, "the long poll never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_feed_followers(&b, channel, 1).await;
     let started = Instant::now();
     let posted = a.message(&key, channel, "hello from A").await;
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), waiter)
@@ -308,8 +334,8 @@ async fn followers_on_two_instances_miss_nothing_while_listeners_are_killed(db: 
     two_instances_under_concurrent_writers(db, true).await;
 }
 
-/// Followers of every kind on instances A and B, four writers posting through both; each
-/// follower's ids must equal the database's. With `kill_listeners`, both instances' LISTEN
+/// Followers of every kind on instances A and B, joining while four writers post through both;
+/// each follower's ids must equal the database's. With `kill_listeners`, both instances' LISTEN
 /// connections are terminated three times while the writers run.
 async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool) {
     // One configuration for both, as a deployment shares its master key.
@@ -328,6 +354,29 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 40;
     let total = 3 + WRITERS * PER_WRITER;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let app = if w % 2 == 0 { &a } else { &b };
+            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+            tokio::spawn(async move {
+                for n in 0..PER_WRITER {
+                    let (status, body) = common::call(
+                        http.post(format!("{base}/v1/channels/{channel}/messages"))
+                            .bearer_auth(&key)
+                            .json(&json!({"content": format!("writer {w}-{n}")})),
+                    )
+                    .await;
+                    assert_eq!(status, StatusCode::CREATED, "{body}");
+                }
+            })
+        })
+        .collect();
+    // Followers join while the writers post: each one's history read overlaps live delivery.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids_after(&a.db, channel, seed[4]).await.len() < WRITERS * PER_WRITER / 4 {
+        assert!(Instant::now() < deadline, "the writers never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let mut wss = Vec::new();
     let mut streams = Vec::new();
     let mut polls = Vec::new();
@@ -352,23 +401,6 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
         )));
     }
 
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let app = if w % 2 == 0 { &a } else { &b };
-            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
-            tokio::spawn(async move {
-                for n in 0..PER_WRITER {
-                    let (status, body) = common::call(
-                        http.post(format!("{base}/v1/channels/{channel}/messages"))
-                            .bearer_auth(&key)
-                            .json(&json!({"content": format!("writer {w}-{n}")})),
-                    )
-                    .await;
-                    assert_eq!(status, StatusCode::CREATED, "{body}");
-                }
-            })
-        })
-        .collect();
     if kill_listeners {
         let reconnects = |app: &TestApp| {
             app.state
@@ -386,7 +418,7 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
             .fetch_one(&a.db)
             .await
             .unwrap();
-            assert_eq!(killed, 2, "both instances' listeners terminated");
+            assert!(killed >= 2, "both instances' listeners terminated");
             let deadline = Instant::now() + Duration::from_secs(10);
             while reconnects(&a) < round || reconnects(&b) < round {
                 assert!(Instant::now() < deadline, "listeners did not come back");
@@ -448,20 +480,9 @@ async fn an_instance_cut_off_from_postgres_catches_up_on_what_it_missed(db: PgPo
     let before = a.message(&key, channel, "before the cut").await;
     assert_eq!(ws_ids(&mut ws, channel, 1).await, [before]);
     assert_eq!(sse_ids(&mut events, 1).await, [before]);
-    let poll = tokio::spawn(long_poll_ids(
-        b.http.clone(),
-        b.base.clone(),
-        key.clone(),
-        channel,
-        before,
-        2,
-    ));
+    let poll = one_long_poll(&b, &key, channel, before).await;
     // The event stream and the long poll both wait on B's feed before the cut.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.state.delivery.feeds().followers(channel) < 2 {
-        assert!(Instant::now() < deadline, "the long poll never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_feed_followers(&b, channel, 2).await;
 
     proxy.cut();
     listeners_open(&db, 1).await;

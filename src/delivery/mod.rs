@@ -64,6 +64,7 @@ struct Shared {
     hub: Hub,
     feeds: Feeds,
     followed: Mutex<HashMap<i64, Cursor>>,
+    generations: AtomicU64,
     /// Wakes the reader: some followed channel has something to read.
     wake: Notify,
     /// Hints not yet sent to other instances: channel → newest message id.
@@ -77,6 +78,9 @@ struct Shared {
 
 /// Where one followed channel stands on this instance.
 struct Cursor {
+    /// Tells this cursor from an earlier one of the same channel (unfollowed, then followed
+    /// again while a read was in flight), whose read must not settle this one's hints.
+    generation: u64,
     /// The newest message id handed to followers.
     last: i64,
     followers: usize,
@@ -157,6 +161,7 @@ impl Delivery {
                 hub,
                 feeds: Feeds::default(),
                 followed: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
                 wake: Notify::new(),
                 outgoing: Mutex::new(HashMap::new()),
                 send_hints: Notify::new(),
@@ -195,17 +200,22 @@ impl Delivery {
         // First follower here: start after what is committed now. Everything newer is read and
         // delivered; everything up to it is visible to the follower's own history read.
         let last = db::latest_id(&self.shared.db, channel_id).await?;
-        self.shared
-            .followed()
-            .entry(channel_id)
-            .or_insert(Cursor {
-                last,
-                followers: 0,
-                hint_seq: 0,
-                read_seq: 0,
-                check: false,
-            })
-            .followers += 1;
+        let mut followed = self.shared.followed();
+        let cursor = followed.entry(channel_id).or_insert_with(|| Cursor {
+            generation: self.shared.generations.fetch_add(1, Ordering::Relaxed),
+            last,
+            followers: 0,
+            hint_seq: 0,
+            read_seq: 0,
+            // Hints of messages committed while `latest_id` ran found no cursor: look once.
+            check: true,
+        });
+        cursor.followers += 1;
+        let created = cursor.followers == 1;
+        drop(followed);
+        if created {
+            self.shared.wake.notify_one();
+        }
         Ok(follow())
     }
 

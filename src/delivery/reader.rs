@@ -19,6 +19,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// A channel taken for one read.
 struct Taken {
     channel_id: i64,
+    generation: u64,
     cursor: i64,
     hint_seq: u64,
     /// Read only because of a sweep or a reconnect, with no hint pending.
@@ -26,7 +27,7 @@ struct Taken {
 }
 
 pub(super) async fn run(shared: Arc<Shared>) {
-    let mut sweep = tokio::time::interval(shared.sweep_interval);
+    let mut sweep = tokio::time::interval(shared.sweep_interval.max(Duration::from_millis(1)));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     sweep.tick().await;
     let mut backoff = FIRST_BACKOFF;
@@ -69,6 +70,7 @@ fn take_pending(shared: &Shared) -> Vec<Taken> {
             cursor.check = false;
             Taken {
                 channel_id,
+                generation: cursor.generation,
                 cursor: cursor.last,
                 hint_seq: cursor.hint_seq,
                 unhinted,
@@ -105,7 +107,7 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             if rows.len() as i64 == PER_CHANNEL {
                 // A full page: more is waiting.
                 cursor.hint_seq += 1;
-            } else {
+            } else if cursor.generation == t.generation {
                 // Complete as of a read that began after every hint up to `t.hint_seq`.
                 cursor.read_seq = cursor.read_seq.max(t.hint_seq);
             }
@@ -114,7 +116,7 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             if let Some(newest) = rows.last().filter(|m| m.id > cursor.last) {
                 cursor.last = newest.id;
             }
-            if t.unhinted {
+            if t.unhinted && cursor.generation == t.generation {
                 count(&shared.stats.unhinted, rows.len() - start);
             }
             fresh.extend(rows.into_iter().skip(start));
@@ -130,5 +132,83 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             None,
         );
         shared.feeds.publish(&message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::{config::Config, delivery::Delivery, realtime::Hub};
+
+    fn delivery() -> Delivery {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        Delivery::new(db, Hub::default(), &Config::default())
+    }
+
+    fn follow_at(delivery: &Delivery, channel_id: i64, last: i64) {
+        let shared = &delivery.shared;
+        let generation = shared.generations.fetch_add(1, Ordering::Relaxed);
+        shared.followed().insert(
+            channel_id,
+            super::super::Cursor {
+                generation,
+                last,
+                followers: 1,
+                hint_seq: 0,
+                read_seq: 0,
+                check: false,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_outlived_its_cursor_does_not_leave_the_new_one_pending() {
+        let delivery = delivery();
+        let shared = &delivery.shared;
+        follow_at(&delivery, 7, 10);
+        for id in 11..=13 {
+            shared.hint(7, id);
+        }
+        let taken = take_pending(shared);
+        assert_eq!(taken.len(), 1);
+
+        // While that read runs, the last follower leaves and a new one arrives.
+        shared.followed().remove(&7);
+        follow_at(&delivery, 7, 10);
+        deliver(shared, &taken, Vec::new());
+        assert!(
+            take_pending(shared).is_empty(),
+            "the new cursor has nothing pending: no endless re-reads"
+        );
+
+        shared.hint(7, 14);
+        let taken = take_pending(shared);
+        assert_eq!(taken.len(), 1, "a later hint is still heard");
+        deliver(shared, &taken, Vec::new());
+        assert!(take_pending(shared).is_empty());
+    }
+
+    #[tokio::test]
+    async fn hints_at_or_below_the_cursor_and_for_unfollowed_channels_are_ignored() {
+        let delivery = delivery();
+        let shared = &delivery.shared;
+        follow_at(&delivery, 7, 10);
+        shared.hint(7, 10);
+        shared.hint(8, 99);
+        assert!(take_pending(shared).is_empty());
+        shared.hint(7, 11);
+        let taken = take_pending(shared);
+        assert_eq!(taken.len(), 1);
+        shared.hint(7, 12);
+        deliver(shared, &taken, Vec::new());
+        assert_eq!(
+            take_pending(shared).len(),
+            1,
+            "a hint that came during the read is read again"
+        );
     }
 }
