@@ -141,7 +141,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 18] = [
+    let samples: [(&str, &str, &str, u64); 19] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -243,6 +243,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "counter",
             "NOTIFY payloads sent after commits (hints coalesce into them).",
             load(&delivery.notifications_sent),
+        ),
+        (
+            "channeld_delivery_other_instances",
+            "gauge",
+            "1 once another instance was heard on this database (hints are then sent after commits).",
+            u64::from(state.delivery.other_instances()),
         ),
         (
             "channeld_delivery_listener_reconnects_total",

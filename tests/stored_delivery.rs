@@ -121,6 +121,19 @@ async fn ws_follower(app: &TestApp, key: &str, peer: &str, channel: i64, since: 
     ws
 }
 
+/// Waits until each instance has heard the other, and so notifies it after commits (which also
+/// means both are listening).
+async fn acquainted(a: &TestApp, b: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.state.delivery.other_instances() && b.state.delivery.other_instances()) {
+        assert!(
+            Instant::now() < deadline,
+            "the instances never heard of each other"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until `count` event streams and long polls wait on the channel's feed.
 async fn wait_for_feed_followers(app: &TestApp, channel: i64, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -130,14 +143,13 @@ async fn wait_for_feed_followers(app: &TestApp, channel: i64, count: usize) {
     }
 }
 
-/// Waits until exactly `count` listener connections are open on this test's database and have
-/// run their `LISTEN`.
+/// Waits until exactly `count` listener connections are open on this test's database.
 async fn listeners_open(db: &PgPool, count: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
-             AND datname = current_database() AND query LIKE 'LISTEN%'",
+             AND datname = current_database()",
         )
         .bind(LISTENER_APPLICATION_NAME)
         .fetch_one(db)
@@ -252,6 +264,14 @@ async fn posts_whose_client_hangs_up_after_the_commit_still_reach_every_follower
         "so does the event stream"
     );
     ws.silent_for(Duration::from_millis(300)).await;
+    let stats = app.state.delivery.stats();
+    assert_eq!(
+        stats
+            .notifications_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "alone on its database, an instance spends nothing on notifications"
+    );
 }
 
 #[sqlx::test]
@@ -304,7 +324,7 @@ async fn a_long_poll_on_one_instance_wakes_within_a_second_of_a_post_on_another(
     let b = TestApp::spawn_instance(db, config).await;
     let key = a.writer().await;
     let channel = a.channel(&key, "across").await;
-    listeners_open(&a.db, 2).await;
+    acquainted(&a, &b).await;
 
     let path = format!("/v1/channels/{channel}/messages?after=0&wait=20");
     let waiter = tokio::spawn(common::call(b.request(Method::GET, &path, &key)));
@@ -344,7 +364,7 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
     let b = TestApp::spawn_instance(db, config).await;
     let key = a.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
     let channel = a.channel(&key, "two instances").await;
-    listeners_open(&a.db, 2).await;
+    acquainted(&a, &b).await;
     let mut seed = Vec::new();
     for n in 0..5 {
         seed.push(a.message(&key, channel, &format!("seed {n}")).await);
@@ -425,6 +445,7 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             listeners_open(&a.db, 2).await;
+            acquainted(&a, &b).await;
         }
     }
     for writer in writers {
@@ -467,7 +488,7 @@ async fn an_instance_cut_off_from_postgres_catches_up_on_what_it_missed(db: PgPo
     let b = TestApp::spawn_full(db.clone(), b_pool, config).await;
     let key = a.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
     let channel = a.channel(&key, "cut off").await;
-    listeners_open(&db, 2).await;
+    acquainted(&a, &b).await;
 
     let mut ws = ws_follower(&b, &key, "on-b", channel, Some(0)).await;
     let mut events = Events::open(

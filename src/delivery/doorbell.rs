@@ -3,8 +3,17 @@
 //! A payload is a list of hints, `<channel id>:<message id>` joined by commas. Hints are
 //! coalesced per channel while a notification is in flight and sent after the commit, never
 //! inside the insert's transaction. Receivers only learn which channels to read again.
+//!
+//! Instances find each other on the same channel: each one that starts listening announces
+//! `hello:<node>`, and each other instance answers `here:<node>`. An instance sends hints only
+//! once it has heard another; alone, it sends none. A hello it missed (its own listener was down)
+//! is made up for when its listener comes back and says hello itself. Messages posted before an
+//! instance hears of a newcomer reach the newcomer's followers through its sweep.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
@@ -30,14 +39,7 @@ pub(super) async fn send(shared: Arc<Shared>) {
             continue;
         }
         let payloads = encode(&hints);
-        match sqlx::query_scalar!(
-            r#"SELECT count(pg_notify($1, payload)) AS "sent!" FROM unnest($2::text[]) AS payload"#,
-            CHANNEL,
-            &payloads,
-        )
-        .fetch_one(&shared.db)
-        .await
-        {
+        match notify(&shared.db, &payloads).await {
             Ok(sent) => count(&shared.stats.notifications_sent, sent as usize),
             Err(error) => tracing::warn!(
                 %error,
@@ -78,18 +80,30 @@ pub(super) async fn listen(shared: Arc<Shared>) {
         }
         first = false;
         shared.check_all();
+        announce(&shared, &mut listener, HELLO).await;
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    for (channel_id, message_id) in decode(notification.payload()) {
+                    let payload = notification.payload();
+                    match heard(&shared, payload) {
+                        Announcement::None => {}
+                        Announcement::Heard => continue,
+                        Announcement::Answer => {
+                            announce(&shared, &mut listener, HERE).await;
+                            continue;
+                        }
+                    }
+                    for (channel_id, message_id) in decode(payload) {
                         count(&shared.stats.hints_received, 1);
                         shared.hint(channel_id, message_id);
                     }
                 }
-                // The connection was lost and made anew (listening again): catch up.
+                // The connection was lost and made anew (listening again): catch up, and tell
+                // the others, whose hellos may have been missed meanwhile.
                 Ok(None) => {
                     count(&shared.stats.listener_reconnects, 1);
                     shared.check_all();
+                    announce(&shared, &mut listener, HELLO).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "lost the connection listening for other instances' messages");
@@ -98,6 +112,58 @@ pub(super) async fn listen(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+const HELLO: &str = "hello";
+const HERE: &str = "here";
+
+/// What a notification is, besides hints.
+#[derive(Debug, PartialEq, Eq)]
+enum Announcement {
+    /// Not an announcement: hints.
+    None,
+    /// An announcement that needs no answer (this instance's own, or a `here`).
+    Heard,
+    /// Another instance's `hello`: answer `here`.
+    Answer,
+}
+
+/// Handles an announcement; another instance's makes this one send hints from then on.
+fn heard(shared: &Shared, payload: &str) -> Announcement {
+    let Some((kind, node)) = payload.split_once(':') else {
+        return Announcement::None;
+    };
+    let answer = match kind {
+        HELLO => Announcement::Answer,
+        HERE => Announcement::Heard,
+        _ => return Announcement::None,
+    };
+    if node == shared.node {
+        return Announcement::Heard;
+    }
+    if !shared.others_listen.swap(true, Ordering::Relaxed) {
+        tracing::info!("another instance listens on this database; notifying it after commits");
+    }
+    answer
+}
+
+/// Says `hello` or `here` on the listening connection; a failure only delays discovery.
+async fn announce(shared: &Shared, listener: &mut PgListener, kind: &str) {
+    let payloads = [format!("{kind}:{}", shared.node)];
+    if let Err(error) = notify(&mut *listener, &payloads).await {
+        tracing::warn!(%error, "could not announce this instance to the others");
+    }
+}
+
+/// One round trip that sends every payload on [`CHANNEL`].
+async fn notify(db: impl sqlx::PgExecutor<'_>, payloads: &[String]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(pg_notify($1, payload)) AS "sent!" FROM unnest($2::text[]) AS payload"#,
+        CHANNEL,
+        payloads,
+    )
+    .fetch_one(db)
+    .await
 }
 
 async fn connect(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {

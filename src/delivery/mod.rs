@@ -9,7 +9,8 @@
 //!   reader at once.
 //! - Between instances: `pg_notify('channeld_messages', '<channel>:<id>,…')`, sent after the
 //!   commit as a statement of its own (NOTIFY inside the insert's transaction takes a global lock
-//!   held through the commit), coalesced while one is in flight.
+//!   held through the commit), coalesced while one is in flight. An instance that has heard no
+//!   other one (see `doorbell`) sends none: alone, it spends nothing on notifications.
 //! - Lost hints cost latency, never messages: when the listener reconnects, every followed
 //!   channel is re-read from its cursor, and a periodic sweep re-reads them all, for a poster that
 //!   died between its commit and its hint.
@@ -31,7 +32,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -71,6 +72,10 @@ struct Shared {
     outgoing: Mutex<HashMap<i64, i64>>,
     /// Wakes the task that sends `outgoing`.
     send_hints: Notify,
+    /// Names this instance in its `hello`/`here` announcements, so it can ignore its own.
+    node: String,
+    /// Another instance listens on the same database: hints are worth sending.
+    others_listen: AtomicBool,
     sweep_interval: Duration,
     post_commit_pause: Duration,
     stats: DeliveryStats,
@@ -165,6 +170,8 @@ impl Delivery {
                 wake: Notify::new(),
                 outgoing: Mutex::new(HashMap::new()),
                 send_hints: Notify::new(),
+                node: uuid::Uuid::new_v4().simple().to_string(),
+                others_listen: AtomicBool::new(false),
                 sweep_interval: config.realtime.delivery_sweep_interval,
                 post_commit_pause: config.faults.post_commit_pause,
                 stats: DeliveryStats::default(),
@@ -223,6 +230,9 @@ impl Delivery {
     /// at once, and other instances are notified through PostgreSQL.
     pub fn ring(&self, channel_id: i64, message_id: i64) {
         self.shared.hint(channel_id, message_id);
+        if !self.shared.others_listen.load(Ordering::Relaxed) {
+            return;
+        }
         self.shared
             .outgoing()
             .entry(channel_id)
@@ -235,6 +245,12 @@ impl Delivery {
     /// client-disconnects-after-commit race certain. Zero outside tests.
     pub fn post_commit_pause(&self) -> Duration {
         self.shared.post_commit_pause
+    }
+
+    /// Whether this instance has heard another one listening on the same database, and so
+    /// notifies after its commits.
+    pub fn other_instances(&self) -> bool {
+        self.shared.others_listen.load(Ordering::Relaxed)
     }
 
     /// Channels followed through this instance right now.
