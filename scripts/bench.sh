@@ -77,13 +77,6 @@ RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$po
   >.data/bench-channeld.log 2>&1 &
 server=$!
 pids+=("$server")
-# A second instance on the same database, for followers of stored messages on another instance.
-port2=${BENCH_PORT2:-18102}
-RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$port2" \
-  --ws-connects-per-ip 1000000 --ws-frame-rate 100000 --ws-frame-burst 100000 \
-  >.data/bench-channeld-2.log 2>&1 &
-server2=$!
-pids+=("$server2")
 
 pusher_args=()
 if [ -z "$sockudo_skipped" ]; then
@@ -101,12 +94,12 @@ else
 fi
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" "$port2" ${pusher:+"$pusher_port"}; do
+for p in "$port" ${pusher:+"$pusher_port"}; do
   for _ in $(seq 1 100); do answers "$p" && break; sleep 0.1; done
   answers "$p" || { say "nothing answers on port $p; see .data/bench-*.log"; exit 1; }
 done
 
 # shellcheck disable=SC2086
 target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
-  --second-base "http://127.0.0.1:$port2" --second-pid "$server2" \
+  --second-server target/release/channeld --second-listen "127.0.0.1:${BENCH_PORT2:-18102}" \
   --database-url "$DATABASE_URL" --idle "$idle" "${pusher_args[@]}" ${BENCH_ARGS:-}

@@ -76,11 +76,14 @@ struct Args {
     /// Why the Pusher comparison is missing, when it is.
     #[arg(long)]
     pusher_skipped: Option<String>,
-    /// A second channeld on the same database, for followers on another instance.
+    /// The channeld binary to start a second instance from (same database and environment), for
+    /// followers on another instance. It runs only for those runs, so every other figure is of
+    /// one instance alone.
     #[arg(long)]
-    second_base: Option<String>,
-    #[arg(long)]
-    second_pid: Option<u32>,
+    second_server: Option<PathBuf>,
+    /// Where the second instance listens.
+    #[arg(long, default_value = "127.0.0.1:18102")]
+    second_listen: String,
     /// Stored-delivery runs as WEBSOCKETS:SSE_STREAMS:POSTS_PER_SEC, comma separated; a rate of
     /// `max` posts as fast as one sequential writer goes. Each runs with the followers on the
     /// instance posted to, then on the second instance.
@@ -207,38 +210,32 @@ async fn main() -> Result<(), String> {
             base: args.base.clone(),
             pid: args.pid,
         };
-        let mut placements = vec![("same instance", first.clone())];
-        match (&args.second_base, args.second_pid) {
-            (Some(base), Some(pid)) => placements.push((
-                "other instance",
-                stored::Instance {
-                    base: base.clone(),
-                    pid,
-                },
-            )),
-            _ => notes
-                .push("stored delivery across instances skipped: no second instance given".into()),
+        let stored_run = |placement: &'static str,
+                          followers: stored::Instance,
+                          ws: usize,
+                          sse: usize,
+                          rate: Option<u64>| {
+            eprintln!(
+                "bench: stored delivery to {ws} WebSockets and {sse} event streams on the {placement}, {} posts/s",
+                rate.map_or("max".to_owned(), |r: u64| r.to_string())
+            );
+            let (first, key, seconds) = (first.clone(), args.key.clone(), args.stored_seconds);
+            async move { stored::run(&first, &followers, placement, &key, ws, sse, rate, seconds).await }
+        };
+        for &(ws, sse, rate) in &runs {
+            stored_rows.push(stored_run("same instance", first.clone(), ws, sse, rate).await);
         }
-        for (ws, sse, rate) in runs {
-            for (placement, followers) in &placements {
-                eprintln!(
-                    "bench: stored delivery to {ws} WebSockets and {sse} event streams on the {placement}, {} posts/s",
-                    rate.map_or("max".to_owned(), |r: u64| r.to_string())
-                );
-                stored_rows.push(
-                    stored::run(
-                        &first,
-                        followers,
-                        placement,
-                        &args.key,
-                        ws,
-                        sse,
-                        rate,
-                        args.stored_seconds,
-                    )
-                    .await,
-                );
+        match &args.second_server {
+            Some(binary) => {
+                let second =
+                    stored::SecondInstance::start(binary, &args.second_listen, &args.base).await?;
+                for &(ws, sse, rate) in &runs {
+                    stored_rows
+                        .push(stored_run("other instance", second.instance(), ws, sse, rate).await);
+                }
             }
+            None => notes
+                .push("stored delivery across instances skipped: no --second-server given".into()),
         }
     }
 

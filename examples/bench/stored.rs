@@ -30,6 +30,81 @@ pub struct Instance {
     pub pid: u32,
 }
 
+/// A second channeld on the same database, started for the runs with followers on another
+/// instance and stopped when dropped.
+pub struct SecondInstance {
+    child: std::process::Child,
+    base: String,
+}
+
+impl SecondInstance {
+    /// Starts `binary serve` on `listen` with this process's environment (`DATABASE_URL`,
+    /// `CHANNELD_MASTER_KEY`), its limits raised as the first instance's are, and waits until it
+    /// answers and the first instance has heard it.
+    pub async fn start(
+        binary: &std::path::Path,
+        listen: &str,
+        first_base: &str,
+    ) -> Result<Self, String> {
+        let log = std::fs::File::create(".data/bench-channeld-2.log").map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(binary)
+            .args(["serve", "--no-migrate", "--listen", listen])
+            .args(["--ws-connects-per-ip", "1000000"])
+            .args(["--ws-frame-rate", "100000", "--ws-frame-burst", "100000"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let second = Self {
+            child,
+            base: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(listen).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("the second instance never answered on {listen}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The first instance notifies after its commits only once it has heard this one.
+        let metrics = format!("{first_base}/metrics");
+        loop {
+            let text = reqwest::get(&metrics)
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if text
+                .lines()
+                .any(|l| l == "channeld_delivery_other_instances 1")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the first instance never heard the second".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(second)
+    }
+
+    pub fn instance(&self) -> Instance {
+        Instance {
+            base: self.base.clone(),
+            pid: self.child.id(),
+        }
+    }
+}
+
+impl Drop for SecondInstance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What one stored-delivery run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredRun {
