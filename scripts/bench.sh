@@ -2,7 +2,7 @@
 # `make bench`: measures channeld on a release build, on loopback, and writes the figures to
 # bench/results/latest.json. See examples/bench/main.rs for what each row measures.
 #
-#   scripts/bench.sh                                the whole run (about 3 minutes once built)
+#   scripts/bench.sh                                the whole run (about 4 minutes once built)
 #   BENCH_ARGS="--only rest --rest-seconds 10" scripts/bench.sh   options for the load generator
 #   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
 #
