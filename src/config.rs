@@ -265,6 +265,8 @@ pub struct Config {
 pub struct Faults {
     /// Between a post's commit and its doorbell, during which a test's client hangs up.
     pub post_commit_pause: Duration,
+    /// A WebSocket frame carrying this `requestId` panics inside its connection's task.
+    pub panic_on_request_id: Option<String>,
 }
 
 impl Default for Config {

@@ -118,6 +118,12 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         tx,
         signal: signal.clone(),
     });
+    // Unregisters on every way out of this task, a panic included: a connection that is gone
+    // must not stay subscribed or present.
+    let _registered = Registered {
+        hub: hub.clone(),
+        conn,
+    };
     let mut shutdown = state.realtime.shutdown.subscribe();
     let mut connection = Connection {
         state,
@@ -213,6 +219,18 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         };
         let goodbye = connection.socket.send(Message::Close(Some(frame)));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    }
+}
+
+/// Removes a connection from the hub when dropped.
+struct Registered {
+    hub: Hub,
+    conn: ConnId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.hub.unregister(self.conn);
     }
 }
 

@@ -34,6 +34,9 @@ impl Connection {
             }
         };
         let request_id = frame.request_id.clone();
+        if request_id.is_some() && request_id == self.state.config.faults.panic_on_request_id {
+            panic!("fault injected: a panic inside a connection's task");
+        }
         let outcome = match frame.kind.as_deref() {
             Some("subscribe") => self.subscribe(&frame).await,
             Some("unsubscribe") => self.unsubscribe(&frame),
