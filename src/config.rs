@@ -82,6 +82,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHANNELD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// The deadline of a request's database work: the pool's `statement_timeout`, and how long a
+    /// request may take before it answers 503 `unavailable` (a long poll adds its `wait`).
+    #[arg(long, env = "CHANNELD_DB_TIMEOUT", default_value = "5s", value_parser = parse_interval)]
+    pub db_timeout: Duration,
+
     /// Master key that encrypts key secrets at rest (64 hex characters, e.g. `openssl rand -hex 32`).
     #[arg(long, env = "CHANNELD_MASTER_KEY", hide_env_values = true)]
     pub master_key: MasterKey,
@@ -250,6 +255,8 @@ pub struct CreateKeyArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub max_body_bytes: usize,
+    /// A request's deadline for its database work (a long poll adds its `wait`).
+    pub db_timeout: Duration,
     pub master_key: MasterKey,
     /// Per-key rate limit for keys without their own.
     pub rate_limit: Limit,
@@ -274,6 +281,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            db_timeout: Duration::from_secs(5),
             master_key: MasterKey::generate(),
             rate_limit: Limit {
                 rate: 50,
@@ -290,6 +298,7 @@ impl From<&ServeArgs> for Config {
     fn from(args: &ServeArgs) -> Self {
         Self {
             max_body_bytes: args.max_body_bytes,
+            db_timeout: args.db_timeout,
             master_key: args.master_key.clone(),
             rate_limit: Limit {
                 rate: args.rate_limit,

@@ -14,8 +14,11 @@ use crate::config::DatabaseArgs;
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// A pool that connects on demand, so the server starts and stays up while PostgreSQL is away.
-pub fn pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
+/// Each statement on its connections is cancelled after `statement_timeout`.
+pub fn pool(args: &DatabaseArgs, statement_timeout: Duration) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = args.database_url.expose().parse()?;
+    let timeout = format!("{}ms", statement_timeout.as_millis().max(1));
+    let options = options.options([("statement_timeout", timeout.as_str())]);
     Ok(pool_options(args).connect_lazy_with(options))
 }
 

@@ -220,8 +220,9 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exceptions; 57P0x: server shutting down or starting; 53300: too many connections.
-            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+            // 08: connection exceptions; 57P0x: server shutting down or starting; 53300: too many
+            // connections; 57014: cancelled, as by `statement_timeout` (the query deadline).
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300" || code == "57014"
         }),
         _ => false,
     }

@@ -49,7 +49,7 @@ async fn run(command: Command) -> cli::CliResult {
             if !args.no_migrate {
                 db::migrate(&args.database).await?;
             }
-            let pool = db::pool(&args.database)?;
+            let pool = db::pool(&args.database, args.db_timeout)?;
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             tracing::info!(address = %listener.local_addr()?, "channeld listening");
             let state = state::AppState::new(pool, Config::from(&args));

@@ -4,9 +4,10 @@ use std::{future::Future, time::Duration};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Response},
-    middleware::{from_fn, from_fn_with_state},
+    middleware::{Next, from_fn, from_fn_with_state},
     response::IntoResponse,
     routing::get,
     serve::ListenerExt,
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(from_fn_with_state(state.clone(), deadline))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(from_fn(ratelimit::headers))
         .with_state(state)
@@ -61,6 +63,35 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
+}
+
+/// Middleware: a request that has not answered within `--db-timeout` (plus a long poll's `wait`)
+/// answers 503 `unavailable`, so a frozen database cannot hold requests without limit. Streams
+/// (SSE, WebSocket) are not bounded by it: their handlers answer at once and stream afterwards.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response<Body> {
+    let budget = state.config.db_timeout + long_poll_wait(request.uri().query());
+    match tokio::time::timeout(budget, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "request deadline passed"
+            );
+            ApiError::Unavailable(sqlx::Error::PoolTimedOut).into_response()
+        }
+    }
+}
+
+/// The `wait` a long poll asks for (0-30 s; anything else is refused by the handler itself).
+fn long_poll_wait(query: Option<&str>) -> Duration {
+    let wait = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("wait="))
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .filter(|secs| *secs <= 30)
+        .unwrap_or(0);
+    Duration::from_secs(wait)
 }
 
 /// `/metrics` alone, for `--metrics-listen`.

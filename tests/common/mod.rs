@@ -267,37 +267,42 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCod
 }
 
 /// A TCP proxy between the server and PostgreSQL that the test can cut and restore, standing in
-/// for a database that goes away and comes back.
+/// for a database that goes away and comes back, or hold, standing in for one that freezes.
 pub struct DbProxy {
     pub addr: SocketAddr,
     up: Arc<watch::Sender<bool>>,
+    held: Arc<watch::Sender<bool>>,
 }
 
 impl DbProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let (up, _) = watch::channel(true);
-        let up = Arc::new(up);
-        let accept_up = up.clone();
+        let up = Arc::new(watch::channel(true).0);
+        let held = Arc::new(watch::channel(false).0);
+        let (accept_up, accept_held) = (up.clone(), held.clone());
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let mut state = accept_up.subscribe();
                 if !*state.borrow() {
                     continue; // dropped: connection refused in effect
                 }
+                let held = accept_held.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
+                    let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client_read, server_write, held.subscribe()) => {}
+                        () = pump(server_read, client_write, held.subscribe()) => {}
                         _ = state.wait_for(|up| !*up) => {}
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, up, held }
     }
 
     /// Drops every open connection and refuses new ones.
@@ -307,6 +312,36 @@ impl DbProxy {
 
     pub fn restore(&self) {
         self.up.send_replace(true);
+    }
+
+    /// Keeps connections open but passes no byte either way, as a frozen database would.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+}
+
+/// Copies bytes from `from` to `to`, waiting whenever the proxy is held.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buffer).await else {
+            return;
+        };
+        if n == 0 || held.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
