@@ -166,6 +166,14 @@ pub struct RealtimeConfig {
     )]
     pub outbound_queue: usize,
 
+    /// Bytes queued for one connection before it counts as a slow consumer and is dropped.
+    #[arg(
+        long = "ws-outbound-bytes",
+        env = "CHANNELD_WS_OUTBOUND_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub outbound_bytes: usize,
+
     /// Interval of the comment lines that keep quiet Server-Sent Events streams open.
     #[arg(long = "sse-keep-alive", env = "CHANNELD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_interval)]
     pub sse_keep_alive: Duration,
@@ -192,6 +200,7 @@ impl Default for RealtimeConfig {
             connects_per_ip: 60,
             connect_window: Duration::from_secs(60),
             outbound_queue: 4096,
+            outbound_bytes: 4 * 1024 * 1024,
             key_check_interval: Duration::from_secs(5),
             sse_keep_alive: Duration::from_secs(15),
             delivery_sweep_interval: Duration::from_secs(2),

@@ -141,7 +141,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 19] = [
+    let samples: [(&str, &str, &str, u64); 20] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -165,6 +165,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "counter",
             "Frames queued to WebSocket clients.",
             load(&hub.stats.frames_out),
+        ),
+        (
+            "channeld_websocket_queued_bytes",
+            "gauge",
+            "Bytes queued to WebSocket connections, not yet written.",
+            load(&hub.stats.queued_bytes),
         ),
         (
             "channeld_websocket_slow_consumer_disconnects_total",

@@ -3,10 +3,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use channeld::auth::Scope;
 use common::{DbProxy, TestApp, assert_error, call};
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
@@ -111,4 +115,63 @@ async fn a_frozen_database_answers_503_within_the_deadline_and_recovers(db: PgPo
         assert!(Instant::now() < deadline, "still {status} after the thaw");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[sqlx::test]
+async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db: PgPool) {
+    let mut config = common::test_config();
+    config.realtime.outbound_bytes = 1024 * 1024;
+    config.realtime.frame_rate = 10_000;
+    config.realtime.frame_burst = 10_000;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = realtime_key(&app).await;
+    let mut stalled = app
+        .peer(&key, "stalled", json!({"permissions": ["subscribe"]}))
+        .await;
+    stalled.subscribe("firehose").await;
+    let mut publisher = app
+        .peer(&key, "publisher", json!({"permissions": ["publish"]}))
+        .await;
+
+    // ~60 KB frames: far under the 4,096-frame bound, far over 1 MiB in bytes. The stalled
+    // client reads nothing from here on.
+    let data = "x".repeat(60_000);
+    let stats = &app.state.realtime.hub.stats;
+    let mut most_queued = 0;
+    for _ in 0..600 {
+        publisher
+            .send(json!({"type": "publish", "channel": "firehose", "data": data}))
+            .await;
+        most_queued = most_queued.max(stats.queued_bytes.load(Ordering::Relaxed));
+        if stats.slow_consumer_disconnects.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.slow_consumer_disconnects.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled subscriber was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        most_queued <= 1024 * 1024 + 64 * 1024,
+        "at most the bound (and one frame) was queued: {most_queued} bytes"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.queued_bytes.load(Ordering::Relaxed) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "queued bytes are forgotten with the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The close frame sits behind the backlog the client never read; reading it now, the client
+    // finds the connection ended rather than held open.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = stalled.stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection is over");
 }

@@ -108,7 +108,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 async fn run(socket: WebSocket, state: AppState, session: Session) {
     let limits = state.config.realtime.clone();
     let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
-    let signal = Arc::new(CloseSignal::default());
+    let signal = Arc::new(CloseSignal::new(limits.outbound_bytes));
     let hub = state.realtime.hub.clone();
     let conn = hub.register(Member {
         peer_id: session.peer_id.clone(),
@@ -123,6 +123,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     let _registered = Registered {
         hub: hub.clone(),
         conn,
+        signal: signal.clone(),
     };
     let mut shutdown = state.realtime.shutdown.subscribe();
     let mut connection = Connection {
@@ -222,15 +223,18 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     }
 }
 
-/// Removes a connection from the hub when dropped.
+/// Removes a connection from the hub when dropped, and forgets the bytes still queued for it.
 struct Registered {
     hub: Hub,
     conn: ConnId,
+    signal: Arc<CloseSignal>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.hub.unregister(self.conn);
+        self.signal
+            .release(self.signal.queued_bytes(), &self.hub.stats);
     }
 }
 
@@ -279,6 +283,7 @@ impl Connection {
     /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
     /// resumed subscription already replayed.
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
+        let bytes: usize = batch.iter().map(|item| item.frame.len()).sum();
         let (sink, persistent) = (&mut self.socket, &self.persistent);
         let write = async move {
             for item in batch.drain(..) {
@@ -294,10 +299,15 @@ impl Connection {
             }
             sink.flush().await
         };
-        tokio::select! {
+        let end = tokio::select! {
             written = write => written.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
+        };
+        // Counted until written: a client that stops reading keeps them counted against it.
+        if end.is_none() {
+            self.signal.release(bytes, &self.hub.stats);
         }
+        end
     }
 
     pub(super) async fn error(

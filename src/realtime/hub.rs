@@ -4,15 +4,15 @@
 //! never held across an `.await`: delivering is a non-blocking `try_send` of shared, already
 //! serialized bytes into each connection's bounded queue.
 //!
-//! Slow consumers: when a connection's queue is full, that connection is told to close (1008,
-//! "slow consumer") and counted; the frame is dropped for it alone. Publishers never wait for a
+//! Slow consumers: when a connection's queue is full (in frames or in bytes), that connection is
+//! told to close (1008, "slow consumer") and counted; the frame is dropped for it alone. Publishers never wait for a
 //! reader, so one stalled socket cannot slow the others or grow memory without bound.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, PoisonError, RwLock,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -52,14 +52,46 @@ impl From<Utf8Bytes> for Outbound {
 }
 pub type Metadata = Arc<RawValue>;
 
-/// Tells one connection's task to close, from anywhere, even when its queue is full.
+/// Tells one connection's task to close, from anywhere, even when its queue is full; and counts
+/// the bytes queued for it, which are bounded as its frames are.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
     code: AtomicU16,
     notify: Notify,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
 }
 
 impl CloseSignal {
+    pub fn new(max_queued_bytes: usize) -> Self {
+        Self {
+            max_queued_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `len` more bytes queued; `false` (and nothing counted) when that would pass the
+    /// bound. A frame larger than the bound still passes into an empty queue.
+    fn reserve(&self, len: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Bytes that left the queue (written, or dropped with the connection).
+    pub fn release(&self, len: usize, stats: &HubStats) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        stats.queued_bytes.fetch_sub(len as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes queued right now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
     /// Asks the connection to close with `code`. Returns `false` if it was already asked.
     pub fn close(&self, code: u16) -> bool {
         let first = self
@@ -105,6 +137,8 @@ pub struct Member {
 pub struct HubStats {
     pub slow_consumer_disconnects: AtomicU64,
     pub frames_out: AtomicU64,
+    /// Bytes queued to every connection, not yet written.
+    pub queued_bytes: AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -448,21 +482,32 @@ fn deliver(
     frame: &Outbound,
     stats: &HubStats,
 ) -> bool {
+    let len = frame.frame.len();
+    let slow = || {
+        if signal.close(close::POLICY) {
+            stats
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("slow consumer disconnected");
+        }
+        false
+    };
+    if !signal.reserve(len) {
+        return slow();
+    }
     match tx.try_send(frame.clone()) {
         Ok(()) => {
             stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            stats.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
             true
         }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            if signal.close(close::POLICY) {
-                stats
-                    .slow_consumer_disconnects
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("slow consumer disconnected");
+        Err(error) => {
+            signal.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            match error {
+                mpsc::error::TrySendError::Full(_) => slow(),
+                mpsc::error::TrySendError::Closed(_) => false,
             }
-            false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
