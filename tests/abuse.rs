@@ -175,3 +175,64 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
     .await;
     assert!(ended.is_ok(), "the stalled connection is over");
 }
+
+/// This process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[sqlx::test]
+async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(db: PgPool) {
+    let mut config = common::test_config();
+    config.realtime.idle_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
+    let channel = app.channel(&key, "heavy history").await;
+    // 1,000 messages of 64 KiB: 64 MiB of history to replay to each subscriber.
+    sqlx::query(
+        "INSERT INTO messages (channel_id, content, sender_type) \
+         SELECT $1, repeat(chr(65 + g % 26), 65536), 'api' FROM generate_series(1, 1000) g",
+    )
+    .bind(channel)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let before = rss_kib();
+    let mut readers = Vec::new();
+    for n in 0..10 {
+        let mut ws = app
+            .peer(
+                &key,
+                &format!("never-reads-{n}"),
+                json!({"permissions": ["subscribe"]}),
+            )
+            .await;
+        ws.send(json!({"type": "subscribe", "channel": channel.to_string(), "since": 0}))
+            .await;
+        readers.push(ws); // and never read again
+    }
+    let mut peak = before;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.state.realtime.hub.connection_count() > 0 {
+        peak = peak.max(rss_kib());
+        assert!(
+            Instant::now() < deadline,
+            "{} stalled replays still open after the idle timeout",
+            app.state.realtime.hub.connection_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 200,
+        "ten stalled replays of 64 MiB each grew memory by {grown_mib} MiB"
+    );
+    drop(readers);
+}

@@ -129,3 +129,43 @@ pub async fn page(
         }
     }
 }
+
+/// How many messages of the channel are newer than `after`, counting no further than `cap`.
+pub async fn count_after(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    after: i64,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "count!" FROM (
+            SELECT 1 FROM messages WHERE channel_id = $1 AND id > $2 ORDER BY id LIMIT $3
+        ) newer
+        "#,
+        channel_id,
+        after,
+        cap,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The id of the message that has exactly `newer` messages after it in the channel, if any:
+/// where a replay of the newest `newer` messages starts.
+pub async fn id_before_newest(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    newer: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT id FROM messages WHERE channel_id = $1
+        ORDER BY id DESC OFFSET $2 LIMIT 1
+        "#,
+        channel_id,
+        newer,
+    )
+    .fetch_optional(db)
+    .await
+}

@@ -7,7 +7,7 @@ pub mod model;
 
 use axum::{Router, routing::get};
 
-pub use db::{Page, page};
+pub use db::{Page, count_after, id_before_newest, page};
 
 use crate::state::AppState;
 

@@ -19,6 +19,7 @@ use super::{
     hub::{CloseSignal, ConnId, Hub, Member, Outbound},
     limits::FrameBucket,
     protocol::{ErrorCode, ServerFrame, close},
+    replay::Replay,
     session::{Session, authenticate},
 };
 use crate::{
@@ -88,6 +89,8 @@ pub(super) struct Connection {
 /// A subscription to a persistent channel: followed through this instance while it lasts.
 pub(super) struct Persistent {
     pub(super) _follow: Follow,
+    /// Resumed with `since` and still replaying history: live copies wait their turn.
+    pub(super) replay: Option<Replay>,
     /// Resumed with `since`: the last message id already replayed, whose live copies are skipped.
     pub(super) replayed: Option<i64>,
 }
@@ -201,6 +204,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                 }
             }
+            () = std::future::ready(()), if connection.replaying() => connection.replay_step().await,
             _ = ping.tick() => connection.send(Message::Ping(Default::default())).await,
             () = &mut idle => Some(End::Gone),
             () = &mut expiry => Some(End::Close(close::TOKEN_EXPIRED, "token expired")),
@@ -271,27 +275,40 @@ impl Connection {
             .saturating_sub(EXPIRY_MARGIN)
     }
 
-    /// Every write races the close signal: a client that stops reading blocks its socket, and
-    /// must not keep this task (and its buffers) alive after the hub gave up on it.
+    /// A client that takes no bytes for this long is gone: the idle timeout, for writes.
+    fn write_timeout(&self) -> Duration {
+        self.state.config.realtime.idle_timeout
+    }
+
+    /// Every write races the close signal and the write timeout: a client that stops reading
+    /// blocks its socket, and must not keep this task (and its buffers) alive.
     pub(super) async fn send(&mut self, message: Message) -> Option<End> {
+        let write_timeout = self.write_timeout();
         tokio::select! {
             sent = self.socket.send(message) => sent.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
+            () = tokio::time::sleep(write_timeout) => Some(End::Gone),
         }
     }
 
     /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
-    /// resumed subscription already replayed.
+    /// resumed subscription already replayed or is still replaying.
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
         let bytes: usize = batch.iter().map(|item| item.frame.len()).sum();
-        let (sink, persistent) = (&mut self.socket, &self.persistent);
+        let write_timeout = self.write_timeout();
+        let (sink, persistent) = (&mut self.socket, &mut self.persistent);
         let write = async move {
             for item in batch.drain(..) {
                 let seen = item.stored.is_some_and(|s| {
-                    persistent
-                        .get(&s.channel_id)
-                        .and_then(|p| p.replayed)
-                        .is_some_and(|upto| s.message_id <= upto)
+                    let Some(entry) = persistent.get_mut(&s.channel_id) else {
+                        return false;
+                    };
+                    if let Some(replay) = entry.replay.as_mut() {
+                        // The replay will reach it: remember how far it must go.
+                        replay.live_max = replay.live_max.max(s.message_id);
+                        return true;
+                    }
+                    entry.replayed.is_some_and(|upto| s.message_id <= upto)
                 });
                 if !seen {
                     sink.feed(Message::Text(item.frame)).await?;
@@ -302,6 +319,7 @@ impl Connection {
         let end = tokio::select! {
             written = write => written.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
+            () = tokio::time::sleep(write_timeout) => Some(End::Gone),
         };
         // Counted until written: a client that stops reading keeps them counted against it.
         if end.is_none() {
@@ -349,6 +367,7 @@ impl Connection {
         if frames.is_empty() {
             return None;
         }
+        let write_timeout = self.write_timeout();
         let sink = &mut self.socket;
         let write = async move {
             for frame in frames {
@@ -359,6 +378,7 @@ impl Connection {
         tokio::select! {
             written = write => written.err().map(|_| End::Gone),
             code = self.signal.closed() => Some(End::Stuck(code)),
+            () = tokio::time::sleep(write_timeout) => Some(End::Gone),
         }
     }
 }

@@ -8,12 +8,13 @@ use super::{
     hub::{Outbound, SubscribeError},
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, parse_client_frame},
+    replay::Replay,
 };
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
-    delivery::{Follow, stored_frame},
-    messages::{Page, model::Message as MessageRow, page},
+    delivery::Follow,
+    messages::{count_after, id_before_newest},
     state::AppState,
 };
 
@@ -132,9 +133,10 @@ impl Connection {
 
     /// Subscribes; with `since` on a persistent channel, replays the history newer than it.
     ///
-    /// The subscription is registered first and history read second, so every message lands in
-    /// the replay, the live queue, or both; [`Connection::write_batch`] drops the live copies of
-    /// replayed messages. Nothing is missed and nothing is repeated across the switch.
+    /// The channel is followed and the subscription registered before history is read, so every
+    /// message lands in the replay, the live queue, or both; the replay (see `replay`) holds live
+    /// copies back until it has caught up, and drops those it sent. Nothing is missed and nothing
+    /// is repeated across the switch.
     async fn subscribe(&mut self, frame: &ClientFrame) -> Outcome {
         self.require(Scope::Subscribe)?;
         let (name, kind) = self.channel(frame)?;
@@ -191,7 +193,7 @@ impl Connection {
         }
         match (frame.since, kind) {
             (Some(since), ChannelKind::Persistent(id)) => {
-                let (history, recovered) = match replay(&self.state, id, since).await {
+                let (start, recovered) = match replay_start(&self.state, id, since).await {
                     Ok(found) => found,
                     Err(error) => {
                         tracing::warn!(%error, "reading history for a resumed subscription failed");
@@ -203,12 +205,9 @@ impl Connection {
                         ));
                     }
                 };
-                let upto = history.last().map_or(since, |m| m.id);
-                self.followed(id, follow).replayed = Some(upto);
+                // The replay itself runs from the connection's loop, a page at a time.
+                self.followed(id, follow).replay = Some(Replay::starting_after(start));
                 reply.recovered = Some(recovered);
-                reply
-                    .then
-                    .extend(history.iter().map(|m| stored_frame(m).frame));
             }
             // Ephemeral channels keep no history to recover.
             (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
@@ -225,6 +224,7 @@ impl Connection {
     fn followed(&mut self, id: i64, follow: Option<Follow>) -> &mut Persistent {
         self.persistent.entry(id).or_insert_with(|| Persistent {
             _follow: follow.expect("persistent channels are followed before subscribing"),
+            replay: None,
             replayed: None,
         })
     }
@@ -304,21 +304,16 @@ impl Connection {
 /// client pages the older rest over REST.
 const MAX_REPLAY: i64 = 1000;
 
-/// Stored messages of channel `id` newer than `since`, oldest first, and whether that is all of
-/// them. When more than [`MAX_REPLAY`] exist, the newest [`MAX_REPLAY`] are returned, so the live
-/// stream continues without a gap and the older rest is one `before=` walk away over REST.
-async fn replay(
-    state: &AppState,
-    id: i64,
-    since: i64,
-) -> Result<(Vec<MessageRow>, bool), sqlx::Error> {
-    let history = page(&state.db, id, Page::After(since), MAX_REPLAY + 1).await?;
-    if history.len() as i64 <= MAX_REPLAY {
-        return Ok((history, true));
+/// Where the replay of channel `id` after `since` starts, and whether it covers everything after
+/// `since`. When more than [`MAX_REPLAY`] messages are newer, it starts before the newest
+/// [`MAX_REPLAY`], so the live stream continues without a gap and the older rest is one
+/// `before=` walk away over REST.
+async fn replay_start(state: &AppState, id: i64, since: i64) -> Result<(i64, bool), sqlx::Error> {
+    if count_after(&state.db, id, since, MAX_REPLAY + 1).await? <= MAX_REPLAY {
+        return Ok((since, true));
     }
-    let mut newest = page(&state.db, id, Page::Latest, MAX_REPLAY).await?;
-    newest.reverse();
-    Ok((newest, false))
+    let start = id_before_newest(&state.db, id, MAX_REPLAY).await?;
+    Ok((start.unwrap_or(since).max(since), false))
 }
 
 type Failure = (ErrorCode, String);

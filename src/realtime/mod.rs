@@ -3,7 +3,8 @@
 //!
 //! - `protocol`: client and server frames, error and close codes.
 //! - `session`: who a connection is, from a token or a publishable key.
-//! - `connection`: the upgrade and the one task per socket; `frames`: one function per frame type.
+//! - `connection`: the upgrade and the one task per socket; `frames`: one function per frame type;
+//!   `replay`: history after `since`, a page at a time from inside the socket's loop.
 //! - `hub`: subscriptions, presence and fan-out. Stored messages reach the hub from
 //!   [`crate::delivery`], which reads them from PostgreSQL.
 //! - `limits`: connects per IP and frames per connection; `names`: channel names and peer ids.
@@ -16,6 +17,7 @@ mod limits;
 pub(crate) mod mint;
 pub mod names;
 pub mod protocol;
+mod replay;
 pub(crate) mod rest;
 pub mod session;
 

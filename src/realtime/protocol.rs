@@ -158,6 +158,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The server could not go on (a replay that could not read history): reconnect and resume.
+    pub const INTERNAL: u16 = 1011;
     pub const INVALID_TOKEN: u16 = 4001;
     pub const TOKEN_EXPIRED: u16 = 4002;
     pub const RATE_LIMITED: u16 = 4011;

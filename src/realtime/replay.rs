@@ -1,0 +1,76 @@
+//! Resumed subscriptions (`since`) replay history a page at a time from inside the connection's
+//! loop, so the replay is paced by the client's reading, holds at most one page in memory, and
+//! leaves heartbeats, the idle timeout, token expiry and close signals running.
+//!
+//! While a channel replays, its live stored messages are not written but remembered by id: the
+//! replay goes on reading the database until it has passed the newest one seen, then the
+//! subscription switches to live, skipping what the replay already sent. Live frames of one
+//! channel arrive in id order, so nothing is missed and nothing is repeated across the switch.
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::{
+    connection::{Connection, End},
+    protocol::close,
+};
+use crate::{
+    delivery::stored_frame,
+    messages::{Page, page},
+};
+
+/// Messages read and written per replay step: at most 16 × 64 KiB in memory at once.
+const PAGE: i64 = 16;
+
+/// Where a channel's replay stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replay {
+    /// The last message id replayed.
+    pub(super) after: i64,
+    /// The newest live stored message seen (and not written) while replaying.
+    pub(super) live_max: i64,
+}
+
+impl Replay {
+    pub(super) fn starting_after(after: i64) -> Self {
+        Self {
+            after,
+            live_max: after,
+        }
+    }
+}
+
+impl Connection {
+    /// Whether some subscription still replays history.
+    pub(super) fn replaying(&self) -> bool {
+        self.persistent.values().any(|p| p.replay.is_some())
+    }
+
+    /// Replays one page of one channel's history, or switches it to live once caught up.
+    pub(super) async fn replay_step(&mut self) -> Option<End> {
+        let (channel_id, replay) = self
+            .persistent
+            .iter()
+            .find_map(|(id, p)| p.replay.map(|r| (*id, r)))?;
+        let rows = match page(&self.state.db, channel_id, Page::After(replay.after), PAGE).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                // The ack promised a replay it cannot finish: the client reconnects and resumes
+                // with `since`, losing nothing.
+                tracing::warn!(%error, "replaying history failed; closing the connection");
+                return Some(End::Close(close::INTERNAL, "could not replay history"));
+            }
+        };
+        let after = rows.last().map_or(replay.after, |m| m.id);
+        let caught_up = (rows.len() as i64) < PAGE && after >= replay.live_max;
+        if let Some(entry) = self.persistent.get_mut(&channel_id) {
+            if caught_up {
+                entry.replay = None;
+                entry.replayed = Some(after);
+            } else if let Some(replay) = entry.replay.as_mut() {
+                replay.after = after;
+            }
+        }
+        let frames: Vec<Utf8Bytes> = rows.iter().map(|m| stored_frame(m).frame).collect();
+        self.send_all(frames).await
+    }
+}
