@@ -191,7 +191,9 @@ fn rss_kib() -> u64 {
 async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(db: PgPool) {
     let mut config = common::test_config();
     config.realtime.idle_timeout = Duration::from_secs(2);
-    let app = TestApp::spawn_config(db, config).await;
+    // A pool of the server's own, as a served process has, rather than a share of the test
+    // harness's.
+    let app = TestApp::spawn_instance(db, config).await;
     let key = app.key(&[Scope::ChannelsWrite, Scope::Subscribe]).await;
     let channel = app.channel(&key, "heavy history").await;
     // 1,000 messages of 64 KiB: 64 MiB of history to replay to each subscriber.
@@ -222,11 +224,20 @@ async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(d
     let deadline = Instant::now() + Duration::from_secs(20);
     while app.state.realtime.hub.connection_count() > 0 {
         peak = peak.max(rss_kib());
-        assert!(
-            Instant::now() < deadline,
-            "{} stalled replays still open after the idle timeout",
-            app.state.realtime.hub.connection_count()
-        );
+        if Instant::now() > deadline {
+            let busy: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT state, wait_event FROM pg_stat_activity WHERE datname = current_database()",
+            )
+            .fetch_all(&app.db)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "{} stalled replays still open after the idle timeout (server pool: {} open, {} idle; database sessions: {busy:?})",
+                app.state.realtime.hub.connection_count(),
+                app.state.db.size(),
+                app.state.db.num_idle(),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let grown_mib = peak.saturating_sub(before) / 1024;
