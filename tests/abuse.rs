@@ -10,10 +10,17 @@ use std::{
 
 use channeld::auth::Scope;
 use common::{DbProxy, TestApp, assert_error, call};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    },
+};
 
 async fn realtime_key(app: &TestApp) -> String {
     app.key(&[
@@ -246,4 +253,98 @@ async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(d
         "ten stalled replays of 64 MiB each grew memory by {grown_mib} MiB"
     );
     drop(readers);
+}
+
+/// Sends one raw data frame, as a broken or hostile client could.
+async fn send_frame(ws: &mut common::Ws, payload: &'static [u8], opcode: Data, is_final: bool) {
+    ws.stream
+        .send(Message::Frame(Frame::message(
+            payload,
+            OpCode::Data(opcode),
+            is_final,
+        )))
+        .await
+        .expect("send a raw frame");
+}
+
+#[sqlx::test]
+async fn protocol_violations_close_with_their_codes_and_the_close_frame_arrives(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = realtime_key(&app).await;
+
+    let mut ws = app.peer(&key, "bad-utf8", json!({})).await;
+    send_frame(
+        &mut ws,
+        b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}",
+        Data::Text,
+        true,
+    )
+    .await;
+    assert_eq!(ws.closed().await, 1007, "invalid UTF-8 in a text frame");
+
+    let mut ws = app.peer(&key, "orphan-continuation", json!({})).await;
+    send_frame(&mut ws, b"nothing to continue", Data::Continue, true).await;
+    assert_eq!(
+        ws.closed().await,
+        1002,
+        "a continuation with nothing to continue"
+    );
+}
+
+#[sqlx::test]
+async fn a_client_close_is_answered(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = realtime_key(&app).await;
+    let mut ws = app.peer(&key, "polite", json!({})).await;
+    ws.stream.close(None).await.expect("send a Close");
+    let answer = tokio::time::timeout(Duration::from_secs(5), ws.stream.next())
+        .await
+        .expect("an answer within 5 s");
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(_)))),
+        "the server answers the client's Close: {answer:?}"
+    );
+}
+
+#[sqlx::test]
+async fn over_the_rate_every_earned_reply_and_then_4011_reach_the_client(db: PgPool) {
+    let mut config = common::test_config();
+    config.realtime.frame_rate = 5;
+    config.realtime.frame_burst = 50;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = realtime_key(&app).await;
+    let mut ws = app.peer(&key, "burst", json!({})).await;
+    // Far past the burst, sent before reading anything: the server closes with input unread.
+    for n in 0..2_000 {
+        ws.stream
+            .feed(Message::text(
+                json!({"type": "ping", "requestId": format!("r{n}")}).to_string(),
+            ))
+            .await
+            .expect("send");
+    }
+    ws.stream.flush().await.expect("flush");
+    let mut pongs = 0;
+    let code = loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.stream.next())
+            .await
+            .expect("a frame within 5 s");
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(frame["type"], "pong");
+                assert_eq!(
+                    frame["requestId"],
+                    format!("r{pongs}"),
+                    "replies in order, none lost"
+                );
+                pongs += 1;
+            }
+            Some(Ok(Message::Close(Some(close)))) => break u16::from(close.code),
+            Some(Ok(_)) => {}
+            other => panic!("after {pongs} pongs, no close frame but {other:?}"),
+        }
+    };
+    assert_eq!(code, 4011);
+    assert!(pongs >= 50, "the burst's replies arrived first: {pongs}");
 }

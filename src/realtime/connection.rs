@@ -99,6 +99,8 @@ pub(super) struct Persistent {
 pub(super) enum End {
     /// The client went away or the socket failed: nothing more to send.
     Gone,
+    /// The client sent a Close frame: answer it.
+    ClientClosed,
     /// Close with this code and reason.
     Close(u16, &'static str),
     /// Asked to close with this code while a write was blocked on a client that stopped reading.
@@ -187,7 +189,8 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
                     connection.state.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 match inbound {
-                    None | Some(Ok(Message::Close(_))) => Some(End::Gone),
+                    None => Some(End::Gone),
+                    Some(Ok(Message::Close(_))) => Some(End::ClientClosed),
                     Some(Err(error)) => Some(read_error(error)),
                     Some(Ok(Message::Text(text))) => {
                         if bucket.take() { connection.handle(&text).await } else {
@@ -217,14 +220,32 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         Some(End::Stuck(code)) => Some((code, close_reason(code))),
         _ => None,
     };
-    if let Some((code, reason)) = closing {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let goodbye = connection.socket.send(Message::Close(Some(frame)));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-    }
+    let socket = &mut connection.socket;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
+        match (closing, end) {
+            (Some((code, reason)), _) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                    // Read until the client's Close: closing a socket with unread input resets
+                    // it, and a reset can destroy the replies and the close frame in flight.
+                    while let Some(Ok(message)) = socket.next().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The protocol queued the answer to the client's Close; send it.
+            (None, Some(End::ClientClosed)) => {
+                let _ = socket.flush().await;
+            }
+            _ => {}
+        }
+    })
+    .await;
 }
 
 /// Removes a connection from the hub when dropped, and forgets the bytes still queued for it.
@@ -256,11 +277,18 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Oversized frames close with 1009; any other read failure means the client is gone.
+/// Oversized frames close with 1009, invalid UTF-8 with 1007, other protocol violations with
+/// 1002; any other read failure means the client is gone.
 fn read_error(error: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => End::Close(close::TOO_BIG, "frame too big"),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(close::INVALID_DATA, "invalid UTF-8"),
+        Some(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            End::Gone
+        }
+        Some(tungstenite::Error::Protocol(_)) => End::Close(close::PROTOCOL, "protocol error"),
         _ => End::Gone,
     }
 }

@@ -156,6 +156,8 @@ pub enum ErrorCode {
 /// Close codes.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     /// The server could not go on (a replay that could not read history): reconnect and resume.
