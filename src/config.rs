@@ -104,7 +104,50 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
 
     #[command(flatten)]
+    pub http: HttpConfig,
+
+    #[command(flatten)]
     pub realtime: RealtimeConfig,
+}
+
+/// HTTP connection and request limits.
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Time to receive a request's headers, counted from when the connection starts waiting for
+    /// one: it also closes idle keep-alive connections.
+    #[arg(long = "http-header-timeout", env = "CHANNELD_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
+    pub header_timeout: Duration,
+
+    /// Time to receive a request's body once its headers are in (beyond: 408).
+    #[arg(long = "http-body-timeout", env = "CHANNELD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_interval)]
+    pub body_timeout: Duration,
+
+    /// Longest request URI, path and query, in bytes (beyond: 414).
+    #[arg(
+        long = "http-max-uri-bytes",
+        env = "CHANNELD_HTTP_MAX_URI_BYTES",
+        default_value_t = 8 * 1024
+    )]
+    pub max_uri_bytes: usize,
+
+    /// Largest total size of a request's headers in bytes (beyond: 431).
+    #[arg(
+        long = "http-max-header-bytes",
+        env = "CHANNELD_HTTP_MAX_HEADER_BYTES",
+        default_value_t = 16 * 1024
+    )]
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// WebSocket limits and timers.
@@ -271,6 +314,7 @@ pub struct Config {
     pub rate_limit: Limit,
     /// `/metrics` is served on the main listener (false when --metrics-listen moves it).
     pub metrics_on_main: bool,
+    pub http: HttpConfig,
     pub realtime: RealtimeConfig,
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
     pub faults: Faults,
@@ -297,6 +341,7 @@ impl Default for Config {
                 burst: 100,
             },
             metrics_on_main: true,
+            http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
             faults: Faults::default(),
         }
@@ -314,6 +359,7 @@ impl From<&ServeArgs> for Config {
                 burst: args.rate_burst,
             },
             metrics_on_main: args.metrics_listen.is_none(),
+            http: args.http.clone(),
             realtime: args.realtime.clone(),
             faults: Faults::default(),
         }

@@ -60,6 +60,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A request refused before any handler: too slow a body (408), too long a URI (414), too
+    /// large headers (431).
+    #[error("{message}")]
+    RequestRejected { status: StatusCode, message: String },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("this key lacks a required scope")]
@@ -112,6 +116,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestRejected { status, .. } => *status,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. }
             | Self::ActionNotPermitted(_)
@@ -128,7 +133,9 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } | Self::PayloadTooLarge(_) => "invalid_request",
+            Self::InvalidRequest { .. }
+            | Self::PayloadTooLarge(_)
+            | Self::RequestRejected { .. } => "invalid_request",
             Self::Unauthorized => "unauthorized",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ActionNotPermitted(_) => "action_not_permitted",
@@ -238,6 +245,14 @@ mod tests {
             (
                 ApiError::invalid("x"),
                 StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                ApiError::RequestRejected {
+                    status: StatusCode::URI_TOO_LONG,
+                    message: "x".into(),
+                },
+                StatusCode::URI_TOO_LONG,
                 "invalid_request",
             ),
             (

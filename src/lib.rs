@@ -21,6 +21,8 @@
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document (`/v1/openapi.json`) and `/docs`.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`server`]: the accept loop, HTTP connection timeouts, shutdown no client can hold up.
+//! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
 //! - [`telemetry`]: logging set-up.
@@ -36,11 +38,13 @@ pub mod error;
 pub mod etag;
 pub mod extract;
 pub mod health;
+pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use channeld::{
     cli,
     config::{Cli, Command, Config},
-    db, startup, state, telemetry,
+    db, server, startup, state, telemetry,
 };
 use clap::Parser;
 
@@ -48,6 +48,9 @@ async fn run(command: Command) -> cli::CliResult {
         Command::Serve(args) => {
             if !args.no_migrate {
                 db::migrate(&args.database).await?;
+            }
+            if let Some(limit) = server::raise_open_file_limit() {
+                tracing::info!(limit, "open-file limit");
             }
             let pool = db::pool(&args.database, args.db_timeout)?;
             let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Requests answered 503: the database could not be reached, or no pooled connection
     /// came free within the acquire timeout.
     pub db_unavailable: AtomicU64,
+    /// HTTP connections: timeouts and accept failures.
+    pub server: crate::server::ServerStats,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -141,7 +143,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 20] = [
+    let samples: [(&str, &str, &str, u64); 22] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -213,6 +215,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "counter",
             "Requests answered 503: database unreachable or no pooled connection within the acquire timeout.",
             load(&metrics.db_unavailable),
+        ),
+        (
+            "channeld_http_connections_timed_out_total",
+            "counter",
+            "HTTP connections closed because request headers did not arrive in time (idle keep-alive connections included).",
+            load(&metrics.server.timed_out),
+        ),
+        (
+            "channeld_http_accept_errors_total",
+            "counter",
+            "Failed accepts (e.g. out of file descriptors); the server pauses briefly and goes on.",
+            load(&metrics.server.accept_errors),
         ),
         (
             "channeld_delivery_followed_channels",

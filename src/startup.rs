@@ -4,13 +4,11 @@ use std::{future::Future, time::Duration};
 
 use axum::{
     Router,
-    body::Body,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, Response},
-    middleware::{Next, from_fn, from_fn_with_state},
+    middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
     routing::get,
-    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -22,8 +20,8 @@ use tower_http::{
 use tracing::{Span, field};
 
 use crate::{
-    channels, error::ApiError, health, messages, metrics, openapi, ratelimit, realtime,
-    state::AppState,
+    channels, error::ApiError, health, limits, messages, metrics, openapi, ratelimit, realtime,
+    server, state::AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,7 +41,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(from_fn_with_state(state.clone(), deadline))
+        .layer(from_fn_with_state(state.clone(), limits::limits))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(from_fn(ratelimit::headers))
         .with_state(state)
@@ -63,35 +61,6 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
-}
-
-/// Middleware: a request that has not answered within `--db-timeout` (plus a long poll's `wait`)
-/// answers 503 `unavailable`, so a frozen database cannot hold requests without limit. Streams
-/// (SSE, WebSocket) are not bounded by it: their handlers answer at once and stream afterwards.
-async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response<Body> {
-    let budget = state.config.db_timeout + long_poll_wait(request.uri().query());
-    match tokio::time::timeout(budget, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "request deadline passed"
-            );
-            ApiError::Unavailable(sqlx::Error::PoolTimedOut).into_response()
-        }
-    }
-}
-
-/// The `wait` a long poll asks for (0-30 s; anything else is refused by the handler itself).
-fn long_poll_wait(query: Option<&str>) -> Duration {
-    let wait = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("wait="))
-        .and_then(|secs| secs.parse::<u64>().ok())
-        .filter(|secs| *secs <= 30)
-        .unwrap_or(0);
-    Duration::from_secs(wait)
 }
 
 /// `/metrics` alone, for `--metrics-listen`.
@@ -135,7 +104,7 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
 const WEBSOCKET_DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` resolves: then stops accepting, tells WebSocket clients `going_away`
-/// (close 1001), and lets in-flight requests finish.
+/// (close 1001), closes idle connections, and lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -145,24 +114,16 @@ pub async fn serve(
     // Stored messages reach this instance's followers through the reader, whoever posted them.
     let delivery = state.delivery.start();
     let realtime = state.realtime.clone();
-    let stopping = async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         shutdown.await;
         realtime.shutdown.send_replace(true);
-    };
-    let hub = state.realtime.hub.clone();
-    // Without TCP_NODELAY, a small WebSocket frame written while an earlier one is still
-    // unacknowledged waits for the client's delayed ACK: tens of milliseconds of latency.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
+        stop.send_replace(true);
     });
-    let served = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping)
-    .await;
+    let hub = state.realtime.hub.clone();
+    let header_timeout = state.config.http.header_timeout;
+    let metrics = state.metrics.clone();
+    server::run(listener, router(state), header_timeout, metrics, stopped).await;
     key_watch.abort();
     drop(delivery);
     // Upgraded connections outlive the HTTP server; give them time to say goodbye.
@@ -170,7 +131,7 @@ pub async fn serve(
     while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    served
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,0 +1,163 @@
+//! HTTP connections: the accept loop, per-connection timeouts, and shutdown that no client can
+//! hold hostage.
+//!
+//! - Headers must arrive within `--http-header-timeout`, counted from when the connection starts
+//!   waiting for a request, so the same timeout ends idle keep-alive connections and slowloris
+//!   clients alike (request bodies have their own, in [`crate::limits`]).
+//! - `accept` failures (out of file descriptors, above all) are counted and retried after a short
+//!   pause instead of ending the server; the process raises its open-file limit at start.
+//! - On shutdown, connections with no request in flight are closed at once (a half-sent request
+//!   is not one); those serving a request finish it.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, body::Body, extract::ConnectInfo};
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tower::ServiceExt;
+
+use crate::metrics::Metrics;
+
+/// Counters for operators (`/metrics`), kept in [`crate::metrics::Metrics`].
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections closed because their request headers did not arrive in time (idle keep-alive
+    /// connections included).
+    pub timed_out: AtomicU64,
+    /// `accept` calls that failed (e.g. out of file descriptors).
+    pub accept_errors: AtomicU64,
+}
+
+/// A pause after a failed `accept`, so that running out of descriptors does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Raises the soft open-file limit to the hard one: every connection holds a descriptor, and the
+/// common default of 1,024 is a denial of service waiting to happen. Returns the new limit.
+pub fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open-file limit");
+            None
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then closes idle connections and lets
+/// those with a request in flight finish it.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        // Finished connections are reaped as new ones come, so the set stays the size of what
+        // is open.
+        while connections.try_join_next().is_some() {}
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                metrics.server.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "accept failed; retrying shortly");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Without TCP_NODELAY, a small WebSocket frame written while an earlier one is still
+        // unacknowledged waits for the client's delayed ACK: tens of milliseconds of latency.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        connections.spawn(connection(
+            http.clone(),
+            tcp,
+            remote,
+            app.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// Counts one request in flight on a connection until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn connection(
+    http: http1::Builder,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Requests of this connection being answered right now.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let counter = in_flight.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        let app = app.clone();
+        let counter = counter.clone();
+        counter.fetch_add(1, Ordering::AcqRel);
+        async move {
+            // In flight until the response body is done (or dropped): an event stream counts.
+            let guard = InFlight(counter);
+            let response = app.oneshot(request).await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _ = &guard;
+                    frame
+                }))
+            }))
+        }
+    });
+    let served = http
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(served);
+    let finished = tokio::select! {
+        result = served.as_mut() => Some(result),
+        _ = stop.wait_for(|stop| *stop) => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        // Idle, or still sending its request's headers: nothing to finish.
+        None if in_flight.load(Ordering::Acquire) == 0 => return,
+        None => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
+        if error.is_timeout() {
+            metrics.server.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
