@@ -1,0 +1,156 @@
+//! HTTP connections cannot be held open, trickled or oversized without limit, and shutdown does
+//! not wait for clients that never finish a request.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use channeld::config::Config;
+use common::{TestApp, assert_error, call};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+fn short_timeouts() -> Config {
+    let mut config = common::test_config();
+    config.http.header_timeout = Duration::from_millis(500);
+    config.http.body_timeout = Duration::from_millis(500);
+    config
+}
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection; returns what it sent, or panics after `within`.
+async fn read_until_closed(tcp: &mut TcpStream, within: Duration) -> String {
+    let mut received = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closed the connection in time");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[sqlx::test]
+async fn idle_and_slowloris_connections_are_closed_after_the_header_timeout(db: PgPool) {
+    let app = TestApp::spawn_config(db, short_timeouts()).await;
+
+    let mut idle = TcpStream::connect(addr(&app)).await.unwrap();
+    let mut slow = TcpStream::connect(addr(&app)).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut kept_alive = TcpStream::connect(addr(&app)).await.unwrap();
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        read_until_closed(&mut idle, Duration::from_secs(5)).await,
+        ""
+    );
+    assert_eq!(
+        read_until_closed(&mut slow, Duration::from_secs(5)).await,
+        ""
+    );
+    let answered = read_until_closed(&mut kept_alive, Duration::from_secs(5)).await;
+    assert!(
+        answered.starts_with("HTTP/1.1 200"),
+        "answered, then closed once idle: {answered:?}"
+    );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timed_out: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("channeld_http_connections_timed_out_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the series is there");
+    assert!(timed_out >= 3, "counted for operators: {timed_out}");
+}
+
+#[sqlx::test]
+async fn a_trickled_body_is_refused_with_408_in_the_envelope(db: PgPool) {
+    let app = TestApp::spawn_config(db, short_timeouts()).await;
+    let key = app.writer().await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    let head = format!(
+        "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+}
+
+#[sqlx::test]
+async fn oversized_uris_and_headers_are_refused_in_the_envelope(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let long = "a".repeat(10 * 1024);
+    let (status, body) = app.get(&format!("/v1/channels?q={long}"), &key).await;
+    assert_error(status, &body, StatusCode::URI_TOO_LONG, "invalid_request");
+
+    let (status, body) = call(
+        app.request(Method::GET, "/v1/channels", &key)
+            .header("x-padding", "b".repeat(20 * 1024)),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "invalid_request",
+    );
+}
+
+#[sqlx::test]
+async fn a_half_sent_request_does_not_hold_shutdown_hostage(db: PgPool) {
+    // Timeouts long enough that only shutdown itself can end the connection in time.
+    let mut config = common::test_config();
+    config.http.header_timeout = Duration::from_secs(60);
+    let mut app = TestApp::spawn_config(db, config).await;
+    let mut half = TcpStream::connect(addr(&app)).await.unwrap();
+    half.write_all(b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    // The server has taken the connection: a full request on another one is answered.
+    let (status, _) = call(app.http.get(format!("{}/healthz", app.base))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let started = Instant::now();
+    app.shutdown();
+    let server = app.server.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("shutdown finished while a request was still half-sent")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        read_until_closed(&mut half, Duration::from_secs(1)).await,
+        ""
+    );
+}
