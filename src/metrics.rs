@@ -172,7 +172,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "channeld_websocket_queued_bytes",
             "gauge",
             "Bytes queued to WebSocket connections, not yet written.",
-            load(&hub.stats.queued_bytes),
+            hub.queued_bytes(),
         ),
         (
             "channeld_websocket_slow_consumer_disconnects_total",

@@ -149,7 +149,7 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
         publisher
             .send(json!({"type": "publish", "channel": "firehose", "data": data}))
             .await;
-        most_queued = most_queued.max(stats.queued_bytes.load(Ordering::Relaxed));
+        most_queued = most_queued.max(app.state.realtime.hub.queued_bytes());
         if stats.slow_consumer_disconnects.load(Ordering::Relaxed) > 0 {
             break;
         }
@@ -167,7 +167,7 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
         "at most the bound (and one frame) was queued: {most_queued} bytes"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.queued_bytes.load(Ordering::Relaxed) > 0 {
+    while app.state.realtime.hub.queued_bytes() > 0 {
         assert!(
             Instant::now() < deadline,
             "queued bytes are forgotten with the connection"

@@ -128,7 +128,6 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     let _registered = Registered {
         hub: hub.clone(),
         conn,
-        signal: signal.clone(),
     };
     let mut shutdown = state.realtime.shutdown.subscribe();
     let mut connection = Connection {
@@ -248,18 +247,15 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     .await;
 }
 
-/// Removes a connection from the hub when dropped, and forgets the bytes still queued for it.
+/// Removes a connection from the hub when dropped.
 struct Registered {
     hub: Hub,
     conn: ConnId,
-    signal: Arc<CloseSignal>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.hub.unregister(self.conn);
-        self.signal
-            .release(self.signal.queued_bytes(), &self.hub.stats);
     }
 }
 
@@ -351,7 +347,7 @@ impl Connection {
         };
         // Counted until written: a client that stops reading keeps them counted against it.
         if end.is_none() {
-            self.signal.release(bytes, &self.hub.stats);
+            self.signal.release(bytes);
         }
         end
     }

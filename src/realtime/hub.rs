@@ -81,10 +81,9 @@ impl CloseSignal {
         true
     }
 
-    /// Bytes that left the queue (written, or dropped with the connection).
-    pub fn release(&self, len: usize, stats: &HubStats) {
+    /// Bytes that left the queue (written).
+    pub fn release(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-        stats.queued_bytes.fetch_sub(len as u64, Ordering::Relaxed);
     }
 
     /// Bytes queued right now.
@@ -137,8 +136,6 @@ pub struct Member {
 pub struct HubStats {
     pub slow_consumer_disconnects: AtomicU64,
     pub frames_out: AtomicU64,
-    /// Bytes queued to every connection, not yet written.
-    pub queued_bytes: AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -404,6 +401,16 @@ impl Hub {
         })
     }
 
+    /// Bytes queued to every connection, not yet written. Summed when asked, so that the hot
+    /// path touches only each connection's own counter.
+    pub fn queued_bytes(&self) -> u64 {
+        self.read()
+            .connections
+            .values()
+            .map(|c| c.member.signal.queued_bytes() as u64)
+            .sum()
+    }
+
     pub fn connection_count(&self) -> usize {
         self.read().connections.len()
     }
@@ -498,7 +505,6 @@ fn deliver(
     match tx.try_send(frame.clone()) {
         Ok(()) => {
             stats.frames_out.fetch_add(1, Ordering::Relaxed);
-            stats.queued_bytes.fetch_add(len as u64, Ordering::Relaxed);
             true
         }
         Err(error) => {
