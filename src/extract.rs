@@ -28,6 +28,11 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("request body is too large".into())
+            } else if crate::limits::is_body_timeout(&rejection) {
+                ApiError::RequestRejected {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    message: "the request body did not arrive in time".into(),
+                }
             } else {
                 ApiError::invalid("could not read the request body")
             }

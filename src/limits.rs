@@ -1,19 +1,26 @@
 //! Limits every request meets before its handler: the URI's length (414) and the headers' size
-//! (431), answered in the error envelope; the body's arrival within `--http-body-timeout` (408)
-//! and its size (413); and a deadline on the whole of the request's work, `--db-timeout` plus a
+//! (431), answered in the error envelope; the body's arrival within `--http-body-timeout` (408,
+//! answered where the body is read, after the key check); and a deadline on the whole of the request's work, `--db-timeout` plus a
 //! long poll's `wait`, past which it answers 503 `unavailable` so that a frozen database cannot
 //! hold requests without limit. Streams (SSE, WebSocket) are not bounded by the deadline: their
 //! handlers answer at once and stream afterwards.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes, HttpBody},
     extract::{Request, State},
     http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
 };
+
+use http_body::{Frame, SizeHint};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -47,30 +54,23 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
         );
     }
 
-    // The body is read here, under its own timeout, so that a client trickling it is told so
-    // rather than holding the handler (and the deadline below measures the work, not the upload).
+    // The body must arrive within its timeout, and stops being waited for at shutdown. It is
+    // read where the handler extracts it, after the key check: an unauthenticated client cannot
+    // make the server read a body at all.
     let (parts, body) = request.into_parts();
-    let body = match tokio::time::timeout(
-        config.http.body_timeout,
-        axum::body::to_bytes(body, config.max_body_bytes),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
-            return ApiError::PayloadTooLarge("request body is too large".into()).into_response();
-        }
-        Err(_) => {
-            return rejected(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    config.http.body_timeout.as_secs_f64()
-                ),
-            );
-        }
+    let body = if body.size_hint().exact() == Some(0) {
+        body
+    } else {
+        let mut stopping = state.realtime.shutdown.subscribe();
+        Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(config.http.body_timeout)),
+            stopping: Box::pin(async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            }),
+        })
     };
-    let request = Request::from_parts(parts, Body::from(body));
+    let request = Request::from_parts(parts, body);
 
     let budget = config.db_timeout + long_poll_wait(request.uri().query());
     match tokio::time::timeout(budget, next.run(request)).await {
@@ -89,14 +89,68 @@ fn rejected(status: StatusCode, message: String) -> Response {
     ApiError::RequestRejected { status, message }.into_response()
 }
 
-/// The `wait` a long poll asks for (0-30 s; anything else is refused by the handler itself).
+/// The `wait` a long poll asks for (0-30 s; anything else is refused by the handler itself),
+/// decoded as the handler decodes it.
 fn long_poll_wait(query: Option<&str>) -> Duration {
     let wait = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
         .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("wait="))
+        .flatten()
+        .find_map(|(name, value)| (name == "wait").then_some(value))
         .and_then(|secs| secs.parse::<u64>().ok())
         .filter(|secs| *secs <= 30)
         .unwrap_or(0);
     Duration::from_secs(wait)
+}
+
+/// The request body did not arrive within `--http-body-timeout`, or the server began shutting
+/// down while waiting for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimedOut;
+
+/// Whether reading a body failed because it did not arrive in time.
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<BodyTimedOut>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// A request body with a deadline for all of it, that also ends at shutdown.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() || self.stopping.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -143,7 +143,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 22] = [
+    let samples: [(&str, &str, &str, u64); 23] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -221,6 +221,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "counter",
             "HTTP connections closed because request headers did not arrive in time (idle keep-alive connections included).",
             load(&metrics.server.timed_out),
+        ),
+        (
+            "channeld_http_requests_in_flight",
+            "gauge",
+            "HTTP requests being answered, streaming responses included.",
+            load(&metrics.server.in_flight),
         ),
         (
             "channeld_http_accept_errors_total",

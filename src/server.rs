@@ -6,8 +6,9 @@
 //!   clients alike (request bodies have their own, in [`crate::limits`]).
 //! - `accept` failures (out of file descriptors, above all) are counted and retried after a short
 //!   pause instead of ending the server; the process raises its open-file limit at start.
-//! - On shutdown, connections with no request in flight are closed at once (a half-sent request
-//!   is not one); those serving a request finish it.
+//! - On shutdown the listener closes; connections with no request in flight are closed after at
+//!   most half a second (a half-sent request is not one); those serving a request finish it, and
+//!   a request body still arriving ends at once (see [`crate::limits`]).
 
 use std::{
     net::SocketAddr,
@@ -35,7 +36,12 @@ pub struct ServerStats {
     pub timed_out: AtomicU64,
     /// `accept` calls that failed (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// Requests being answered right now, their response bodies included.
+    pub in_flight: AtomicU64,
 }
+
+/// At shutdown, how long a connection with no request in flight may take to flush and close.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// A pause after a failed `accept`, so that running out of descriptors does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -97,15 +103,35 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    // New clients are refused from here on, rather than left waiting in the backlog.
+    drop(listener);
     while connections.join_next().await.is_some() {}
 }
 
-/// Counts one request in flight on a connection until dropped.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts one request in flight, on its connection and in all, until dropped.
+struct InFlight {
+    connection: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl InFlight {
+    fn new(connection: Arc<AtomicUsize>, metrics: Arc<Metrics>) -> Self {
+        connection.fetch_add(1, Ordering::AcqRel);
+        metrics.server.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            connection,
+            metrics,
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.connection.fetch_sub(1, Ordering::AcqRel);
+        self.metrics
+            .server
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -120,14 +146,13 @@ async fn connection(
     // Requests of this connection being answered right now.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let counter = in_flight.clone();
+    let requests = metrics.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         let app = app.clone();
-        let counter = counter.clone();
-        counter.fetch_add(1, Ordering::AcqRel);
+        // In flight until the response body is done (or dropped): an event stream counts.
+        let guard = InFlight::new(counter.clone(), requests.clone());
         async move {
-            // In flight until the response body is done (or dropped): an event stream counts.
-            let guard = InFlight(counter);
             let response = app.oneshot(request).await?;
             Ok::<_, std::convert::Infallible>(response.map(|body| {
                 Body::new(body.map_frame(move |frame| {
@@ -147,10 +172,16 @@ async fn connection(
     };
     let result = match finished {
         Some(result) => result,
-        // Idle, or still sending its request's headers: nothing to finish.
-        None if in_flight.load(Ordering::Acquire) == 0 => return,
         None => {
+            let idle = in_flight.load(Ordering::Acquire) == 0;
             served.as_mut().graceful_shutdown();
+            if idle {
+                // Nothing to finish but the last bytes of a response already sent (hyper closes
+                // idle keep-alive connections at once); one still sending its request's headers
+                // is not waited for.
+                let _ = tokio::time::timeout(IDLE_GRACE, served).await;
+                return;
+            }
             served.await
         }
     };

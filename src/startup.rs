@@ -128,7 +128,7 @@ pub async fn serve(
     drop(delivery);
     // Upgraded connections outlive the HTTP server; give them time to say goodbye.
     let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
-    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+    while hub.task_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())

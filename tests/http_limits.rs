@@ -154,3 +154,66 @@ async fn a_half_sent_request_does_not_hold_shutdown_hostage(db: PgPool) {
         ""
     );
 }
+
+#[sqlx::test]
+async fn a_body_is_never_waited_for_without_a_valid_key(db: PgPool) {
+    let mut config = common::test_config();
+    config.http.body_timeout = Duration::from_secs(60);
+    let app = TestApp::spawn_config(db, config).await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_live_nope\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "refused at once, the body unread: {answer:?}"
+    );
+}
+
+#[sqlx::test]
+async fn a_half_sent_body_does_not_hold_shutdown_hostage(db: PgPool) {
+    let mut config = common::test_config();
+    config.http.body_timeout = Duration::from_secs(60);
+    let mut app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    let head = format!(
+        "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The request is in: the server waits on its body.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app
+        .state
+        .metrics
+        .server
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    app.shutdown();
+    let server = app.server.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("shutdown finished while a body was still half-sent")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(1)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+}

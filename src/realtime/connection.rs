@@ -84,6 +84,8 @@ pub(super) struct Connection {
     pub(super) signal: Arc<CloseSignal>,
     /// The persistent channels this connection is subscribed to.
     pub(super) persistent: HashMap<i64, Persistent>,
+    /// Which replaying channel goes next.
+    pub(super) replay_turn: usize,
 }
 
 /// A subscription to a persistent channel: followed through this instance while it lasts.
@@ -111,6 +113,8 @@ pub(super) enum End {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn run(socket: WebSocket, state: AppState, session: Session) {
+    // Counted until this task ends, closing handshake included, so shutdown waits for it.
+    let _task = state.realtime.hub.task();
     let limits = state.config.realtime.clone();
     let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
     let signal = Arc::new(CloseSignal::new(limits.outbound_bytes));
@@ -138,6 +142,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         socket,
         signal: signal.clone(),
         persistent: HashMap::new(),
+        replay_turn: 0,
     };
 
     let welcome = ServerFrame::Welcome {

@@ -143,6 +143,8 @@ pub struct Hub {
     inner: Arc<RwLock<Inner>>,
     next_id: Arc<AtomicU64>,
     pub stats: Arc<HubStats>,
+    /// Connection tasks still running, closing handshakes included.
+    tasks: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -411,6 +413,17 @@ impl Hub {
             .sum()
     }
 
+    /// Counts a connection task until the returned guard is dropped.
+    pub fn task(&self) -> TaskGuard {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(self.tasks.clone())
+    }
+
+    /// Connection tasks still running, including those finishing their closing handshake.
+    pub fn task_count(&self) -> usize {
+        self.tasks.load(Ordering::Acquire)
+    }
+
     pub fn connection_count(&self) -> usize {
         self.read().connections.len()
     }
@@ -479,6 +492,15 @@ impl Channel {
         {
             deliver(&sub.tx, &sub.signal, frame, stats);
         }
+    }
+}
+
+/// One running connection task; see [`Hub::task`].
+pub struct TaskGuard(Arc<AtomicUsize>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

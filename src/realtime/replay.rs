@@ -20,6 +20,9 @@ use crate::{
 
 /// Messages read and written per replay step: at most 16 × 64 KiB in memory at once.
 const PAGE: i64 = 16;
+/// Pages a replay may take before it counts as a slow consumer: four times what the largest
+/// backlog needs, the rest being live messages that kept arriving while it ran.
+const MAX_PAGES: u32 = 4 * (1000 / PAGE as u32 + 1);
 
 /// Where a channel's replay stands.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +31,8 @@ pub(super) struct Replay {
     pub(super) after: i64,
     /// The newest live stored message seen (and not written) while replaying.
     pub(super) live_max: i64,
+    /// Pages replayed so far.
+    pages: u32,
 }
 
 impl Replay {
@@ -35,6 +40,7 @@ impl Replay {
         Self {
             after,
             live_max: after,
+            pages: 0,
         }
     }
 }
@@ -47,10 +53,18 @@ impl Connection {
 
     /// Replays one page of one channel's history, or switches it to live once caught up.
     pub(super) async fn replay_step(&mut self) -> Option<End> {
-        let (channel_id, replay) = self
+        // Channels replay in turn, so that one busy channel cannot starve the others.
+        let replaying: Vec<(i64, Replay)> = self
             .persistent
             .iter()
-            .find_map(|(id, p)| p.replay.map(|r| (*id, r)))?;
+            .filter_map(|(id, p)| p.replay.map(|r| (*id, r)))
+            .collect();
+        self.replay_turn = self.replay_turn.wrapping_add(1);
+        let (channel_id, replay) = *replaying.get(self.replay_turn % replaying.len().max(1))?;
+        if replay.pages >= MAX_PAGES {
+            // Live messages come faster than this client reads them: a slow consumer.
+            return Some(End::Close(close::POLICY, "slow consumer"));
+        }
         let rows = match page(&self.state.db, channel_id, Page::After(replay.after), PAGE).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -68,6 +82,7 @@ impl Connection {
                 entry.replayed = Some(after);
             } else if let Some(replay) = entry.replay.as_mut() {
                 replay.after = after;
+                replay.pages += 1;
             }
         }
         let frames: Vec<Utf8Bytes> = rows.iter().map(|m| stored_frame(m).frame).collect();
