@@ -71,15 +71,7 @@ async fn idle_and_slowloris_connections_are_closed_after_the_header_timeout(db: 
         answered.starts_with("HTTP/1.1 200"),
         "answered, then closed once idle: {answered:?}"
     );
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let timed_out: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("channeld_http_connections_timed_out_total "))
@@ -140,15 +132,8 @@ async fn a_half_sent_request_does_not_hold_shutdown_hostage(db: PgPool) {
     let (status, _) = call(app.http.get(format!("{}/healthz", app.base))).await;
     assert_eq!(status, StatusCode::OK);
 
-    let started = Instant::now();
-    app.shutdown();
-    let server = app.server.take().expect("running");
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("shutdown finished while a request was still half-sent")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    app.shutdown_within(Duration::from_secs(5), "a request is still half-sent")
+        .await;
     assert_eq!(
         read_until_closed(&mut half, Duration::from_secs(1)).await,
         ""
@@ -202,15 +187,8 @@ async fn a_half_sent_body_does_not_hold_shutdown_hostage(db: PgPool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let started = Instant::now();
-    app.shutdown();
-    let server = app.server.take().expect("running");
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("shutdown finished while a body was still half-sent")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    app.shutdown_within(Duration::from_secs(5), "a body is still half-sent")
+        .await;
     let answer = read_until_closed(&mut tcp, Duration::from_secs(1)).await;
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),

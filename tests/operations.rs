@@ -74,15 +74,7 @@ async fn a_database_outage_answers_503_and_recovers_by_itself(db: PgPool) {
     );
     let (status, _) = call(app.http.get(format!("{}/healthz", app.base))).await;
     assert_eq!(status, StatusCode::OK, "the process stays up");
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("\nchanneld_db_unavailable_total 3\n"),
         "the outage is counted:\n{metrics}"

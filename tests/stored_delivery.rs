@@ -52,6 +52,28 @@ async fn sse_ids(events: &mut Events, count: usize) -> Vec<i64> {
     ids
 }
 
+/// A task posting `count` messages to `channel` through `app`, one after another.
+fn writer(
+    app: &TestApp,
+    key: &str,
+    channel: i64,
+    w: usize,
+    count: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (http, base, key) = (app.http.clone(), app.base.clone(), key.to_owned());
+    tokio::spawn(async move {
+        for n in 0..count {
+            let (status, body) = common::call(
+                http.post(format!("{base}/v1/channels/{channel}/messages"))
+                    .bearer_auth(&key)
+                    .json(&json!({"content": format!("writer {w}-{n}")})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+    })
+}
+
 /// One long poll after `after` waiting up to 20 s: it must answer with messages, not time out.
 async fn one_long_poll(
     app: &TestApp,
@@ -216,20 +238,7 @@ async fn posts_whose_client_hangs_up_after_the_commit_still_reach_every_follower
     const HANG_UP_TASKS: usize = 2;
     const HANG_UPS_PER_TASK: usize = 5;
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
-            tokio::spawn(async move {
-                for n in 0..PER_WRITER {
-                    let (status, body) = common::call(
-                        http.post(format!("{base}/v1/channels/{channel}/messages"))
-                            .bearer_auth(&key)
-                            .json(&json!({"content": format!("writer {w}-{n}")})),
-                    )
-                    .await;
-                    assert_eq!(status, StatusCode::CREATED, "{body}");
-                }
-            })
-        })
+        .map(|w| writer(&app, &key, channel, w, PER_WRITER))
         .collect();
     let addr = app.base.trim_start_matches("http://").to_owned();
     let hang_ups: Vec<_> = (0..HANG_UP_TASKS)
@@ -299,15 +308,7 @@ async fn a_commit_whose_doorbell_never_rang_is_found_by_the_sweep(db: PgPool) {
     assert_eq!(ws_ids(&mut ws, channel, 1).await, [orphan]);
     assert_eq!(sse_ids(&mut events, 1).await, [orphan]);
     assert_eq!(poll.await.unwrap(), [orphan]);
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -376,19 +377,13 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
     let total = 3 + WRITERS * PER_WRITER;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let app = if w % 2 == 0 { &a } else { &b };
-            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
-            tokio::spawn(async move {
-                for n in 0..PER_WRITER {
-                    let (status, body) = common::call(
-                        http.post(format!("{base}/v1/channels/{channel}/messages"))
-                            .bearer_auth(&key)
-                            .json(&json!({"content": format!("writer {w}-{n}")})),
-                    )
-                    .await;
-                    assert_eq!(status, StatusCode::CREATED, "{body}");
-                }
-            })
+            writer(
+                if w % 2 == 0 { &a } else { &b },
+                &key,
+                channel,
+                w,
+                PER_WRITER,
+            )
         })
         .collect();
     // Followers join while the writers post: each one's history read overlaps live delivery.

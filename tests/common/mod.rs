@@ -86,6 +86,29 @@ impl TestApp {
         }
     }
 
+    /// Begins graceful shutdown and asserts the server has stopped within `within`.
+    pub async fn shutdown_within(&mut self, within: std::time::Duration, what: &str) {
+        self.shutdown();
+        let server = self.server.take().expect("running");
+        tokio::time::timeout(within, server)
+            .await
+            .unwrap_or_else(|_| panic!("shutdown did not finish within {within:?}: {what}"))
+            .expect("server task")
+            .expect("served");
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// A new key with these scopes, in its `sk_live_` form.
     pub async fn key(&self, scopes: &[Scope]) -> String {
         self.key_expiring(scopes, None).await
