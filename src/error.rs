@@ -86,6 +86,9 @@ pub enum ApiError {
     ChannelArchived,
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The request's work ran past `--db-timeout` (plus a long poll's `wait`).
+    #[error("the database did not answer in time")]
+    DeadlinePassed(std::time::Duration),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -126,7 +129,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ChannelNameTaken | Self::ChannelArchived => StatusCode::CONFLICT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DeadlinePassed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,7 +149,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ChannelNameTaken => "channel_name_taken",
             Self::ChannelArchived => "channel_archived",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::DeadlinePassed(_) => "unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -172,6 +175,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
+            Self::DeadlinePassed(budget) => {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "request deadline passed"
+                );
+            }
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             _ => {}
         }
@@ -312,6 +321,11 @@ mod tests {
             ),
             (
                 ApiError::Unavailable(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                ApiError::DeadlinePassed(std::time::Duration::from_secs(5)),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
             ),

@@ -75,13 +75,7 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     let budget = config.db_timeout + long_poll_wait(request.uri().query());
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(
-                budget_ms = budget.as_millis() as u64,
-                "request deadline passed"
-            );
-            ApiError::Unavailable(sqlx::Error::PoolTimedOut).into_response()
-        }
+        Err(_) => ApiError::DeadlinePassed(budget).into_response(),
     }
 }
 

@@ -19,15 +19,6 @@ async fn post_many(app: &TestApp, key: &str, channel: i64, count: usize) -> Vec<
     ids
 }
 
-async fn all_ids_after(db: &PgPool, channel: i64, after: i64) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM messages WHERE channel_id = $1 AND id > $2 ORDER BY id")
-        .bind(channel)
-        .bind(after)
-        .fetch_all(db)
-        .await
-        .unwrap()
-}
-
 #[sqlx::test]
 async fn resuming_replays_history_then_switches_to_live_without_gap_or_duplicate(db: PgPool) {
     let app = TestApp::spawn(db).await;
@@ -79,7 +70,7 @@ async fn resuming_replays_history_then_switches_to_live_without_gap_or_duplicate
         writer.await.unwrap();
     }
 
-    let expected = all_ids_after(&app.db, channel, since).await;
+    let expected = common::ids_after(&app.db, channel, since).await;
     assert_eq!(expected.len(), 30 + WRITERS * PER_WRITER);
     for mut ws in subscribers {
         let mut received = Vec::new();
@@ -107,7 +98,7 @@ async fn a_backlog_over_1000_replays_the_newest_and_says_not_recovered(db: PgPoo
         .execute(&app.db)
         .await
         .unwrap();
-    let all = all_ids_after(&app.db, channel, 0).await;
+    let all = common::ids_after(&app.db, channel, 0).await;
 
     let mut ws = app
         .peer(&key, "agent", json!({"permissions": ["subscribe"]}))

@@ -21,15 +21,6 @@ fn without_sweep() -> Config {
     config
 }
 
-async fn ids_after(db: &PgPool, channel: i64, after: i64) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM messages WHERE channel_id = $1 AND id > $2 ORDER BY id")
-        .bind(channel)
-        .bind(after)
-        .fetch_all(db)
-        .await
-        .unwrap()
-}
-
 /// The ids of the next `count` stored-message frames of `channel`, in arrival order.
 async fn ws_ids(ws: &mut Ws, channel: i64, count: usize) -> Vec<i64> {
     let mut ids = Vec::with_capacity(count);
@@ -257,7 +248,7 @@ async fn posts_whose_client_hangs_up_after_the_commit_still_reach_every_follower
     // The last post of all hangs up too, so no later doorbell of the channel can cover for it.
     post_and_hang_up(&app.db, &addr, &key, channel, "the last word").await;
 
-    let expected = ids_after(&app.db, channel, 0).await;
+    let expected = common::ids_after(&app.db, channel, 0).await;
     assert_eq!(
         expected.len(),
         WRITERS * PER_WRITER + HANG_UP_TASKS * HANG_UPS_PER_TASK + 1
@@ -388,7 +379,7 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
         .collect();
     // Followers join while the writers post: each one's history read overlaps live delivery.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ids_after(&a.db, channel, seed[4]).await.len() < WRITERS * PER_WRITER / 4 {
+    while common::ids_after(&a.db, channel, seed[4]).await.len() < WRITERS * PER_WRITER / 4 {
         assert!(Instant::now() < deadline, "the writers never got going");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -447,7 +438,7 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
         writer.await.unwrap();
     }
 
-    let expected = ids_after(&a.db, channel, since).await;
+    let expected = common::ids_after(&a.db, channel, since).await;
     assert_eq!(expected.len(), total);
     for (n, ws) in wss.iter_mut().enumerate() {
         assert_eq!(

@@ -46,23 +46,9 @@ pub async fn fan_out(
     let credential = server.credential("subscriber", &["subscribe"]).await;
     let sockets = open_many(subscribers, || server.subscriber(&credential, &channel)).await;
 
-    // One counter per subscriber: a single shared one would bounce between cores a million
-    // times a second and make the load generator its own bottleneck.
-    let counters: Vec<Arc<AtomicU64>> = (0..subscribers).map(|_| Arc::default()).collect();
     let disconnected = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .zip(&counters)
-        .map(|(socket, counter)| {
-            tokio::spawn(receive(
-                socket,
-                counter.clone(),
-                disconnected.clone(),
-                stopped.clone(),
-            ))
-        })
-        .collect();
+    let (counters, tasks) = spawn_receivers(sockets, &disconnected, &stopped);
 
     let publisher_credential = server
         .credential("publisher", &["publish", "subscribe"])
@@ -126,6 +112,36 @@ pub async fn fan_out(
     }
 }
 
+/// Received frames per subscriber, one task each, on one counter each: a single shared counter
+/// would bounce between cores a million times a second and make the load generator its own
+/// bottleneck.
+pub(crate) type Receivers = (
+    Vec<Arc<AtomicU64>>,
+    Vec<tokio::task::JoinHandle<(u64, Vec<u32>, bool)>>,
+);
+
+/// Starts a [`receive`] task for each socket.
+pub(crate) fn spawn_receivers(
+    sockets: Vec<Socket>,
+    disconnected: &Arc<AtomicUsize>,
+    stopped: &watch::Receiver<bool>,
+) -> Receivers {
+    let counters: Vec<Arc<AtomicU64>> = sockets.iter().map(|_| Arc::default()).collect();
+    let tasks = sockets
+        .into_iter()
+        .zip(&counters)
+        .map(|(socket, counter)| {
+            tokio::spawn(receive(
+                socket,
+                counter.clone(),
+                disconnected.clone(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    (counters, tasks)
+}
+
 /// Reads one subscriber's frames until told to stop: how many carried a timestamp, their
 /// publish-to-receive latencies in microseconds, and whether the server closed the socket.
 ///
@@ -133,7 +149,7 @@ pub async fn fan_out(
 /// unmasked, so a frame is a 2-10 byte header and its payload, scanned in place with no
 /// allocation per frame. That keeps the load generator's CPU well below the server's. Pings are
 /// not answered; a run is shorter than the server's idle timeout.
-pub(crate) async fn receive(
+async fn receive(
     socket: Socket,
     received: Arc<AtomicU64>,
     disconnected: Arc<AtomicUsize>,

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::{
-    fanout::{receive, stamp},
+    fanout::{spawn_receivers, stamp},
     realtime::{Server, open_many},
     stats::{CpuShare, CpuWindow, Figures, epoch_micros},
 };
@@ -164,20 +164,8 @@ pub async fn run(
     let name = channel.to_string();
     let sockets = open_many(ws_subscribers, || server.subscriber(&credential, &name)).await;
     let (stop, stopped) = watch::channel(false);
-    let ws_counters: Vec<Arc<AtomicU64>> = (0..ws_subscribers).map(|_| Arc::default()).collect();
     let disconnected = Arc::new(AtomicUsize::new(0));
-    let ws_tasks: Vec<_> = sockets
-        .into_iter()
-        .zip(&ws_counters)
-        .map(|(socket, counter)| {
-            tokio::spawn(receive(
-                socket,
-                counter.clone(),
-                disconnected.clone(),
-                stopped.clone(),
-            ))
-        })
-        .collect();
+    let (ws_counters, ws_tasks) = spawn_receivers(sockets, &disconnected, &stopped);
     let sse_counters: Vec<Arc<AtomicU64>> = (0..sse_streams).map(|_| Arc::default()).collect();
     let mut sse_tasks = Vec::new();
     for counter in &sse_counters {

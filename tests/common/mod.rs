@@ -264,6 +264,17 @@ impl TestApp {
     }
 }
 
+/// The ids of a channel's stored messages newer than `after`, in id order: what every follower
+/// must have received.
+pub async fn ids_after(db: &PgPool, channel: i64, after: i64) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM messages WHERE channel_id = $1 AND id > $2 ORDER BY id")
+        .bind(channel)
+        .bind(after)
+        .fetch_all(db)
+        .await
+        .expect("read message ids")
+}
+
 /// Sends the request and returns the status and the JSON body (`Null` when there is none).
 pub async fn call(request: RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.expect("request reaches the server");
