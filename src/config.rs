@@ -7,7 +7,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{auth::MasterKey, ratelimit::Limit};
+use crate::{auth::MasterKey, cluster::ClusterSettings, ratelimit::Limit};
 
 /// channeld: collaboration channels with persistent history and live delivery.
 #[derive(Debug, Parser)]
@@ -108,6 +108,43 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub realtime: RealtimeConfig,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Cluster mode: several instances sharing realtime through Redis.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Redis URL (e.g. redis://127.0.0.1:6379): share publish, presence, direct messages and
+    /// kicks with every instance using the same Redis and prefix. Without it, realtime stays in
+    /// this process.
+    #[arg(long, env = "CHANNELD_REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every Redis key and pub/sub channel; instances with the same prefix form one cluster.
+    #[arg(long, env = "CHANNELD_REDIS_PREFIX", default_value = "channeld")]
+    pub redis_prefix: String,
+
+    /// An instance silent this long (killed, cut off) is removed: its peers leave everywhere.
+    #[arg(long, env = "CHANNELD_NODE_TTL", default_value = "5s", value_parser = parse_interval)]
+    pub node_ttl: Duration,
+}
+
+impl ClusterArgs {
+    pub fn settings(&self) -> Option<ClusterSettings> {
+        self.redis_url.as_ref().map(|url| ClusterSettings {
+            redis_url: url.expose().to_owned(),
+            prefix: self.redis_prefix.clone(),
+            node_ttl: self.node_ttl,
+        })
+    }
+}
+
+fn parse_redis_url(input: &str) -> Result<Secret, String> {
+    redis::Client::open(input)
+        .map(|_| Secret::new(input))
+        .map_err(|error| format!("not a usable Redis URL: {error}"))
 }
 
 /// HTTP connection and request limits.
@@ -137,6 +174,67 @@ pub struct HttpConfig {
         default_value_t = 16 * 1024
     )]
     pub max_header_bytes: usize,
+
+    /// A load balancer or proxy (address or CIDR, e.g. 10.0.0.0/8) whose `X-Forwarded-For` is
+    /// believed: the client's address for the per-IP connect limit and the logs. Repeatable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CHANNELD_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block, `10.0.0.0/8` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("`{input}` is not an address or CIDR block (e.g. 10.0.0.0/8)");
+        let (address, bits) = match input.split_once('/') {
+            Some((address, bits)) => (address, Some(bits)),
+            None => (input, None),
+        };
+        let network: std::net::IpAddr = address.trim().parse().map_err(|_| invalid())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(bits) => bits.trim().parse::<u8>().map_err(|_| invalid())?,
+            None => max,
+        };
+        if bits > max {
+            return Err(invalid());
+        }
+        Ok(Self { network, bits })
+    }
 }
 
 impl Default for HttpConfig {
@@ -146,6 +244,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(30),
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -316,6 +415,8 @@ pub struct Config {
     pub metrics_on_main: bool,
     pub http: HttpConfig,
     pub realtime: RealtimeConfig,
+    /// Cluster mode, when a Redis URL was given.
+    pub cluster: Option<ClusterSettings>,
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
     pub faults: Faults,
 }
@@ -343,6 +444,7 @@ impl Default for Config {
             metrics_on_main: true,
             http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
+            cluster: None,
             faults: Faults::default(),
         }
     }
@@ -361,6 +463,7 @@ impl From<&ServeArgs> for Config {
             metrics_on_main: args.metrics_listen.is_none(),
             http: args.http.clone(),
             realtime: args.realtime.clone(),
+            cluster: args.cluster.settings(),
             faults: Faults::default(),
         }
     }
@@ -458,6 +561,22 @@ mod tests {
         }
         assert!(parse_interval("0s").is_err(), "a zero period is refused");
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let block: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(block.contains("10.1.2.3".parse().unwrap()));
+        assert!(block.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!block.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "`{bad}` should be refused");
+        }
     }
 
     #[test]

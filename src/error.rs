@@ -89,6 +89,9 @@ pub enum ApiError {
     /// The request's work ran past `--db-timeout` (plus a long poll's `wait`).
     #[error("the database did not answer in time")]
     DeadlinePassed(std::time::Duration),
+    /// Cluster mode: Redis, which carries realtime between instances, is out of reach.
+    #[error("realtime is unavailable: this instance cannot reach Redis; retry shortly")]
+    RealtimeUnavailable,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -129,7 +132,9 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ChannelNameTaken | Self::ChannelArchived => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::DeadlinePassed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -149,7 +154,9 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ChannelNameTaken => "channel_name_taken",
             Self::ChannelArchived => "channel_archived",
-            Self::Unavailable(_) | Self::DeadlinePassed(_) => "unavailable",
+            Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
+                "unavailable"
+            }
             Self::Internal(_) => "internal_error",
         }
     }
@@ -169,6 +176,12 @@ pub struct Envelope<'a> {
     /// With `insufficient_scope`: the scopes the route needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     required_scopes: Option<Vec<&'static str>>,
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(_: crate::cluster::ClusterError) -> Self {
+        Self::RealtimeUnavailable
+    }
 }
 
 impl IntoResponse for ApiError {

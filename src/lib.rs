@@ -31,6 +31,7 @@
 pub mod auth;
 pub mod channels;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod delivery;

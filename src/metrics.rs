@@ -289,6 +289,53 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    if let Some(cluster) = &state.realtime.cluster {
+        let stats = cluster.stats();
+        let cluster_samples: [(&str, &str, &str, u64); 6] = [
+            (
+                "channeld_redis_up",
+                "gauge",
+                "1 when this instance is connected and subscribed to Redis (cluster mode).",
+                u64::from(cluster.is_up()),
+            ),
+            (
+                "channeld_redis_errors_total",
+                "counter",
+                "Redis commands and connections that failed.",
+                load(&stats.redis_errors),
+            ),
+            (
+                "channeld_redis_pubsub_connects_total",
+                "counter",
+                "Times the Redis pub/sub connection was made and subscribed (1 plus reconnects).",
+                load(&stats.pubsub_reconnects),
+            ),
+            (
+                "channeld_cluster_roster_reads_total",
+                "counter",
+                "Rosters read again from Redis after a gap in presence events or a reconnect.",
+                load(&stats.resyncs),
+            ),
+            (
+                "channeld_cluster_instances_reaped_total",
+                "counter",
+                "Instances this one removed from the cluster after their heartbeat lapsed.",
+                load(&stats.nodes_reaped),
+            ),
+            (
+                "channeld_cluster_messages_in_total",
+                "counter",
+                "Payloads received from Redis pub/sub.",
+                load(&stats.messages_in),
+            ),
+        ];
+        for (name, kind, help, value) in cluster_samples {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, content_type)], out).into_response()
 }

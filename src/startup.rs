@@ -29,6 +29,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let trusted = std::sync::Arc::new(state.config.http.trusted_proxies.clone());
     let mut routes = Router::new()
         .merge(health::router())
         .merge(channels::router())
@@ -50,7 +51,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
-                        .make_span_with(request_span)
+                        .make_span_with(move |request: &Request| request_span(request, &trusted))
                         .on_request(())
                         .on_response(log_response)
                         .on_failure(()),
@@ -72,7 +73,12 @@ pub fn metrics_router(state: AppState) -> Router {
 
 /// The span every request's log lines carry. The query string is left out on purpose: it can
 /// hold credentials (`?token=`, `?key=`).
-fn request_span(request: &Request) -> Span {
+fn request_span(request: &Request, trusted: &[crate::config::Cidr]) -> Span {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| limits::client_ip(info.0.ip(), request.headers(), trusted).to_string())
+        .unwrap_or_default();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -87,6 +93,7 @@ fn request_span(request: &Request) -> Span {
         method = %request.method(),
         path = %request.uri().path(),
         route,
+        client,
         request_id,
         status = field::Empty,
     )
@@ -113,6 +120,8 @@ pub async fn serve(
     let key_watch = tokio::spawn(realtime::watch_keys(state.clone()));
     // Stored messages reach this instance's followers through the reader, whoever posted them.
     let delivery = state.delivery.start();
+    // Cluster mode: the Redis pub/sub connection, heartbeat and reaper.
+    let cluster_tasks = state.realtime.cluster.as_ref().map(|c| c.start());
     let realtime = state.realtime.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -121,6 +130,7 @@ pub async fn serve(
         stop.send_replace(true);
     });
     let hub = state.realtime.hub.clone();
+    let realtime_for_stop = state.realtime.cluster.clone();
     let header_timeout = state.config.http.header_timeout;
     let metrics = state.metrics.clone();
     server::run(listener, router(state), header_timeout, metrics, stopped).await;
@@ -131,6 +141,11 @@ pub async fn serve(
     while hub.task_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // This instance's peers leave the cluster now rather than when its heartbeat lapses.
+    if let Some(cluster) = &realtime_for_stop {
+        cluster.stop().await;
+    }
+    drop(cluster_tasks);
     Ok(())
 }
 

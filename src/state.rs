@@ -25,7 +25,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
-        let realtime = Realtime::new(&config.realtime);
+        let realtime = Realtime::new(&config);
         let delivery = Delivery::new(db.clone(), realtime.hub.clone(), &config);
         Self {
             db,

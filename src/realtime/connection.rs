@@ -55,7 +55,9 @@ pub async fn upgrade(
     query: QueryParams,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(retry_after_secs) = state.realtime.connects.check(remote.ip()) {
+    let client =
+        crate::limits::client_ip(remote.ip(), &headers, &state.config.http.trusted_proxies);
+    if let Err(retry_after_secs) = state.realtime.connects.check(client) {
         return ApiError::RateLimited { retry_after_secs }.into_response();
     }
     let Ok(ws) = ws else {
@@ -130,9 +132,12 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     // Unregisters on every way out of this task, a panic included: a connection that is gone
     // must not stay subscribed or present.
     let _registered = Registered {
-        hub: hub.clone(),
+        realtime: state.realtime.clone(),
         conn,
     };
+    if let Some(cluster) = &state.realtime.cluster {
+        cluster.connect(conn, &session.peer_id).await;
+    }
     let mut shutdown = state.realtime.shutdown.subscribe();
     let mut connection = Connection {
         state,
@@ -218,7 +223,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         };
     }
 
-    hub.unregister(conn);
+    connection.state.realtime.unregister(conn);
     let closing = match end {
         Some(End::Close(code, reason)) => Some((code, reason)),
         Some(End::Stuck(code)) => Some((code, close_reason(code))),
@@ -252,15 +257,15 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     .await;
 }
 
-/// Removes a connection from the hub when dropped.
+/// Removes a connection from the hub (and, in cluster mode, from Redis) when dropped.
 struct Registered {
-    hub: Hub,
+    realtime: super::Realtime,
     conn: ConnId,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.hub.unregister(self.conn);
+        self.realtime.unregister(self.conn);
     }
 }
 

@@ -13,6 +13,7 @@ use super::{
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
+    cluster::SubscribeFailure,
     delivery::Follow,
     messages::{count_after, id_before_newest},
     state::AppState,
@@ -40,9 +41,9 @@ impl Connection {
         }
         let outcome = match frame.kind.as_deref() {
             Some("subscribe") => self.subscribe(&frame).await,
-            Some("unsubscribe") => self.unsubscribe(&frame),
+            Some("unsubscribe") => self.unsubscribe(&frame).await,
             Some("publish") => self.publish(&frame).await,
-            Some("send") => self.send_direct(&frame),
+            Some("send") => self.send_direct(&frame).await,
             Some("ping") => {
                 let frame = ServerFrame::Pong {
                     request_id: request_id.as_deref(),
@@ -163,15 +164,32 @@ impl Connection {
             ChannelKind::Ephemeral => None,
         };
         let max = self.state.config.realtime.max_subscriptions;
-        let roster = self
-            .hub
-            .subscribe(self.conn, name, frame.include_sender_metadata, max)
-            .map_err(|SubscribeError::LimitExceeded| {
-                (
-                    ErrorCode::ChannelLimitExceeded,
-                    format!("at most {max} subscriptions per connection"),
+        let limit_exceeded = || {
+            (
+                ErrorCode::ChannelLimitExceeded,
+                format!("at most {max} subscriptions per connection"),
+            )
+        };
+        let roster = match self.state.realtime.cluster.clone() {
+            Some(cluster) => cluster
+                .subscribe(
+                    self.conn,
+                    name,
+                    frame.include_sender_metadata,
+                    max,
+                    &self.session.peer_id,
+                    self.session.peer_metadata.as_ref(),
                 )
-            })?;
+                .await
+                .map_err(|failure| match failure {
+                    SubscribeFailure::LimitExceeded => limit_exceeded(),
+                    SubscribeFailure::Unavailable => realtime_unavailable(),
+                })?,
+            None => self
+                .hub
+                .subscribe(self.conn, name, frame.include_sender_metadata, max)
+                .map_err(|SubscribeError::LimitExceeded| limit_exceeded())?,
+        };
         let mut reply = Reply::default();
         if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
         {
@@ -197,7 +215,7 @@ impl Connection {
                     Ok(found) => found,
                     Err(error) => {
                         tracing::warn!(%error, "reading history for a resumed subscription failed");
-                        self.hub.unsubscribe(self.conn, name);
+                        self.leave(name).await;
                         self.persistent.remove(&id);
                         return Err((
                             ErrorCode::InternalError,
@@ -229,9 +247,18 @@ impl Connection {
         })
     }
 
-    fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
+    /// Ends this connection's subscription to `name`, cluster-wide in cluster mode.
+    async fn leave(&mut self, name: &str) {
+        if self.hub.unsubscribe(self.conn, name) {
+            if let Some(cluster) = &self.state.realtime.cluster {
+                cluster.unsubscribe(self.conn, name).await;
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
         let (name, kind) = self.channel(frame)?;
-        self.hub.unsubscribe(self.conn, name);
+        self.leave(name).await;
         if let ChannelKind::Persistent(id) = kind {
             self.persistent.remove(&id);
         }
@@ -268,12 +295,25 @@ impl Connection {
                 .encode()
                 .into()
             });
-        self.hub
-            .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
+        match &self.state.realtime.cluster {
+            Some(cluster) => cluster
+                .publish(
+                    name,
+                    self.conn,
+                    &plain.frame,
+                    with_metadata.as_ref().map(|f| f.frame.as_str()),
+                )
+                .await
+                .map_err(|_| realtime_unavailable())?,
+            None => {
+                self.hub
+                    .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
+            }
+        }
         Ok(Reply::default())
     }
 
-    fn send_direct(&mut self, frame: &ClientFrame) -> Outcome {
+    async fn send_direct(&mut self, frame: &ClientFrame) -> Outcome {
         self.require(Scope::Send)?;
         let to = frame.to.as_deref().filter(|to| is_peer_id(to)).ok_or((
             ErrorCode::InvalidPeerId,
@@ -290,7 +330,16 @@ impl Connection {
         }
         .encode()
         .into();
-        if self.hub.send_to_peer(to, &direct) == 0 && !self.hub.is_connected(to) {
+        let reached = match &self.state.realtime.cluster {
+            Some(cluster) => cluster
+                .send(to, &direct.frame)
+                .await
+                .map_err(|_| realtime_unavailable())?,
+            None => {
+                usize::from(self.hub.send_to_peer(to, &direct) > 0 || self.hub.is_connected(to))
+            }
+        };
+        if reached == 0 {
             return Err((
                 ErrorCode::PeerNotFound,
                 format!("peer `{to}` is not connected"),
@@ -317,6 +366,14 @@ async fn replay_start(state: &AppState, id: i64, since: i64) -> Result<(i64, boo
 }
 
 type Failure = (ErrorCode, String);
+
+/// Cluster mode, Redis out of reach: the action failed, the connection stays open.
+fn realtime_unavailable() -> Failure {
+    (
+        ErrorCode::InternalError,
+        "realtime is unavailable: this instance cannot reach Redis; retry shortly".to_owned(),
+    )
+}
 
 /// What a handled frame answers: the ack's `recovered`, and frames to send right after the ack.
 #[derive(Default)]

@@ -33,27 +33,49 @@ pub use hub::Hub;
 pub use limits::ConnectLimiter;
 pub use rest::literal_channel_routes;
 
-use crate::{auth::inactive_among, config::RealtimeConfig, state::AppState};
+use crate::{auth::inactive_among, cluster::Cluster, config::Config, state::AppState};
 use protocol::close;
 
 /// Realtime state shared by every request and connection.
 #[derive(Clone)]
 pub struct Realtime {
     pub hub: Hub,
+    /// Cluster mode: publish, presence, direct messages and kicks go through Redis.
+    pub cluster: Option<Cluster>,
     pub connects: Arc<ConnectLimiter>,
     /// Set to `true` once the server is shutting down: connections send `going_away` and close.
     pub shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl Realtime {
-    pub fn new(config: &RealtimeConfig) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let (hub, cluster) = match &config.cluster {
+            Some(settings) => {
+                let hub = Hub::clustered();
+                let cluster = Cluster::new(settings.clone(), hub.clone())
+                    .expect("the Redis URL was checked when the configuration was read");
+                (hub, Some(cluster))
+            }
+            None => (Hub::default(), None),
+        };
+        let limits = &config.realtime;
         Self {
-            hub: Hub::default(),
+            hub,
+            cluster,
             connects: Arc::new(ConnectLimiter::new(
-                config.connects_per_ip,
-                config.connect_window,
+                limits.connects_per_ip,
+                limits.connect_window,
             )),
             shutdown: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Removes a connection; in cluster mode its channels and registration are left in Redis.
+    pub fn unregister(&self, conn: hub::ConnId) {
+        if let Some(departure) = self.hub.unregister(conn) {
+            if let Some(cluster) = &self.cluster {
+                cluster.depart(conn, departure);
+            }
         }
     }
 }

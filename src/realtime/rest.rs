@@ -81,7 +81,7 @@ pub struct PeersBody<'a> {
         (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
         (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
         (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+        (status = 503, description = "The database, or in cluster mode Redis, is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn peers(
     principal: Principal,
@@ -98,7 +98,10 @@ async fn peers_of(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Presence)?;
     authorize_channel(state, principal, channel, Scope::ChannelsRead, false).await?;
-    let roster = state.realtime.hub.peers(channel);
+    let roster = match &state.realtime.cluster {
+        Some(cluster) => cluster.roster(channel).await?,
+        None => state.realtime.hub.peers(channel),
+    };
     let peers: Vec<PeerInfo<'_>> = roster
         .iter()
         .map(|(peer_id, metadata)| PeerInfo {
@@ -156,7 +159,7 @@ pub struct Delivered<'a> {
         (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
         (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
         (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+        (status = 503, description = "The database, or in cluster mode Redis, is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn publish(
     principal: Principal,
@@ -223,10 +226,21 @@ async fn publish_to(
         .encode()
         .into()
     });
-    let delivered = state
-        .realtime
-        .hub
-        .publish(channel, None, &plain, with_metadata.as_ref());
+    let delivered = match &state.realtime.cluster {
+        Some(cluster) => {
+            cluster
+                .publish_counted(
+                    channel,
+                    &plain.frame,
+                    with_metadata.as_ref().map(|f| f.frame.as_str()),
+                )
+                .await?
+        }
+        None => state
+            .realtime
+            .hub
+            .publish(channel, None, &plain, with_metadata.as_ref()),
+    };
     Ok(Json(Delivered { channel, delivered }).into_response())
 }
 
@@ -246,7 +260,7 @@ pub struct Kicked {
         (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
         (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
         (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
+        (status = 503, description = "In cluster mode, Redis is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn kick(
     _: Scoped<Admin>,
@@ -260,7 +274,10 @@ pub async fn kick(
             "peer ids are 1-128 printable ASCII characters",
         ));
     }
-    let closed = state.realtime.hub.close_peer(&peer_id, close::KICKED);
+    let closed = match &state.realtime.cluster {
+        Some(cluster) => cluster.kick(&peer_id).await?,
+        None => state.realtime.hub.close_peer(&peer_id, close::KICKED),
+    };
     Ok(Json(Kicked { peer_id, closed }))
 }
 

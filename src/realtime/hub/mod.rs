@@ -21,6 +21,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
 
 use super::protocol::{PeerEntry, ServerFrame, close};
+use crate::cluster::wire::{PresenceEvent, Version};
+
+mod mirror;
+pub use mirror::{Departure, LocalState, Reservation};
 
 pub type ConnId = u64;
 
@@ -141,6 +145,9 @@ pub struct HubStats {
 #[derive(Clone, Default)]
 pub struct Hub {
     inner: Arc<RwLock<Inner>>,
+    /// Presence is decided in Redis (cluster mode): channels mirror the cluster's roster rather
+    /// than counting local connections.
+    clustered: bool,
     next_id: Arc<AtomicU64>,
     pub stats: Arc<HubStats>,
     /// Connection tasks still running, closing handshakes included.
@@ -162,11 +169,20 @@ struct Connection {
 #[derive(Default)]
 struct Channel {
     subscribers: Vec<Subscriber>,
+    /// Local mode: who is here and on how many connections. Cluster mode: the mirror of the
+    /// cluster's roster (connection counts unused).
     peers: HashMap<Arc<str>, Presence>,
+    /// Cluster mode: the roster version the mirror is at; `None` while it is being (re)read.
+    version: Option<Version>,
+    /// Cluster mode: events that arrived while the mirror was being read.
+    pending_events: Vec<PresenceEvent>,
+    /// Cluster mode: subscriptions on their way in (waiting on Redis).
+    reserved: usize,
 }
 
 struct Subscriber {
     conn: ConnId,
+    peer: Arc<str>,
     include_sender_metadata: bool,
     presence: bool,
     tx: mpsc::Sender<Outbound>,
@@ -187,6 +203,18 @@ pub enum SubscribeError {
 pub type Roster = Vec<(Arc<str>, Option<Metadata>)>;
 
 impl Hub {
+    /// A hub whose presence is decided in Redis and mirrored here.
+    pub fn clustered() -> Self {
+        Self {
+            clustered: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -213,24 +241,30 @@ impl Hub {
         id
     }
 
-    /// Removes the connection everywhere; peers whose last connection this was leave.
-    pub fn unregister(&self, conn: ConnId) {
+    /// Removes the connection everywhere; peers whose last connection this was leave. Returns
+    /// what it was subscribed to, the first time only.
+    pub fn unregister(&self, conn: ConnId) -> Option<Departure> {
         let mut inner = self.write();
-        let Some(connection) = inner.connections.get(&conn) else {
-            return;
-        };
+        let connection = inner.connections.get(&conn)?;
         let channels = connection.channels.clone();
         let peer = connection.member.peer_id.clone();
-        for channel in channels {
-            inner.leave(conn, &channel, &self.stats);
+        for channel in &channels {
+            inner.leave(conn, channel, self.clustered, &self.stats);
         }
+        let mut last_of_peer = true;
         if let Some(conns) = inner.peers.get_mut(&peer) {
             conns.retain(|c| *c != conn);
-            if conns.is_empty() {
+            last_of_peer = conns.is_empty();
+            if last_of_peer {
                 inner.peers.remove(&peer);
             }
         }
         inner.connections.remove(&conn);
+        Some(Departure {
+            peer,
+            channels,
+            last_of_peer,
+        })
     }
 
     /// Subscribes `conn` to `channel`. Returns the roster of other peers already there, or `None`
@@ -272,6 +306,7 @@ impl Hub {
             .collect();
         entry.subscribers.push(Subscriber {
             conn,
+            peer: member.peer_id.clone(),
             include_sender_metadata,
             presence: member.presence,
             tx: member.tx.clone(),
@@ -313,7 +348,7 @@ impl Hub {
             return false;
         };
         let name = connection.channels.swap_remove(position);
-        inner.leave(conn, &name, &self.stats);
+        inner.leave(conn, &name, self.clustered, &self.stats);
         true
     }
 
@@ -447,7 +482,7 @@ impl Inner {
     }
 
     /// Removes `conn` from `channel`; announces the peer's departure on its last connection.
-    fn leave(&mut self, conn: ConnId, channel: &Arc<str>, stats: &HubStats) {
+    fn leave(&mut self, conn: ConnId, channel: &Arc<str>, clustered: bool, stats: &HubStats) {
         let Some(peer) = self
             .connections
             .get(&conn)
@@ -459,6 +494,13 @@ impl Inner {
             return;
         };
         entry.subscribers.retain(|s| s.conn != conn);
+        if clustered {
+            // Presence changes come back from Redis; only the local subscription ends here.
+            if entry.subscribers.is_empty() && entry.reserved == 0 {
+                self.channels.remove(channel);
+            }
+            return;
+        }
         if let Some(presence) = entry.peers.get_mut(&peer) {
             presence.connections -= 1;
             if presence.connections == 0 {

@@ -1,0 +1,568 @@
+//! Cluster mode: several instances share realtime (publish, presence, direct messages, kicks)
+//! through Redis. Stored messages do not pass through here: every instance reads them from
+//! PostgreSQL (see [`crate::delivery`]).
+//!
+//! - Presence is decided by Lua scripts ([`scripts`]), which publish each `joined`/`left` in the
+//!   channel's pub/sub channel, so every instance sees one order of messages and presence.
+//! - Each instance subscribes, on one pub/sub connection, to the channels it has subscribers in
+//!   and to its own channel (direct messages, kicks, its heartbeat's echo); see [`tasks`].
+//! - Each instance beats every fifth of `--node-ttl`; one whose beat lapses is reaped by the
+//!   others: its connections leave every channel with a `left` for each peer gone with it.
+//! - Redis unreachable: everything that needs it fails closed ([`ClusterError::Unavailable`]),
+//!   open sockets stay open, and when Redis returns the instance subscribes again, registers its
+//!   connections again and re-reads every roster it mirrors.
+
+pub mod scripts;
+mod tasks;
+pub use tasks::ClusterTasks;
+pub mod wire;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{AsyncConnectionConfig, FromRedisValue, aio::MultiplexedConnection};
+
+use crate::realtime::hub::{ConnId, Departure, Hub, Metadata, Roster};
+use scripts::{
+    JOIN_SCRIPT, LEAVE_SCRIPT, PUBLISH_SCRIPT, REAP_PEER_SCRIPT, REAP_SCRIPT, ROSTER_SCRIPT,
+    TO_PEER_SCRIPT,
+};
+use wire::Version;
+
+/// How to reach Redis, and how long a silent instance counts as alive.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    /// Prefix of every key and pub/sub channel, so that several clusters can share one Redis.
+    pub prefix: String,
+    /// An instance whose heartbeat is older than this is reaped.
+    pub node_ttl: Duration,
+}
+
+/// How long one Redis round trip may take before Redis counts as unreachable.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Redis is unreachable")]
+    Unavailable,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub redis_errors: AtomicU64,
+    pub pubsub_reconnects: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub nodes_reaped: AtomicU64,
+    pub messages_in: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    settings: ClusterSettings,
+    hub: Hub,
+    /// This process, in message envelopes (to skip the sender) and in its pub/sub channel.
+    instance: u64,
+    /// This process's registration, `<instance>-<generation>`; a new generation once reaped.
+    node: RwLock<Arc<str>>,
+    generation: AtomicU64,
+    commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    sink: Mutex<Option<redis::aio::PubSubSink>>,
+    /// Channels this instance is subscribed to in Redis; held while (re)subscribing.
+    interest: tokio::sync::Mutex<HashSet<Arc<str>>>,
+    /// The pub/sub connection is up and subscribed: realtime may use Redis.
+    up: AtomicBool,
+    /// Something was not written to Redis (or Redis may have lost it): register everything again.
+    dirty: AtomicBool,
+    /// Leaves that could not be written, by connection key, retried when Redis is back.
+    pending_leaves: Mutex<Vec<(Arc<str>, String)>>,
+    /// Wakes the pub/sub task to rebuild its connection (its heartbeat echo stopped).
+    rebuild: tokio::sync::Notify,
+    /// When this instance last heard its own heartbeat through pub/sub.
+    last_echo: Mutex<tokio::time::Instant>,
+    stats: ClusterStats,
+}
+
+impl Cluster {
+    /// A cluster handle; nothing is connected until [`Cluster::start`].
+    pub fn new(settings: ClusterSettings, hub: Hub) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let instance = rand::random::<u64>() >> 1;
+        Ok(Self {
+            inner: Arc::new(Shared {
+                client,
+                settings,
+                hub,
+                instance,
+                node: RwLock::new(format!("{instance:016x}-1").into()),
+                generation: AtomicU64::new(1),
+                commands: tokio::sync::Mutex::new(None),
+                sink: Mutex::new(None),
+                interest: tokio::sync::Mutex::new(HashSet::new()),
+                up: AtomicBool::new(false),
+                dirty: AtomicBool::new(false),
+                pending_leaves: Mutex::new(Vec::new()),
+                rebuild: tokio::sync::Notify::new(),
+                last_echo: Mutex::new(tokio::time::Instant::now()),
+                stats: ClusterStats::default(),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &ClusterStats {
+        &self.inner.stats
+    }
+
+    /// Redis is reachable and this instance is subscribed.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    pub fn node(&self) -> Arc<str> {
+        self.inner
+            .node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn prefix(&self) -> &str {
+        &self.inner.settings.prefix
+    }
+
+    fn conn_key(&self, conn: ConnId) -> String {
+        format!("{}/{conn}", self.node())
+    }
+
+    /// The channel's keys, in the order the scripts expect, for `node`.
+    fn channel_keys(&self, channel: &str, node: &str) -> [String; 7] {
+        let p = self.prefix();
+        let base = format!("{p}:ch:{{{channel}}}");
+        [
+            format!("{base}:conns"),
+            format!("{base}:peers"),
+            format!("{base}:meta"),
+            format!("{base}:subs"),
+            format!("{base}:ver"),
+            format!("{p}:node:{node}:chans"),
+            format!("{p}:epoch"),
+        ]
+    }
+
+    fn channel_topic(&self, channel: &str) -> String {
+        format!("{}:ch:{{{channel}}}:m", self.prefix())
+    }
+
+    /// The channel named by a pub/sub channel of ours.
+    fn channel_of_topic<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.prefix())?
+            .strip_prefix(":ch:{")?
+            .strip_suffix("}:m")
+    }
+
+    fn instance_topic(&self) -> String {
+        format!("{}:inst:{:016x}:m", self.prefix(), self.inner.instance)
+    }
+
+    fn peer_key(&self, peer: &str) -> String {
+        format!("{}:peer:{{{peer}}}", self.prefix())
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix())
+    }
+
+    fn node_peers_key(&self, node: &str) -> String {
+        format!("{}:node:{node}:peers", self.prefix())
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix())
+    }
+
+    /// The command connection, made on first use and again after a failure.
+    async fn connection(&self) -> Result<MultiplexedConnection, ClusterError> {
+        let mut guard = self.inner.commands.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        match self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(connection) => {
+                *guard = Some(connection.clone());
+                Ok(connection)
+            }
+            Err(error) => {
+                self.inner
+                    .stats
+                    .redis_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "connecting to Redis failed");
+                Err(ClusterError::Unavailable)
+            }
+        }
+    }
+
+    /// Counts a failed command; a broken connection is dropped so the next use makes a new one.
+    async fn failed(&self, error: &redis::RedisError) -> ClusterError {
+        self.inner
+            .stats
+            .redis_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, "a Redis command failed");
+        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+            *self.inner.commands.lock().await = None;
+        }
+        ClusterError::Unavailable
+    }
+
+    /// Runs a script, failing closed when the instance is cut off from Redis.
+    async fn run<T: FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        let mut connection = self.connection().await?;
+        match invocation.invoke_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.failed(&error).await),
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, ClusterError> {
+        let mut connection = self.connection().await?;
+        match command.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.failed(&error).await),
+        }
+    }
+
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, ClusterError> {
+        let mut connection = self.connection().await?;
+        match pipe.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.failed(&error).await),
+        }
+    }
+
+    fn require_up(&self) -> Result<(), ClusterError> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(ClusterError::Unavailable)
+        }
+    }
+
+    /// Subscribes this instance to `channel` in Redis, if it is not already.
+    async fn ensure_subscribed(&self, channel: &str) -> Result<(), ClusterError> {
+        let mut interest = self.inner.interest.lock().await;
+        self.require_up()?;
+        if interest.contains(channel) {
+            return Ok(());
+        }
+        let sink = self
+            .inner
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut sink = sink.ok_or(ClusterError::Unavailable)?;
+        match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(self.channel_topic(channel))).await
+        {
+            Ok(Ok(())) => {
+                interest.insert(Arc::from(channel));
+                Ok(())
+            }
+            Ok(Err(error)) => Err(self.failed(&error).await),
+            Err(_) => Err(ClusterError::Unavailable),
+        }
+    }
+
+    /// Registers a new connection of `peer`, so that direct messages and kicks find it.
+    pub async fn connect(&self, conn: ConnId, peer: &str) {
+        let node = self.node();
+        let mut pipe = redis::pipe();
+        pipe.sadd(self.peer_key(peer), format!("{node}/{conn}"))
+            .ignore()
+            .sadd(self.node_peers_key(&node), peer)
+            .ignore();
+        if self.pipeline::<()>(&pipe).await.is_err() {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Subscribes a connection: the local reservation, Redis's pub/sub subscription, then the
+    /// join, in that order, so that no event after the join can be missed here. Returns the
+    /// roster for the new subscriber, `None` if it was already subscribed.
+    pub async fn subscribe(
+        &self,
+        conn: ConnId,
+        channel: &str,
+        include_sender_metadata: bool,
+        max_subscriptions: usize,
+        peer: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<Option<Roster>, SubscribeFailure> {
+        let hub = &self.inner.hub;
+        let needs_roster = match hub
+            .reserve(conn, channel, include_sender_metadata, max_subscriptions)
+            .map_err(|_| SubscribeFailure::LimitExceeded)?
+        {
+            crate::realtime::hub::Reservation::Subscribed => return Ok(None),
+            crate::realtime::hub::Reservation::Reserved { needs_roster } => needs_roster,
+        };
+        let joined = async {
+            self.ensure_subscribed(channel).await?;
+            self.join(conn, channel, peer, metadata, needs_roster).await
+        }
+        .await;
+        match joined {
+            Ok(snapshot) => Ok(hub.attach(conn, channel, include_sender_metadata, snapshot)),
+            Err(_) => {
+                hub.abandon(channel);
+                // The join may have landed although its answer did not: take it back later.
+                self.pending_leave(channel, self.conn_key(conn));
+                Err(SubscribeFailure::Unavailable)
+            }
+        }
+    }
+
+    async fn join(
+        &self,
+        conn: ConnId,
+        channel: &str,
+        peer: &str,
+        metadata: Option<&Metadata>,
+        with_roster: bool,
+    ) -> Result<Option<(Version, Roster)>, ClusterError> {
+        let node = self.node();
+        let keys = self.channel_keys(channel, &node);
+        let mut invocation = JOIN_SCRIPT.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(format!("{node}/{conn}"))
+            .arg(peer)
+            .arg(metadata.map_or("", |m| m.get()))
+            .arg(&*node)
+            .arg(channel)
+            .arg(if with_roster { "1" } else { "0" })
+            .arg(self.channel_topic(channel));
+        let reply: (String, Option<Vec<String>>) = self.run(invocation).await?;
+        Ok(with_roster.then(|| roster_reply(&reply.0, reply.1.unwrap_or_default())))
+    }
+
+    /// Ends a subscription in Redis; kept for later if Redis cannot be reached.
+    pub async fn unsubscribe(&self, conn: ConnId, channel: &str) {
+        let key = self.conn_key(conn);
+        if self.leave(channel, &key).await.is_err() {
+            self.pending_leave(channel, key);
+        }
+    }
+
+    async fn leave(&self, channel: &str, conn_key: &str) -> Result<(), ClusterError> {
+        let node = conn_key.split('/').next().unwrap_or_default();
+        let keys = self.channel_keys(channel, node);
+        let mut invocation = LEAVE_SCRIPT.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(conn_key)
+            .arg(node)
+            .arg(channel)
+            .arg(self.channel_topic(channel));
+        self.run::<i64>(invocation).await.map(drop)
+    }
+
+    fn pending_leave(&self, channel: &str, conn_key: String) {
+        self.inner
+            .pending_leaves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((Arc::from(channel), conn_key));
+        self.inner.dirty.store(true, Ordering::Release);
+    }
+
+    /// A connection went away: leave its channels and unregister it, in the background.
+    pub fn depart(&self, conn: ConnId, departure: Departure) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let key = cluster.conn_key(conn);
+            for channel in &departure.channels {
+                if cluster.leave(channel, &key).await.is_err() {
+                    cluster.pending_leave(channel, key.clone());
+                }
+            }
+            let node = cluster.node();
+            let mut pipe = redis::pipe();
+            pipe.srem(cluster.peer_key(&departure.peer), &key).ignore();
+            if departure.last_of_peer {
+                pipe.srem(cluster.node_peers_key(&node), &*departure.peer)
+                    .ignore();
+            }
+            if cluster.pipeline::<()>(&pipe).await.is_err() {
+                cluster.inner.dirty.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    /// Publishes from a WebSocket connection; every instance delivers it, the sender excepted.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        sender: ConnId,
+        plain: &str,
+        with_metadata: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        self.require_up()?;
+        let payload = wire::encode_message(self.inner.instance, sender, plain, with_metadata);
+        self.query::<i64>(
+            redis::cmd("PUBLISH")
+                .arg(self.channel_topic(channel))
+                .arg(payload),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Publishes from REST and answers how many subscribers the cluster has in the channel.
+    pub async fn publish_counted(
+        &self,
+        channel: &str,
+        plain: &str,
+        with_metadata: Option<&str>,
+    ) -> Result<usize, ClusterError> {
+        self.require_up()?;
+        let payload = wire::encode_message(self.inner.instance, 0, plain, with_metadata);
+        let keys = self.channel_keys(channel, "");
+        let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
+        invocation
+            .key(&keys[3])
+            .arg(self.channel_topic(channel))
+            .arg(payload);
+        let delivered: i64 = self.run(invocation).await?;
+        Ok(usize::try_from(delivered).unwrap_or(0))
+    }
+
+    /// Sends a direct frame to every connection of `peer`; answers how many it has.
+    pub async fn send(&self, peer: &str, frame: &str) -> Result<usize, ClusterError> {
+        self.to_peer(peer, wire::encode_direct(peer, frame)).await
+    }
+
+    /// Closes every connection of `peer` with 4020; answers how many it had.
+    pub async fn kick(&self, peer: &str) -> Result<usize, ClusterError> {
+        self.to_peer(peer, wire::encode_kick(peer)).await
+    }
+
+    async fn to_peer(&self, peer: &str, payload: Vec<u8>) -> Result<usize, ClusterError> {
+        self.require_up()?;
+        let mut invocation = TO_PEER_SCRIPT.prepare_invoke();
+        invocation
+            .key(self.peer_key(peer))
+            .arg(format!("{}:inst:", self.prefix()))
+            .arg(":m")
+            .arg(payload);
+        let count: i64 = self.run(invocation).await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// The cluster's roster of `channel`.
+    pub async fn roster(&self, channel: &str) -> Result<Roster, ClusterError> {
+        self.require_up()?;
+        Ok(self.read_roster(channel).await?.1)
+    }
+
+    async fn read_roster(&self, channel: &str) -> Result<(Version, Roster), ClusterError> {
+        let keys = self.channel_keys(channel, "");
+        let mut invocation = ROSTER_SCRIPT.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        let (version, flat): (String, Vec<String>) = self.run(invocation).await?;
+        Ok(roster_reply(&version, flat))
+    }
+
+    /// Removes a dead (or stopping) node from every channel and peer it was in.
+    async fn reap(&self, node: &str) -> Result<usize, ClusterError> {
+        let channels: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(format!("{}:chans", self.node_key(node))))
+            .await?;
+        let mut gone = 0;
+        for channel in &channels {
+            let keys = self.channel_keys(channel, node);
+            let mut invocation = REAP_SCRIPT.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            invocation.arg(node).arg(self.channel_topic(channel));
+            gone += self.run::<i64>(invocation).await?;
+        }
+        let peers: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.node_peers_key(node)))
+            .await?;
+        for peer in &peers {
+            let mut invocation = REAP_PEER_SCRIPT.prepare_invoke();
+            invocation.key(self.peer_key(peer)).arg(format!("{node}/"));
+            self.run::<i64>(invocation).await?;
+        }
+        let mut pipe = redis::pipe();
+        pipe.del(format!("{}:chans", self.node_key(node)))
+            .ignore()
+            .del(self.node_peers_key(node))
+            .ignore()
+            .del(self.node_key(node))
+            .ignore()
+            .srem(self.nodes_key(), node)
+            .ignore();
+        self.pipeline::<()>(&pipe).await?;
+        Ok(usize::try_from(gone).unwrap_or(0))
+    }
+
+    /// Leaves the cluster at shutdown: this node's peers leave at once rather than after the TTL.
+    pub async fn stop(&self) {
+        let node = self.node();
+        match self.reap(&node).await {
+            Ok(left) => tracing::info!(left, "left the cluster"),
+            Err(error) => tracing::warn!(%error, "leaving the cluster failed; others will reap it"),
+        }
+    }
+}
+
+/// Why a cluster-mode subscribe failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeFailure {
+    LimitExceeded,
+    Unavailable,
+}
+
+/// `(version, [peer, metadata, …])` from a script → version and roster.
+fn roster_reply(version: &str, flat: Vec<String>) -> (Version, Roster) {
+    let version = Version::parse(version).unwrap_or_default();
+    let mut roster = Vec::with_capacity(flat.len() / 2);
+    let mut items = flat.into_iter();
+    while let (Some(peer), Some(metadata)) = (items.next(), items.next()) {
+        roster.push((Arc::from(peer), wire::metadata_of(&metadata)));
+    }
+    (version, roster)
+}

@@ -1,0 +1,340 @@
+//! Cluster mode: each channel served here mirrors the cluster's roster, kept by Redis.
+//!
+//! Redis decides every join and leave (see `cluster::scripts`) and publishes it as a versioned
+//! event in the channel's one order. The mirror applies event `v` only right after `v - 1`; on
+//! a gap it is read again whole and the difference is sent as presence frames. Local
+//! subscribers only ever see the mirror change: a new subscriber gets the mirror as its roster
+//! and every later change as frames, under the same lock, so it sees no duplicate and no hole.
+//! A peer is never told about itself, as in local mode.
+
+use std::sync::Arc;
+
+use super::{
+    Channel, ConnId, Hub, HubStats, Metadata, Outbound, Presence, Roster, SubscribeError,
+    Subscriber, deliver,
+};
+use crate::{
+    cluster::wire::{PresenceEvent, Version},
+    realtime::protocol::{PeerEntry, ServerFrame},
+};
+
+/// Events held while a mirror is read; past this, later ones are dropped and the gap they leave
+/// is found (and read again) when the next event arrives.
+const MAX_PENDING_EVENTS: usize = 10_000;
+
+/// What a connection was subscribed to when it unregistered.
+#[derive(Debug)]
+pub struct Departure {
+    pub peer: Arc<str>,
+    pub channels: Vec<Arc<str>>,
+    /// No other connection of the peer remains on this instance.
+    pub last_of_peer: bool,
+}
+
+/// The first step of a cluster-mode subscribe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Already subscribed: only its options changed.
+    Subscribed,
+    /// Room is kept for the subscription; `needs_roster` when the channel has no mirror yet.
+    Reserved { needs_roster: bool },
+}
+
+impl Hub {
+    /// Holds a place in `channel` for `conn` while its join goes to Redis. The channel's entry
+    /// exists from now on, so events published from here on are kept for its mirror.
+    pub fn reserve(
+        &self,
+        conn: ConnId,
+        channel: &str,
+        include_sender_metadata: bool,
+        max_subscriptions: usize,
+    ) -> Result<Reservation, SubscribeError> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(connection) = inner.connections.get(&conn) else {
+            return Ok(Reservation::Subscribed);
+        };
+        if let Some(existing) = inner.channels.get_mut(channel) {
+            if let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn) {
+                sub.include_sender_metadata = include_sender_metadata;
+                return Ok(Reservation::Subscribed);
+            }
+        }
+        if connection.channels.len() >= max_subscriptions {
+            return Err(SubscribeError::LimitExceeded);
+        }
+        let entry = inner.channels.entry(Arc::from(channel)).or_default();
+        entry.reserved += 1;
+        Ok(Reservation::Reserved {
+            needs_roster: entry.version.is_none(),
+        })
+    }
+
+    /// Completes a reserved subscription once Redis has the join. `snapshot` is the roster that
+    /// came with the join, for a channel without a mirror. Returns the roster to show the new
+    /// subscriber (its own peer left out), or `None` if the connection is gone.
+    pub fn attach(
+        &self,
+        conn: ConnId,
+        channel: &str,
+        include_sender_metadata: bool,
+        snapshot: Option<(Version, Roster)>,
+    ) -> Option<Roster> {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let name = inner.channels.get_key_value(channel)?.0.clone();
+        let entry = inner.channels.get_mut(channel)?;
+        entry.reserved = entry.reserved.saturating_sub(1);
+        if let Some((version, roster)) = snapshot {
+            entry.resync(&name, version, roster, &self.stats);
+        }
+        let Some(connection) = inner.connections.get_mut(&conn) else {
+            if entry.subscribers.is_empty() && entry.reserved == 0 {
+                inner.channels.remove(channel);
+            }
+            return None;
+        };
+        connection.channels.push(name);
+        let member = &connection.member;
+        entry.subscribers.push(Subscriber {
+            conn,
+            peer: member.peer_id.clone(),
+            include_sender_metadata,
+            presence: member.presence,
+            tx: member.tx.clone(),
+            signal: member.signal.clone(),
+        });
+        Some(
+            entry
+                .peers
+                .iter()
+                .filter(|(peer, _)| &***peer != &*member.peer_id)
+                .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
+                .collect(),
+        )
+    }
+
+    /// Gives back a reservation whose join failed.
+    pub fn abandon(&self, channel: &str) {
+        let mut inner = self.write();
+        if let Some(entry) = inner.channels.get_mut(channel) {
+            entry.reserved = entry.reserved.saturating_sub(1);
+            if entry.subscribers.is_empty() && entry.reserved == 0 {
+                inner.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Applies a presence event from Redis. Returns `true` when the mirror fell behind and must
+    /// be read again (see [`Hub::resync`]).
+    pub fn apply_presence(&self, channel: &str, event: PresenceEvent) -> bool {
+        let mut inner = self.write();
+        let Some((name, _)) = inner.channels.get_key_value(channel) else {
+            return false;
+        };
+        let name = name.clone();
+        let entry = inner.channels.get_mut(channel).expect("looked up above");
+        entry.apply(&name, event, &self.stats)
+    }
+
+    /// Replaces a mirror with the roster read from Redis at `version`, sending the difference.
+    /// Returns `true` when held events show it must be read yet again.
+    pub fn resync(&self, channel: &str, version: Version, roster: Roster) -> bool {
+        let mut inner = self.write();
+        let Some((name, _)) = inner.channels.get_key_value(channel) else {
+            return false;
+        };
+        let name = name.clone();
+        let entry = inner.channels.get_mut(channel).expect("looked up above");
+        entry.resync(&name, version, roster, &self.stats)
+    }
+
+    /// Marks every mirror as behind, e.g. after the pub/sub connection was lost: events from
+    /// then on are held until each is read again. Returns the channels.
+    pub fn invalidate_mirrors(&self) -> Vec<Arc<str>> {
+        let mut inner = self.write();
+        inner
+            .channels
+            .iter_mut()
+            .map(|(name, entry)| {
+                entry.version = None;
+                name.clone()
+            })
+            .collect()
+    }
+
+    /// Whether this instance has subscribers (or subscriptions on their way) in `channel`.
+    pub fn serves(&self, channel: &str) -> bool {
+        self.read().channels.contains_key(channel)
+    }
+
+    pub fn is_subscribed(&self, conn: ConnId, channel: &str) -> bool {
+        self.read()
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.subscribers.iter().any(|s| s.conn == conn))
+    }
+
+    /// Every connection (id, peer) and every subscription (channel, connection, peer, metadata)
+    /// held here, for registering them again in Redis.
+    pub fn local_state(&self) -> LocalState {
+        let inner = self.read();
+        let mut state = LocalState::default();
+        for (id, connection) in &inner.connections {
+            let member = &connection.member;
+            state.connections.push((*id, member.peer_id.clone()));
+            for channel in &connection.channels {
+                state.subscriptions.push((
+                    channel.clone(),
+                    *id,
+                    member.peer_id.clone(),
+                    member.peer_metadata.clone(),
+                ));
+            }
+        }
+        state
+    }
+}
+
+/// See [`Hub::local_state`].
+#[derive(Default)]
+pub struct LocalState {
+    pub connections: Vec<(ConnId, Arc<str>)>,
+    #[allow(clippy::type_complexity)]
+    pub subscriptions: Vec<(Arc<str>, ConnId, Arc<str>, Option<Metadata>)>,
+}
+
+impl Channel {
+    fn apply(&mut self, name: &str, event: PresenceEvent, stats: &HubStats) -> bool {
+        let Some(current) = self.version else {
+            if self.pending_events.len() < MAX_PENDING_EVENTS {
+                self.pending_events.push(event);
+            }
+            return false;
+        };
+        let next = event.version;
+        if next <= current {
+            return false;
+        }
+        if next.epoch == current.epoch && next.seq == current.seq + 1 {
+            let joined: Roster = event
+                .joined
+                .into_iter()
+                .filter(|(peer, _)| !self.peers.contains_key(peer))
+                .collect();
+            let left: Roster = event
+                .left
+                .into_iter()
+                .filter_map(|peer| {
+                    let presence = self.peers.remove(&peer)?;
+                    Some((peer, presence.metadata))
+                })
+                .collect();
+            for (peer, metadata) in &joined {
+                self.peers.insert(
+                    peer.clone(),
+                    Presence {
+                        connections: 0,
+                        metadata: metadata.clone(),
+                    },
+                );
+            }
+            self.version = Some(next);
+            self.announce(name, &joined, &left, stats);
+            return false;
+        }
+        if next.epoch > current.epoch && next.seq == 1 {
+            // The channel emptied and started again: before this event nobody was in it.
+            let roster: Roster = event.joined;
+            return self.resync(name, next, roster, stats);
+        }
+        // A gap: read the roster again; hold this and later events until then.
+        self.version = None;
+        self.pending_events.push(event);
+        true
+    }
+
+    fn resync(&mut self, name: &str, version: Version, roster: Roster, stats: &HubStats) -> bool {
+        if self.version.is_some_and(|current| current >= version) {
+            return false;
+        }
+        let left: Roster = self
+            .peers
+            .iter()
+            .filter(|(peer, _)| !roster.iter().any(|(p, _)| p == *peer))
+            .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
+            .collect();
+        for (peer, _) in &left {
+            self.peers.remove(peer);
+        }
+        let joined: Roster = roster
+            .into_iter()
+            .filter(|(peer, _)| !self.peers.contains_key(peer))
+            .collect();
+        for (peer, metadata) in &joined {
+            self.peers.insert(
+                peer.clone(),
+                Presence {
+                    connections: 0,
+                    metadata: metadata.clone(),
+                },
+            );
+        }
+        self.version = Some(version);
+        self.announce(name, &joined, &left, stats);
+        let mut again = false;
+        for event in std::mem::take(&mut self.pending_events) {
+            again |= self.apply(name, event, stats);
+        }
+        again
+    }
+
+    /// Sends a mirror change to the local presence subscribers, leaving out each subscriber's
+    /// own peer.
+    fn announce(&self, name: &str, joined: &Roster, left: &Roster, stats: &HubStats) {
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let encode = |skip: Option<&str>| -> Option<Outbound> {
+            let joined: Vec<PeerEntry<'_>> = joined.iter().filter_map(|e| entry(e, skip)).collect();
+            let left: Vec<PeerEntry<'_>> = left.iter().filter_map(|e| entry(e, skip)).collect();
+            if joined.is_empty() && left.is_empty() {
+                return None;
+            }
+            Some(
+                ServerFrame::Presence {
+                    channel: name,
+                    joined: &joined,
+                    left: &left,
+                }
+                .encode()
+                .into(),
+            )
+        };
+        let Some(shared) = encode(None) else {
+            return;
+        };
+        let mentions = |peer: &str| joined.iter().chain(left.iter()).any(|(p, _)| &**p == peer);
+        for sub in self.subscribers.iter().filter(|s| s.presence) {
+            if mentions(&sub.peer) {
+                if let Some(own) = encode(Some(&sub.peer)) {
+                    deliver(&sub.tx, &sub.signal, &own, stats);
+                }
+            } else {
+                deliver(&sub.tx, &sub.signal, &shared, stats);
+            }
+        }
+    }
+}
+
+/// A presence frame's entry for `peer`, unless it is the peer to leave out.
+fn entry<'a>(
+    (peer, metadata): &'a (Arc<str>, Option<Metadata>),
+    skip: Option<&str>,
+) -> Option<PeerEntry<'a>> {
+    (Some(&**peer) != skip).then(|| PeerEntry {
+        peer_id: peer,
+        metadata: metadata.as_deref(),
+    })
+}
