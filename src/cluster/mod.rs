@@ -368,8 +368,8 @@ impl Cluster {
             .arg(channel)
             .arg(if with_roster { "1" } else { "0" })
             .arg(self.channel_topic(channel));
-        let reply: (String, Option<Vec<String>>) = self.run(invocation).await?;
-        Ok(with_roster.then(|| roster_reply(&reply.0, reply.1.unwrap_or_default())))
+        let (version, roster): (String, Vec<String>) = self.run(invocation).await?;
+        Ok(with_roster.then(|| roster_reply(&version, roster)))
     }
 
     /// Ends a subscription in Redis; kept for later if Redis cannot be reached.
@@ -503,8 +503,17 @@ impl Cluster {
         Ok(roster_reply(&version, flat))
     }
 
-    /// Removes a dead (or stopping) node from every channel and peer it was in.
+    /// Removes a dead (or stopping) node from every peer and channel it was in; peers first, so
+    /// that once a `left` is seen, sends to that peer already answer `peer_not_found`.
     async fn reap(&self, node: &str) -> Result<usize, ClusterError> {
+        let peers: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.node_peers_key(node)))
+            .await?;
+        for peer in &peers {
+            let mut invocation = REAP_PEER_SCRIPT.prepare_invoke();
+            invocation.key(self.peer_key(peer)).arg(format!("{node}/"));
+            self.run::<i64>(invocation).await?;
+        }
         let channels: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(format!("{}:chans", self.node_key(node))))
             .await?;
@@ -517,14 +526,6 @@ impl Cluster {
             }
             invocation.arg(node).arg(self.channel_topic(channel));
             gone += self.run::<i64>(invocation).await?;
-        }
-        let peers: Vec<String> = self
-            .query(redis::cmd("SMEMBERS").arg(self.node_peers_key(node)))
-            .await?;
-        for peer in &peers {
-            let mut invocation = REAP_PEER_SCRIPT.prepare_invoke();
-            invocation.key(self.peer_key(peer)).arg(format!("{node}/"));
-            self.run::<i64>(invocation).await?;
         }
         let mut pipe = redis::pipe();
         pipe.del(format!("{}:chans", self.node_key(node)))

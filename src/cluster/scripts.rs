@@ -47,7 +47,7 @@ end
 if ARGV[6] == '1' then
   return {version(), redis.call('HGETALL', KEYS[3])}
 end
-return {version()}
+return {version(), {}}
 ";
 
 /// ARGV: connection key, node, channel, pub/sub channel. An unknown connection changes nothing.

@@ -2,6 +2,8 @@
 //! creates, real API keys, and a TCP proxy that can cut the server off from PostgreSQL.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use channeld::{
