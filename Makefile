@@ -6,17 +6,30 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test build key migrate prepare fuzz bench fmt lint ci db-stop
+.PHONY: run test build key migrate prepare fuzz bench fmt lint ci db-stop cluster redis-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 run: build
 	@url=$$(scripts/dev-db.sh channeld) && \
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
-## Bootstrap PostgreSQL if needed, then run the whole test suite against it.
+## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite.
 test:
-	@url=$$(scripts/dev-db.sh postgres) && \
-	  DATABASE_URL=$$url $(CARGO) test --all-targets
+	@url=$$(scripts/dev-db.sh postgres) && redis=$$(scripts/dev-redis.sh) && \
+	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis $(CARGO) test --all-targets
+
+## Two instances in cluster mode on :8081 and :8082, sharing Redis and the `make run` database.
+## Ctrl-C stops both.
+cluster: build
+	@url=$$(scripts/dev-db.sh channeld) && redis=$$(scripts/dev-redis.sh) && \
+	  key=$$(scripts/dev-master-key.sh) && \
+	  DATABASE_URL=$$url $(BIN) migrate && \
+	  trap 'kill 0' INT TERM EXIT; \
+	  for port in 8081 8082; do \
+	    DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$key CHANNELD_REDIS_URL=$$redis \
+	      CHANNELD_LISTEN=0.0.0.0:$$port CHANNELD_NO_MIGRATE=true $(BIN) serve & \
+	  done; \
+	  wait
 
 build:
 	@$(CARGO) build --quiet
@@ -64,6 +77,10 @@ lint:
 
 ci:
 	bash .ci/run
+
+## Stop the private Redis that scripts/dev-redis.sh may have started under ./.data.
+redis-stop:
+	@if [ -f .data/redis/redis.pid ]; then kill "$$(cat .data/redis/redis.pid)"; fi
 
 ## Stop the private cluster that scripts/dev-db.sh may have started under ./.data.
 db-stop:
