@@ -21,6 +21,8 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// Parsed once at start, so the size of `serve`'s arguments costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (applies pending migrations first unless --no-migrate).

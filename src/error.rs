@@ -234,10 +234,10 @@ impl From<sqlx::Error> for ApiError {
         if is_unavailable(&error) {
             return Self::Unavailable(error);
         }
-        if let Some(db) = error.as_database_error() {
-            if db.constraint() == Some("channels_active_name_key") {
-                return Self::ChannelNameTaken;
-            }
+        if let Some(db) = error.as_database_error()
+            && db.constraint() == Some("channels_active_name_key")
+        {
+            return Self::ChannelNameTaken;
         }
         Self::Internal(Box::new(error))
     }

@@ -368,15 +368,14 @@ async fn process(db: &PgPool, prefix: &str, ttl: &str) -> Process {
     app.ws_base = format!("ws://{addr}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(response) = app.http.get(format!("{}/metrics", app.base)).send().await {
-            if response
+        if let Ok(response) = app.http.get(format!("{}/metrics", app.base)).send().await
+            && response
                 .text()
                 .await
                 .unwrap_or_default()
                 .contains("channeld_redis_up 1")
-            {
-                break;
-            }
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,

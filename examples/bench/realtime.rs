@@ -259,7 +259,7 @@ pub async fn churn(server: &Server, peers: usize, seconds: u64) -> Churn {
             tokio::spawn(async move {
                 let mut turn = 0u64;
                 while Instant::now() < deadline {
-                    let kind = if turn % 2 == 0 {
+                    let kind = if turn.is_multiple_of(2) {
                         "subscribe"
                     } else {
                         "unsubscribe"

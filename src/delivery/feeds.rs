@@ -53,10 +53,10 @@ impl Feeds {
     /// follows.
     pub fn publish(&self, message: &Arc<Message>) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = inner.channels.get(&message.channel_id) {
-            if sender.send(message.clone()).is_err() {
-                inner.channels.remove(&message.channel_id);
-            }
+        if let Some(sender) = inner.channels.get(&message.channel_id)
+            && sender.send(message.clone()).is_err()
+        {
+            inner.channels.remove(&message.channel_id);
         }
     }
 

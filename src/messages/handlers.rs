@@ -187,12 +187,12 @@ pub async fn create(
     }
 
     // Nothing stored: an earlier request with this key, or a missing or archived channel.
-    if let Some(key) = idempotency_key {
-        if let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await? {
-            // Rung again: the first attempt's poster may have died between commit and doorbell.
-            state.delivery.ring(channel_id, original.id);
-            return Ok((StatusCode::OK, Json(MessageBody { message: original })));
-        }
+    if let Some(key) = idempotency_key
+        && let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await?
+    {
+        // Rung again: the first attempt's poster may have died between commit and doorbell.
+        state.delivery.ring(channel_id, original.id);
+        return Ok((StatusCode::OK, Json(MessageBody { message: original })));
     }
     match channel_state(&state.db, channel_id).await? {
         None => Err(ApiError::NotFound),

@@ -249,10 +249,10 @@ impl Connection {
 
     /// Ends this connection's subscription to `name`, cluster-wide in cluster mode.
     async fn leave(&mut self, name: &str) {
-        if self.hub.unsubscribe(self.conn, name) {
-            if let Some(cluster) = &self.state.realtime.cluster {
-                cluster.unsubscribe(self.conn, name).await;
-            }
+        if self.hub.unsubscribe(self.conn, name)
+            && let Some(cluster) = &self.state.realtime.cluster
+        {
+            cluster.unsubscribe(self.conn, name).await;
         }
     }
 

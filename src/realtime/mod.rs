@@ -72,10 +72,10 @@ impl Realtime {
 
     /// Removes a connection; in cluster mode its channels and registration are left in Redis.
     pub fn unregister(&self, conn: hub::ConnId) {
-        if let Some(departure) = self.hub.unregister(conn) {
-            if let Some(cluster) = &self.cluster {
-                cluster.depart(conn, departure);
-            }
+        if let Some(departure) = self.hub.unregister(conn)
+            && let Some(cluster) = &self.cluster
+        {
+            cluster.depart(conn, departure);
         }
     }
 }

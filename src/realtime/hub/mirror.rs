@@ -55,11 +55,11 @@ impl Hub {
         let Some(connection) = inner.connections.get(&conn) else {
             return Ok(Reservation::Subscribed);
         };
-        if let Some(existing) = inner.channels.get_mut(channel) {
-            if let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn) {
-                sub.include_sender_metadata = include_sender_metadata;
-                return Ok(Reservation::Subscribed);
-            }
+        if let Some(existing) = inner.channels.get_mut(channel)
+            && let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn)
+        {
+            sub.include_sender_metadata = include_sender_metadata;
+            return Ok(Reservation::Subscribed);
         }
         if connection.channels.len() >= max_subscriptions {
             return Err(SubscribeError::LimitExceeded);
@@ -109,7 +109,7 @@ impl Hub {
             entry
                 .peers
                 .iter()
-                .filter(|(peer, _)| &***peer != &*member.peer_id)
+                .filter(|(peer, _)| ***peer != *member.peer_id)
                 .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
                 .collect(),
         )

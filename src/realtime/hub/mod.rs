@@ -282,11 +282,11 @@ impl Hub {
         let Some(connection) = inner.connections.get_mut(&conn) else {
             return Ok(None);
         };
-        if let Some(existing) = inner.channels.get_mut(channel) {
-            if let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn) {
-                sub.include_sender_metadata = include_sender_metadata;
-                return Ok(None);
-            }
+        if let Some(existing) = inner.channels.get_mut(channel)
+            && let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn)
+        {
+            sub.include_sender_metadata = include_sender_metadata;
+            return Ok(None);
         }
         if connection.channels.len() >= max_subscriptions {
             return Err(SubscribeError::LimitExceeded);
