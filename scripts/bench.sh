@@ -53,6 +53,7 @@ fi
 [ -z "${BENCH_NO_SOCKUDO:-}" ] || sockudo_skipped="BENCH_NO_SOCKUDO is set"
 
 admin=$(scripts/dev-db.sh postgres)
+redis_url=$(scripts/dev-redis.sh)
 export DATABASE_URL=${admin%/postgres}/channeld_bench
 export CHANNELD_MASTER_KEY=$(scripts/dev-master-key.sh)
 psql -q "$admin" -c 'DROP DATABASE IF EXISTS channeld_bench' >/dev/null
@@ -102,4 +103,4 @@ done
 # shellcheck disable=SC2086
 target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
   --second-server target/release/channeld --second-listen "127.0.0.1:${BENCH_PORT2:-18102}" \
-  --database-url "$DATABASE_URL" --idle "$idle" "${pusher_args[@]}" ${BENCH_ARGS:-}
+  --database-url "$DATABASE_URL" --idle "$idle" --redis-url "$redis_url" "${pusher_args[@]}" ${BENCH_ARGS:-}

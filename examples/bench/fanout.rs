@@ -42,9 +42,27 @@ pub async fn fan_out(
     rate: u64,
     seconds: u64,
 ) -> FanOut {
+    fan_out_over(server, &[server], name, subscribers, rate, seconds).await
+}
+
+/// [`fan_out`] with the subscribers dealt in turn over `spread` (instances of one cluster), the
+/// publisher on `server`. CPU is that of `server`'s process.
+pub async fn fan_out_over(
+    server: &Server,
+    spread: &[&Server],
+    name: &'static str,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+) -> FanOut {
     let channel = server.channel(&format!("fanout-{subscribers}"));
     let credential = server.credential("subscriber", &["subscribe"]).await;
-    let sockets = open_many(subscribers, || server.subscriber(&credential, &channel)).await;
+    let turn = AtomicUsize::new(0);
+    let sockets = open_many(subscribers, || {
+        let at = spread[turn.fetch_add(1, Ordering::Relaxed) % spread.len()];
+        at.subscriber(&credential, &channel)
+    })
+    .await;
 
     let disconnected = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = watch::channel(false);

@@ -8,10 +8,13 @@
 //! 4. presence churn with 1,000 peers;
 //! 5. the same fan-out against a Pusher-protocol server (sockudo), when one is given;
 //! 6. stored messages to live followers: one writer POSTing to a channel followed by WebSocket
-//!    subscribers and SSE streams, on the same instance and on a second one.
+//!    subscribers and SSE streams, on the same instance and on a second one;
+//! 7. cluster mode (see `cluster`): fan-out through one and two instances sharing Redis, presence
+//!    churn over two instances, and presence convergence under 100 concurrent joins.
 //!
 //! It prints a table and writes every figure to a JSON file.
 
+mod cluster;
 mod fanout;
 mod realtime;
 mod report;
@@ -92,8 +95,19 @@ struct Args {
     /// Seconds each stored run posts for.
     #[arg(long, default_value_t = 10)]
     stored_seconds: u64,
-    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored.
-    #[arg(long, default_value = "rest,footprint,fanout,churn,stored")]
+    /// Redis for the cluster runs (which start two instances of --second-server in cluster
+    /// mode, on --cluster-listen).
+    #[arg(long)]
+    redis_url: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:18103,127.0.0.1:18104")]
+    cluster_listen: String,
+    /// Cluster fan-out runs, as --fanout; each is repeated --cluster-repeats times.
+    #[arg(long, default_value = "1000:1000,5000:200")]
+    cluster_fanout: String,
+    #[arg(long, default_value_t = 3)]
+    cluster_repeats: usize,
+    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster.
+    #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster")]
     only: String,
     /// Where to write the figures.
     #[arg(long, default_value = "bench/results/latest.json")]
@@ -239,12 +253,38 @@ async fn main() -> Result<(), String> {
         }
     }
 
+    let mut cluster_figures = None;
+    if run("cluster") {
+        match (&args.second_server, &args.redis_url) {
+            (Some(binary), Some(redis_url)) => {
+                let listens: Vec<&str> = args.cluster_listen.split(',').collect();
+                let [first, second] = listens[..] else {
+                    return Err("--cluster-listen takes two addresses".into());
+                };
+                let loads = parse_fanouts(&args.cluster_fanout)?;
+                let plan = cluster::Plan {
+                    binary,
+                    listens: [first, second],
+                    redis_url,
+                    key: &args.key,
+                    loads: &loads,
+                    seconds: args.fanout_seconds,
+                    repeats: args.cluster_repeats,
+                    churn_peers: args.churn_peers,
+                };
+                cluster_figures = Some(cluster::run(&plan).await?);
+            }
+            _ => notes.push("cluster rows skipped: no --second-server or --redis-url given".into()),
+        }
+    }
+
     report::print(
         &rest_rows,
         &fanout_rows,
         &stored_rows,
         footprint.as_ref(),
         churn.as_ref(),
+        cluster_figures.as_ref(),
         &notes,
     );
     let figures = json!({
@@ -255,6 +295,7 @@ async fn main() -> Result<(), String> {
         "footprint": footprint,
         "churn": churn,
         "stored": stored_rows,
+        "cluster": cluster_figures,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {

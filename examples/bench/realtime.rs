@@ -105,6 +105,11 @@ impl Server {
         (socket, socket_id)
     }
 
+    /// Connects (channeld) and waits for the welcome.
+    pub async fn connect_with(&self, credential: &Credential) -> Socket {
+        self.connect(credential).await.0
+    }
+
     /// Subscribes and waits for the confirmation.
     async fn subscribe(&self, socket: &mut Socket, socket_id: Option<&str>, channel: &str) {
         let frame = match self {
@@ -235,10 +240,18 @@ pub struct Churn {
 
 /// `peers` peers, each with presence, subscribing to and leaving one channel back to back.
 pub async fn churn(server: &Server, peers: usize, seconds: u64) -> Churn {
+    churn_over(&[server], peers, seconds).await
+}
+
+/// [`churn`] with the peers dealt in turn over `spread` (instances of one cluster); CPU is that
+/// of the first.
+pub async fn churn_over(spread: &[&Server], peers: usize, seconds: u64) -> Churn {
+    let server = spread[0];
     let mut sockets = Vec::with_capacity(peers);
     for chunk in (0..peers).collect::<Vec<_>>().chunks(CONNECT_BATCH) {
         sockets.extend(
             join_all(chunk.iter().map(|n| async move {
+                let server = spread[n % spread.len()];
                 let credential = server
                     .credential(&format!("churn-{n}"), &["subscribe", "presence"])
                     .await;

@@ -30,6 +30,7 @@ pub fn print(
     stored: &[StoredRun],
     footprint: Option<&Footprint>,
     churn: Option<&Churn>,
+    cluster: Option<&crate::cluster::ClusterFigures>,
     notes: &[String],
 ) {
     if !rest.is_empty() {
@@ -190,6 +191,49 @@ pub fn print(
             churn.cpu.server_pct,
             churn.cpu.bench_pct
         );
+    }
+    if let Some(cluster) = cluster {
+        println!();
+        println!(
+            "Cluster mode (Redis): fan-out, median of {} runs [min-max]; publisher on the first instance, CPU of that instance",
+            cluster.fanout.first().map_or(0, |r| r.runs.len())
+        );
+        println!(
+            "{:<20} {:>11} {:>8} | {:>28} {:>24} {:>6}",
+            "placement", "subscribers", "msg/s", "deliveries/s", "p99 ms", "lost"
+        );
+        for row in &cluster.fanout {
+            println!(
+                "{:<20} {:>11} {:>8} | {:>10.0} [{:>7.0}-{:>7.0}] {:>6.2} [{:>6.2}-{:>6.2}] {:>6}",
+                row.placement,
+                row.subscribers,
+                row.publish_rate,
+                row.deliveries_per_sec_median,
+                row.deliveries_per_sec_min,
+                row.deliveries_per_sec_max,
+                row.p99_ms_median,
+                row.p99_ms_min,
+                row.p99_ms_max,
+                row.lost
+            );
+        }
+        for (label, churn) in [
+            ("1 instance", &cluster.churn_one_instance),
+            ("2 instances", &cluster.churn_two_instances),
+        ] {
+            println!(
+                "Cluster presence churn, {label}: {} peers, {:.0} joins+leaves/s, {} disconnected",
+                churn.peers, churn.joins_leaves_per_sec, churn.disconnected
+            );
+        }
+        let c = &cluster.convergence;
+        println!(
+            "Cluster presence convergence: {} peers joining at once over 2 instances: {} of {} runs converged",
+            c.peers, c.converged, c.runs
+        );
+        for failure in &c.failures {
+            println!("  {failure}");
+        }
     }
     for note in notes {
         println!("note: {note}");
