@@ -37,7 +37,9 @@ SQLX_OFFLINE=true cargo build --release --quiet --bin channeld --example bench
 # sockudo, built once and cached outside the repository.
 BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/channeld-bench}
 SOCKUDO_VERSION=5.2.0
-sockudo="$BENCH_CACHE/sockudo-$SOCKUDO_VERSION/bin/sockudo"
+# Built with its Redis adapter too, for the cluster rows (ADAPTER_DRIVER=redis at run time).
+sockudo_root="$BENCH_CACHE/sockudo-$SOCKUDO_VERSION-redis"
+sockudo="$sockudo_root/bin/sockudo"
 sockudo_skipped=""
 if [ ! -x "$sockudo" ] && [ -z "${BENCH_NO_SOCKUDO:-}" ]; then
   say "building sockudo $SOCKUDO_VERSION once into $BENCH_CACHE (several minutes; log in $BENCH_CACHE/install.log)"
@@ -46,7 +48,7 @@ if [ ! -x "$sockudo" ] && [ -z "${BENCH_NO_SOCKUDO:-}" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler libprotobuf-dev >&2 || true
   fi
   CARGO_TARGET_DIR="$BENCH_CACHE/target" cargo install sockudo --version "$SOCKUDO_VERSION" --locked \
-    --no-default-features --features local --root "$BENCH_CACHE/sockudo-$SOCKUDO_VERSION" \
+    --no-default-features --features local,redis --root "$sockudo_root" \
     >"$BENCH_CACHE/install.log" 2>&1 || sockudo_skipped="cargo install sockudo failed (see $BENCH_CACHE/install.log)"
 fi
 [ -x "$sockudo" ] || sockudo_skipped=${sockudo_skipped:-"sockudo is not installed"}
@@ -80,6 +82,7 @@ server=$!
 pids+=("$server")
 
 pusher_args=()
+cluster_ports=()
 if [ -z "$sockudo_skipped" ]; then
   # In-memory defaults, with the default app's limits raised for the workload.
   HOST=127.0.0.1 PORT=$pusher_port RUST_LOG=warn METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
@@ -90,12 +93,28 @@ if [ -z "$sockudo_skipped" ]; then
   pusher=$!
   pids+=("$pusher")
   pusher_args=(--pusher-ws "ws://127.0.0.1:$pusher_port" --pusher-pid "$pusher")
+  # Two more, sharing Redis through sockudo's Redis adapter, for the cluster rows.
+  cluster_ws=() cluster_pids=()
+  for p in $((pusher_port + 10)) $((pusher_port + 11)); do
+    HOST=127.0.0.1 PORT=$p RUST_LOG=warn METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
+      ADAPTER_DRIVER=redis REDIS_URL="$redis_url" INSTANCE_PROCESS_ID="bench-$p" \
+      SOCKUDO_MAX_CONNECTIONS=1000000 SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=bench-key \
+      SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
+      SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=1000000 \
+      "$sockudo" >".data/bench-sockudo-$p.log" 2>&1 &
+    pids+=("$!")
+    cluster_pids+=("$!")
+    cluster_ws+=("ws://127.0.0.1:$p")
+    cluster_ports+=("$p")
+  done
+  pusher_args+=(--pusher-cluster-ws "$(IFS=,; echo "${cluster_ws[*]}")" \
+    --pusher-cluster-pids "$(IFS=,; echo "${cluster_pids[*]}")")
 else
   pusher_args=(--pusher-skipped "$sockudo_skipped")
 fi
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" ${pusher:+"$pusher_port"}; do
+for p in "$port" ${pusher:+"$pusher_port"} ${cluster_ports[@]+"${cluster_ports[@]}"}; do
   for _ in $(seq 1 100); do answers "$p" && break; sleep 0.1; done
   answers "$p" || { say "nothing answers on port $p; see .data/bench-*.log"; exit 1; }
 done

@@ -299,6 +299,11 @@ impl Cluster {
 
     /// Registers a new connection of `peer`, so that direct messages and kicks find it.
     pub async fn connect(&self, conn: ConnId, peer: &str) {
+        if !self.is_up() {
+            // Registered when Redis is back, with everything else held here.
+            self.inner.dirty.store(true, Ordering::Release);
+            return;
+        }
         let node = self.node();
         let mut pipe = redis::pipe();
         pipe.sadd(self.peer_key(peer), format!("{node}/{conn}"))
@@ -375,7 +380,7 @@ impl Cluster {
     /// Ends a subscription in Redis; kept for later if Redis cannot be reached.
     pub async fn unsubscribe(&self, conn: ConnId, channel: &str) {
         let key = self.conn_key(conn);
-        if self.leave(channel, &key).await.is_err() {
+        if !self.is_up() || self.leave(channel, &key).await.is_err() {
             self.pending_leave(channel, key);
         }
     }
@@ -410,7 +415,7 @@ impl Cluster {
         tokio::spawn(async move {
             let key = cluster.conn_key(conn);
             for channel in &departure.channels {
-                if cluster.leave(channel, &key).await.is_err() {
+                if !cluster.is_up() || cluster.leave(channel, &key).await.is_err() {
                     cluster.pending_leave(channel, key.clone());
                 }
             }

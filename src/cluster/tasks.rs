@@ -289,7 +289,12 @@ impl Cluster {
                     registered = self.beat(false).await.unwrap_or(false);
                     self.inner.dirty.store(true, Ordering::Release);
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    // Redis did not answer: no echo is coming either, and a pub/sub connection
+                    // that still looks open is rebuilt (and `up` cleared) by the echo check.
+                    self.check_echo();
+                    continue;
+                }
             }
             if self.is_up() && self.inner.dirty.load(Ordering::Acquire) {
                 let _ = self.reconcile().await;
