@@ -259,10 +259,10 @@ impl Seen {
         while !done(self) {
             match tokio::time::timeout_at(deadline, socket.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    if let Ok(frame) = serde_json::from_str::<Value>(&text) {
-                        if frame["type"] == "presence" {
-                            self.count(&frame);
-                        }
+                    if let Ok(frame) = serde_json::from_str::<Value>(&text)
+                        && frame["type"] == "presence"
+                    {
+                        self.count(&frame);
                     }
                 }
                 Ok(Some(Ok(_))) => {}
@@ -285,10 +285,10 @@ async fn subscribe(socket: &mut Socket, channel: &str) {
         .await
         .expect("subscribe");
     while let Some(Ok(message)) = socket.next().await {
-        if let Message::Text(text) = message {
-            if text.contains("\"ack\"") || text.contains("\"error\"") {
-                return;
-            }
+        if let Message::Text(text) = message
+            && (text.contains("\"ack\"") || text.contains("\"error\""))
+        {
+            return;
         }
     }
 }
