@@ -383,3 +383,58 @@ async fn shutdown_sends_going_away_then_closes_with_1001(db: PgPool) {
         .expect("server stops");
     assert!(result.unwrap().is_ok());
 }
+
+/// The status of a plain `GET /v1` claiming to come from `forwarded_for`.
+async fn connect_status(app: &TestApp, forwarded_for: &str) -> StatusCode {
+    app.http
+        .get(format!("{}/v1", app.base))
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[sqlx::test]
+async fn behind_a_trusted_proxy_the_connect_limit_counts_forwarded_clients(db: PgPool) {
+    let mut config = common::test_config();
+    config.realtime.connects_per_ip = 2;
+    config.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_config(db.clone(), config.clone()).await;
+    for _ in 0..2 {
+        assert_ne!(
+            connect_status(&app, "203.0.113.7").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    assert_eq!(
+        connect_status(&app, "203.0.113.7").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the forwarded client is over its limit"
+    );
+    assert_ne!(
+        connect_status(&app, "198.51.100.9").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "another client behind the same proxy has its own limit"
+    );
+    // A client cannot pick its address: only the nearest untrusted hop counts.
+    assert_eq!(
+        connect_status(&app, "192.0.2.1, 203.0.113.7").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Without a trusted proxy, X-Forwarded-For is ignored: the TCP peer is the client.
+    config.http.trusted_proxies.clear();
+    let direct = TestApp::spawn_config(db, config).await;
+    for (n, claimed) in ["192.0.2.1", "192.0.2.2"].iter().enumerate() {
+        assert_ne!(
+            connect_status(&direct, claimed).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "connect {n}"
+        );
+    }
+    assert_eq!(
+        connect_status(&direct, "192.0.2.3").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
