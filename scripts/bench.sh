@@ -97,7 +97,7 @@ if [ -z "$sockudo_skipped" ]; then
   cluster_ws=() cluster_pids=()
   for p in $((pusher_port + 10)) $((pusher_port + 11)); do
     HOST=127.0.0.1 PORT=$p RUST_LOG=warn METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
-      ADAPTER_DRIVER=redis REDIS_URL="$redis_url" INSTANCE_PROCESS_ID="bench-$p" \
+      ADAPTER_DRIVER=redis CACHE_DRIVER=redis REDIS_URL="$redis_url" INSTANCE_PROCESS_ID="bench-$p" \
       SOCKUDO_MAX_CONNECTIONS=1000000 SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=bench-key \
       SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
       SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=1000000 \

@@ -141,11 +141,12 @@ pub async fn serve(
     while hub.task_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // This instance's peers leave the cluster now rather than when its heartbeat lapses.
+    // This instance's peers leave the cluster now rather than when its heartbeat lapses; the
+    // heartbeat stops first, so it cannot register the instance again after it left.
+    drop(cluster_tasks);
     if let Some(cluster) = &realtime_for_stop {
         cluster.stop().await;
     }
-    drop(cluster_tasks);
     Ok(())
 }
 

@@ -358,11 +358,8 @@ async fn process(db: &PgPool, prefix: &str, ttl: &str) -> Process {
         .expect("start channeld");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // A client of the process: the test's own TestApp helpers, pointed at its port.
-    let mut app = TestApp::spawn_instance(
-        db.clone(),
-        cluster_config(prefix, &redis_url(), Duration::from_secs(2)),
-    )
-    .await;
+    // (An in-memory server, stopped at once: only its client side is used.)
+    let mut app = TestApp::spawn_instance(db.clone(), common::test_config()).await;
     app.shutdown();
     app.base = format!("http://{addr}");
     app.ws_base = format!("ws://{addr}");

@@ -96,6 +96,7 @@ impl Instance {
 /// Repeated runs of one configuration: every run, and the median with its range.
 #[derive(Debug, Clone, Serialize)]
 pub struct Repeated {
+    pub server: &'static str,
     pub placement: &'static str,
     pub subscribers: usize,
     pub publish_rate: u64,
@@ -111,9 +112,11 @@ pub struct Repeated {
 
 impl Repeated {
     fn of(placement: &'static str, runs: Vec<FanOut>) -> Self {
+        let server = runs[0].server;
         let (median, min, max) = spread(runs.iter().map(|r| r.deliveries.per_sec).collect());
         let (p99, p99_min, p99_max) = spread(runs.iter().map(|r| r.deliveries.p99_ms).collect());
         Self {
+            server,
             placement,
             subscribers: runs[0].subscribers,
             publish_rate: runs[0].publish_rate,
@@ -168,6 +171,8 @@ pub struct Plan<'a> {
     pub seconds: u64,
     pub repeats: usize,
     pub churn_peers: usize,
+    /// Two sockudo instances sharing the same Redis through its Redis adapter, when given.
+    pub pusher: Option<[Server; 2]>,
 }
 
 pub async fn run(plan: &Plan<'_>) -> Result<ClusterFigures, String> {
@@ -189,30 +194,28 @@ pub async fn run(plan: &Plan<'_>) -> Result<ClusterFigures, String> {
     )
     .await?;
     let mut fanout = Vec::new();
+    let mut servers = vec![("channeld", [&a.server, &b.server])];
+    if let Some([first, second]) = &plan.pusher {
+        servers.push(("sockudo", [first, second]));
+    }
     for &(subscribers, rate) in plan.loads {
-        for (placement, spread) in [
-            ("1 instance, Redis", vec![&a.server]),
-            ("2 instances, Redis", vec![&a.server, &b.server]),
-        ] {
-            let mut runs = Vec::new();
-            for run in 0..plan.repeats {
-                eprintln!(
-                    "bench: cluster fan-out to {subscribers} subscribers at {rate}/s, {placement} (run {})",
-                    run + 1
-                );
-                runs.push(
-                    fan_out_over(
-                        &a.server,
-                        &spread,
-                        "channeld",
-                        subscribers,
-                        rate,
-                        plan.seconds,
-                    )
-                    .await,
-                );
+        for (name, [first, second]) in &servers {
+            for (placement, spread) in [
+                ("1 instance, Redis", vec![*first]),
+                ("2 instances, Redis", vec![*first, *second]),
+            ] {
+                let mut runs = Vec::new();
+                for run in 0..plan.repeats {
+                    eprintln!(
+                        "bench: cluster fan-out to {subscribers} subscribers at {rate}/s, {name}, {placement} (run {})",
+                        run + 1
+                    );
+                    runs.push(
+                        fan_out_over(first, &spread, name, subscribers, rate, plan.seconds).await,
+                    );
+                }
+                fanout.push(Repeated::of(placement, runs));
             }
-            fanout.push(Repeated::of(placement, runs));
         }
     }
     eprintln!(

@@ -106,6 +106,13 @@ struct Args {
     cluster_fanout: String,
     #[arg(long, default_value_t = 3)]
     cluster_repeats: usize,
+    /// Two Pusher-protocol servers sharing Redis (sockudo with ADAPTER_DRIVER=redis), for the
+    /// same cluster fan-out: ws://host:port,ws://host:port.
+    #[arg(long)]
+    pusher_cluster_ws: Option<String>,
+    /// Their process ids, comma separated.
+    #[arg(long)]
+    pusher_cluster_pids: Option<String>,
     /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster.
     #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster")]
     only: String,
@@ -271,7 +278,11 @@ async fn main() -> Result<(), String> {
                     seconds: args.fanout_seconds,
                     repeats: args.cluster_repeats,
                     churn_peers: args.churn_peers,
+                    pusher: pusher_cluster(&args),
                 };
+                if plan.pusher.is_none() {
+                    notes.push("sockudo cluster rows skipped: no --pusher-cluster-ws given".into());
+                }
                 cluster_figures = Some(cluster::run(&plan).await?);
             }
             _ => notes.push("cluster rows skipped: no --second-server or --redis-url given".into()),
@@ -305,6 +316,24 @@ async fn main() -> Result<(), String> {
     std::fs::write(&args.out, text + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
     eprintln!("bench: figures written to {}", args.out.display());
     Ok(())
+}
+
+/// The two sockudo instances of the cluster rows, when given.
+fn pusher_cluster(args: &Args) -> Option<[Server; 2]> {
+    let ws: Vec<&str> = args.pusher_cluster_ws.as_deref()?.split(',').collect();
+    let pids: Vec<u32> = args
+        .pusher_cluster_pids
+        .as_deref()?
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let server = |n: usize| Server::Pusher {
+        ws: ws[n].trim().to_owned(),
+        app_key: args.pusher_key.clone(),
+        secret: args.pusher_secret.clone(),
+        pid: pids[n],
+    };
+    (ws.len() == 2 && pids.len() == 2).then(|| [server(0), server(1)])
 }
 
 fn parse_fanouts(spec: &str) -> Result<Vec<(usize, u64)>, String> {

@@ -199,12 +199,13 @@ pub fn print(
             cluster.fanout.first().map_or(0, |r| r.runs.len())
         );
         println!(
-            "{:<20} {:>11} {:>8} | {:>28} {:>24} {:>6}",
-            "placement", "subscribers", "msg/s", "deliveries/s", "p99 ms", "lost"
+            "{:<9} {:<20} {:>11} {:>8} | {:>28} {:>24} {:>6}",
+            "server", "placement", "subscribers", "msg/s", "deliveries/s", "p99 ms", "lost"
         );
         for row in &cluster.fanout {
             println!(
-                "{:<20} {:>11} {:>8} | {:>10.0} [{:>7.0}-{:>7.0}] {:>6.2} [{:>6.2}-{:>6.2}] {:>6}",
+                "{:<9} {:<20} {:>11} {:>8} | {:>10.0} [{:>7.0}-{:>7.0}] {:>6.2} [{:>6.2}-{:>6.2}] {:>6}",
+                row.server,
                 row.placement,
                 row.subscribers,
                 row.publish_rate,

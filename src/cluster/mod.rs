@@ -30,8 +30,8 @@ use redis::{AsyncConnectionConfig, FromRedisValue, aio::MultiplexedConnection};
 
 use crate::realtime::hub::{ConnId, Departure, Hub, Metadata, Roster};
 use scripts::{
-    JOIN_SCRIPT, LEAVE_SCRIPT, PUBLISH_SCRIPT, REAP_PEER_SCRIPT, REAP_SCRIPT, ROSTER_SCRIPT,
-    TO_PEER_SCRIPT,
+    JOIN_SCRIPT, LEAVE_SCRIPT, PUBLISH_SCRIPT, REAP_PEER_SCRIPT, REAP_SCRIPT, REGISTER_SCRIPT,
+    ROSTER_SCRIPT, TO_PEER_SCRIPT,
 };
 use wire::Version;
 
@@ -87,7 +87,12 @@ struct Shared {
     /// Something was not written to Redis (or Redis may have lost it): register everything again.
     dirty: AtomicBool,
     /// Leaves that could not be written, by connection key, retried when Redis is back.
-    pending_leaves: Mutex<Vec<(Arc<str>, String)>>,
+    pending_leaves: Mutex<HashSet<(Arc<str>, String)>>,
+    /// Connection registrations that could not be removed: (peer, connection key).
+    pending_removals: Mutex<HashSet<(Arc<str>, String)>>,
+    /// Subscribes hold it shared from reservation to attachment; retrying leaves holds it alone,
+    /// so a leave retried for a connection cannot overtake that connection's new join.
+    reconciling: tokio::sync::RwLock<()>,
     /// Wakes the pub/sub task to rebuild its connection (its heartbeat echo stopped).
     rebuild: tokio::sync::Notify,
     /// When this instance last heard its own heartbeat through pub/sub.
@@ -113,7 +118,9 @@ impl Cluster {
                 interest: tokio::sync::Mutex::new(HashSet::new()),
                 up: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
-                pending_leaves: Mutex::new(Vec::new()),
+                pending_leaves: Mutex::new(HashSet::new()),
+                pending_removals: Mutex::new(HashSet::new()),
+                reconciling: tokio::sync::RwLock::new(()),
                 rebuild: tokio::sync::Notify::new(),
                 last_echo: Mutex::new(tokio::time::Instant::now()),
                 stats: ClusterStats::default(),
@@ -299,19 +306,24 @@ impl Cluster {
 
     /// Registers a new connection of `peer`, so that direct messages and kicks find it.
     pub async fn connect(&self, conn: ConnId, peer: &str) {
-        if !self.is_up() {
+        if !self.is_up() || self.register(conn, peer).await.is_err() {
             // Registered when Redis is back, with everything else held here.
             self.inner.dirty.store(true, Ordering::Release);
-            return;
         }
+    }
+
+    async fn register(&self, conn: ConnId, peer: &str) -> Result<(), ClusterError> {
         let node = self.node();
-        let mut pipe = redis::pipe();
-        pipe.sadd(self.peer_key(peer), format!("{node}/{conn}"))
-            .ignore()
-            .sadd(self.node_peers_key(&node), peer)
-            .ignore();
-        if self.pipeline::<()>(&pipe).await.is_err() {
-            self.inner.dirty.store(true, Ordering::Release);
+        let mut invocation = REGISTER_SCRIPT.prepare_invoke();
+        invocation
+            .key(self.node_key(&node))
+            .key(self.peer_key(peer))
+            .key(self.node_peers_key(&node))
+            .arg(format!("{node}/{conn}"))
+            .arg(peer);
+        match self.run::<i64>(invocation).await? {
+            1 => Ok(()),
+            _ => Err(ClusterError::Unavailable),
         }
     }
 
@@ -328,6 +340,7 @@ impl Cluster {
         metadata: Option<&Metadata>,
     ) -> Result<Option<Roster>, SubscribeFailure> {
         let hub = &self.inner.hub;
+        let _reconciling = self.inner.reconciling.read().await;
         let needs_roster = match hub
             .reserve(conn, channel, include_sender_metadata, max_subscriptions)
             .map_err(|_| SubscribeFailure::LimitExceeded)?
@@ -335,12 +348,11 @@ impl Cluster {
             crate::realtime::hub::Reservation::Subscribed => return Ok(None),
             crate::realtime::hub::Reservation::Reserved { needs_roster } => needs_roster,
         };
-        let joined = async {
-            self.ensure_subscribed(channel).await?;
-            self.join(conn, channel, peer, metadata, needs_roster).await
+        if self.ensure_subscribed(channel).await.is_err() {
+            hub.abandon(channel);
+            return Err(SubscribeFailure::Unavailable);
         }
-        .await;
-        match joined {
+        match self.join(conn, channel, peer, metadata, needs_roster).await {
             Ok(snapshot) => Ok(hub.attach(conn, channel, include_sender_metadata, snapshot)),
             Err(_) => {
                 hub.abandon(channel);
@@ -366,6 +378,7 @@ impl Cluster {
             invocation.key(key);
         }
         invocation
+            .key(self.node_key(&node))
             .arg(format!("{node}/{conn}"))
             .arg(peer)
             .arg(metadata.map_or("", |m| m.get()))
@@ -374,6 +387,11 @@ impl Cluster {
             .arg(if with_roster { "1" } else { "0" })
             .arg(self.channel_topic(channel));
         let (version, roster): (String, Vec<String>) = self.run(invocation).await?;
+        if version == "gone" {
+            // Reaped: the heartbeat registers a new generation and everything held here again.
+            self.inner.dirty.store(true, Ordering::Release);
+            return Err(ClusterError::Unavailable);
+        }
         Ok(with_roster.then(|| roster_reply(&version, roster)))
     }
 
@@ -405,8 +423,26 @@ impl Cluster {
             .pending_leaves
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((Arc::from(channel), conn_key));
+            .insert((Arc::from(channel), conn_key));
         self.inner.dirty.store(true, Ordering::Release);
+    }
+
+    /// Unregisters a connection of `peer` in Redis; kept for later if Redis cannot be reached.
+    async fn unregister(&self, peer: &Arc<str>, conn_key: String, last_of_peer: bool) {
+        let node = conn_key.split('/').next().unwrap_or_default().to_owned();
+        let mut pipe = redis::pipe();
+        pipe.srem(self.peer_key(peer), &conn_key).ignore();
+        if last_of_peer {
+            pipe.srem(self.node_peers_key(&node), &**peer).ignore();
+        }
+        if !self.is_up() || self.pipeline::<()>(&pipe).await.is_err() {
+            self.inner
+                .pending_removals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((peer.clone(), conn_key));
+            self.inner.dirty.store(true, Ordering::Release);
+        }
     }
 
     /// A connection went away: leave its channels and unregister it, in the background.
@@ -419,16 +455,9 @@ impl Cluster {
                     cluster.pending_leave(channel, key.clone());
                 }
             }
-            let node = cluster.node();
-            let mut pipe = redis::pipe();
-            pipe.srem(cluster.peer_key(&departure.peer), &key).ignore();
-            if departure.last_of_peer {
-                pipe.srem(cluster.node_peers_key(&node), &*departure.peer)
-                    .ignore();
-            }
-            if cluster.pipeline::<()>(&pipe).await.is_err() {
-                cluster.inner.dirty.store(true, Ordering::Release);
-            }
+            cluster
+                .unregister(&departure.peer, key, departure.last_of_peer)
+                .await;
         });
     }
 

@@ -23,7 +23,7 @@ local function bump()
   else
     epoch = redis.call('HGET', KEYS[5], 'e')
   end
-  return epoch .. '.' .. seq
+  return string.format('%d.%d', epoch, seq)
 end
 local function version()
   local v = redis.call('HMGET', KEYS[5], 'e', 's')
@@ -33,8 +33,11 @@ end
 ";
 
 /// ARGV: connection key, peer, metadata (or empty), node, channel, `1` for the roster, pub/sub
-/// channel. A connection already registered changes nothing, so retrying is safe.
+/// channel. KEYS[8]: the node's beat key: a node that was reaped writes nothing (`gone`), so no
+/// entry can land after its reaper read what to remove. A connection already registered changes
+/// nothing, so retrying is safe.
 const JOIN: &str = r"
+if redis.call('EXISTS', KEYS[8]) == 0 then return {'gone', {}} end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
   redis.call('SADD', KEYS[6], ARGV[5])
@@ -127,6 +130,31 @@ end
 return total
 ";
 
+/// Registers a connection of a peer, unless the node was reaped. KEYS: the node's beat key, the
+/// peer's SET, the node's peer SET. ARGV: `<node>/<conn>`, peer. Returns 0 when reaped.
+const REGISTER: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+";
+
+/// The heartbeat. KEYS: the beat key, the node SET, the instance's pub/sub channel is ARGV[4].
+/// ARGV: TTL in ms, `1` when already registered (then the beat key must still exist), node id.
+/// Returns 0 when a registered node's beat key is gone (it was reaped, or Redis lost it).
+const BEAT: &str = r"
+local set
+if ARGV[2] == '1' then
+  set = redis.call('SET', KEYS[1], '1', 'PX', ARGV[1], 'XX')
+else
+  set = redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+if not set then return 0 end
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'E')
+return 1
+";
+
 /// Removes a dead node's connections from a peer's SET. ARGV: `<node>/`.
 const REAP_PEER: &str = r"
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -146,3 +174,5 @@ pub static ROSTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_version(ROSTE
 pub static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_COUNTED));
 pub static TO_PEER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TO_PEER));
 pub static REAP_PEER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REAP_PEER));
+pub static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
+pub static BEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEAT));

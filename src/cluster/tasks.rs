@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::join_all};
 use tokio::{task::JoinHandle, time::Instant};
 
 use super::{
@@ -21,6 +21,20 @@ use crate::realtime::protocol::close;
 const IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(30);
 /// Subscriptions sent to Redis per command when subscribing again.
 const RESUBSCRIBE_BATCH: usize = 1000;
+/// Registrations sent to Redis at once when registering everything again.
+const RECONCILE_BATCH: usize = 256;
+
+fn take<T: Eq + std::hash::Hash>(set: &std::sync::Mutex<HashSet<T>>) -> Vec<T> {
+    std::mem::take(&mut *set.lock().unwrap_or_else(PoisonError::into_inner))
+        .into_iter()
+        .collect()
+}
+
+fn give_back<T: Eq + std::hash::Hash + Clone>(set: &std::sync::Mutex<HashSet<T>>, items: &[T]) {
+    set.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(items.iter().cloned());
+}
 
 /// The running background tasks; dropping it stops them.
 pub struct ClusterTasks(Vec<JoinHandle<()>>);
@@ -38,6 +52,7 @@ impl Cluster {
         ClusterTasks(vec![
             tokio::spawn(self.clone().pubsub_loop()),
             tokio::spawn(self.clone().beat_loop()),
+            tokio::spawn(self.clone().maintain_loop()),
             tokio::spawn(self.clone().idle_sweep()),
         ])
     }
@@ -93,6 +108,11 @@ impl Cluster {
                 .sink
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(sink);
+            *self
+                .inner
+                .last_echo
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             self.inner.up.store(true, Ordering::Release);
             tracing::info!(channels = interest.len(), "subscribed to Redis");
             drop(interest);
@@ -145,12 +165,7 @@ impl Cluster {
                 with_metadata,
             }) => {
                 let sender = (origin == self.inner.instance && sender != 0).then_some(sender);
-                hub.publish(
-                    channel,
-                    sender,
-                    &plain.into(),
-                    with_metadata.map(Into::into).as_ref(),
-                );
+                hub.deliver_message(channel, sender, plain.into(), with_metadata.map(Into::into));
             }
             Some(ChannelPayload::Presence(event)) => {
                 if hub.apply_presence(channel, event) {
@@ -203,69 +218,90 @@ impl Cluster {
     }
 
     /// Registers, under the current node id, every connection and subscription held here, after
-    /// taking back the leaves that could not be written. Every step may be repeated safely.
+    /// taking back the leaves and registrations that could not be written. Every step may be
+    /// repeated safely; what ended while this ran is taken back at the end.
     async fn reconcile(&self) -> Result<(), ClusterError> {
         self.inner.dirty.store(false, Ordering::Release);
-        let leaves = std::mem::take(
-            &mut *self
-                .inner
-                .pending_leaves
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for (index, (channel, key)) in leaves.iter().enumerate() {
-            let current = key
-                .rsplit_once('/')
-                .and_then(|(node, conn)| {
-                    (*node == *self.node()).then(|| conn.parse().ok()).flatten()
-                })
-                .is_some_and(|conn| self.inner.hub.is_subscribed(conn, channel));
-            if current {
-                continue;
+        let result = self.reconcile_steps().await;
+        if result.is_err() {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn reconcile_steps(&self) -> Result<(), ClusterError> {
+        let hub = &self.inner.hub;
+        {
+            // No subscribe is between its reservation and its attachment meanwhile.
+            let _alone = self.inner.reconciling.write().await;
+            let leaves: Vec<_> = take(&self.inner.pending_leaves);
+            for (index, (channel, key)) in leaves.iter().enumerate() {
+                let current = self
+                    .local_conn(key)
+                    .is_some_and(|conn| hub.is_subscribed(conn, channel));
+                if current {
+                    continue;
+                }
+                if let Err(error) = self.leave(channel, key).await {
+                    give_back(&self.inner.pending_leaves, &leaves[index..]);
+                    return Err(error);
+                }
             }
-            if let Err(error) = self.leave(channel, key).await {
-                self.inner
-                    .pending_leaves
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(leaves[index..].iter().cloned());
-                self.inner.dirty.store(true, Ordering::Release);
-                return Err(error);
+            let removals: Vec<_> = take(&self.inner.pending_removals);
+            for (index, (peer, key)) in removals.iter().enumerate() {
+                if self
+                    .local_conn(key)
+                    .is_some_and(|conn| hub.has_connection(conn))
+                {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                pipe.srem(self.peer_key(peer), key).ignore();
+                if let Err(error) = self.pipeline::<()>(&pipe).await {
+                    give_back(&self.inner.pending_removals, &removals[index..]);
+                    return Err(error);
+                }
             }
         }
-        let state = self.inner.hub.local_state();
-        let node = self.node();
-        for chunk in state.connections.chunks(RESUBSCRIBE_BATCH) {
-            let mut pipe = redis::pipe();
-            for (conn, peer) in chunk {
-                pipe.sadd(self.peer_key(peer), format!("{node}/{conn}"))
-                    .ignore()
-                    .sadd(self.node_peers_key(&node), &**peer)
-                    .ignore();
-            }
-            if let Err(error) = self.pipeline::<()>(&pipe).await {
-                self.inner.dirty.store(true, Ordering::Release);
-                return Err(error);
+        let state = hub.local_state();
+        for chunk in state.connections.chunks(RECONCILE_BATCH) {
+            let registered =
+                join_all(chunk.iter().map(|(conn, peer)| self.register(*conn, peer))).await;
+            registered.into_iter().collect::<Result<Vec<()>, _>>()?;
+        }
+        let channels: HashSet<&Arc<str>> = state.subscriptions.iter().map(|s| &s.0).collect();
+        for channel in channels {
+            self.ensure_subscribed(channel).await?;
+        }
+        for chunk in state.subscriptions.chunks(RECONCILE_BATCH) {
+            let joined = join_all(chunk.iter().map(|(channel, conn, peer, metadata)| {
+                self.join(*conn, channel, peer, metadata.as_ref(), false)
+            }))
+            .await;
+            joined.into_iter().collect::<Result<Vec<_>, _>>()?;
+        }
+        // Whatever ended while the snapshot above was being written is taken back.
+        for (channel, conn, _, _) in &state.subscriptions {
+            if !hub.is_subscribed(*conn, channel) {
+                self.unsubscribe(*conn, channel).await;
             }
         }
-        let mut subscribed: HashSet<Arc<str>> = HashSet::new();
-        for (channel, conn, peer, metadata) in &state.subscriptions {
-            if subscribed.insert(channel.clone()) {
-                self.ensure_subscribed(channel).await?;
-            }
-            if let Err(error) = self
-                .join(*conn, channel, peer, metadata.as_ref(), false)
-                .await
-            {
-                self.inner.dirty.store(true, Ordering::Release);
-                return Err(error);
+        for (conn, peer) in &state.connections {
+            if !hub.has_connection(*conn) {
+                self.unregister(peer, self.conn_key(*conn), false).await;
             }
         }
         Ok(())
     }
 
-    /// Beats every fifth of the TTL, reaps nodes whose beat lapsed, registers everything again
-    /// when needed, and rebuilds the pub/sub connection when it stops echoing.
+    /// The connection a key names, if it is of this node's current generation.
+    fn local_conn(&self, key: &str) -> Option<crate::realtime::hub::ConnId> {
+        let (node, conn) = key.rsplit_once('/')?;
+        (*node == *self.node()).then(|| conn.parse().ok()).flatten()
+    }
+
+    /// Beats every fifth of the TTL and rebuilds the pub/sub connection when it stops echoing.
+    /// Nothing else runs on this task, so a long reconcile or reap cannot delay a beat.
     async fn beat_loop(self) {
         let mut tick = tokio::time::interval(self.beat_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,20 +325,26 @@ impl Cluster {
                     registered = self.beat(false).await.unwrap_or(false);
                     self.inner.dirty.store(true, Ordering::Release);
                 }
-                Err(_) => {
-                    // Redis did not answer: no echo is coming either, and a pub/sub connection
-                    // that still looks open is rebuilt (and `up` cleared) by the echo check.
-                    self.check_echo();
-                    continue;
-                }
+                // Redis did not answer: no echo is coming either, and a pub/sub connection that
+                // still looks open is rebuilt (and `up` cleared) by the echo check.
+                Err(_) => {}
             }
+            self.check_echo();
+        }
+    }
+
+    /// Registers everything again when something was not written, and reaps dead nodes.
+    async fn maintain_loop(self) {
+        let mut tick = tokio::time::interval(self.beat_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
             if self.is_up() && self.inner.dirty.load(Ordering::Acquire) {
                 let _ = self.reconcile().await;
             }
             if let Err(error) = self.reap_dead().await {
                 tracing::debug!(%error, "reaping dead instances failed");
             }
-            self.check_echo();
         }
     }
 
@@ -310,19 +352,15 @@ impl Cluster {
     async fn beat(&self, registered: bool) -> Result<bool, ClusterError> {
         let node = self.node();
         let ttl = u64::try_from(self.inner.settings.node_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut set = redis::cmd("SET");
-        set.arg(self.node_key(&node)).arg(1).arg("PX").arg(ttl);
-        if registered {
-            set.arg("XX");
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(set)
-            .sadd(self.nodes_key(), &*node)
-            .ignore()
-            .publish(self.instance_topic(), wire::ECHO)
-            .ignore();
-        let (set,): (Option<String>,) = self.pipeline(&pipe).await?;
-        Ok(set.is_some())
+        let mut invocation = super::scripts::BEAT_SCRIPT.prepare_invoke();
+        invocation
+            .key(self.node_key(&node))
+            .key(self.nodes_key())
+            .arg(ttl)
+            .arg(if registered { "1" } else { "0" })
+            .arg(&*node)
+            .arg(self.instance_topic());
+        Ok(self.run::<i64>(invocation).await? == 1)
     }
 
     async fn reap_dead(&self) -> Result<(), ClusterError> {
@@ -350,13 +388,16 @@ impl Cluster {
                         .arg(&*own)
                         .arg("NX")
                         .arg("PX")
-                        .arg(30_000),
+                        .arg(10_000),
                 )
                 .await?;
             if lock.is_none() {
                 continue;
             }
             let left = self.reap(node).await?;
+            let _ = self
+                .query::<i64>(redis::cmd("DEL").arg(format!("{}:reap:{node}", self.prefix())))
+                .await;
             self.inner
                 .stats
                 .nodes_reaped
@@ -383,7 +424,7 @@ impl Cluster {
                 .last_echo
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-            self.inner.rebuild.notify_one();
+            self.inner.rebuild.notify_waiters();
         }
     }
 
@@ -413,11 +454,11 @@ impl Cluster {
                 .clone();
             let Some(mut sink) = sink else { continue };
             let topics: Vec<String> = expired.iter().map(|c| self.channel_topic(c)).collect();
-            if let Ok(Ok(())) = tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(&topics)).await
-            {
-                for channel in &expired {
-                    interest.remove(channel);
-                }
+            // Forgotten either way: if the unsubscribe did land although its answer did not,
+            // the next subscriber must subscribe again rather than trust a stale entry.
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(&topics)).await;
+            for channel in &expired {
+                interest.remove(channel);
             }
         }
     }

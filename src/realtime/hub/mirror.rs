@@ -22,6 +22,16 @@ use crate::{
 /// is found (and read again) when the next event arrives.
 const MAX_PENDING_EVENTS: usize = 10_000;
 
+/// Held while a mirror is read, and then applied or delivered in the order they came.
+pub(super) enum Pending {
+    Presence(PresenceEvent),
+    Message {
+        sender: Option<ConnId>,
+        plain: Outbound,
+        with_metadata: Option<Outbound>,
+    },
+}
+
 /// What a connection was subscribed to when it unregistered.
 #[derive(Debug)]
 pub struct Departure {
@@ -138,6 +148,40 @@ impl Hub {
         entry.apply(&name, event, &self.stats)
     }
 
+    /// Delivers a message from Redis: at once, or after the presence events before it when the
+    /// mirror is being read, so that subscribers see one order of messages and presence.
+    pub fn deliver_message(
+        &self,
+        channel: &str,
+        sender: Option<ConnId>,
+        plain: Outbound,
+        with_metadata: Option<Outbound>,
+    ) {
+        {
+            let inner = self.read();
+            let Some(entry) = inner.channels.get(channel) else {
+                return;
+            };
+            if entry.version.is_some() {
+                entry.deliver(sender, &plain, with_metadata.as_ref(), &self.stats);
+                return;
+            }
+        }
+        let mut inner = self.write();
+        let Some(entry) = inner.channels.get_mut(channel) else {
+            return;
+        };
+        if entry.version.is_some() {
+            entry.deliver(sender, &plain, with_metadata.as_ref(), &self.stats);
+        } else if entry.pending_events.len() < MAX_PENDING_EVENTS {
+            entry.pending_events.push(Pending::Message {
+                sender,
+                plain,
+                with_metadata,
+            });
+        }
+    }
+
     /// Replaces a mirror with the roster read from Redis at `version`, sending the difference.
     /// Returns `true` when held events show it must be read yet again.
     pub fn resync(&self, channel: &str, version: Version, roster: Roster) -> bool {
@@ -167,6 +211,10 @@ impl Hub {
     /// Whether this instance has subscribers (or subscriptions on their way) in `channel`.
     pub fn serves(&self, channel: &str) -> bool {
         self.read().channels.contains_key(channel)
+    }
+
+    pub fn has_connection(&self, conn: ConnId) -> bool {
+        self.read().connections.contains_key(&conn)
     }
 
     pub fn is_subscribed(&self, conn: ConnId, channel: &str) -> bool {
@@ -209,7 +257,7 @@ impl Channel {
     fn apply(&mut self, name: &str, event: PresenceEvent, stats: &HubStats) -> bool {
         let Some(current) = self.version else {
             if self.pending_events.len() < MAX_PENDING_EVENTS {
-                self.pending_events.push(event);
+                self.pending_events.push(Pending::Presence(event));
             }
             return false;
         };
@@ -251,7 +299,7 @@ impl Channel {
         }
         // A gap: read the roster again; hold this and later events until then.
         self.version = None;
-        self.pending_events.push(event);
+        self.pending_events.push(Pending::Presence(event));
         true
     }
 
@@ -284,10 +332,45 @@ impl Channel {
         self.version = Some(version);
         self.announce(name, &joined, &left, stats);
         let mut again = false;
-        for event in std::mem::take(&mut self.pending_events) {
-            again |= self.apply(name, event, stats);
+        let mut held = std::mem::take(&mut self.pending_events).into_iter();
+        for item in held.by_ref() {
+            match item {
+                Pending::Presence(event) => again |= self.apply(name, event, stats),
+                Pending::Message {
+                    sender,
+                    plain,
+                    with_metadata,
+                } => {
+                    if self.version.is_some() {
+                        self.deliver(sender, &plain, with_metadata.as_ref(), stats);
+                    } else {
+                        self.pending_events.push(Pending::Message {
+                            sender,
+                            plain,
+                            with_metadata,
+                        });
+                    }
+                }
+            }
         }
         again
+    }
+
+    /// Delivers a message to every subscriber but `sender`, as [`Hub::publish`] does.
+    fn deliver(
+        &self,
+        sender: Option<ConnId>,
+        plain: &Outbound,
+        with_metadata: Option<&Outbound>,
+        stats: &HubStats,
+    ) {
+        for sub in self.subscribers.iter().filter(|s| Some(s.conn) != sender) {
+            let frame = match with_metadata {
+                Some(frame) if sub.include_sender_metadata => frame,
+                _ => plain,
+            };
+            deliver(&sub.tx, &sub.signal, frame, stats);
+        }
     }
 
     /// Sends a mirror change to the local presence subscribers, leaving out each subscriber's

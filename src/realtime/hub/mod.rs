@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
 
 use super::protocol::{PeerEntry, ServerFrame, close};
-use crate::cluster::wire::{PresenceEvent, Version};
+use crate::cluster::wire::Version;
 
 mod mirror;
 pub use mirror::{Departure, LocalState, Reservation};
@@ -174,8 +174,9 @@ struct Channel {
     peers: HashMap<Arc<str>, Presence>,
     /// Cluster mode: the roster version the mirror is at; `None` while it is being (re)read.
     version: Option<Version>,
-    /// Cluster mode: events that arrived while the mirror was being read.
-    pending_events: Vec<PresenceEvent>,
+    /// Cluster mode: presence events and messages that arrived while the mirror was being read,
+    /// in their order.
+    pending_events: Vec<mirror::Pending>,
     /// Cluster mode: subscriptions on their way in (waiting on Redis).
     reserved: usize,
 }
