@@ -291,7 +291,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     if let Some(cluster) = &state.realtime.cluster {
         let stats = cluster.stats();
-        let cluster_samples: [(&str, &str, &str, u64); 6] = [
+        let cluster_samples: [(&str, &str, &str, u64); 7] = [
             (
                 "channeld_redis_up",
                 "gauge",
@@ -321,6 +321,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 "counter",
                 "Instances this one removed from the cluster after their heartbeat lapsed.",
                 load(&stats.nodes_reaped),
+            ),
+            (
+                "channeld_cluster_publishes_lost_total",
+                "counter",
+                "WebSocket publishes lost because Redis failed while they were on their way.",
+                load(&stats.publishes_lost),
             ),
             (
                 "channeld_cluster_messages_in_total",

@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:18103,127.0.0.1:18104")]
     cluster_listen: String,
     /// Cluster fan-out runs, as --fanout; each is repeated --cluster-repeats times.
-    #[arg(long, default_value = "1000:1000,5000:200")]
+    #[arg(long, default_value = "1000:1000,5000:200,5000:400")]
     cluster_fanout: String,
     #[arg(long, default_value_t = 3)]
     cluster_repeats: usize,

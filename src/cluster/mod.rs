@@ -45,6 +45,9 @@ pub struct ClusterSettings {
     pub node_ttl: Duration,
 }
 
+/// WebSocket publishes waiting for Redis, per instance; beyond, a publish answers an error.
+const PUBLISH_QUEUE: usize = 65_536;
+
 /// How long one Redis round trip may take before Redis counts as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -60,6 +63,8 @@ pub struct ClusterStats {
     pub redis_errors: AtomicU64,
     pub pubsub_reconnects: AtomicU64,
     pub resyncs: AtomicU64,
+    /// WebSocket publishes lost because Redis failed while they were on their way.
+    pub publishes_lost: AtomicU64,
     pub nodes_reaped: AtomicU64,
     pub messages_in: AtomicU64,
 }
@@ -95,6 +100,9 @@ struct Shared {
     reconciling: tokio::sync::RwLock<()>,
     /// Wakes the pub/sub task to rebuild its connection (its heartbeat echo stopped).
     rebuild: tokio::sync::Notify,
+    /// WebSocket publishes on their way to Redis, in order; see [`Cluster::publish`].
+    publishes: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>>,
     /// When this instance last heard its own heartbeat through pub/sub.
     last_echo: Mutex<tokio::time::Instant>,
     stats: ClusterStats,
@@ -105,6 +113,7 @@ impl Cluster {
     pub fn new(settings: ClusterSettings, hub: Hub) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(settings.redis_url.as_str())?;
         let instance = rand::random::<u64>() >> 1;
+        let (publishes, publish_queue) = tokio::sync::mpsc::channel(PUBLISH_QUEUE);
         Ok(Self {
             inner: Arc::new(Shared {
                 client,
@@ -123,6 +132,8 @@ impl Cluster {
                 reconciling: tokio::sync::RwLock::new(()),
                 rebuild: tokio::sync::Notify::new(),
                 last_echo: Mutex::new(tokio::time::Instant::now()),
+                publishes,
+                publish_queue: Mutex::new(Some(publish_queue)),
                 stats: ClusterStats::default(),
             }),
         })
@@ -462,7 +473,9 @@ impl Cluster {
     }
 
     /// Publishes from a WebSocket connection; every instance delivers it, the sender excepted.
-    pub async fn publish(
+    /// Queued rather than waited on: one task sends the queue to Redis in pipelined batches, in
+    /// order, so a connection's publishes keep their order and its loop never waits for Redis.
+    pub fn publish(
         &self,
         channel: &str,
         sender: ConnId,
@@ -471,13 +484,10 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         self.require_up()?;
         let payload = wire::encode_message(self.inner.instance, sender, plain, with_metadata);
-        self.query::<i64>(
-            redis::cmd("PUBLISH")
-                .arg(self.channel_topic(channel))
-                .arg(payload),
-        )
-        .await
-        .map(drop)
+        self.inner
+            .publishes
+            .try_send((self.channel_topic(channel), payload))
+            .map_err(|_| ClusterError::Unavailable)
     }
 
     /// Publishes from REST and answers how many subscribers the cluster has in the channel.

@@ -21,6 +21,8 @@ use crate::realtime::protocol::close;
 const IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(30);
 /// Subscriptions sent to Redis per command when subscribing again.
 const RESUBSCRIBE_BATCH: usize = 1000;
+/// WebSocket publishes sent to Redis in one pipeline.
+const PUBLISH_BATCH: usize = 256;
 /// Registrations sent to Redis at once when registering everything again.
 const RECONCILE_BATCH: usize = 256;
 
@@ -54,6 +56,7 @@ impl Cluster {
             tokio::spawn(self.clone().beat_loop()),
             tokio::spawn(self.clone().maintain_loop()),
             tokio::spawn(self.clone().idle_sweep()),
+            tokio::spawn(self.clone().publish_loop()),
         ])
     }
 
@@ -425,6 +428,34 @@ impl Cluster {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             self.inner.rebuild.notify_waiters();
+        }
+    }
+
+    /// Sends WebSocket publishes to Redis as they come, up to 256 in one pipeline. If Redis
+    /// fails, that batch is lost (counted): ephemeral messages are delivered at most once.
+    async fn publish_loop(self) {
+        let Some(mut queue) = self
+            .inner
+            .publish_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            let mut pipe = redis::pipe();
+            for (topic, payload) in &batch {
+                pipe.publish(topic, payload).ignore();
+            }
+            if self.pipeline::<()>(&pipe).await.is_err() {
+                self.inner
+                    .stats
+                    .publishes_lost
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            batch.clear();
         }
     }
 

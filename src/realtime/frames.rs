@@ -303,7 +303,6 @@ impl Connection {
                     &plain.frame,
                     with_metadata.as_ref().map(|f| f.frame.as_str()),
                 )
-                .await
                 .map_err(|_| realtime_unavailable())?,
             None => {
                 self.hub
