@@ -45,6 +45,9 @@ pub struct ClusterSettings {
     pub node_ttl: Duration,
 }
 
+/// A queued publish: the pub/sub channel and the payload.
+type Publish = (String, Vec<u8>);
+
 /// WebSocket publishes waiting for Redis, per instance; beyond, a publish answers an error.
 const PUBLISH_QUEUE: usize = 65_536;
 
@@ -101,8 +104,8 @@ struct Shared {
     /// Wakes the pub/sub task to rebuild its connection (its heartbeat echo stopped).
     rebuild: tokio::sync::Notify,
     /// WebSocket publishes on their way to Redis, in order; see [`Cluster::publish`].
-    publishes: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
-    publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>>,
+    publishes: tokio::sync::mpsc::Sender<Publish>,
+    publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<Publish>>>,
     /// When this instance last heard its own heartbeat through pub/sub.
     last_echo: Mutex<tokio::time::Instant>,
     stats: ClusterStats,
