@@ -136,7 +136,8 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         conn,
     };
     if let Some(cluster) = &state.realtime.cluster {
-        cluster.connect(conn, &session.peer_id).await;
+        // Boxed: inline, this Redis round trip's future would grow every connection's task.
+        Box::pin(cluster.connect(conn, &session.peer_id)).await;
     }
     let mut shutdown = state.realtime.shutdown.subscribe();
     let mut connection = Connection {

@@ -171,20 +171,21 @@ impl Connection {
             )
         };
         let roster = match self.state.realtime.cluster.clone() {
-            Some(cluster) => cluster
-                .subscribe(
-                    self.conn,
-                    name,
-                    frame.include_sender_metadata,
-                    max,
-                    &self.session.peer_id,
-                    self.session.peer_metadata.as_ref(),
-                )
-                .await
-                .map_err(|failure| match failure {
-                    SubscribeFailure::LimitExceeded => limit_exceeded(),
-                    SubscribeFailure::Unavailable => realtime_unavailable(),
-                })?,
+            // Boxed, here and below: a Redis round trip's future is large, and inline it would
+            // grow every connection's task, cluster mode or not.
+            Some(cluster) => Box::pin(cluster.subscribe(
+                self.conn,
+                name,
+                frame.include_sender_metadata,
+                max,
+                &self.session.peer_id,
+                self.session.peer_metadata.as_ref(),
+            ))
+            .await
+            .map_err(|failure| match failure {
+                SubscribeFailure::LimitExceeded => limit_exceeded(),
+                SubscribeFailure::Unavailable => realtime_unavailable(),
+            })?,
             None => self
                 .hub
                 .subscribe(self.conn, name, frame.include_sender_metadata, max)
@@ -252,7 +253,7 @@ impl Connection {
         if self.hub.unsubscribe(self.conn, name)
             && let Some(cluster) = &self.state.realtime.cluster
         {
-            cluster.unsubscribe(self.conn, name).await;
+            Box::pin(cluster.unsubscribe(self.conn, name)).await;
         }
     }
 
@@ -330,8 +331,7 @@ impl Connection {
         .encode()
         .into();
         let reached = match &self.state.realtime.cluster {
-            Some(cluster) => cluster
-                .send(to, &direct.frame)
+            Some(cluster) => Box::pin(cluster.send(to, &direct.frame))
                 .await
                 .map_err(|_| realtime_unavailable())?,
             None => {
