@@ -293,6 +293,15 @@ impl Cluster {
         }
     }
 
+    /// The pub/sub connection's command side, while it is up.
+    fn sink(&self) -> Option<redis::aio::PubSubSink> {
+        self.inner
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Subscribes this instance to `channel` in Redis, if it is not already.
     async fn ensure_subscribed(&self, channel: &str) -> Result<(), ClusterError> {
         let mut interest = self.inner.interest.lock().await;
@@ -300,13 +309,7 @@ impl Cluster {
         if interest.contains(channel) {
             return Ok(());
         }
-        let sink = self
-            .inner
-            .sink
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut sink = sink.ok_or(ClusterError::Unavailable)?;
+        let mut sink = self.sink().ok_or(ClusterError::Unavailable)?;
         match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(self.channel_topic(channel))).await
         {
             Ok(Ok(())) => {

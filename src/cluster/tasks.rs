@@ -477,13 +477,9 @@ impl Cluster {
             if expired.is_empty() {
                 continue;
             }
-            let sink = self
-                .inner
-                .sink
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let Some(mut sink) = sink else { continue };
+            let Some(mut sink) = self.sink() else {
+                continue;
+            };
             let topics: Vec<String> = expired.iter().map(|c| self.channel_topic(c)).collect();
             // Forgotten either way: if the unsubscribe did land although its answer did not,
             // the next subscriber must subscribe again rather than trust a stale entry.

@@ -107,14 +107,9 @@ impl Hub {
         };
         connection.channels.push(name);
         let member = &connection.member;
-        entry.subscribers.push(Subscriber {
-            conn,
-            peer: member.peer_id.clone(),
-            include_sender_metadata,
-            presence: member.presence,
-            tx: member.tx.clone(),
-            signal: member.signal.clone(),
-        });
+        entry
+            .subscribers
+            .push(Subscriber::of(conn, member, include_sender_metadata));
         Some(
             entry
                 .peers
@@ -279,15 +274,7 @@ impl Channel {
                     Some((peer, presence.metadata))
                 })
                 .collect();
-            for (peer, metadata) in &joined {
-                self.peers.insert(
-                    peer.clone(),
-                    Presence {
-                        connections: 0,
-                        metadata: metadata.clone(),
-                    },
-                );
-            }
+            self.mirror_joined(&joined);
             self.version = Some(next);
             self.announce(name, &joined, &left, stats);
             return false;
@@ -320,15 +307,7 @@ impl Channel {
             .into_iter()
             .filter(|(peer, _)| !self.peers.contains_key(peer))
             .collect();
-        for (peer, metadata) in &joined {
-            self.peers.insert(
-                peer.clone(),
-                Presence {
-                    connections: 0,
-                    metadata: metadata.clone(),
-                },
-            );
-        }
+        self.mirror_joined(&joined);
         self.version = Some(version);
         self.announce(name, &joined, &left, stats);
         let mut again = false;
@@ -354,6 +333,18 @@ impl Channel {
             }
         }
         again
+    }
+
+    fn mirror_joined(&mut self, joined: &Roster) {
+        for (peer, metadata) in joined {
+            self.peers.insert(
+                peer.clone(),
+                Presence {
+                    connections: 0,
+                    metadata: metadata.clone(),
+                },
+            );
+        }
     }
 
     /// Delivers a message to every subscriber but `sender`, as [`Hub::publish`] does.

@@ -190,6 +190,19 @@ struct Subscriber {
     signal: Arc<CloseSignal>,
 }
 
+impl Subscriber {
+    fn of(conn: ConnId, member: &Member, include_sender_metadata: bool) -> Self {
+        Self {
+            conn,
+            peer: member.peer_id.clone(),
+            include_sender_metadata,
+            presence: member.presence,
+            tx: member.tx.clone(),
+            signal: member.signal.clone(),
+        }
+    }
+}
+
 struct Presence {
     connections: u32,
     metadata: Option<Metadata>,
@@ -305,14 +318,9 @@ impl Hub {
             .filter(|(peer, _)| *peer != &member.peer_id)
             .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
             .collect();
-        entry.subscribers.push(Subscriber {
-            conn,
-            peer: member.peer_id.clone(),
-            include_sender_metadata,
-            presence: member.presence,
-            tx: member.tx.clone(),
-            signal: member.signal.clone(),
-        });
+        entry
+            .subscribers
+            .push(Subscriber::of(conn, member, include_sender_metadata));
         let presence = entry
             .peers
             .entry(member.peer_id.clone())
