@@ -412,3 +412,134 @@ fn entry<'a>(
         metadata: metadata.as_deref(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::ws::Utf8Bytes;
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::realtime::hub::{CloseSignal, Member};
+
+    fn version(epoch: u64, seq: u64) -> Version {
+        Version { epoch, seq }
+    }
+
+    fn event(epoch: u64, seq: u64, joined: &[&str], left: &[&str]) -> PresenceEvent {
+        PresenceEvent {
+            version: version(epoch, seq),
+            joined: joined.iter().map(|p| (Arc::from(*p), None)).collect(),
+            left: left.iter().map(|p| Arc::from(*p)).collect(),
+        }
+    }
+
+    fn roster(peers: &[&str]) -> Roster {
+        peers.iter().map(|p| (Arc::from(*p), None)).collect()
+    }
+
+    /// A clustered hub with one subscriber, peer `me`, attached to `room` with a mirror at 1.1
+    /// holding `a`; returns the hub and what the subscriber receives.
+    fn subscribed() -> (Hub, mpsc::Receiver<Outbound>) {
+        let hub = Hub::clustered();
+        let (tx, rx) = mpsc::channel(64);
+        let conn = hub.register(Member {
+            peer_id: Arc::from("me"),
+            key_id: Arc::from("key"),
+            presence: true,
+            peer_metadata: None,
+            tx,
+            signal: Arc::new(CloseSignal::new(1 << 20)),
+        });
+        assert_eq!(
+            hub.reserve(conn, "room", false, 10),
+            Ok(Reservation::Reserved { needs_roster: true })
+        );
+        let shown = hub
+            .attach(
+                conn,
+                "room",
+                false,
+                Some((version(1, 1), roster(&["a", "me"]))),
+            )
+            .expect("attached");
+        let names: Vec<&str> = shown.iter().map(|(p, _)| &**p).collect();
+        assert_eq!(
+            names,
+            ["a"],
+            "the roster leaves out the subscriber's own peer"
+        );
+        (hub, rx)
+    }
+
+    /// The frames queued so far, as (type, joined, left) or (type, data).
+    fn frames(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            let frame: Value = serde_json::from_str(&item.frame).expect("JSON");
+            let peers = |field: &str| -> Vec<String> {
+                frame[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e["peerId"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            };
+            out.push(match frame["type"].as_str() {
+                Some("presence") => format!("+{:?} -{:?}", peers("joined"), peers("left")),
+                _ => format!("message {}", frame["data"]),
+            });
+        }
+        out
+    }
+
+    fn message(data: &str) -> Outbound {
+        Utf8Bytes::from(format!(
+            r#"{{"type":"message","channel":"room","from":"x","data":"{data}"}}"#
+        ))
+        .into()
+    }
+
+    #[test]
+    fn events_apply_in_order_and_a_gap_is_filled_by_reading_the_roster() {
+        let (hub, mut rx) = subscribed();
+        assert!(!hub.apply_presence("room", event(1, 2, &["b"], &[])));
+        assert!(
+            !hub.apply_presence("room", event(1, 2, &["b"], &[])),
+            "a repeat is ignored"
+        );
+        assert_eq!(frames(&mut rx), [r#"+["b"] -[]"#]);
+
+        // 1.3 never arrives: 1.4 shows the gap, and it and what follows wait for the roster.
+        assert!(hub.apply_presence("room", event(1, 4, &["d"], &[])));
+        hub.deliver_message("room", None, message("after"), None);
+        assert!(frames(&mut rx).is_empty(), "held while the roster is read");
+        // Read at 1.4: c joined at 1.3, a left meanwhile too.
+        assert!(!hub.resync("room", version(1, 4), roster(&["b", "c", "d", "me"])));
+        assert_eq!(
+            frames(&mut rx),
+            [r#"+["c", "d"] -["a"]"#, r#"message "after""#],
+            "the difference, then what was held, in order"
+        );
+    }
+
+    #[test]
+    fn a_new_epoch_starts_from_an_empty_channel_and_own_peer_is_never_announced() {
+        let (hub, mut rx) = subscribed();
+        assert!(!hub.apply_presence("room", event(1, 2, &["me"], &[])));
+        assert!(
+            frames(&mut rx).is_empty(),
+            "a peer is not told about itself"
+        );
+        // The channel emptied elsewhere and started again: whoever the mirror held is gone.
+        assert!(!hub.apply_presence("room", event(7, 1, &["z"], &[])));
+        assert_eq!(frames(&mut rx), [r#"+["z"] -["a"]"#]);
+        assert!(
+            !hub.apply_presence("room", event(1, 3, &["old"], &[])),
+            "older epochs are stale"
+        );
+        assert!(frames(&mut rx).is_empty());
+    }
+}
