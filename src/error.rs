@@ -89,6 +89,10 @@ pub enum ApiError {
     /// The request's work ran past `--db-timeout` (plus a long poll's `wait`).
     #[error("the database did not answer in time")]
     DeadlinePassed(std::time::Duration),
+    /// A realtime token past its `exp`: 401 like any bad credential, but a WebSocket client is
+    /// told apart (close 4002) so that it mints a new token rather than giving up.
+    #[error("the token has expired; mint a new one")]
+    TokenExpired,
     /// Cluster mode: Redis, which carries realtime between instances, is out of reach.
     #[error("realtime is unavailable: this instance cannot reach Redis; retry shortly")]
     RealtimeUnavailable,
@@ -123,7 +127,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestRejected { status, .. } => *status,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. }
             | Self::ActionNotPermitted(_)
             | Self::ChannelNotAuthorized => StatusCode::FORBIDDEN,
@@ -144,7 +148,7 @@ impl ApiError {
             Self::InvalidRequest { .. }
             | Self::PayloadTooLarge(_)
             | Self::RequestRejected { .. } => "invalid_request",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::TokenExpired => "unauthorized",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ActionNotPermitted(_) => "action_not_permitted",
             Self::ChannelNotAuthorized => "channel_not_authorized",

@@ -36,7 +36,7 @@ async fn tokens_minted_locally_with_kid_connect(db: PgPool) {
 }
 
 #[sqlx::test]
-async fn bad_credentials_are_refused_with_401_before_the_upgrade(db: PgPool) {
+async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let key = app.key(&REALTIME).await;
     let revoked = app.key(&REALTIME).await;
@@ -88,8 +88,21 @@ async fn bad_credentials_are_refused_with_401_before_the_upgrade(db: PgPool) {
         ("unknown pk", format!("key=pk_live_{}", "a".repeat(24))),
     ];
     for (label, query) in cases {
-        assert_eq!(app.ws_raw(&query).await.err(), Some(401), "{label}");
+        // A browser sees no HTTP status: it is told with a close code it can act on.
+        let expected = if label == "expired" { 4002 } else { 4001 };
+        assert_eq!(app.refused(&query, None).await, expected, "{label}");
     }
+    let response = app
+        .http
+        .get(format!("{}/v1?token={expired}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_REQUEST,
+        "a plain GET is not an upgrade"
+    );
     assert!(
         app.ws_raw(&format!("token={valid}")).await.is_ok(),
         "the valid token still connects"
@@ -131,14 +144,13 @@ async fn publishable_keys_connect_only_from_allowed_origins(db: PgPool) {
     assert_eq!(reply["code"], "action_not_permitted");
 
     assert_eq!(
-        app.ws_request(&format!("key={pk}"), Some("https://evil.example"))
-            .await
-            .err(),
-        Some(401)
+        app.refused(&format!("key={pk}"), Some("https://evil.example"))
+            .await,
+        4001
     );
     assert_eq!(
-        app.ws_request(&format!("key={pk}"), None).await.err(),
-        Some(401),
+        app.refused(&format!("key={pk}"), None).await,
+        4001,
         "an Origin is required"
     );
     assert!(
@@ -148,7 +160,7 @@ async fn publishable_keys_connect_only_from_allowed_origins(db: PgPool) {
 }
 
 #[sqlx::test]
-async fn connects_beyond_the_per_ip_limit_get_429(db: PgPool) {
+async fn connects_beyond_the_per_ip_limit_close_with_4010_or_get_429(db: PgPool) {
     let mut config = common::test_config();
     config.realtime.connects_per_ip = 3;
     let app = TestApp::spawn_config(db, config).await;
@@ -157,7 +169,11 @@ async fn connects_beyond_the_per_ip_limit_get_429(db: PgPool) {
     for _ in 0..3 {
         assert!(app.ws_raw(&format!("token={token}")).await.is_ok());
     }
-    assert_eq!(app.ws_raw(&format!("token={token}")).await.err(), Some(429));
+    assert_eq!(
+        app.refused(&format!("token={token}"), None).await,
+        4010,
+        "an upgrade over the limit is closed with 4010, which a browser can read"
+    );
     let response = app
         .http
         .get(format!("{}/v1?token={token}", app.base))

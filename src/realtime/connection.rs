@@ -35,18 +35,20 @@ const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 /// Outbound frames written per socket flush.
 const WRITE_BATCH: usize = 64;
 
-/// `GET /v1`: the WebSocket endpoint. Limits and credentials are checked before the upgrade, so
-/// failures are plain HTTP answers (429, 401).
+/// `GET /v1`: the WebSocket endpoint. Limits and credentials are checked before anything else;
+/// for an upgrade request a refusal completes the upgrade and closes at once with a code a
+/// browser can read (4001 invalid credential, 4002 token expired, 4003 not authorized, 4010 too
+/// many connects, 1013 try again later), since a browser sees no HTTP status. A plain GET gets
+/// 429 or 400 as before.
 #[utoipa::path(get, path = "/v1", tag = "realtime",
     params(
         ("token" = Option<String>, Query, description = "A token from `POST /v1/tokens` or signed by a backend (HS256, `kid` = key id)"),
         ("key" = Option<String>, Query, description = "A publishable key (`pk_live_…`), checked against `Origin`"),
     ),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol of SPEC §5"),
+        (status = 101, description = "Switching to the WebSocket protocol of SPEC §5; a refused credential or connect limit closes at once with 4001, 4002, 4003, 4010 or 1013"),
         (status = 400, description = "Not a WebSocket upgrade request", body = Envelope),
-        (status = 401, description = "Missing or invalid credential", body = Envelope),
-        (status = 429, description = "Too many connects from this address (`rate_limited`)", body = Envelope),
+        (status = 429, description = "A plain GET over the connect limit (`rate_limited`)", body = Envelope),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -57,16 +59,29 @@ pub async fn upgrade(
 ) -> Response {
     let client =
         crate::limits::client_ip(remote.ip(), &headers, &state.config.http.trusted_proxies);
-    if let Err(retry_after_secs) = state.realtime.connects.check(client) {
-        return ApiError::RateLimited { retry_after_secs }.into_response();
-    }
+    let admitted = state.realtime.connects.check(client);
     let Ok(ws) = ws else {
-        return ApiError::invalid("GET /v1 expects a WebSocket upgrade").into_response();
+        return match admitted {
+            Err(retry_after_secs) => ApiError::RateLimited { retry_after_secs }.into_response(),
+            Ok(()) => ApiError::invalid("GET /v1 expects a WebSocket upgrade").into_response(),
+        };
     };
+    // A browser cannot read the status of a refused upgrade (it sees 1006), so refusals are
+    // told after the upgrade, as close codes a client can act on.
+    if admitted.is_err() {
+        return refuse(
+            ws,
+            close::CONNECT_LIMIT,
+            "too many connections from this address",
+        );
+    }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let session = match authenticate(&state, query.get("token"), query.get("key"), origin).await {
         Ok(session) => session,
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            let (code, reason) = refusal(&error);
+            return refuse(ws, code, reason);
+        }
     };
     let limits = &state.config.realtime;
     ws.max_message_size(limits.max_frame_bytes)
@@ -268,6 +283,40 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.realtime.unregister(self.conn);
     }
+}
+
+/// The close code and reason that tell a WebSocket client why its credential was refused.
+fn refusal(error: &ApiError) -> (u16, &'static str) {
+    match error {
+        ApiError::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
+        ApiError::Unauthorized | ApiError::InvalidRequest { .. } => {
+            (close::INVALID_TOKEN, "invalid credential")
+        }
+        ApiError::InsufficientScope { .. }
+        | ApiError::ActionNotPermitted(_)
+        | ApiError::ChannelNotAuthorized => (close::NOT_AUTHORIZED, "not authorized"),
+        _ => (close::TRY_AGAIN_LATER, "try again later"),
+    }
+}
+
+/// Completes the upgrade only to close it at once with `code`.
+fn refuse(ws: WebSocketUpgrade, code: u16, reason: &'static str) -> Response {
+    ws.on_upgrade(move |mut socket| async move {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
+            if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = socket.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    })
 }
 
 /// Resolves once shutdown has begun, immediately if it already had when the connection opened.

@@ -162,8 +162,14 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The server could not go on (a replay that could not read history): reconnect and resume.
     pub const INTERNAL: u16 = 1011;
+    /// The upgrade could not be checked now (the database is unreachable): reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const INVALID_TOKEN: u16 = 4001;
     pub const TOKEN_EXPIRED: u16 = 4002;
+    /// The credential may not be used here (a publishable key from an origin it does not allow).
+    pub const NOT_AUTHORIZED: u16 = 4003;
+    /// Too many connects from this address: back off before reconnecting.
+    pub const CONNECT_LIMIT: u16 = 4010;
     pub const RATE_LIMITED: u16 = 4011;
     pub const KICKED: u16 = 4020;
 }

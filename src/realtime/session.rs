@@ -78,8 +78,11 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
     let claims = unverified
         .verify(&secret)
         .map_err(|_| ApiError::Unauthorized)?;
-    if claims.exp <= now.timestamp() || !is_peer_id(&claims.sub) {
+    if !is_peer_id(&claims.sub) {
         return Err(ApiError::Unauthorized);
+    }
+    if claims.exp <= now.timestamp() {
+        return Err(ApiError::TokenExpired);
     }
     let key_scopes = ScopeSet::from_stored(&key.scopes);
     let permissions = match &claims.permissions {

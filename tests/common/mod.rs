@@ -223,6 +223,16 @@ impl TestApp {
         }
     }
 
+    /// Upgrades with `?<query>` (and `Origin`), expecting a refusal: the close code the server
+    /// closes the new socket with at once.
+    pub async fn refused(&self, query: &str, origin: Option<&str>) -> u16 {
+        let mut ws = self
+            .ws_request(query, origin)
+            .await
+            .unwrap_or_else(|status| panic!("refusals come after the upgrade, not as {status}"));
+        ws.closed().await
+    }
+
     /// A key that may read and write channels.
     pub async fn writer(&self) -> String {
         self.key(&[Scope::ChannelsWrite]).await
