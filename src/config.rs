@@ -262,7 +262,8 @@ pub struct RealtimeConfig {
     #[arg(long = "ws-idle-timeout", env = "CHANNELD_WS_IDLE_TIMEOUT", default_value = "40s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
-    /// Largest inbound WebSocket frame in bytes (larger: close 1009).
+    /// Largest `data` of an inbound WebSocket frame in bytes, announced as `maxMessageSize` (the
+    /// frame may carry 4 KiB of envelope around it; larger: close 1009).
     #[arg(long = "ws-max-frame-bytes", env = "CHANNELD_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
 

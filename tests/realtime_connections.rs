@@ -199,6 +199,40 @@ async fn an_oversized_frame_closes_with_1009(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn max_message_size_bounds_data_and_the_envelope_comes_on_top(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut reader = app.peer(&key, "reader", json!({})).await;
+    reader.subscribe("big").await;
+    let mut writer = app.peer(&key, "writer", json!({})).await;
+    let (welcome_max, max) = (65_536, app.config.realtime.max_frame_bytes);
+    assert_eq!(max, welcome_max);
+    // A JSON string of exactly `max` bytes, quotes included, as a client checking
+    // `JSON.stringify(data).length <= maxMessageSize` would send.
+    let data = "x".repeat(max - 2);
+    writer
+        .send(json!({"type": "publish", "channel": "big", "data": data, "requestId": "p"}))
+        .await;
+    assert_eq!(writer.recv().await["type"], "ack");
+    loop {
+        let frame = reader.recv().await;
+        if frame["type"] == "message" {
+            assert_eq!(frame["data"].as_str().map(str::len), Some(max - 2));
+            break;
+        }
+    }
+    let over = "x".repeat(max - 1);
+    writer
+        .send(json!({"type": "publish", "channel": "big", "data": over}))
+        .await;
+    assert_eq!(
+        writer.closed().await,
+        1009,
+        "one byte of data over closes with 1009"
+    );
+}
+
+#[sqlx::test]
 async fn a_connection_closes_with_4002_just_before_its_token_expires(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let key = app.key(&REALTIME).await;

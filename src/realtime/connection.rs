@@ -32,6 +32,8 @@ use crate::{
 
 /// How long before a token's `exp` its connection is closed with 4002.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
+/// Bytes a client frame may carry around its `data` (type, channel, requestId, options).
+pub(super) const ENVELOPE_ALLOWANCE: usize = 4096;
 /// Outbound frames written per socket flush.
 const WRITE_BATCH: usize = 64;
 
@@ -84,8 +86,10 @@ pub async fn upgrade(
         }
     };
     let limits = &state.config.realtime;
-    ws.max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
+    // `maxMessageSize` bounds `data`, as clients check it; the frame around it may add this.
+    let largest_frame = limits.max_frame_bytes + ENVELOPE_ALLOWANCE;
+    ws.max_message_size(largest_frame)
+        .max_frame_size(largest_frame)
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| run(socket, state, session))

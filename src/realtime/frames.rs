@@ -7,7 +7,7 @@ use super::{
     connection::{Connection, End, Persistent},
     hub::{Outbound, SubscribeError},
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
-    protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, parse_client_frame},
+    protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
     replay::Replay,
 };
 use crate::{
@@ -35,6 +35,15 @@ impl Connection {
                     .await;
             }
         };
+        let max_data = self.state.config.realtime.max_frame_bytes;
+        if frame
+            .data
+            .as_ref()
+            .is_some_and(|data| data.get().len() > max_data)
+        {
+            // As a frame over the limit would: `maxMessageSize` is the limit on `data`.
+            return Some(End::Close(close::TOO_BIG, "data too big"));
+        }
         let request_id = frame.request_id.clone();
         if request_id.is_some() && request_id == self.state.config.faults.panic_on_request_id {
             panic!("fault injected: a panic inside a connection's task");
