@@ -441,3 +441,34 @@ async fn token_channels_and_key_patterns_both_bound_a_connection(db: PgPool) {
     )
     .await;
 }
+
+#[sqlx::test]
+async fn subscribing_again_answers_a_fresh_roster_and_announces_nothing(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&REALTIME).await;
+    let mut a = app.peer(&key, "a", json!({})).await;
+    let mut b = app.peer(&key, "b", json!({})).await;
+    a.subscribe("room").await;
+    assert_eq!(a.recv().await["joined"], json!([]), "a's first roster");
+    b.subscribe("room").await;
+    assert_eq!(b.recv().await["joined"], json!([{"peerId": "a"}]));
+    assert_eq!(a.recv().await["joined"], json!([{"peerId": "b"}]));
+
+    a.subscribe("room").await;
+    let roster = a.recv().await;
+    assert_eq!(
+        (roster["type"].clone(), roster["joined"].clone()),
+        (json!("presence"), json!([{"peerId": "b"}])),
+        "a fresh roster follows the ack"
+    );
+    // b hears nothing of it: its next frame is a marker published after the re-subscribe.
+    let ack = a
+        .request(json!({"type": "publish", "channel": "room", "data": "marker", "requestId": "m"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    let next = b.recv().await;
+    assert_eq!(
+        (next["type"].clone(), next["data"].clone()),
+        (json!("message"), json!("marker"))
+    );
+}

@@ -346,7 +346,7 @@ impl Cluster {
 
     /// Subscribes a connection: the local reservation, Redis's pub/sub subscription, then the
     /// join, in that order, so that no event after the join can be missed here. Returns the
-    /// roster for the new subscriber, `None` if it was already subscribed.
+    /// roster for the subscriber (fresh, with nothing announced, if it was subscribed already).
     pub async fn subscribe(
         &self,
         conn: ConnId,
@@ -362,7 +362,7 @@ impl Cluster {
             .reserve(conn, channel, include_sender_metadata, max_subscriptions)
             .map_err(|_| SubscribeFailure::LimitExceeded)?
         {
-            crate::realtime::hub::Reservation::Subscribed => return Ok(None),
+            crate::realtime::hub::Reservation::Subscribed(roster) => return Ok(Some(roster)),
             crate::realtime::hub::Reservation::Reserved { needs_roster } => needs_roster,
         };
         if self.ensure_subscribed(channel).await.is_err() {

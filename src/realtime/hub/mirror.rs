@@ -42,10 +42,10 @@ pub struct Departure {
 }
 
 /// The first step of a cluster-mode subscribe.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Reservation {
-    /// Already subscribed: only its options changed.
-    Subscribed,
+    /// Already subscribed: only its options changed; the roster as it is now.
+    Subscribed(Roster),
     /// Room is kept for the subscription; `needs_roster` when the channel has no mirror yet.
     Reserved { needs_roster: bool },
 }
@@ -63,13 +63,15 @@ impl Hub {
         let mut guard = self.write();
         let inner = &mut *guard;
         let Some(connection) = inner.connections.get(&conn) else {
-            return Ok(Reservation::Subscribed);
+            return Ok(Reservation::Subscribed(Roster::new()));
         };
         if let Some(existing) = inner.channels.get_mut(channel)
             && let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn)
         {
             sub.include_sender_metadata = include_sender_metadata;
-            return Ok(Reservation::Subscribed);
+            return Ok(Reservation::Subscribed(
+                existing.roster_for(&connection.member.peer_id),
+            ));
         }
         if connection.channels.len() >= max_subscriptions {
             return Err(SubscribeError::LimitExceeded);
@@ -453,10 +455,10 @@ mod tests {
             tx,
             signal: Arc::new(CloseSignal::new(1 << 20)),
         });
-        assert_eq!(
+        assert!(matches!(
             hub.reserve(conn, "room", false, 10),
             Ok(Reservation::Reserved { needs_roster: true })
-        );
+        ));
         let shown = hub
             .attach(
                 conn,

@@ -281,9 +281,9 @@ impl Hub {
         })
     }
 
-    /// Subscribes `conn` to `channel`. Returns the roster of other peers already there, or `None`
-    /// when it was subscribed already (only its options change). A peer's first connection in
-    /// the channel announces it to the others.
+    /// Subscribes `conn` to `channel`. Returns the roster of other peers there (`None` only for
+    /// a connection that is gone); subscribing again changes only the options and returns a
+    /// fresh roster. A peer's first connection in the channel announces it to the others.
     pub fn subscribe(
         &self,
         conn: ConnId,
@@ -299,8 +299,10 @@ impl Hub {
         if let Some(existing) = inner.channels.get_mut(channel)
             && let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn)
         {
+            // Subscribed already: only its options change, and it gets a fresh roster; nothing
+            // is announced to the others.
             sub.include_sender_metadata = include_sender_metadata;
-            return Ok(None);
+            return Ok(Some(existing.roster_for(&connection.member.peer_id)));
         }
         if connection.channels.len() >= max_subscriptions {
             return Err(SubscribeError::LimitExceeded);
@@ -535,6 +537,15 @@ impl Inner {
 }
 
 impl Channel {
+    /// Who is here, but `own`.
+    fn roster_for(&self, own: &str) -> Roster {
+        self.peers
+            .iter()
+            .filter(|(peer, _)| &***peer != own)
+            .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
+            .collect()
+    }
+
     fn broadcast_presence(&self, frame: &Outbound, except: Option<ConnId>, stats: &HubStats) {
         for sub in self
             .subscribers
