@@ -283,12 +283,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             load(&delivery.listener_reconnects),
         ),
     ];
-    for (name, kind, help, value) in samples {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
+    write_samples(&mut out, &samples);
     if let Some(cluster) = &state.realtime.cluster {
         let stats = cluster.stats();
         let cluster_samples: [(&str, &str, &str, u64); 7] = [
@@ -335,13 +330,18 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 load(&stats.messages_in),
             ),
         ];
-        for (name, kind, help, value) in cluster_samples {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+        write_samples(&mut out, &cluster_samples);
     }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, content_type)], out).into_response()
+}
+
+/// Writes `(name, type, help, value)` samples in the text format.
+fn write_samples(out: &mut String, samples: &[(&str, &str, &str, u64)]) {
+    for (name, kind, help, value) in samples {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
 }

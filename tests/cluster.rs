@@ -318,17 +318,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn database_url(db: &PgPool) -> String {
-    let options = db.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().expect("database name"),
-    )
-}
-
 /// A real `channeld serve` process in the cluster; killed when dropped.
 struct Process {
     child: std::process::Child,
@@ -346,7 +335,7 @@ async fn process(db: &PgPool, prefix: &str, ttl: &str) -> Process {
     let port = free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url(db))
+        .env("DATABASE_URL", common::database_url(db))
         .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .env("CHANNELD_REDIS_URL", redis_url())
         .env("CHANNELD_REDIS_PREFIX", prefix)

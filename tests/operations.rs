@@ -170,24 +170,12 @@ async fn bodies_over_one_mebibyte_are_413(db: PgPool) {
     assert_eq!(listed["total"], 0);
 }
 
-/// A `DATABASE_URL` for the binary, naming this test's database.
-fn database_url(db: &PgPool) -> String {
-    let options = db.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().expect("database name"),
-    )
-}
-
 const MASTER_KEY: &str = "6368616e6e656c642074657374206d6173746572206b65792030303030303030";
 
 fn channeld(db: &PgPool, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_channeld"))
         .args(args)
-        .env("DATABASE_URL", database_url(db))
+        .env("DATABASE_URL", common::database_url(db))
         .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .output()
         .expect("run channeld")
@@ -300,7 +288,7 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
     let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("DATABASE_URL", database_url(&db))
+        .env("DATABASE_URL", common::database_url(&db))
         .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())

@@ -312,6 +312,18 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: StatusCod
     );
 }
 
+/// A `DATABASE_URL` naming `db`, for a `channeld` process started by a test.
+pub fn database_url(db: &PgPool) -> String {
+    let options = db.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().expect("database name"),
+    )
+}
+
 /// A TCP proxy between the server and PostgreSQL that the test can cut and restore, standing in
 /// for a database that goes away and comes back, or hold, standing in for one that freezes.
 pub struct DbProxy {
