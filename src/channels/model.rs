@@ -39,8 +39,10 @@ pub const DOCUMENT_MAX_BYTES: usize = 512 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
     /// 2-100 characters after trimming, no control characters; unique among active channels.
+    /// The schema states no maxLength: surrounding white space does not count, so a longer raw
+    /// string can be valid.
     #[validate(custom(function = "valid_name"))]
-    #[schema(min_length = 2, max_length = 100)]
+    #[schema(min_length = 2)]
     pub name: String,
     #[validate(
         length(max = 1000, message = "description must be at most 1000 characters"),
@@ -63,8 +65,9 @@ pub struct CreateChannel {
 #[serde(deny_unknown_fields)]
 pub struct UpdateChannel {
     #[serde(default, deserialize_with = "present_non_null")]
+    /// 2-100 characters after trimming, no control characters.
     #[validate(custom(function = "valid_name"))]
-    #[schema(min_length = 2, max_length = 100, nullable = false)]
+    #[schema(min_length = 2, nullable = false)]
     pub name: Option<String>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "present")]
@@ -235,6 +238,9 @@ mod tests {
             "document": "d".repeat(DOCUMENT_MAX_BYTES),
         }));
         assert_eq!(codes(ok.validate()), vec![]);
+        // White space around the name does not count towards its 100 characters.
+        let padded = create(serde_json::json!({"name": format!("\u{c} {}\t", "é".repeat(100))}));
+        assert_eq!(codes(padded.validate()), vec![]);
     }
 
     #[test]
