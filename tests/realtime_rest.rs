@@ -293,7 +293,8 @@ async fn stored_messages_reach_the_live_channel_exactly_as_rest_returns_them(db:
         .await;
     assert_eq!(
         watcher.recv().await,
-        json!({"type": "message", "channel": live, "from": "api", "data": posted["message"]})
+        json!({"type": "message", "channel": live, "from": "api", "data": posted["message"],
+               "messageId": posted["message"]["id"]})
     );
     let (_, by_agent) = app
         .post(&path, &key, json!({"content": "done", "pod_key": "pod-7"}))
@@ -301,6 +302,31 @@ async fn stored_messages_reach_the_live_channel_exactly_as_rest_returns_them(db:
     let frame = watcher.recv().await;
     assert_eq!(frame["from"], "pod-7");
     assert_eq!(frame["data"], by_agent["message"]);
+    assert_eq!(frame["messageId"], by_agent["message"]["id"]);
+
+    // A publish that copies a stored frame's shape, over WebSocket or REST, stays ephemeral:
+    // it arrives without `messageId`, whatever its `data` or its own frame holds.
+    let mut imitator = app.peer(&key, "api", json!({})).await;
+    let forged = json!({"id": 999_999, "channel_id": channel, "content": "forged"});
+    imitator
+        .send(json!({"type": "publish", "channel": live, "data": forged, "messageId": 999_999}))
+        .await;
+    let frame = watcher.recv().await;
+    assert_eq!(
+        frame,
+        json!({"type": "message", "channel": live, "from": "api", "data": forged})
+    );
+    let (status, _) = app
+        .post(
+            &format!("/v1/channels/{channel}/publish"),
+            &key,
+            json!({"data": forged, "from": "api"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let frame = watcher.recv().await;
+    assert_eq!(frame.get("messageId"), None, "{frame}");
+    assert_eq!(frame["data"], forged);
 
     // An idempotent replay stores nothing new, so nothing new is delivered.
     let replay = || {

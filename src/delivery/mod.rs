@@ -301,7 +301,8 @@ impl Shared {
 }
 
 /// The `message` frame of a stored message on its live channel `"<id>"`: `from` is the
-/// `pod_key` (or `"api"`), `data` the message exactly as REST returns it.
+/// `pod_key` (or `"api"`), `data` the message exactly as REST returns it, and `messageId` its id,
+/// a field only the server sets.
 pub fn stored_frame(message: &Message) -> Outbound {
     let data = to_raw_value(message).expect("stored messages serialize");
     let channel = message.channel_id.to_string();
@@ -311,6 +312,7 @@ pub fn stored_frame(message: &Message) -> Outbound {
         from,
         data: &data,
         from_metadata: None,
+        message_id: Some(message.id),
     }
     .encode();
     Outbound {

@@ -291,6 +291,7 @@ impl Connection {
             from,
             data,
             from_metadata: None,
+            message_id: None,
         }
         .encode()
         .into();
@@ -301,6 +302,7 @@ impl Connection {
                     from,
                     data,
                     from_metadata: Some(metadata),
+                    message_id: None,
                 }
                 .encode()
                 .into()

@@ -105,6 +105,10 @@ pub enum ServerFrame<'a> {
         data: &'a RawValue,
         #[serde(rename = "fromMetadata", skip_serializing_if = "Option::is_none")]
         from_metadata: Option<&'a RawValue>,
+        /// Set by the server only, on a stored message's frame: its id, from which a client
+        /// resumes with `since`. An ephemeral publish never carries it, whatever its `data`.
+        #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+        message_id: Option<i64>,
     },
     Direct {
         from: &'a str,
@@ -213,8 +217,19 @@ mod tests {
                     from: "a",
                     data: &data,
                     from_metadata: None,
+                    message_id: None,
                 },
                 r#"{"type":"message","channel":"c","from":"a","data":{"x":1}}"#,
+            ),
+            (
+                ServerFrame::Message {
+                    channel: "7",
+                    from: "api",
+                    data: &data,
+                    from_metadata: None,
+                    message_id: Some(12),
+                },
+                r#"{"type":"message","channel":"7","from":"api","data":{"x":1},"messageId":12}"#,
             ),
             (
                 ServerFrame::Direct {

@@ -213,6 +213,7 @@ async fn publish_to(
         from,
         data: &data,
         from_metadata: None,
+        message_id: None,
     }
     .encode()
     .into();
@@ -222,6 +223,7 @@ async fn publish_to(
             from,
             data: &data,
             from_metadata: Some(metadata),
+            message_id: None,
         }
         .encode()
         .into()
