@@ -323,6 +323,11 @@ pub struct RealtimeConfig {
     #[arg(long = "sse-keep-alive", env = "CHANNELD_SSE_KEEP_ALIVE", default_value = "15s", value_parser = parse_interval)]
     pub sse_keep_alive: Duration,
 
+    /// Longest lifetime of a realtime token: `exp - iat` (`exp` minus now when `iat` is absent).
+    /// Longer tokens are refused with 4001, and `POST /v1/tokens` mints at most this.
+    #[arg(long = "token-max-lifetime", env = "CHANNELD_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = parse_interval)]
+    pub token_max_lifetime: Duration,
+
     /// How often connections are checked against revoked or expired keys.
     #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_interval)]
     pub key_check_interval: Duration,
@@ -347,6 +352,7 @@ impl Default for RealtimeConfig {
             outbound_queue: 4096,
             outbound_bytes: 4 * 1024 * 1024,
             key_check_interval: Duration::from_secs(5),
+            token_max_lifetime: Duration::from_secs(86_400),
             sse_keep_alive: Duration::from_secs(15),
             delivery_sweep_interval: Duration::from_secs(2),
         }

@@ -64,6 +64,23 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
         &format!("{}{}", &key[..25], "x".repeat(32)),
         &claims("p", in_an_hour()),
     );
+    let now = chrono::Utc::now().timestamp();
+    let timed = |exp: i64, iat: Option<i64>, nbf: Option<i64>| {
+        local_token(
+            &key,
+            &channeld::auth::tokens::Claims {
+                iat,
+                nbf,
+                ..claims("p", exp)
+            },
+        )
+    };
+    // Signed by a backend for later, or for longer than the server's 24 h maximum lifetime.
+    let not_yet = timed(now + 7200, Some(now), Some(now + 3600));
+    let issued_later = timed(now + 7200, Some(now + 3600), None);
+    let too_long = timed(now + 86_400 + 60, Some(now), None);
+    let too_long_without_iat = timed(now + 86_400 + 60, None, None);
+    let a_day_issued_earlier = timed(now + 3600, Some(now - 86_400), None);
     let bad_peer = local_token(&key, &claims("tab\tpeer", in_an_hour()));
     let revoked_token = local_token(&revoked, &claims("p", in_an_hour()));
     channeld::auth::revoke_key(&app.db, &common::key_parts(&revoked).0)
@@ -82,6 +99,17 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
             format!("token={other_secret}"),
         ),
         ("expired", format!("token={expired}")),
+        ("nbf in the future", format!("token={not_yet}")),
+        ("iat in the future", format!("token={issued_later}")),
+        ("lifetime over 24 h", format!("token={too_long}")),
+        (
+            "over 24 h left, no iat",
+            format!("token={too_long_without_iat}"),
+        ),
+        (
+            "issued over 24 h before exp",
+            format!("token={a_day_issued_earlier}"),
+        ),
         ("invalid peer id", format!("token={bad_peer}")),
         ("revoked key", format!("token={revoked_token}")),
         ("secret key as ?key=", format!("key={key}")),
@@ -106,6 +134,11 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
     assert!(
         app.ws_raw(&format!("token={valid}")).await.is_ok(),
         "the valid token still connects"
+    );
+    let a_day = timed(now + 86_400, Some(now), Some(now));
+    assert!(
+        app.ws_raw(&format!("token={a_day}")).await.is_ok(),
+        "a token of exactly the maximum lifetime connects"
     );
 }
 

@@ -460,3 +460,61 @@ async fn persistent_live_channels_follow_rest_permissions(db: PgPool) {
     assert_error(status, &body, StatusCode::CONFLICT, "channel_archived");
     let _: Value = Value::Null;
 }
+
+#[sqlx::test]
+async fn minted_and_signed_tokens_share_the_maximum_lifetime(db: PgPool) {
+    let mut config = common::test_config();
+    config.realtime.token_max_lifetime = std::time::Duration::from_secs(600);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.key(&[Scope::Subscribe]).await;
+
+    let (status, body) = app
+        .post(
+            "/v1/tokens",
+            &key,
+            json!({"peerId": "p", "expiresInSec": 601}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["details"], json!({"expiresInSec": ["range"]}));
+
+    let (status, body) = app
+        .post(
+            "/v1/tokens",
+            &key,
+            json!({"peerId": "p", "expiresInSec": 600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600,
+        "a minted token states when it was issued"
+    );
+    let (_, welcome) = app.ws(&format!("token={token}")).await;
+    assert_eq!(welcome["peerId"], "p");
+
+    // A backend-signed token follows the same rule.
+    let now = chrono::Utc::now().timestamp();
+    let signed = |lifetime: i64| {
+        common::local_token(
+            &key,
+            &channeld::auth::tokens::Claims {
+                iat: Some(now),
+                ..common::claims("p", now + lifetime)
+            },
+        )
+    };
+    assert!(app.ws_raw(&format!("token={}", signed(600))).await.is_ok());
+    assert_eq!(
+        app.refused(&format!("token={}", signed(601)), None).await,
+        4001
+    );
+}

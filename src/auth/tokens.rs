@@ -15,6 +15,12 @@ use sha2::Sha256;
 pub struct Claims {
     pub sub: String,
     pub exp: i64,
+    /// Issued at (Unix seconds): the start of the lifetime the server bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Not before (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +122,38 @@ impl UnverifiedToken<'_> {
     }
 }
 
+/// Clock skew tolerated between a backend that signs tokens and this server, on `nbf` and `iat`.
+pub const CLOCK_SKEW_SECS: i64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeError {
+    /// `exp` has passed: mint a new token.
+    Expired,
+    /// `nbf` or `iat` lies in the future (beyond the tolerated skew).
+    NotYetValid,
+    /// `exp - iat` (or `exp` minus now without `iat`) exceeds the maximum lifetime.
+    TooLong,
+}
+
+impl Claims {
+    /// Checks the token's time claims at `now` (Unix seconds) against `max_lifetime` seconds.
+    /// Minted and backend-signed tokens follow this one rule.
+    pub fn check_times(&self, now: i64, max_lifetime: i64) -> Result<(), TimeError> {
+        if self.exp <= now {
+            return Err(TimeError::Expired);
+        }
+        let future = |t: Option<i64>| t.is_some_and(|t| t > now + CLOCK_SKEW_SECS);
+        if future(self.nbf) || future(self.iat) {
+            return Err(TimeError::NotYetValid);
+        }
+        let start = self.iat.unwrap_or(now);
+        if self.exp.saturating_sub(start) > max_lifetime {
+            return Err(TimeError::TooLong);
+        }
+        Ok(())
+    }
+}
+
 fn mac(secret: &str, input: &[u8]) -> Hmac<Sha256> {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
@@ -131,6 +169,8 @@ mod tests {
         Claims {
             sub: "u_alice_123".into(),
             exp: 1_715_539_200,
+            iat: Some(1_715_535_600),
+            nbf: None,
             channels: Some(vec!["app_abc/*".into()]),
             permissions: None,
             peer_metadata: None,
@@ -147,6 +187,46 @@ mod tests {
         assert_eq!(
             parse(&token).unwrap().verify("sk_secret_2"),
             Err(TokenError::Signature)
+        );
+    }
+
+    #[test]
+    fn time_claims_follow_one_rule() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let token = |exp, iat, nbf| Claims {
+            exp,
+            iat,
+            nbf,
+            ..claims()
+        };
+        let check = |c: Claims| c.check_times(now, day);
+        assert_eq!(check(token(now + 60, Some(now), None)), Ok(()));
+        assert_eq!(
+            check(token(now, Some(now - 60), None)),
+            Err(TimeError::Expired)
+        );
+        // A day exactly is allowed; a second more is not, from `iat` or, without it, from now.
+        assert_eq!(check(token(now + day, Some(now), None)), Ok(()));
+        assert_eq!(
+            check(token(now + day, Some(now - 1), None)),
+            Err(TimeError::TooLong)
+        );
+        assert_eq!(check(token(now + day, None, None)), Ok(()));
+        assert_eq!(
+            check(token(now + day + 1, None, None)),
+            Err(TimeError::TooLong)
+        );
+        // `nbf` and `iat` may run ahead by the tolerated skew, no more.
+        let skew = CLOCK_SKEW_SECS;
+        assert_eq!(check(token(now + 60, None, Some(now + skew))), Ok(()));
+        assert_eq!(
+            check(token(now + 600, None, Some(now + skew + 1))),
+            Err(TimeError::NotYetValid)
+        );
+        assert_eq!(
+            check(token(now + 600, Some(now + skew + 1), None)),
+            Err(TimeError::NotYetValid)
         );
     }
 

@@ -17,8 +17,6 @@ use crate::{
     state::AppState,
 };
 
-const MAX_TOKEN_LIFETIME: i64 = 86_400;
-
 /// `POST /v1/tokens`. Checked in the handler rather than by `validator`, whose error details
 /// would name the Rust fields instead of the camelCase ones clients send.
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
@@ -32,8 +30,10 @@ pub struct MintToken {
     pub channels: Option<Vec<String>>,
     /// Realtime actions, each held by the key.
     pub permissions: Option<Vec<String>>,
+    /// Seconds until the token expires: 1 up to the server's `--token-max-lifetime` (24 h by
+    /// default); 3600 when absent.
     #[serde(rename = "expiresInSec")]
-    #[schema(minimum = 1, maximum = 86400)]
+    #[schema(minimum = 1)]
     pub expires_in_sec: Option<i64>,
     /// Delivered once in `welcome`; at most 8 KiB.
     #[schema(value_type = Option<Object>)]
@@ -68,13 +68,15 @@ pub async fn mint_token(
     State(state): State<AppState>,
     ValidatedJson(request): ValidatedJson<MintToken>,
 ) -> Result<Json<TokenBody>, ApiError> {
+    let max_lifetime =
+        i64::try_from(state.config.realtime.token_max_lifetime.as_secs()).unwrap_or(i64::MAX);
     let mut errors = FieldErrors::default();
     if !is_peer_id(&request.peer_id) {
         errors.add("peerId", "format");
     }
     if request
         .expires_in_sec
-        .is_some_and(|secs| !(1..=MAX_TOKEN_LIFETIME).contains(&secs))
+        .is_some_and(|secs| !(1..=max_lifetime).contains(&secs))
     {
         errors.add("expiresInSec", "range");
     }
@@ -132,14 +134,13 @@ pub async fn mint_token(
             )
         })?;
 
-    let expires_at = Utc::now().timestamp()
-        + request
-            .expires_in_sec
-            .unwrap_or(3600)
-            .min(MAX_TOKEN_LIFETIME);
+    let issued_at = Utc::now().timestamp();
+    let expires_at = issued_at + request.expires_in_sec.unwrap_or(3600).min(max_lifetime);
     let claims = tokens::Claims {
         sub: request.peer_id,
         exp: expires_at,
+        iat: Some(issued_at),
+        nbf: None,
         channels: request.channels,
         permissions: request.permissions.map(|_| {
             asked

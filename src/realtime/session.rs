@@ -81,8 +81,16 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
     if !is_peer_id(&claims.sub) {
         return Err(ApiError::Unauthorized);
     }
-    if claims.exp <= now.timestamp() {
-        return Err(ApiError::TokenExpired);
+    let max_lifetime = state.config.realtime.token_max_lifetime.as_secs();
+    match claims.check_times(
+        now.timestamp(),
+        i64::try_from(max_lifetime).unwrap_or(i64::MAX),
+    ) {
+        Ok(()) => {}
+        Err(tokens::TimeError::Expired) => return Err(ApiError::TokenExpired),
+        Err(tokens::TimeError::NotYetValid | tokens::TimeError::TooLong) => {
+            return Err(ApiError::Unauthorized);
+        }
     }
     let key_scopes = ScopeSet::from_stored(&key.scopes);
     let permissions = match &claims.permissions {

@@ -433,6 +433,8 @@ pub fn claims(peer: &str, exp: i64) -> tokens::Claims {
     tokens::Claims {
         sub: peer.into(),
         exp,
+        iat: None,
+        nbf: None,
         channels: None,
         permissions: None,
         peer_metadata: None,
