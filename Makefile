@@ -6,17 +6,24 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test build key migrate prepare fuzz bench fmt lint ci db-stop cluster redis-stop
+.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci db-stop cluster redis-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 run: build
 	@url=$$(scripts/dev-db.sh channeld) && \
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
-## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite.
+## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite:
+## the Rust tests, then Metered's JavaScript SDK in Node and in headless Chromium.
 test:
 	@url=$$(scripts/dev-db.sh postgres) && redis=$$(scripts/dev-redis.sh) && \
 	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis $(CARGO) test --all-targets
+	@$(CARGO) build --quiet
+	@scripts/sdk-test.sh
+
+## Only the SDK suites (Node and Chromium).
+sdk-test: build
+	@scripts/sdk-test.sh
 
 ## Two instances in cluster mode on :8081 and :8082, sharing Redis and the `make run` database.
 ## Ctrl-C stops both.
