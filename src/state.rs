@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
-    config::Config, delivery::Delivery, metrics::Metrics, ratelimit::RateLimiter,
+    auth::KeyCache, config::Config, delivery::Delivery, metrics::Metrics, ratelimit::RateLimiter,
     realtime::Realtime,
 };
 
@@ -21,6 +21,8 @@ pub struct AppState {
     pub delivery: Delivery,
     pub rate_limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// Key lookups of the last second, shared by REST requests and WebSocket upgrades.
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ impl AppState {
             delivery,
             rate_limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(Metrics::default()),
+            keys: Arc::new(KeyCache::default()),
             config: Arc::new(config),
         }
     }

@@ -181,3 +181,83 @@ async fn authentication_comes_before_routing_details(db: PgPool) {
     let (status, body) = call(app.http.get(format!("{}/v1/channels/999", app.base))).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
 }
+
+/// Waits until `key` gets `status` from `app`, at most `within`; answers how long it took.
+async fn until_status(
+    app: &TestApp,
+    key: &str,
+    status: StatusCode,
+    within: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let (got, _) = app.get("/v1/channels", key).await;
+        if got == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {got} after {within:?}, expected {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn revocation_and_expiry_reach_every_instance_within_a_second(db: PgPool) {
+    let config = common::test_config();
+    let one = TestApp::spawn_instance(db.clone(), config.clone()).await;
+    let two = TestApp::spawn_instance(db, config).await;
+    // A second of trust, plus what a loaded test machine adds to a request.
+    let within = channeld::auth::cache::MAX_AGE + std::time::Duration::from_millis(500);
+
+    let doomed = one.key(&[Scope::ChannelsRead]).await;
+    let expiring = one
+        .key_expiring(
+            &[Scope::ChannelsRead],
+            Some(chrono::Utc::now() + chrono::Duration::seconds(2)),
+        )
+        .await;
+    // Both instances have just looked both keys up, and hold them in their caches.
+    for app in [&one, &two] {
+        for key in [&doomed, &expiring] {
+            assert_eq!(app.get("/v1/channels", key).await.0, StatusCode::OK);
+        }
+    }
+    // Within the second, a busy key is read from the database at most once more.
+    let reads = one.state.keys.reads();
+    for _ in 0..20 {
+        assert_eq!(one.get("/v1/channels", &doomed).await.0, StatusCode::OK);
+    }
+    assert!(one.state.keys.reads() - reads <= 1, "20 requests, one key");
+    let (key_id, _) = common::key_parts(&doomed);
+    assert!(revoke_key(&one.db, &key_id).await.expect("revoke"));
+    for app in [&one, &two] {
+        until_status(app, &doomed, StatusCode::UNAUTHORIZED, within).await;
+    }
+
+    // Expiry needs no new lookup: a cached key's expiry is checked on every request.
+    let expires_in = std::time::Duration::from_secs(2);
+    for app in [&one, &two] {
+        until_status(
+            app,
+            &expiring,
+            StatusCode::UNAUTHORIZED,
+            expires_in + within,
+        )
+        .await;
+    }
+    // An unknown key stays unknown, and asking again within the second reads nothing more.
+    let unknown = format!("sk_live_{}_{}", "Q".repeat(16), "R".repeat(32));
+    let reads = two.state.keys.reads();
+    for _ in 0..20 {
+        assert_eq!(
+            two.get("/v1/channels", &unknown).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(
+        two.state.keys.reads() - reads <= 2,
+        "20 requests, one unknown key"
+    );
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    fanout::{FanOut, fan_out_over},
+    fanout::{Repeated, fan_out_over},
     realtime::{Churn, Server, Socket, churn_over},
 };
 
@@ -91,58 +91,6 @@ impl Instance {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// Repeated runs of one configuration: every run, and the median with its range.
-#[derive(Debug, Clone, Serialize)]
-pub struct Repeated {
-    pub server: &'static str,
-    pub placement: &'static str,
-    pub subscribers: usize,
-    pub publish_rate: u64,
-    pub deliveries_per_sec_median: f64,
-    pub deliveries_per_sec_min: f64,
-    pub deliveries_per_sec_max: f64,
-    pub p99_ms_median: f64,
-    pub p99_ms_min: f64,
-    pub p99_ms_max: f64,
-    pub lost: u64,
-    pub runs: Vec<FanOut>,
-}
-
-impl Repeated {
-    fn of(placement: &'static str, runs: Vec<FanOut>) -> Self {
-        let server = runs[0].server;
-        let (median, min, max) = spread(runs.iter().map(|r| r.deliveries.per_sec).collect());
-        let (p99, p99_min, p99_max) = spread(runs.iter().map(|r| r.deliveries.p99_ms).collect());
-        Self {
-            server,
-            placement,
-            subscribers: runs[0].subscribers,
-            publish_rate: runs[0].publish_rate,
-            deliveries_per_sec_median: median,
-            deliveries_per_sec_min: min,
-            deliveries_per_sec_max: max,
-            p99_ms_median: p99,
-            p99_ms_min: p99_min,
-            p99_ms_max: p99_max,
-            lost: runs.iter().map(|r| r.lost).sum(),
-            runs,
-        }
-    }
-}
-
-/// (median, min, max).
-pub fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    (
-        values[values.len() / 2],
-        values[0],
-        values[values.len() - 1],
-    )
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
 
 use crate::{
     realtime::{Server, Socket, open_many},
-    stats::{CpuShare, CpuWindow, Figures, epoch_micros},
+    stats::{CpuShare, CpuWindow, Figures, Spread, epoch_micros},
 };
 
 /// What a fan-out run measured.
@@ -31,7 +31,107 @@ pub struct FanOut {
     pub lost: u64,
     /// Subscribers the server disconnected during the run.
     pub disconnected: usize,
+    /// From the first publish to the last delivery: the window `deliveries.per_sec` is over.
+    pub arrival_seconds: f64,
     pub cpu: CpuShare,
+    /// The server's CPU time per delivered frame, in microseconds.
+    pub server_cpu_us_per_delivery: f64,
+}
+
+impl FanOut {
+    /// Sustained: nothing lost, nobody dropped, p99 within 100 ms, and the publisher kept to
+    /// 95% of the offered rate.
+    pub fn sustained(&self, seconds: u64) -> bool {
+        self.lost == 0
+            && self.disconnected == 0
+            && self.deliveries.p99_ms <= 100.0
+            && self.published as f64 >= 0.95 * (self.publish_rate * seconds) as f64
+    }
+}
+
+/// Fan-out runs of one server at one load, repeated: medians with their min-max.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeated {
+    pub server: &'static str,
+    /// What the load is: "equal load", "own maximum", or a cluster placement.
+    pub load: &'static str,
+    pub subscribers: usize,
+    pub publish_rate: u64,
+    pub deliveries_per_sec: Spread,
+    pub p50_ms: Spread,
+    pub p99_ms: Spread,
+    pub server_cpu_us_per_delivery: Spread,
+    pub lost: u64,
+    pub disconnected: usize,
+    pub runs: Vec<FanOut>,
+}
+
+impl Repeated {
+    pub fn of(load: &'static str, runs: Vec<FanOut>) -> Self {
+        Self {
+            server: runs[0].server,
+            load,
+            subscribers: runs[0].subscribers,
+            publish_rate: runs[0].publish_rate,
+            deliveries_per_sec: Spread::of(runs.iter().map(|r| r.deliveries.per_sec)),
+            p50_ms: Spread::of(runs.iter().map(|r| r.deliveries.p50_ms)),
+            p99_ms: Spread::of(runs.iter().map(|r| r.deliveries.p99_ms)),
+            server_cpu_us_per_delivery: Spread::of(
+                runs.iter().map(|r| r.server_cpu_us_per_delivery),
+            ),
+            lost: runs.iter().map(|r| r.lost).sum(),
+            disconnected: runs.iter().map(|r| r.disconnected).sum(),
+            runs,
+        }
+    }
+}
+
+/// The steps of a search for a server's maximum sustainable publish rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ladder {
+    pub server: &'static str,
+    pub subscribers: usize,
+    /// The highest rate sustained; 0 when even the first step was not.
+    pub max_rate: u64,
+    pub steps: Vec<FanOut>,
+}
+
+/// Finds the highest publish rate a server sustains ([`FanOut::sustained`]), in powers of two
+/// times `first`: doubling from `first` until a run is not sustained, or, when `first` itself is
+/// not, halving until one is. At most `max_steps` runs.
+pub async fn ladder(
+    server: &Server,
+    name: &'static str,
+    subscribers: usize,
+    first: u64,
+    seconds: u64,
+    max_steps: usize,
+) -> Ladder {
+    let mut steps: Vec<FanOut> = Vec::new();
+    let mut max_rate = 0;
+    let mut rate = first;
+    let mut climbing = None;
+    while steps.len() < max_steps && rate > 0 {
+        eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s ({name}), searching");
+        let run = fan_out(server, name, subscribers, rate, seconds).await;
+        let sustained = run.sustained(seconds);
+        steps.push(run);
+        let up = *climbing.get_or_insert(sustained);
+        if sustained {
+            max_rate = rate;
+        }
+        match (up, sustained) {
+            (true, true) => rate *= 2,
+            (false, false) => rate /= 2,
+            _ => break,
+        }
+    }
+    Ladder {
+        server: name,
+        subscribers,
+        max_rate,
+        steps,
+    }
 }
 
 /// One publisher sending `rate` ~100-byte messages per second for `seconds` to `subscribers`.
@@ -78,6 +178,7 @@ pub async fn fan_out_over(
 
     let cpu = CpuWindow::start(server.pid());
     let started = Instant::now();
+    let started_us = epoch_micros();
     let pad = "x".repeat(72);
     let mut published = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -109,23 +210,30 @@ pub async fn fan_out_over(
     let _ = stop.send(true);
     let mut latencies = Vec::new();
     let mut lost = 0;
+    let mut last_arrival_us = 0;
     for task in tasks {
-        let (count, mut local, closed) = task.await.expect("subscriber task");
+        let (count, mut local, closed, last) = task.await.expect("subscriber task");
         if !closed {
             lost += published.saturating_sub(count);
         }
+        last_arrival_us = last_arrival_us.max(last);
         latencies.append(&mut local);
     }
     drain.abort();
     let delivered = latencies.len() as u64;
+    // Deliveries that arrived while the server caught up count over the time they took.
+    let arrival_seconds = (last_arrival_us.saturating_sub(started_us) as f64 / 1e6).max(elapsed);
     FanOut {
         server: name,
         subscribers,
         publish_rate: rate,
         published,
-        deliveries: Figures::new(delivered, elapsed, &mut latencies),
+        deliveries: Figures::new(delivered, arrival_seconds, &mut latencies),
         lost,
         disconnected: disconnected.load(Ordering::Relaxed),
+        arrival_seconds,
+        server_cpu_us_per_delivery: cpu.server_pct / 100.0 * cpu.seconds * 1e6
+            / (delivered.max(1) as f64),
         cpu,
     }
 }
@@ -133,10 +241,11 @@ pub async fn fan_out_over(
 /// Received frames per subscriber, one task each, on one counter each: a single shared counter
 /// would bounce between cores a million times a second and make the load generator its own
 /// bottleneck.
-pub(crate) type Receivers = (
-    Vec<Arc<AtomicU64>>,
-    Vec<tokio::task::JoinHandle<(u64, Vec<u32>, bool)>>,
-);
+pub(crate) type Receivers = (Vec<Arc<AtomicU64>>, Vec<tokio::task::JoinHandle<Received>>);
+
+/// What one subscriber got: frames counted, their latencies in microseconds, whether the server
+/// closed it, and when (epoch microseconds) its last frame arrived.
+pub(crate) type Received = (u64, Vec<u32>, bool, u64);
 
 /// Starts a [`receive`] task for each socket.
 pub(crate) fn spawn_receivers(
@@ -160,8 +269,7 @@ pub(crate) fn spawn_receivers(
     (counters, tasks)
 }
 
-/// Reads one subscriber's frames until told to stop: how many carried a timestamp, their
-/// publish-to-receive latencies in microseconds, and whether the server closed the socket.
+/// Reads one subscriber's frames until told to stop (see [`Received`]).
 ///
 /// After the handshake the frames are read straight off the TCP stream: server frames are
 /// unmasked, so a frame is a 2-10 byte header and its payload, scanned in place with no
@@ -172,34 +280,36 @@ async fn receive(
     received: Arc<AtomicU64>,
     disconnected: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
-) -> (u64, Vec<u32>, bool) {
+) -> Received {
     let MaybeTlsStream::Plain(mut tcp) = socket.into_inner() else {
         unreachable!("the bench speaks plain ws://");
     };
     let mut latencies = Vec::new();
     let mut count = 0u64;
+    let mut last = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
     let mut filled = 0;
-    let gone = |count, latencies| {
+    let gone = |count, latencies, last| {
         disconnected.fetch_add(1, Ordering::Relaxed);
-        (count, latencies, true)
+        (count, latencies, true, last)
     };
     loop {
         tokio::select! {
             read = tcp.read(&mut buffer[filled..]) => match read {
-                Ok(0) | Err(_) => return gone(count, latencies),
+                Ok(0) | Err(_) => return gone(count, latencies, last),
                 Ok(n) => filled += n,
             },
-            _ = stop.wait_for(|stop| *stop) => return (count, latencies, false),
+            _ = stop.wait_for(|stop| *stop) => return (count, latencies, false, last),
         }
         let mut at = 0;
         while let Some((opcode, payload)) = frame(&buffer[at..filled]) {
             at += payload.end;
             match opcode {
-                0x8 => return gone(count, latencies),
+                0x8 => return gone(count, latencies, last),
                 0x1 | 0x0 => {
                     if let Some(sent) = stamp(&buffer[at - payload.len()..at]) {
-                        latencies.push(epoch_micros().saturating_sub(sent) as u32);
+                        last = epoch_micros();
+                        latencies.push(last.saturating_sub(sent) as u32);
                         count += 1;
                         received.store(count, Ordering::Relaxed);
                     }

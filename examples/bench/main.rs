@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use realtime::Server;
 use rest::{Op, Target};
-use stats::CpuWindow;
+use stats::{CpuWindow, Repeats};
 
 #[derive(Parser)]
 #[command(
@@ -58,12 +58,21 @@ struct Args {
     /// Idle connections for the memory footprint.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
-    /// Fan-out runs as SUBSCRIBERS:PUBLISHES_PER_SEC, comma separated.
-    #[arg(long, default_value = "100:2000,1000:1000,5000:200")]
+    /// Fan-out subscriber counts and the first publish rate of each one's search for its
+    /// maximum, as SUBSCRIBERS:FIRST_RATE, comma separated. The rate doubles until a server no
+    /// longer sustains it; then both servers run at the highest rate both sustained, and each at
+    /// its own maximum, --repeats times.
+    #[arg(long, default_value = "100:1000,1000:100,5000:20")]
     fanout: String,
     /// Seconds each fan-out run publishes for.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     fanout_seconds: u64,
+    /// Most doublings in a search for a maximum rate.
+    #[arg(long, default_value_t = 8)]
+    fanout_steps: usize,
+    /// How many times every measured configuration runs; figures are medians with min-max.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Peers in the presence-churn run.
     #[arg(long, default_value_t = 1000)]
     churn_peers: usize,
@@ -145,39 +154,46 @@ async fn main() -> Result<(), String> {
         let target = seed(&args).await?;
         for clients in CLIENTS {
             for op in [Op::Post, Op::Get] {
-                eprintln!("bench: {} at {clients} clients", op.name());
                 let script = rest::pgbench_script(&args.sqlx_dir, op)?;
-                rest::psql(&args.database_url, "VACUUM ANALYZE")?;
-                let window = CpuWindow::start(args.pid);
-                let pgbench = rest::pgbench(
-                    &args.database_url,
-                    &script,
-                    &target,
-                    clients,
-                    args.rest_seconds,
-                )?;
-                let pgbench_postgres_pct = window.stop().postgres_pct;
-                let window = CpuWindow::start(args.pid);
-                let channeld = rest::load(&target, op, clients, args.rest_seconds).await?;
-                let cpu = window.stop();
-                let ratio = channeld.per_sec / pgbench.per_sec.max(f64::EPSILON);
-                rest_rows.push(report::RestRow {
-                    op: op.name(),
-                    clients,
-                    pgbench,
-                    channeld,
-                    ratio,
-                    pgbench_postgres_pct,
-                    cpu,
-                });
+                let mut runs = Vec::new();
+                for repeat in 1..=args.repeats {
+                    eprintln!("bench: {} at {clients} clients (pair {repeat})", op.name());
+                    rest::psql(&args.database_url, "VACUUM ANALYZE")?;
+                    let window = CpuWindow::start(args.pid);
+                    let pgbench = rest::pgbench(
+                        &args.database_url,
+                        &script,
+                        &target,
+                        clients,
+                        args.rest_seconds,
+                    )?;
+                    let pgbench_postgres_pct = window.stop().postgres_pct;
+                    let window = CpuWindow::start(args.pid);
+                    let channeld = rest::load(&target, op, clients, args.rest_seconds).await?;
+                    let cpu = window.stop();
+                    runs.push(report::RestRun {
+                        ratio: channeld.per_sec / pgbench.per_sec.max(f64::EPSILON),
+                        pgbench,
+                        channeld,
+                        pgbench_postgres_pct,
+                        cpu,
+                    });
+                }
+                rest_rows.push(report::RestRow::of(op.name(), clients, runs));
             }
         }
     }
 
     let mut footprint = None;
     if run("footprint") {
-        eprintln!("bench: {} idle connections", args.idle);
-        footprint = Some(realtime::footprint(&channeld, args.idle).await);
+        let mut runs = Vec::new();
+        for repeat in 1..=args.repeats {
+            eprintln!("bench: {} idle connections (run {repeat})", args.idle);
+            runs.push(realtime::footprint(&channeld, args.idle).await);
+        }
+        footprint = Some(Repeats::of("per_connection_kib", runs, |f| {
+            f.per_connection_kib
+        }));
     }
 
     let pusher = match (&args.pusher_ws, args.pusher_pid) {
@@ -197,31 +213,74 @@ async fn main() -> Result<(), String> {
             None
         }
     };
+    let mut ladders = Vec::new();
     let mut fanout_rows = Vec::new();
-    for &(subscribers, rate) in fanouts.iter().filter(|_| run("fanout")) {
-        eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (channeld)");
-        fanout_rows.push(
-            fanout::fan_out(
-                &channeld,
-                "channeld",
-                subscribers,
-                rate,
-                args.fanout_seconds,
-            )
-            .await,
-        );
+    for &(subscribers, first_rate) in fanouts.iter().filter(|_| run("fanout")) {
+        let mut servers = vec![(&channeld, "channeld")];
         if let Some(pusher) = &pusher {
-            eprintln!("bench: fan-out to {subscribers} subscribers at {rate}/s (sockudo)");
-            fanout_rows.push(
-                fanout::fan_out(pusher, "sockudo", subscribers, rate, args.fanout_seconds).await,
-            );
+            servers.push((pusher, "sockudo"));
+        }
+        let mut found = Vec::new();
+        for &(server, name) in &servers {
+            let ladder = fanout::ladder(
+                server,
+                name,
+                subscribers,
+                first_rate,
+                args.fanout_seconds,
+                args.fanout_steps,
+            )
+            .await;
+            found.push(ladder.max_rate);
+            ladders.push(ladder);
+        }
+        // The highest rate every server sustained (the lowest step tried if one sustained none).
+        let lowest = ladders
+            .iter()
+            .rev()
+            .take(servers.len())
+            .flat_map(|l: &fanout::Ladder| l.steps.iter().map(|s| s.publish_rate))
+            .min()
+            .unwrap_or(first_rate);
+        let equal = found
+            .iter()
+            .copied()
+            .min()
+            .filter(|&r| r > 0)
+            .unwrap_or(lowest);
+        for (&(server, name), &own_max) in servers.iter().zip(&found) {
+            let mut loads = vec![("equal load", equal)];
+            if own_max > equal {
+                loads.push(("own maximum", own_max));
+            }
+            for (load, rate) in loads {
+                let mut runs = Vec::new();
+                for repeat in 1..=args.repeats {
+                    eprintln!(
+                        "bench: fan-out to {subscribers} subscribers at {rate}/s ({name}, {load}, run {repeat})"
+                    );
+                    runs.push(
+                        fanout::fan_out(server, name, subscribers, rate, args.fanout_seconds).await,
+                    );
+                }
+                fanout_rows.push(fanout::Repeated::of(load, runs));
+            }
         }
     }
 
     let mut churn = None;
     if run("churn") {
-        eprintln!("bench: presence churn with {} peers", args.churn_peers);
-        churn = Some(realtime::churn(&channeld, args.churn_peers, 5).await);
+        let mut runs = Vec::new();
+        for repeat in 1..=args.repeats {
+            eprintln!(
+                "bench: presence churn with {} peers (run {repeat})",
+                args.churn_peers
+            );
+            runs.push(realtime::churn(&channeld, args.churn_peers, 5).await);
+        }
+        churn = Some(Repeats::of("joins_leaves_per_sec", runs, |c| {
+            c.joins_leaves_per_sec
+        }));
     }
 
     let mut stored_rows = Vec::new();
@@ -243,16 +302,26 @@ async fn main() -> Result<(), String> {
             let (first, key, seconds) = (first.clone(), args.key.clone(), args.stored_seconds);
             async move { stored::run(&first, &followers, placement, &key, ws, sse, rate, seconds).await }
         };
+        let by_p99 = |runs| Repeats::of("ws.p99_ms", runs, |r: &stored::StoredRun| r.ws.p99_ms);
         for &(ws, sse, rate) in &runs {
-            stored_rows.push(stored_run("same instance", first.clone(), ws, sse, rate).await);
+            let mut repeats = Vec::new();
+            for _ in 0..args.repeats {
+                repeats.push(stored_run("same instance", first.clone(), ws, sse, rate).await);
+            }
+            stored_rows.push(by_p99(repeats));
         }
         match &args.second_server {
             Some(binary) => {
                 let second =
                     stored::SecondInstance::start(binary, &args.second_listen, &args.base).await?;
                 for &(ws, sse, rate) in &runs {
-                    stored_rows
-                        .push(stored_run("other instance", second.instance(), ws, sse, rate).await);
+                    let mut repeats = Vec::new();
+                    for _ in 0..args.repeats {
+                        repeats.push(
+                            stored_run("other instance", second.instance(), ws, sse, rate).await,
+                        );
+                    }
+                    stored_rows.push(by_p99(repeats));
                 }
             }
             None => notes
@@ -289,8 +358,23 @@ async fn main() -> Result<(), String> {
         }
     }
 
+    let postgres = postgres_settings(&args.database_url);
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!();
+    println!(
+        "Machine: {cpus} cores shared by the servers, PostgreSQL and the load generator; PostgreSQL {}",
+        postgres
+            .as_object()
+            .map(|o| o
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default()
+    );
     report::print(
         &rest_rows,
+        &ladders,
         &fanout_rows,
         &stored_rows,
         footprint.as_ref(),
@@ -300,9 +384,12 @@ async fn main() -> Result<(), String> {
     );
     let figures = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
-        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpus": cpus,
         "rest": rest_rows,
         "fanout": fanout_rows,
+        "fanout_ladders": ladders,
+        "repeats": args.repeats,
+        "postgres": postgres,
         "footprint": footprint,
         "churn": churn,
         "stored": stored_rows,
@@ -377,7 +464,6 @@ fn parse_stored(spec: &str) -> Result<Vec<(usize, usize, Option<u64>)>, String> 
 /// page in one statement, interleaved across channels as concurrent posting leaves it.
 async fn seed(args: &Args) -> Result<Target, String> {
     let http = reqwest::Client::new();
-    let key_id = key_id(&args.key)?;
     let mut ids = Vec::new();
     for n in 0..CHANNELS {
         let created: Value = http
@@ -412,16 +498,31 @@ async fn seed(args: &Args) -> Result<Target, String> {
     Ok(Target {
         addr: args.base.trim_start_matches("http://").to_owned(),
         key: args.key.clone(),
-        key_id,
         channels: (lo, hi),
     })
 }
 
-/// The `sk_id_…` part of an `sk_live_<id>_<secret>` key.
-fn key_id(key: &str) -> Result<String, String> {
-    let id = key
-        .strip_prefix("sk_live_")
-        .and_then(|rest| rest.split('_').next())
-        .ok_or("the key must be in its sk_live_ form")?;
-    Ok(format!("sk_id_{id}"))
+/// The PostgreSQL settings that shape the REST figures, as `SHOW` prints them.
+fn postgres_settings(database_url: &str) -> Value {
+    let names = [
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "max_connections",
+        "work_mem",
+    ];
+    let mut settings = serde_json::Map::new();
+    for name in names {
+        let output = std::process::Command::new("psql")
+            .args(["-XAtq", "-c", &format!("SHOW {name}"), database_url])
+            .output();
+        if let Ok(output) = output
+            && output.status.success()
+        {
+            let value = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            settings.insert(name.to_owned(), Value::String(value));
+        }
+    }
+    Value::Object(settings)
 }

@@ -3,17 +3,15 @@
 use serde::Serialize;
 
 use crate::{
-    fanout::FanOut,
+    fanout::{Ladder, Repeated},
     realtime::{Churn, Footprint},
-    stats::{CpuShare, Figures},
+    stats::{CpuShare, Figures, Repeats, Spread},
     stored::StoredRun,
 };
 
-/// One REST operation at one concurrency, pgbench beside channeld.
+/// One measured pair: pgbench, then channeld, at one concurrency.
 #[derive(Debug, Clone, Serialize)]
-pub struct RestRow {
-    pub op: &'static str,
-    pub clients: usize,
+pub struct RestRun {
     pub pgbench: Figures,
     pub channeld: Figures,
     /// channeld requests/s over pgbench transactions/s.
@@ -24,29 +22,81 @@ pub struct RestRow {
     pub cpu: CpuShare,
 }
 
+/// One REST operation at one concurrency over repeated pairs. `pgbench`, `channeld` and `ratio`
+/// are medians (each field on its own), `ratio_min`/`ratio_max` the range, `runs` every pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestRow {
+    pub op: &'static str,
+    pub clients: usize,
+    pub pgbench: Figures,
+    pub channeld: Figures,
+    pub ratio: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+    pub pgbench_per_sec: Spread,
+    pub channeld_per_sec: Spread,
+    pub pgbench_postgres_pct: f64,
+    pub cpu: CpuShare,
+    pub runs: Vec<RestRun>,
+}
+
+impl RestRow {
+    pub fn of(op: &'static str, clients: usize, runs: Vec<RestRun>) -> Self {
+        let median = |f: &dyn Fn(&RestRun) -> f64| Spread::of(runs.iter().map(f)).median;
+        let figures = |f: &dyn Fn(&RestRun) -> Figures| Figures {
+            per_sec: median(&|r| f(r).per_sec),
+            p50_ms: median(&|r| f(r).p50_ms),
+            p99_ms: median(&|r| f(r).p99_ms),
+        };
+        let ratio = Spread::of(runs.iter().map(|r| r.ratio));
+        Self {
+            op,
+            clients,
+            pgbench: figures(&|r| r.pgbench),
+            channeld: figures(&|r| r.channeld),
+            ratio: ratio.median,
+            ratio_min: ratio.min,
+            ratio_max: ratio.max,
+            pgbench_per_sec: Spread::of(runs.iter().map(|r| r.pgbench.per_sec)),
+            channeld_per_sec: Spread::of(runs.iter().map(|r| r.channeld.per_sec)),
+            pgbench_postgres_pct: median(&|r| r.pgbench_postgres_pct),
+            cpu: CpuShare {
+                seconds: median(&|r| r.cpu.seconds),
+                bench_pct: median(&|r| r.cpu.bench_pct),
+                server_pct: median(&|r| r.cpu.server_pct),
+                postgres_pct: median(&|r| r.cpu.postgres_pct),
+            },
+            runs,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn print(
     rest: &[RestRow],
-    fanout: &[FanOut],
-    stored: &[StoredRun],
-    footprint: Option<&Footprint>,
-    churn: Option<&Churn>,
+    ladders: &[Ladder],
+    fanout: &[Repeated],
+    stored: &[Repeats<StoredRun>],
+    footprint: Option<&Repeats<Footprint>>,
+    churn: Option<&Repeats<Churn>>,
     cluster: Option<&crate::cluster::ClusterFigures>,
     notes: &[String],
 ) {
     if !rest.is_empty() {
         println!();
         println!(
-            "REST against the database ceiling (pgbench runs channeld's own SQL, -M prepared; CPU in % of one core)"
+            "REST against the database ceiling: pgbench runs channeld's own per-request SQL (-M prepared); median of {} pairs [min-max]; CPU in % of one core",
+            rest.first().map_or(0, |r| r.runs.len())
         );
         println!(
-            "{:<14} {:>7} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6} {:>6} {:>6} | {:>6}",
+            "{:<14} {:>7} | {:>24} {:>7} {:>7} {:>6} | {:>24} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>18}",
             "operation",
             "clients",
-            "pgbench/s",
+            "pgbench tx/s",
             "p50 ms",
             "p99 ms",
             "pg CPU",
-            "channeld/s",
+            "channeld req/s",
             "p50 ms",
             "p99 ms",
             "pg CPU",
@@ -56,78 +106,107 @@ pub fn print(
         );
         for row in rest {
             println!(
-                "{:<14} {:>7} | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% | {:>10.0} {:>8.2} {:>8.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>6.2}",
+                "{:<14} {:>7} | {:>6.0} [{:>6.0}-{:>6.0}] {:>7.2} {:>7.2} {:>5.0}% | {:>6.0} [{:>6.0}-{:>6.0}] {:>7.2} {:>7.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>4.2} [{:.2}-{:.2}]",
                 row.op,
                 row.clients,
-                row.pgbench.per_sec,
+                row.pgbench_per_sec.median,
+                row.pgbench_per_sec.min,
+                row.pgbench_per_sec.max,
                 row.pgbench.p50_ms,
                 row.pgbench.p99_ms,
                 row.pgbench_postgres_pct,
-                row.channeld.per_sec,
+                row.channeld_per_sec.median,
+                row.channeld_per_sec.min,
+                row.channeld_per_sec.max,
                 row.channeld.p50_ms,
                 row.channeld.p99_ms,
                 row.cpu.postgres_pct,
                 row.cpu.server_pct,
                 row.cpu.bench_pct,
-                row.ratio
+                row.ratio,
+                row.ratio_min,
+                row.ratio_max
             );
         }
     }
 
+    if !ladders.is_empty() {
+        println!();
+        println!(
+            "WebSocket fan-out, maximum sustainable rate: the publish rate doubled until p99 > 100 ms, a loss, a drop, or the publisher fell behind"
+        );
+        for ladder in ladders {
+            let steps: Vec<String> = ladder
+                .steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}/s: p99 {:.1} ms, lost {}, drops {}",
+                        s.publish_rate, s.deliveries.p99_ms, s.lost, s.disconnected
+                    )
+                })
+                .collect();
+            println!(
+                "  {:<9} {:>5} subscribers: max {}/s  ({})",
+                ladder.server,
+                ladder.subscribers,
+                ladder.max_rate,
+                steps.join("; ")
+            );
+        }
+    }
     if !fanout.is_empty() {
         println!();
-        println!("WebSocket fan-out: one publisher, ~100-byte messages (CPU in % of one core)");
         println!(
-            "{:<9} {:>6} {:>8} {:>12} {:>8} {:>8} {:>6} {:>6} {:>10} {:>9}",
+            "WebSocket fan-out: one publisher, ~100-byte messages; median of {} runs [min-max]; deliveries/s over the window they arrived in",
+            fanout.first().map_or(0, |r| r.runs.len())
+        );
+        println!(
+            "{:<9} {:<12} {:>6} {:>7} | {:>31} {:>22} {:>22} {:>5} {:>5} | {:>16}",
             "server",
+            "load",
             "subs",
-            "pub/s",
+            "msg/s",
             "deliveries/s",
             "p50 ms",
             "p99 ms",
             "lost",
             "drops",
-            "server CPU",
-            "bench CPU"
+            "server CPU us/dl"
         );
         for row in fanout {
             println!(
-                "{:<9} {:>6} {:>8} {:>12.0} {:>8.2} {:>8.2} {:>6} {:>6} {:>9.0}% {:>8.0}%",
+                "{:<9} {:<12} {:>6} {:>7} | {:>9.0} [{:>9.0}-{:>9.0}] {:>7.1} [{:>5.1}-{:>6.1}] {:>7.1} [{:>5.1}-{:>6.1}] {:>5} {:>5} | {:>5.2} [{:.2}-{:.2}]",
                 row.server,
+                row.load,
                 row.subscribers,
                 row.publish_rate,
-                row.deliveries.per_sec,
-                row.deliveries.p50_ms,
-                row.deliveries.p99_ms,
+                row.deliveries_per_sec.median,
+                row.deliveries_per_sec.min,
+                row.deliveries_per_sec.max,
+                row.p50_ms.median,
+                row.p50_ms.min,
+                row.p50_ms.max,
+                row.p99_ms.median,
+                row.p99_ms.min,
+                row.p99_ms.max,
                 row.lost,
                 row.disconnected,
-                row.cpu.server_pct,
-                row.cpu.bench_pct
+                row.server_cpu_us_per_delivery.median,
+                row.server_cpu_us_per_delivery.min,
+                row.server_cpu_us_per_delivery.max
             );
-        }
-        for ours in fanout.iter().filter(|r| r.server == "channeld") {
-            let theirs = fanout
-                .iter()
-                .find(|t| t.server == "sockudo" && t.subscribers == ours.subscribers);
-            if let Some(theirs) = theirs {
-                println!(
-                    "  {} subscribers: channeld / sockudo = {:.2}x deliveries/s, p99 {:.2} vs {:.2} ms",
-                    ours.subscribers,
-                    ours.deliveries.per_sec / theirs.deliveries.per_sec.max(f64::EPSILON),
-                    ours.deliveries.p99_ms,
-                    theirs.deliveries.p99_ms
-                );
-            }
         }
     }
 
     if !stored.is_empty() {
         println!();
         println!(
-            "Stored messages to live followers: one writer POSTing to one channel; latency from POST to frame (CPU in % of one core)"
+            "Stored messages to live followers: one writer POSTing to one channel; latency from POST to frame; the run with the median WebSocket p99 of {}, [min-max] of that p99 (CPU in % of one core)",
+            stored.first().map_or(0, |r| r.runs.len())
         );
         println!(
-            "{:<15} {:>5} {:>4} {:>7} | {:>7} {:>7} {:>7} | {:>10} {:>7} {:>7} | {:>8} {:>7} {:>7} | {:>5} {:>5} | {:>6} {:>8} {:>5}",
+            "{:<15} {:>5} {:>4} {:>7} | {:>7} {:>7} {:>7} | {:>10} {:>7} {:>7} {:>15} | {:>8} {:>7} {:>7} | {:>5} {:>5} | {:>6} {:>8} {:>5}",
             "followers on",
             "ws",
             "sse",
@@ -138,6 +217,7 @@ pub fn print(
             "ws frames/s",
             "p50 ms",
             "p99 ms",
+            "p99 range",
             "sse ev/s",
             "p50 ms",
             "p99 ms",
@@ -147,9 +227,10 @@ pub fn print(
             "follower",
             "pg"
         );
-        for row in stored {
+        for repeats in stored {
+            let row = &repeats.median;
             println!(
-                "{:<15} {:>5} {:>4} {:>7} | {:>7.0} {:>7.2} {:>7.2} | {:>10.0} {:>7.2} {:>7.2} | {:>8.0} {:>7.2} {:>7.2} | {:>5} {:>5} | {:>5.0}% {:>7.0}% {:>4.0}%",
+                "{:<15} {:>5} {:>4} {:>7} | {:>7.0} {:>7.2} {:>7.2} | {:>10.0} {:>7.2} {:>7.2} {:>15} | {:>8.0} {:>7.2} {:>7.2} | {:>5} {:>5} | {:>5.0}% {:>7.0}% {:>4.0}%",
                 row.followers_on,
                 row.ws_subscribers,
                 row.sse_streams,
@@ -160,6 +241,7 @@ pub fn print(
                 row.ws.per_sec,
                 row.ws.p50_ms,
                 row.ws.p99_ms,
+                format!("[{:.1}-{:.1}]", repeats.spread.min, repeats.spread.max),
                 row.sse.per_sec,
                 row.sse.p50_ms,
                 row.sse.p99_ms,
@@ -174,22 +256,30 @@ pub fn print(
 
     println!();
     if let Some(footprint) = footprint {
+        let median = &footprint.median;
         println!(
-            "Idle connections: {} subscribed, RSS {} -> {} KiB, {:.2} KiB per connection",
-            footprint.connections,
-            footprint.rss_before_kib,
-            footprint.rss_after_kib,
-            footprint.per_connection_kib
+            "Idle connections: {} subscribed, RSS {} -> {} KiB, {:.2} KiB per connection (median of {} [{:.2}-{:.2}])",
+            median.connections,
+            median.rss_before_kib,
+            median.rss_after_kib,
+            median.per_connection_kib,
+            footprint.runs.len(),
+            footprint.spread.min,
+            footprint.spread.max
         );
     }
     if let Some(churn) = churn {
+        let median = &churn.median;
         println!(
-            "Presence churn: {} peers, {:.0} joins+leaves/s, {} disconnected (server CPU {:.0}%, bench CPU {:.0}%)",
-            churn.peers,
-            churn.joins_leaves_per_sec,
-            churn.disconnected,
-            churn.cpu.server_pct,
-            churn.cpu.bench_pct
+            "Presence churn: {} peers, {:.0} joins+leaves/s (median of {} [{:.0}-{:.0}]), {} disconnected (server CPU {:.0}%, bench CPU {:.0}%)",
+            median.peers,
+            median.joins_leaves_per_sec,
+            churn.runs.len(),
+            churn.spread.min,
+            churn.spread.max,
+            median.disconnected,
+            median.cpu.server_pct,
+            median.cpu.bench_pct
         );
     }
     if let Some(cluster) = cluster {
@@ -206,15 +296,15 @@ pub fn print(
             println!(
                 "{:<9} {:<20} {:>11} {:>8} | {:>10.0} [{:>7.0}-{:>7.0}] {:>6.2} [{:>6.2}-{:>6.2}] {:>6}",
                 row.server,
-                row.placement,
+                row.load,
                 row.subscribers,
                 row.publish_rate,
-                row.deliveries_per_sec_median,
-                row.deliveries_per_sec_min,
-                row.deliveries_per_sec_max,
-                row.p99_ms_median,
-                row.p99_ms_min,
-                row.p99_ms_max,
+                row.deliveries_per_sec.median,
+                row.deliveries_per_sec.min,
+                row.deliveries_per_sec.max,
+                row.p99_ms.median,
+                row.p99_ms.min,
+                row.p99_ms.max,
                 row.lost
             );
         }

@@ -24,6 +24,54 @@ impl Figures {
     }
 }
 
+/// The median of repeated runs with their minimum and maximum.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// Of one figure over runs; with an even count, the upper of the two middle values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        values.sort_by(f64::total_cmp);
+        if values.is_empty() {
+            return Self::default();
+        }
+        Self {
+            median: values[values.len() / 2],
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// Repeated runs whose figures belong together: the run with the median headline figure, that
+/// figure's range, and every run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeats<T> {
+    /// The headline figure the median run was chosen by.
+    pub by: &'static str,
+    pub median: T,
+    pub spread: Spread,
+    pub runs: Vec<T>,
+}
+
+impl<T: Clone> Repeats<T> {
+    pub fn of(by: &'static str, runs: Vec<T>, key: impl Fn(&T) -> f64) -> Self {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|&a, &b| key(&runs[a]).total_cmp(&key(&runs[b])));
+        Self {
+            by,
+            median: runs[order[order.len() / 2]].clone(),
+            spread: Spread::of(runs.iter().map(&key)),
+            runs,
+        }
+    }
+}
+
 /// The `p` quantile of sorted microseconds, in milliseconds.
 fn percentile(sorted_us: &[u32], p: f64) -> f64 {
     if sorted_us.is_empty() {
@@ -105,6 +153,8 @@ pub struct CpuWindow {
 /// Percent of one core: 200 means both cores of a 2-core machine were busy.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct CpuShare {
+    /// Length of the window measured.
+    pub seconds: f64,
     pub bench_pct: f64,
     pub server_pct: f64,
     pub postgres_pct: f64,
@@ -130,6 +180,7 @@ impl CpuWindow {
             (now.saturating_sub(then)) as f64 / ticks_per_sec / seconds * 100.0
         };
         CpuShare {
+            seconds,
             bench_pct: pct(cpu_ticks("self", false), self.bench_ticks),
             server_pct: pct(cpu_ticks(&self.server, false), self.server_ticks),
             postgres_pct: pct(postgres_ticks(), self.postgres_ticks),

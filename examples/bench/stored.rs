@@ -231,7 +231,7 @@ pub async fn run(
     let mut lost = 0;
     let mut ws_latencies = Vec::new();
     for task in ws_tasks {
-        let (count, mut latencies, closed) = task.await.expect("subscriber task");
+        let (count, mut latencies, closed, _) = task.await.expect("subscriber task");
         if !closed {
             lost += posted.saturating_sub(count);
         }

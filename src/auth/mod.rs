@@ -1,6 +1,7 @@
 //! API keys: generation and hashing, storage, scopes, the [`Principal`] extractor that
 //! authenticates every REST request, channel patterns, and realtime tokens.
 
+pub mod cache;
 mod db;
 mod keys;
 pub mod patterns;
@@ -9,6 +10,7 @@ mod scopes;
 mod secrets;
 pub mod tokens;
 
+pub use cache::KeyCache;
 pub use db::{
     ApiKey, NewKey, NewPublishableKey, PublishableKey, create_key, create_publishable_key,
     find_key, find_publishable_key, inactive_among, list_keys, list_publishable_keys, revoke_key,

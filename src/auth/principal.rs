@@ -9,7 +9,7 @@ use axum::{
 };
 use chrono::Utc;
 
-use super::{Credential, Pattern, Scope, ScopeSet, find_key};
+use super::{Credential, Pattern, Scope, ScopeSet};
 use crate::{
     error::ApiError,
     ratelimit::{DecisionSlot, Limit},
@@ -60,7 +60,9 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         let raw = presented_credential(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let credential = Credential::parse(raw).ok_or(ApiError::Unauthorized)?;
-        let key = find_key(&state.db, &credential.key_id)
+        let key = state
+            .keys
+            .find(&state.db, &credential.key_id)
             .await?
             .ok_or(ApiError::Unauthorized)?;
         if !credential.matches(&key.secret_sha256) || !key.is_active(Utc::now()) {
@@ -89,13 +91,13 @@ impl FromRequestParts<AppState> for Principal {
         }
         Ok(Self {
             scopes: ScopeSet::from_stored(&key.scopes),
-            key_id: key.key_id,
+            key_id: key.key_id.clone(),
             channel_patterns: key
                 .channel_patterns
                 .iter()
                 .map(|p| Pattern::new(p))
                 .collect(),
-            secret_encrypted: key.secret_encrypted,
+            secret_encrypted: key.secret_encrypted.clone(),
         })
     }
 }

@@ -9,8 +9,7 @@ use serde_json::{Map, Value, value::RawValue};
 use super::names::is_peer_id;
 use crate::{
     auth::{
-        Pattern, ScopeSet, find_key, find_publishable_key, is_publishable, patterns::any_matches,
-        tokens,
+        Pattern, ScopeSet, find_publishable_key, is_publishable, patterns::any_matches, tokens,
     },
     error::ApiError,
     state::AppState,
@@ -63,7 +62,9 @@ pub async fn authenticate(
 
 async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> {
     let unverified = tokens::parse(token).map_err(|_| ApiError::Unauthorized)?;
-    let key = find_key(&state.db, &unverified.kid)
+    let key = state
+        .keys
+        .find(&state.db, &unverified.kid)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let now = Utc::now();

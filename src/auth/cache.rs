@@ -1,0 +1,107 @@
+//! A short-lived cache of key lookups, found and not found, shared by every request of one
+//! instance.
+//!
+//! An entry is trusted for [`MAX_AGE`] after the read that filled it began, so a revocation or an
+//! expiry made anywhere (the CLI, another instance) takes effect on every instance within that
+//! long, with no notification to lose and no listener to keep healthy. Within it a busy key costs
+//! one lookup per second instead of one per request. Unknown ids are cached too, so repeating a
+//! well-formed but unknown credential costs nothing; distinct unknown ids each need a lookup, and
+//! at most [`MAX_CONCURRENT_LOOKUPS`] run at once, so such a flood never holds more of the pool
+//! than that while known keys keep answering from the cache.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
+
+use super::{ApiKey, find_key};
+
+/// How long a lookup's answer is trusted: the bound on how late a revocation takes effect.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+/// Entries kept at most; beyond it, expired entries are dropped, and if none had expired, all.
+const CAPACITY: usize = 10_000;
+/// Lookups that may wait on the database at once.
+const MAX_CONCURRENT_LOOKUPS: usize = 4;
+
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, Entry>>,
+    lookups: Semaphore,
+    reads: AtomicU64,
+}
+
+struct Entry {
+    key: Option<Arc<ApiKey>>,
+    read_at: Instant,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            lookups: Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+            reads: AtomicU64::new(0),
+        }
+    }
+}
+
+impl KeyCache {
+    /// The stored key `key_id`, or `None` when there is none, at most [`MAX_AGE`] old.
+    pub async fn find(
+        &self,
+        db: &sqlx::PgPool,
+        key_id: &str,
+    ) -> Result<Option<Arc<ApiKey>>, sqlx::Error> {
+        if let Some(cached) = self.fresh(key_id) {
+            return Ok(cached);
+        }
+        let _permit = self
+            .lookups
+            .acquire()
+            .await
+            .expect("the lookup semaphore is never closed");
+        // Requests for the same key queue here; the first refreshed it for the rest.
+        if let Some(cached) = self.fresh(key_id) {
+            return Ok(cached);
+        }
+        let read_at = Instant::now();
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let key = find_key(db, key_id).await?.map(Arc::new);
+        let mut entries = self.lock();
+        if entries.len() >= CAPACITY {
+            entries.retain(|_, entry| entry.read_at.elapsed() < MAX_AGE);
+            if entries.len() >= CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key_id.to_owned(),
+            Entry {
+                key: key.clone(),
+                read_at,
+            },
+        );
+        Ok(key)
+    }
+
+    /// Database reads made so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn fresh(&self, key_id: &str) -> Option<Option<Arc<ApiKey>>> {
+        self.lock()
+            .get(key_id)
+            .filter(|entry| entry.read_at.elapsed() < MAX_AGE)
+            .map(|entry| entry.key.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
