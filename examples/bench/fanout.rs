@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
 
 use crate::{
     realtime::{Server, Socket, open_many},
-    stats::{CpuShare, CpuWindow, Figures, Spread, epoch_micros},
+    stats::{CpuShare, CpuWindow, Figures, Spread, epoch_micros, wait_quiet},
 };
 
 /// What a fan-out run measured.
@@ -220,6 +220,7 @@ pub async fn fan_out_over(
         latencies.append(&mut local);
     }
     drain.abort();
+    wait_quiet(server.pid()).await;
     let delivered = latencies.len() as u64;
     // Deliveries that arrived while the server caught up count over the time they took.
     let arrival_seconds = (last_arrival_us.saturating_sub(started_us) as f64 / 1e6).max(elapsed);

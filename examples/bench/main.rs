@@ -148,6 +148,14 @@ async fn main() -> Result<(), String> {
 
     let run = |part: &str| args.only.split(',').any(|p| p.trim() == part);
 
+    // First, and once: a run after others in the same process reuses the memory they freed, so
+    // only a fresh process shows what connections cost.
+    let mut footprint = None;
+    if run("footprint") {
+        eprintln!("bench: {} idle connections", args.idle);
+        footprint = Some(realtime::footprint(&channeld, args.idle).await);
+    }
+
     let mut rest_rows = Vec::new();
     if run("rest") {
         eprintln!("bench: seeding {CHANNELS} channels");
@@ -182,18 +190,6 @@ async fn main() -> Result<(), String> {
                 rest_rows.push(report::RestRow::of(op.name(), clients, runs));
             }
         }
-    }
-
-    let mut footprint = None;
-    if run("footprint") {
-        let mut runs = Vec::new();
-        for repeat in 1..=args.repeats {
-            eprintln!("bench: {} idle connections (run {repeat})", args.idle);
-            runs.push(realtime::footprint(&channeld, args.idle).await);
-        }
-        footprint = Some(Repeats::of("per_connection_kib", runs, |f| {
-            f.per_connection_kib
-        }));
     }
 
     let pusher = match (&args.pusher_ws, args.pusher_pid) {

@@ -77,7 +77,7 @@ pub fn print(
     ladders: &[Ladder],
     fanout: &[Repeated],
     stored: &[Repeats<StoredRun>],
-    footprint: Option<&Repeats<Footprint>>,
+    footprint: Option<&Footprint>,
     churn: Option<&Repeats<Churn>>,
     cluster: Option<&crate::cluster::ClusterFigures>,
     notes: &[String],
@@ -256,16 +256,12 @@ pub fn print(
 
     println!();
     if let Some(footprint) = footprint {
-        let median = &footprint.median;
         println!(
-            "Idle connections: {} subscribed, RSS {} -> {} KiB, {:.2} KiB per connection (median of {} [{:.2}-{:.2}])",
-            median.connections,
-            median.rss_before_kib,
-            median.rss_after_kib,
-            median.per_connection_kib,
-            footprint.runs.len(),
-            footprint.spread.min,
-            footprint.spread.max
+            "Idle connections: {} subscribed, RSS {} -> {} KiB, {:.2} KiB per connection (one run, in a fresh process)",
+            footprint.connections,
+            footprint.rss_before_kib,
+            footprint.rss_after_kib,
+            footprint.per_connection_kib
         );
     }
     if let Some(churn) = churn {

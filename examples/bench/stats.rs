@@ -187,3 +187,17 @@ impl CpuWindow {
         }
     }
 }
+
+/// Waits until the process `pid` has gone quiet (under 10% of a core over half a second), at
+/// most 30 s: a server still draining the backlog of an overloaded run must not take CPU from
+/// the next run, its own or another server's.
+pub async fn wait_quiet(pid: u32) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let window = CpuWindow::start(pid);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if window.stop().server_pct < 10.0 {
+            return;
+        }
+    }
+}
