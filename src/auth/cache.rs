@@ -6,8 +6,8 @@
 //! long, with no notification to lose and no listener to keep healthy. Within it a busy key costs
 //! one lookup per second instead of one per request. Unknown ids are cached too, so repeating a
 //! well-formed but unknown credential costs nothing; distinct unknown ids each need a lookup, and
-//! at most [`MAX_CONCURRENT_LOOKUPS`] run at once, so such a flood never holds more of the pool
-//! than that while known keys keep answering from the cache.
+//! at most [`MAX_CONCURRENT_LOOKUPS`] of them run at once, so such a flood never holds more of the
+//! pool than that, and keys known to exist refresh without queueing behind it.
 
 use std::{
     collections::HashMap,
@@ -26,8 +26,10 @@ use super::{ApiKey, find_key};
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// Entries kept at most; beyond it, expired entries are dropped, and if none had expired, all.
 const CAPACITY: usize = 10_000;
-/// Lookups that may wait on the database at once.
+/// Lookups of ids not known to exist that may wait on the database at once.
 const MAX_CONCURRENT_LOOKUPS: usize = 4;
+/// Key ids are `sk_id_` and 16 characters; anything much longer is not looked up at all.
+const MAX_KEY_ID_LEN: usize = 64;
 
 pub struct KeyCache {
     entries: Mutex<HashMap<String, Entry>>,
@@ -57,15 +59,28 @@ impl KeyCache {
         db: &sqlx::PgPool,
         key_id: &str,
     ) -> Result<Option<Arc<ApiKey>>, sqlx::Error> {
+        if key_id.len() > MAX_KEY_ID_LEN {
+            return Ok(None);
+        }
         if let Some(cached) = self.fresh(key_id) {
             return Ok(cached);
         }
-        let _permit = self
-            .lookups
-            .acquire()
-            .await
-            .expect("the lookup semaphore is never closed");
-        // Requests for the same key queue here; the first refreshed it for the rest.
+        // A key known to exist refreshes at once; only ids not known to exist queue for a
+        // permit, so a flood of unknown ids never delays a real key's refresh.
+        let known = self
+            .lock()
+            .get(key_id)
+            .is_some_and(|entry| entry.key.is_some());
+        let _permit = match known {
+            true => None,
+            false => Some(
+                self.lookups
+                    .acquire()
+                    .await
+                    .expect("the lookup semaphore is never closed"),
+            ),
+        };
+        // Requests for the same unknown id queue here; the first answered it for the rest.
         if let Some(cached) = self.fresh(key_id) {
             return Ok(cached);
         }
@@ -79,13 +94,19 @@ impl KeyCache {
                 entries.clear();
             }
         }
-        entries.insert(
-            key_id.to_owned(),
-            Entry {
-                key: key.clone(),
-                read_at,
-            },
-        );
+        // A read that began earlier than the cached one never replaces it.
+        if entries
+            .get(key_id)
+            .is_none_or(|entry| entry.read_at <= read_at)
+        {
+            entries.insert(
+                key_id.to_owned(),
+                Entry {
+                    key: key.clone(),
+                    read_at,
+                },
+            );
+        }
         Ok(key)
     }
 

@@ -207,8 +207,9 @@ test("an expired token (4002) is refreshed through the token provider", async ()
   const sdk = client({
     tokenProvider: () => {
       minted += 1;
-      // The first token lives 2 s; channeld closes with 4002 just before it expires.
-      return server.mint(secret, { peerId: "refresher", expiresInSec: minted === 1 ? 2 : 3600 });
+      // The first token lives 3 s (2-3 s counted in whole seconds); channeld closes with 4002
+      // just before it expires.
+      return server.mint(secret, { peerId: "refresher", expiresInSec: minted === 1 ? 3 : 3600 });
     },
   });
   const expired = next(sdk, "disconnected");
