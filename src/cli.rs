@@ -7,8 +7,9 @@ use sqlx::PgPool;
 
 use crate::{
     auth::{
-        MasterKey, NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, list_keys,
-        list_publishable_keys, revoke_key, revoke_publishable_key,
+        Credential, MasterKey, NewKey, NewPublishableKey, Scope, create_key,
+        create_publishable_key, find_key, list_keys, list_publishable_keys, revoke_key,
+        revoke_publishable_key,
     },
     config::{CreateKeyArgs, KeysCommand},
 };
@@ -31,19 +32,44 @@ pub async fn run_keys(
             create(db, master_key, args, out).await
         }
         KeysCommand::List => list(db, out).await,
-        KeysCommand::Revoke { key_id } => {
-            let revoked = if key_id.starts_with("pk_live_") {
-                revoke_publishable_key(db, &key_id).await?
-            } else {
-                revoke_key(db, &key_id).await?
-            };
-            if !revoked {
-                return Err(format!("no key with id `{key_id}`").into());
-            }
-            writeln!(out, "revoked {key_id}")?;
-            Ok(())
-        }
+        KeysCommand::Revoke { key_id } => revoke(db, &key_id, out).await,
     }
+}
+
+/// Revokes by key id (`sk_id_…`), by the whole secret key (`sk_live_…` or `sk_id_…:sk_secret_…`,
+/// whose secret must match), or a publishable key (`pk_live_…`).
+async fn revoke(db: &PgPool, given: &str, out: &mut impl Write) -> CliResult {
+    let given = given.trim();
+    let hint = "pass the key id (sk_id_…, shown by `channeld keys list`), the whole secret key \
+                (sk_live_…), or a publishable key (pk_live_…)";
+    let (revoked, key_id) = if given.starts_with("pk_live_") {
+        (revoke_publishable_key(db, given).await?, given.to_owned())
+    } else if given.starts_with("sk_live_") || given.contains(':') {
+        let credential =
+            Credential::parse(given).ok_or_else(|| format!("malformed secret key; {hint}"))?;
+        match find_key(db, &credential.key_id).await? {
+            Some(key) if credential.matches(&key.secret_sha256) => {
+                (revoke_key(db, &key.key_id).await?, key.key_id)
+            }
+            Some(key) => {
+                return Err(format!(
+                    "the secret does not match key {}; nothing was revoked",
+                    key.key_id
+                )
+                .into());
+            }
+            None => (false, credential.key_id),
+        }
+    } else if given.starts_with("sk_id_") {
+        (revoke_key(db, given).await?, given.to_owned())
+    } else {
+        return Err(format!("`{given}` is not a key; {hint}").into());
+    };
+    if !revoked {
+        return Err(format!("no key {key_id} (`channeld keys list` shows every key)").into());
+    }
+    writeln!(out, "revoked {key_id}")?;
+    Ok(())
 }
 
 /// What both kinds of key share: a name, scopes, patterns and an optional lifetime.
@@ -179,35 +205,64 @@ async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
         (false, true) => "active",
         (false, false) => "expired",
     };
-    writeln!(
-        out,
-        "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  CHANNEL PATTERNS",
-        "KEY", "NAME", "STATUS", "EXPIRES", "SCOPES"
-    )?;
+    let mut rows: Vec<[String; 6]> = vec![
+        [
+            "KEY",
+            "NAME",
+            "STATUS",
+            "EXPIRES",
+            "SCOPES",
+            "CHANNEL PATTERNS",
+        ]
+        .map(String::from),
+    ];
     for key in list_keys(db).await? {
-        writeln!(
-            out,
-            "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  {}",
-            key.key_id,
-            key.name,
-            status(key.revoked_at.is_some(), key.is_active(now)),
+        rows.push([
+            key.key_id.clone(),
+            key.name.clone(),
+            status(key.revoked_at.is_some(), key.is_active(now)).to_owned(),
             expiry(key.expires_at),
             key.scopes.join(","),
             key.channel_patterns.join(","),
-        )?;
+        ]);
     }
     for key in list_publishable_keys(db).await? {
-        writeln!(
-            out,
-            "{:<30}  {:<20}  {:<8}  {:<20}  {:<30}  {}  (origins: {})",
-            key.key,
-            key.name,
-            status(key.revoked_at.is_some(), key.is_active(now)),
+        rows.push([
+            key.key.clone(),
+            key.name.clone(),
+            status(key.revoked_at.is_some(), key.is_active(now)).to_owned(),
             expiry(key.expires_at),
             key.actions.join(","),
-            key.channel_patterns.join(","),
-            key.allowed_origins.join(","),
-        )?;
+            format!(
+                "{}  (origins: {})",
+                key.channel_patterns.join(","),
+                key.allowed_origins.join(",")
+            ),
+        ]);
+    }
+    write_table(out, &rows)?;
+    Ok(())
+}
+
+/// Writes `rows` as columns two spaces apart, each as wide as its widest cell (counted in
+/// characters), the last one unpadded.
+fn write_table<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) -> std::io::Result<()> {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < N {
+                let pad = widths[i] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print the OpenAPI document of the REST API (what `GET /v1/openapi.json` serves) and exit.
+    Openapi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,9 +367,10 @@ pub enum KeysCommand {
     Create(CreateKeyArgs),
     /// List keys (secrets are never shown again).
     List,
-    /// Revoke a key: it stops working at once.
+    /// Revoke a key: it stops working at once (on a running server within a second).
     Revoke {
-        /// The key's public id (sk_id_…).
+        /// The key's id (sk_id_…), the whole secret key (sk_live_… or sk_id_…:sk_secret_…),
+        /// or a publishable key (pk_live_…).
         key_id: String,
     },
 }

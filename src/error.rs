@@ -6,33 +6,49 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    Json,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 
-use crate::auth::Scope;
+use crate::{auth::Scope, json::Json};
 
-/// Per-field problems: field name → short snake_case codes such as `length` or `required`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldErrors(BTreeMap<String, Vec<String>>);
+/// Per-field problems: field name → short snake_case codes such as `length` or `required`,
+/// serialized as that map. A field may also carry a sentence for the `message` (such as the
+/// allowed range), which is not part of `details`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldErrors {
+    codes: BTreeMap<String, Vec<String>>,
+    notes: BTreeMap<String, String>,
+}
 
 impl FieldErrors {
     pub fn add(&mut self, field: impl Into<String>, code: impl Into<String>) {
-        let codes = self.0.entry(field.into()).or_default();
+        let codes = self.codes.entry(field.into()).or_default();
         let code = code.into();
         if !codes.contains(&code) {
             codes.push(code);
         }
     }
 
+    /// Adds `code` to `field` with a sentence for humans, e.g. "limit must be 1-200 (got 1000)".
+    pub fn add_with(
+        &mut self,
+        field: impl Into<String>,
+        code: impl Into<String>,
+        note: impl Into<String>,
+    ) {
+        let field = field.into();
+        self.add(field.clone(), code);
+        self.notes.entry(field).or_insert_with(|| note.into());
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.codes.is_empty()
     }
 
     pub fn fields(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.codes.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
     /// `Ok(())` when nothing was added, otherwise an `invalid_request` that names every field.
@@ -42,14 +58,28 @@ impl FieldErrors {
         }
         let summary: Vec<String> = self
             .fields()
-            .map(|(field, codes)| format!("{field} ({})", codes.join(", ")))
+            .map(|(field, codes)| match self.notes.get(field) {
+                Some(note) => note.clone(),
+                None => format!("invalid {field} ({})", codes.join(", ")),
+            })
             .collect();
-        Err(ApiError::invalid_with(
-            format!("invalid {}", summary.join("; ")),
-            self,
-        ))
+        Err(ApiError::invalid_with(summary.join("; "), self))
     }
 }
+
+impl Serialize for FieldErrors {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.codes.serialize(serializer)
+    }
+}
+
+impl utoipa::PartialSchema for FieldErrors {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <BTreeMap<String, Vec<String>> as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for FieldErrors {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -64,8 +94,10 @@ pub enum ApiError {
     /// large headers (431).
     #[error("{message}")]
     RequestRejected { status: StatusCode, message: String },
-    #[error("missing or invalid API key")]
-    Unauthorized,
+    /// A credential refused (401): which way it failed is told only as far as it leaks nothing
+    /// (see [`AuthFailure`]).
+    #[error("{0}")]
+    Unauthorized(AuthFailure),
     #[error("this key lacks a required scope")]
     InsufficientScope { required: Vec<Scope> },
     #[error("this credential does not permit `{0}`")]
@@ -127,7 +159,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestRejected { status, .. } => *status,
-            Self::Unauthorized | Self::TokenExpired => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. }
             | Self::ActionNotPermitted(_)
             | Self::ChannelNotAuthorized => StatusCode::FORBIDDEN,
@@ -148,7 +180,7 @@ impl ApiError {
             Self::InvalidRequest { .. }
             | Self::PayloadTooLarge(_)
             | Self::RequestRejected { .. } => "invalid_request",
-            Self::Unauthorized | Self::TokenExpired => "unauthorized",
+            Self::Unauthorized(_) | Self::TokenExpired => "unauthorized",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ActionNotPermitted(_) => "action_not_permitted",
             Self::ChannelNotAuthorized => "channel_not_authorized",
@@ -163,6 +195,93 @@ impl ApiError {
             }
             Self::Internal(_) => "internal_error",
         }
+    }
+}
+
+/// Why a credential was refused, told so that the caller knows what to fix.
+///
+/// What it tells a caller is limited to what the caller already has: the shape of what it sent,
+/// and, once the secret (or a token's signature) proved it holds the key, that the key was revoked
+/// or has expired. An unknown key id and a wrong secret read the same, so a guess never learns
+/// whether a key id exists. Each text fits a WebSocket close reason (at most 123 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` or `X-API-Key` header.
+    Missing,
+    /// An `Authorization` header whose scheme is not `Bearer`.
+    NotBearer,
+    /// A credential that is no key form at all.
+    Malformed,
+    /// A publishable key sent to the REST API.
+    PublishableOnRest,
+    /// A realtime token sent to the REST API.
+    TokenOnRest,
+    /// No such key, or a wrong secret: deliberately one answer.
+    UnknownKey,
+    /// The key was revoked (told only to a caller that proved it holds the key).
+    Revoked,
+    /// The key has expired (likewise).
+    KeyExpired,
+    /// A WebSocket connect with neither `token` nor `key`.
+    WsMissing,
+    /// A WebSocket connect with both `token` and `key`.
+    WsBoth,
+    /// A secret key in a WebSocket URL: it belongs on a backend.
+    WsSecretKey,
+    /// A WebSocket `key` that is not a publishable key.
+    WsMalformedKey,
+    /// A token that is no JWT, or whose signature or `kid` does not check out.
+    BadToken,
+    /// A token whose `sub` is not a peer id.
+    BadSubject,
+    /// A token whose `nbf` or `iat` lies in the future.
+    TokenNotYetValid,
+    /// A token whose lifetime exceeds `--token-max-lifetime`.
+    TokenTooLong,
+    /// A token whose `peerMetadata` or `metadata` is too large.
+    TokenMetadataTooLarge,
+    /// A publishable key that does not allow the request's `Origin`.
+    OriginNotAllowed,
+}
+
+impl AuthFailure {
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "missing API key: send `Authorization: Bearer sk_live_…` or an `X-API-Key` header"
+            }
+            Self::NotBearer => "the Authorization header must read `Bearer <key>`",
+            Self::Malformed => "malformed API key: expected `sk_live_…` or `sk_id_…:sk_secret_…`",
+            Self::PublishableOnRest => {
+                "publishable keys (pk_live_…) only open WebSockets; the REST API needs a secret key"
+            }
+            Self::TokenOnRest => {
+                "realtime tokens only open WebSockets; the REST API needs a secret key (sk_live_…)"
+            }
+            Self::UnknownKey => "unknown API key: no such key, or a wrong secret",
+            Self::Revoked => "this key was revoked",
+            Self::KeyExpired => "this key has expired",
+            Self::WsMissing => {
+                "a credential is required: connect with ?token=<from POST /v1/tokens> or ?key=pk_live_…"
+            }
+            Self::WsBoth => "send either ?token= or ?key=, not both",
+            Self::WsSecretKey => {
+                "secret keys stay on servers: mint a token with POST /v1/tokens, or use a pk_live_ key"
+            }
+            Self::WsMalformedKey => "?key= takes a publishable key (pk_live_…)",
+            Self::BadToken => "invalid token: malformed, or its signature matches no key",
+            Self::BadSubject => "invalid token: `sub` must be 1-128 printable ASCII characters",
+            Self::TokenNotYetValid => "token not yet valid: `nbf` or `iat` is in the future",
+            Self::TokenTooLong => "token lifetime exceeds the server's --token-max-lifetime",
+            Self::TokenMetadataTooLarge => "token `peerMetadata` or `metadata` is too large",
+            Self::OriginNotAllowed => "this publishable key does not allow this Origin",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
     }
 }
 
@@ -217,7 +336,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status(), Json(body)).into_response();
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized(_) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -287,7 +406,7 @@ mod tests {
                 "invalid_request",
             ),
             (
-                ApiError::Unauthorized,
+                ApiError::Unauthorized(AuthFailure::Missing),
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
             ),
@@ -368,6 +487,33 @@ mod tests {
             ApiError::from(sqlx::Error::RowNotFound),
             ApiError::Internal(_)
         ));
+    }
+
+    #[test]
+    fn every_auth_failure_fits_a_websocket_close_reason() {
+        use AuthFailure::*;
+        for failure in [
+            Missing,
+            NotBearer,
+            Malformed,
+            PublishableOnRest,
+            TokenOnRest,
+            UnknownKey,
+            Revoked,
+            KeyExpired,
+            WsMissing,
+            WsBoth,
+            WsSecretKey,
+            WsMalformedKey,
+            BadToken,
+            BadSubject,
+            TokenNotYetValid,
+            TokenTooLong,
+            TokenMetadataTooLarge,
+            OriginNotAllowed,
+        ] {
+            assert!(failure.text().len() <= 123, "{failure:?} is too long");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 
 /// Serializes `value` as the JSON body with its `ETag`, or answers 304 when the client has it.
 pub fn json_with_etag<T: Serialize>(request: &HeaderMap, value: &T) -> Result<Response, ApiError> {
-    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let body = crate::json::body(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let digest = Sha256::digest(&body);
     let tag = format!("\"{}\"", hex::encode(&digest[..16]));
     let tag_value = HeaderValue::from_str(&tag).expect("hex in quotes is a valid header value");

@@ -122,17 +122,24 @@ impl QueryParams {
             .map(|(_, v)| v.as_str())
     }
 
-    /// An integer within `min..=max`, recording `range` or `type` in `errors` when it is not.
+    /// An integer within `min..=max`, recording `range` or `type` in `errors` (with the allowed
+    /// range in the message) when it is not.
     pub fn int(&self, name: &str, min: i64, max: i64, errors: &mut FieldErrors) -> Option<i64> {
         let raw = self.get(name)?;
+        let allowed = if max == i64::MAX {
+            format!("{name} must be an integer of at least {min}")
+        } else {
+            format!("{name} must be an integer from {min} to {max}")
+        };
+        let shown: String = raw.chars().take(40).collect();
         match raw.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Some(n),
             Ok(_) => {
-                errors.add(name, "range");
+                errors.add_with(name, "range", format!("{allowed} (got {shown})"));
                 None
             }
             Err(_) => {
-                errors.add(name, "type");
+                errors.add_with(name, "type", format!("{allowed} (got `{shown}`)"));
                 None
             }
         }
@@ -143,16 +150,22 @@ impl QueryParams {
         match self.get(name)? {
             "true" => Some(true),
             "false" => Some(false),
-            _ => {
-                errors.add(name, "type");
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                errors.add_with(
+                    name,
+                    "type",
+                    format!("{name} must be `true` or `false` (got `{shown}`)"),
+                );
                 None
             }
         }
     }
 }
 
-/// The `{id}` of a persistent channel. Anything but a positive integer is 404 `not_found`, the
-/// same answer as an id that does not exist.
+/// The `{id}` of a persistent channel: a positive integer written without leading zeros, as the
+/// API returns it. Anything else is 400 `invalid_request` naming `id`; a well-formed id that does
+/// not exist is 404.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelId(pub i64);
 
@@ -160,13 +173,37 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        // A segment that does not decode (invalid UTF-8) is no id either.
+        let raw = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::NotFound)?;
-        match raw.parse::<i64>() {
-            Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(Self(id)),
-            _ => Err(ApiError::NotFound),
-        }
+            .map_or_else(|_| String::from("\u{fffd}"), |Path(raw)| raw);
+        parse_channel_id(&raw)
+    }
+}
+
+fn parse_channel_id(raw: &str) -> Result<ChannelId, ApiError> {
+    let shown: String = raw.chars().take(40).collect();
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 && digits && !raw.starts_with('0') => Ok(ChannelId(id)),
+        Ok(_) if digits => Err(ApiError::invalid_field(
+            "id",
+            "format",
+            format!("channel ids are positive integers without leading zeros (got `{shown}`)"),
+        )),
+        Err(_) if digits => Err(ApiError::invalid_field(
+            "id",
+            "range",
+            format!("channel ids are at most {} (got `{shown}`)", i64::MAX),
+        )),
+        _ => Err(ApiError::invalid_field(
+            "id",
+            "type",
+            format!(
+                "channel ids are positive integers such as 42 (got `{shown}`); \
+                 realtime channel names go to /v1/channels/{{channel}}/peers and /publish"
+            ),
+        )),
     }
 }
 
@@ -209,6 +246,26 @@ mod tests {
                 details_of(error),
                 vec![(field.to_owned(), vec![code.to_owned()])],
                 "body {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_ids_are_canonical_positive_integers() {
+        assert_eq!(parse_channel_id("42").unwrap().0, 42);
+        for (raw, code) in [
+            ("abc", "type"),
+            ("-1", "type"),
+            ("4.2", "type"),
+            ("0", "format"),
+            ("042", "format"),
+            ("99999999999999999999", "range"),
+        ] {
+            let error = parse_channel_id(raw).expect_err(raw);
+            assert_eq!(
+                details_of(error),
+                vec![("id".to_owned(), vec![code.to_owned()])],
+                "{raw}"
             );
         }
     }

@@ -10,6 +10,7 @@
 //! - [`startup`]: the router and middleware stack, graceful serving.
 //! - [`error`]: the one [`error::ApiError`] and its JSON envelope.
 //! - [`etag`]: conditional GET (`ETag`, `If-None-Match` → 304).
+//! - [`json`]: JSON response bodies (each ends with a newline).
 //! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
 //! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
@@ -39,6 +40,7 @@ pub mod error;
 pub mod etag;
 pub mod extract;
 pub mod health;
+pub mod json;
 pub mod limits;
 pub mod messages;
 pub mod metrics;

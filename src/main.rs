@@ -34,6 +34,11 @@ async fn run(command: Command) -> cli::CliResult {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Openapi => {
+            let document = channeld::json::body(&startup::api_document())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &document)?;
+            Ok(())
+        }
         Command::Keys {
             database,
             master_key,

@@ -18,6 +18,8 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tracing::{Span, field};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     channels, error::ApiError, health, limits, messages, metrics, openapi, ratelimit, realtime,
@@ -30,16 +32,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let trusted = std::sync::Arc::new(state.config.http.trusted_proxies.clone());
-    let mut routes = Router::new()
-        .merge(health::router())
-        .merge(channels::router())
-        .merge(messages::router())
-        .merge(realtime::router())
-        .merge(openapi::router());
-    if state.config.metrics_on_main {
-        routes = routes.route("/metrics", get(metrics::render));
-    }
+    let (routes, document) = api_router(state.config.metrics_on_main).split_for_parts();
     routes
+        .merge(openapi::router(&openapi::finish(document)))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(from_fn_with_state(state.clone(), limits::limits))
@@ -62,6 +57,26 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
+}
+
+/// Every documented route: each is registered with its handler's `#[utoipa::path]`, so the
+/// router and the OpenAPI document are one list.
+fn api_router(metrics_on_main: bool) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(health::router())
+        .merge(channels::router())
+        .merge(messages::router())
+        .merge(realtime::router());
+    if metrics_on_main {
+        api.routes(routes!(metrics::render))
+    } else {
+        api
+    }
+}
+
+/// The OpenAPI document `/v1/openapi.json` serves (with `/metrics` on the main listener).
+pub fn api_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_router(true).split_for_parts().1)
 }
 
 /// `/metrics` alone, for `--metrics-listen`.

@@ -32,7 +32,7 @@ async fn both_bearer_forms_and_x_api_key_authenticate(db: PgPool) {
 }
 
 #[sqlx::test]
-async fn every_bad_credential_gets_the_same_401_with_www_authenticate(db: PgPool) {
+async fn every_bad_credential_gets_a_401_that_says_what_to_fix(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let revoked = app.key(&[Scope::ChannelsRead]).await;
     let revoked_id = format!("sk_id_{}", &revoked[8..24]);
@@ -53,21 +53,58 @@ async fn every_bad_credential_gets_the_same_401_with_www_authenticate(db: PgPool
     let publishable = format!("pk_live_{}", "c".repeat(24));
     let url = format!("{}/v1/channels", app.base);
 
-    let cases: Vec<(&str, Option<String>)> = vec![
-        ("no credential", None),
-        ("empty bearer", Some("Bearer ".into())),
-        ("basic scheme", Some(format!("Basic {valid}"))),
-        ("malformed", Some("Bearer sk_live_short".into())),
-        ("unknown key", Some(format!("Bearer {unknown}"))),
-        ("wrong secret", Some(format!("Bearer {wrong_secret}"))),
-        ("revoked", Some(format!("Bearer {revoked}"))),
-        ("expired", Some(format!("Bearer {expired}"))),
+    let token = common::local_token(
+        &valid,
+        &common::claims("u_1", chrono::Utc::now().timestamp() + 60),
+    );
+
+    // Each says what to fix. An unknown id and a wrong secret read the same, so a guess learns
+    // nothing; revoked and expired are told only to a caller whose secret matched.
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no credential", None, "missing API key"),
+        ("empty bearer", Some("Bearer ".into()), "malformed API key"),
+        (
+            "basic scheme",
+            Some(format!("Basic {valid}")),
+            "must read `Bearer <key>`",
+        ),
+        (
+            "malformed",
+            Some("Bearer sk_live_short".into()),
+            "malformed API key",
+        ),
+        (
+            "unknown key",
+            Some(format!("Bearer {unknown}")),
+            "unknown API key: no such key, or a wrong secret",
+        ),
+        (
+            "wrong secret",
+            Some(format!("Bearer {wrong_secret}")),
+            "unknown API key: no such key, or a wrong secret",
+        ),
+        (
+            "revoked",
+            Some(format!("Bearer {revoked}")),
+            "this key was revoked",
+        ),
+        (
+            "expired",
+            Some(format!("Bearer {expired}")),
+            "this key has expired",
+        ),
         (
             "publishable key on REST",
             Some(format!("Bearer {publishable}")),
+            "publishable keys (pk_live_…) only open WebSockets",
+        ),
+        (
+            "token on REST",
+            Some(format!("Bearer {token}")),
+            "realtime tokens only open WebSockets",
         ),
     ];
-    for (label, authorization) in cases {
+    for (label, authorization, message) in cases {
         let mut request = app.http.get(&url);
         if let Some(value) = &authorization {
             request = request.header("Authorization", value);
@@ -84,11 +121,26 @@ async fn every_bad_credential_gets_the_same_401_with_www_authenticate(db: PgPool
         let status = response.status();
         let body = common::json_body(response).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-        assert_eq!(
-            body["message"], "missing or invalid API key",
-            "{label}: keys must not be enumerable"
-        );
+        let said = body["message"].as_str().unwrap();
+        assert!(said.contains(message), "{label}: {said:?}");
     }
+    // The revoked key with a wrong secret is just unknown: its state is not told to a guesser.
+    let revoked_guess = format!(
+        "{}{}",
+        &revoked[..revoked.len() - 1],
+        if revoked.ends_with('a') { 'b' } else { 'a' }
+    );
+    let (status, body) = common::call(
+        app.http
+            .get(&url)
+            .header("Authorization", format!("Bearer {revoked_guess}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["message"],
+        "unknown API key: no such key, or a wrong secret"
+    );
 }
 
 #[sqlx::test]

@@ -403,6 +403,17 @@ async fn bad_list_parameters_are_rejected_not_clamped(db: PgPool) {
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
         assert_eq!(body["details"], json!({field: [code]}), "{query}");
     }
+    // The message says what is allowed.
+    let (_, body) = app.get("/v1/channels?limit=1000", &key).await;
+    assert_eq!(
+        body["message"],
+        "limit must be an integer from 1 to 200 (got 1000)"
+    );
+    let (_, body) = app.get("/v1/channels?limit=ten&offset=-1", &key).await;
+    assert_eq!(
+        body["message"],
+        "limit must be an integer from 1 to 200 (got `ten`); offset must be an integer of at least 0 (got -1)"
+    );
     let (status, body) = app
         .get(
             "/v1/channels?limit=200&offset=0&include_archived=false",
@@ -413,40 +424,61 @@ async fn bad_list_parameters_are_rejected_not_clamped(db: PgPool) {
 }
 
 #[sqlx::test]
-async fn unknown_or_non_integer_ids_are_404(db: PgPool) {
+async fn unknown_ids_are_404_and_malformed_ids_400(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let key = app.writer().await;
-    for id in [
-        "999999",
-        "abc",
-        "0",
-        "-1",
-        "1.5",
-        "%FF",
-        "99999999999999999999999",
-    ] {
-        for path in [
-            format!("/v1/channels/{id}"),
-            format!("/v1/channels/{id}/messages"),
-        ] {
-            let (status, body) = app.get(&path, &key).await;
-            assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-        }
-        let (status, body) = app
-            .put(
+    let cases = [
+        ("999999", StatusCode::NOT_FOUND, None),
+        ("abc", StatusCode::BAD_REQUEST, Some("type")),
+        ("-1", StatusCode::BAD_REQUEST, Some("type")),
+        ("1.5", StatusCode::BAD_REQUEST, Some("type")),
+        ("%FF", StatusCode::BAD_REQUEST, Some("type")),
+        ("0", StatusCode::BAD_REQUEST, Some("format")),
+        ("042", StatusCode::BAD_REQUEST, Some("format")),
+        (
+            "99999999999999999999999",
+            StatusCode::BAD_REQUEST,
+            Some("range"),
+        ),
+    ];
+    for (id, expected, detail) in cases {
+        let calls = [
+            app.get(&format!("/v1/channels/{id}"), &key).await,
+            app.get(&format!("/v1/channels/{id}/messages"), &key).await,
+            app.put(
                 &format!("/v1/channels/{id}"),
                 &key,
                 json!({"description": "x"}),
             )
-            .await;
-        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-        let (status, body) = app
-            .post(
+            .await,
+            app.post(
                 &format!("/v1/channels/{id}/messages"),
                 &key,
                 json!({"content": "x"}),
             )
-            .await;
-        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+            .await,
+        ];
+        for (status, body) in calls {
+            match detail {
+                None => assert_error(status, &body, expected, "not_found"),
+                Some(code) => {
+                    assert_error(status, &body, expected, "invalid_request");
+                    assert_eq!(body["details"], json!({"id": [code]}), "{id}");
+                    assert!(
+                        body["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("channel ids are"),
+                        "{id}: {body}"
+                    );
+                }
+            }
+        }
     }
+    let (_, body) = app.get("/v1/channels/abc", &key).await;
+    assert_eq!(
+        body["message"],
+        "channel ids are positive integers such as 42 (got `abc`); realtime channel names go to \
+         /v1/channels/{channel}/peers and /publish"
+    );
 }

@@ -195,6 +195,18 @@ async fn server_sent_events_stream_history_and_live_and_resume_after_a_drop(db: 
     )
     .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // A bad `since` is refused even when `Last-Event-ID` is what the stream resumes from.
+    let (status, body) = common::call(
+        app.request(
+            Method::GET,
+            &format!("{path}?since=26226976644359048396800"),
+            &key,
+        )
+        .header("last-event-id", "1"),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(body["details"], serde_json::json!({"since": ["type"]}));
 }
 
 #[sqlx::test]

@@ -149,6 +149,13 @@ async fn bad_history_parameters_are_400_never_silently_changed(db: PgPool) {
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
         assert_eq!(body["details"], details, "{query}");
     }
+    let (_, body) = app
+        .get(&format!("/v1/channels/{channel}/messages?limit=1000"), &key)
+        .await;
+    assert_eq!(
+        body["message"],
+        "limit must be an integer from 1 to 100 (got 1000)"
+    );
     let (status, _) = app
         .get(&format!("/v1/channels/{channel}/messages?limit=100"), &key)
         .await;

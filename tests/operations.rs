@@ -16,6 +16,104 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 #[sqlx::test]
+async fn every_json_response_ends_with_a_newline(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key(&[
+            Scope::ChannelsWrite,
+            Scope::Publish,
+            Scope::Presence,
+            Scope::Admin,
+        ])
+        .await;
+    let channel = app.channel(&key, "newlines").await;
+    let body = |value: Value| Some(value);
+    let requests: Vec<(Method, String, Option<Value>, bool)> = vec![
+        (
+            Method::POST,
+            "/v1/channels".into(),
+            body(json!({"name": "nl two"})),
+            true,
+        ),
+        (Method::GET, "/v1/channels".into(), None, true),
+        (Method::GET, format!("/v1/channels/{channel}"), None, true),
+        (
+            Method::PUT,
+            format!("/v1/channels/{channel}"),
+            body(json!({})),
+            true,
+        ),
+        (
+            Method::POST,
+            format!("/v1/channels/{channel}/messages"),
+            body(json!({"content": "hi"})),
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/channels/{channel}/messages"),
+            None,
+            true,
+        ),
+        (
+            Method::GET,
+            format!("/v1/channels/{channel}/messages?after=0&wait=1"),
+            None,
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/tokens".into(),
+            body(json!({"peerId": "p"})),
+            true,
+        ),
+        (Method::GET, "/v1/channels/room/peers".into(), None, true),
+        (
+            Method::POST,
+            "/v1/channels/room/publish".into(),
+            body(json!({"data": 1})),
+            true,
+        ),
+        (Method::DELETE, "/v1/peers/p".into(), None, true),
+        (Method::GET, "/healthz".into(), None, false),
+        (Method::GET, "/readyz".into(), None, false),
+        (Method::GET, "/v1/openapi.json".into(), None, false),
+        // Errors: 400, 401, 404, 405, and a path no route knows.
+        (Method::GET, "/v1/channels?limit=0".into(), None, true),
+        (Method::GET, "/v1/channels".into(), None, false),
+        (Method::GET, "/v1/channels/999999".into(), None, true),
+        (Method::PATCH, "/v1/channels".into(), None, true),
+        (Method::GET, "/v2/nothing".into(), None, true),
+    ];
+    for (method, path, json, authenticated) in requests {
+        let mut request = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base));
+        if authenticated {
+            request = request.bearer_auth(&key);
+        }
+        if let Some(json) = json {
+            request = request.json(&json);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{method} {path}: {status}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with('\n'), "{method} {path} ({status}): {text:?}");
+        assert!(
+            serde_json::from_str::<Value>(&text).is_ok(),
+            "{method} {path}: {text}"
+        );
+    }
+}
+
+#[sqlx::test]
 async fn healthz_and_readyz_answer_when_all_is_well(db: PgPool) {
     let app = TestApp::spawn(db).await;
     for (path, status) in [("/healthz", "ok"), ("/readyz", "ready")] {
@@ -219,8 +317,30 @@ async fn the_key_cli_creates_lists_and_revokes(db: PgPool) {
         "list never shows a secret"
     );
 
-    let revoked = channeld(&db, &["keys", "revoke", &key_id]);
-    assert!(revoked.status.success());
+    // A wrong secret revokes nothing; the whole key, as `create` printed it, revokes it.
+    let mut wrong = secret.clone();
+    wrong.replace_range(30..31, if &secret[30..31] == "a" { "b" } else { "a" });
+    let refused = channeld(&db, &["keys", "revoke", &wrong]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("nothing was revoked"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let (status, _) = app.get("/v1/channels", &secret).await;
+    assert_eq!(status, StatusCode::OK, "still valid after a wrong secret");
+    let revoked = channeld(&db, &["keys", "revoke", &secret]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&revoked.stdout).trim(),
+        format!("revoked {key_id}")
+    );
+    let again = channeld(&db, &["keys", "revoke", &key_id]);
+    assert!(again.status.success(), "revoking by id twice is fine");
     // Within a second (a running server trusts a key lookup that long).
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
     loop {
@@ -242,6 +362,9 @@ async fn the_key_cli_creates_lists_and_revokes(db: PgPool) {
 
     let unknown = channeld(&db, &["keys", "revoke", "sk_id_nope"]);
     assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no key sk_id_nope"));
+    let not_a_key = channeld(&db, &["keys", "revoke", "orchestrator"]);
+    assert!(String::from_utf8_lossy(&not_a_key.stderr).contains("pass the key id (sk_id_…"));
     let bad_scope = channeld(
         &db,
         &[
@@ -276,6 +399,46 @@ async fn the_key_cli_creates_lists_and_revokes(db: PgPool) {
         text.contains("sk_live_") && text.contains("sk_secret_") && text.contains("app_abc/**"),
         "{text}"
     );
+
+    // Columns stay aligned whatever the length of names and scopes.
+    let long = channeld(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "an orchestrator with a rather long name",
+            "--scopes",
+            "channels:read,channels:write,publish,subscribe,presence,send,admin",
+        ],
+    );
+    assert!(long.status.success());
+    let listing = String::from_utf8(channeld(&db, &["keys", "list"]).stdout).unwrap();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 4, "{listing}");
+    let header = lines[0];
+    for column in ["NAME", "STATUS", "EXPIRES", "SCOPES", "CHANNEL PATTERNS"] {
+        let at = header.find(column).unwrap();
+        for line in &lines[1..] {
+            let before = &line[..at];
+            assert!(
+                before.ends_with("  ") && !line[at..].starts_with(' '),
+                "{column} misaligned:\n{listing}"
+            );
+        }
+    }
+}
+
+#[sqlx::test]
+async fn text_logs_sent_to_a_pipe_carry_no_colour_escapes(db: PgPool) {
+    let migrated = channeld(&db, &["migrate", "--log-format", "text"]);
+    assert!(migrated.status.success());
+    let log = String::from_utf8(migrated.stderr).unwrap();
+    assert!(
+        log.contains("INFO") && log.contains("migrations applied"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "escape sequences in {log:?}");
 }
 
 #[sqlx::test]

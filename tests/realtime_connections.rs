@@ -87,38 +87,79 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
         .await
         .unwrap();
 
+    // Each close reason says what to fix; a forged or unverifiable token reveals nothing more.
+    let bad_token = "invalid token: malformed, or its signature matches no key";
     let cases = [
-        ("no credential", String::new()),
-        ("garbage", "token=garbage".to_owned()),
-        ("alg none", format!("token={alg_none}")),
-        ("HS512", format!("token={hs512}")),
-        ("unknown kid", format!("token={unknown_kid}")),
-        ("bad signature", format!("token={bad_signature}")),
+        (
+            "no credential",
+            String::new(),
+            "?token=<from POST /v1/tokens> or ?key=pk_live_",
+        ),
+        ("both", format!("token={valid}&key=pk_live_x"), "not both"),
+        ("garbage", "token=garbage".to_owned(), bad_token),
+        ("alg none", format!("token={alg_none}"), bad_token),
+        ("HS512", format!("token={hs512}"), bad_token),
+        ("unknown kid", format!("token={unknown_kid}"), bad_token),
+        ("bad signature", format!("token={bad_signature}"), bad_token),
         (
             "signed with another secret",
             format!("token={other_secret}"),
+            bad_token,
         ),
-        ("expired", format!("token={expired}")),
-        ("nbf in the future", format!("token={not_yet}")),
-        ("iat in the future", format!("token={issued_later}")),
-        ("lifetime over 24 h", format!("token={too_long}")),
+        ("expired", format!("token={expired}"), "token expired"),
+        (
+            "nbf in the future",
+            format!("token={not_yet}"),
+            "not yet valid",
+        ),
+        (
+            "iat in the future",
+            format!("token={issued_later}"),
+            "not yet valid",
+        ),
+        (
+            "lifetime over 24 h",
+            format!("token={too_long}"),
+            "--token-max-lifetime",
+        ),
         (
             "over 24 h left, no iat",
             format!("token={too_long_without_iat}"),
+            "--token-max-lifetime",
         ),
         (
             "issued over 24 h before exp",
             format!("token={a_day_issued_earlier}"),
+            "--token-max-lifetime",
         ),
-        ("invalid peer id", format!("token={bad_peer}")),
-        ("revoked key", format!("token={revoked_token}")),
-        ("secret key as ?key=", format!("key={key}")),
-        ("unknown pk", format!("key=pk_live_{}", "a".repeat(24))),
+        ("invalid peer id", format!("token={bad_peer}"), "`sub`"),
+        (
+            "revoked key",
+            format!("token={revoked_token}"),
+            "this key was revoked",
+        ),
+        (
+            "secret key as ?key=",
+            format!("key={key}"),
+            "mint a token with POST /v1/tokens",
+        ),
+        (
+            "not a key",
+            "key=hello".to_owned(),
+            "?key= takes a publishable key",
+        ),
+        (
+            "unknown pk",
+            format!("key=pk_live_{}", "a".repeat(24)),
+            "unknown API key",
+        ),
     ];
-    for (label, query) in cases {
+    for (label, query, reason) in cases {
         // A browser sees no HTTP status: it is told with a close code it can act on.
         let expected = if label == "expired" { 4002 } else { 4001 };
-        assert_eq!(app.refused(&query, None).await, expected, "{label}");
+        let (code, said) = app.refusal(&query, None).await;
+        assert_eq!(code, expected, "{label}");
+        assert!(said.contains(reason), "{label}: {said:?}");
     }
     let response = app
         .http
@@ -177,9 +218,12 @@ async fn publishable_keys_connect_only_from_allowed_origins(db: PgPool) {
     assert_eq!(reply["code"], "action_not_permitted");
 
     assert_eq!(
-        app.refused(&format!("key={pk}"), Some("https://evil.example"))
+        app.refusal(&format!("key={pk}"), Some("https://evil.example"))
             .await,
-        4001
+        (
+            4001,
+            "this publishable key does not allow this Origin".to_owned()
+        )
     );
     assert_eq!(
         app.refused(&format!("key={pk}"), None).await,

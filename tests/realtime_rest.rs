@@ -518,3 +518,26 @@ async fn minted_and_signed_tokens_share_the_maximum_lifetime(db: PgPool) {
         4001
     );
 }
+
+#[sqlx::test]
+async fn an_all_digit_name_with_a_leading_zero_is_refused_with_the_rule(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key(&[Scope::ChannelsWrite, Scope::Subscribe, Scope::Publish])
+        .await;
+    let rule = "must be written as the API returns it: a positive integer without leading zeros (42, not 042)";
+
+    let mut ws = app.peer(&key, "p", json!({})).await;
+    let reply = ws
+        .request(json!({"type": "subscribe", "channel": "042", "requestId": "z"}))
+        .await;
+    assert_eq!(reply["code"], "invalid_channel");
+    assert!(reply["message"].as_str().unwrap().contains(rule), "{reply}");
+
+    let (status, body) = app
+        .post("/v1/channels/042/publish", &key, json!({"data": 1}))
+        .await;
+    common::assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(body["details"], json!({"channel": ["format"]}));
+    assert!(body["message"].as_str().unwrap().contains(rule), "{body}");
+}

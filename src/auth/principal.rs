@@ -1,5 +1,7 @@
 //! The [`Principal`] extractor: who is calling, proven by an API key. There is no anonymous
-//! principal: a missing, malformed, unknown, expired or revoked key is one indistinguishable 401.
+//! principal. A refused key is a 401 that says what to fix (missing, malformed, a publishable key
+//! or a token where a secret key belongs, unknown, revoked, expired); an unknown key id and a
+//! wrong secret read the same, and revoked or expired is told only once the secret matched.
 
 use std::{marker::PhantomData, sync::atomic::Ordering};
 
@@ -9,9 +11,9 @@ use axum::{
 };
 use chrono::Utc;
 
-use super::{Credential, Pattern, Scope, ScopeSet};
+use super::{Credential, Pattern, Scope, ScopeSet, is_publishable};
 use crate::{
-    error::ApiError,
+    error::{ApiError, AuthFailure},
     ratelimit::{DecisionSlot, Limit},
     state::AppState,
 };
@@ -58,15 +60,29 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = presented_credential(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        let credential = Credential::parse(raw).ok_or(ApiError::Unauthorized)?;
+        let raw = presented_credential(&parts.headers).map_err(ApiError::Unauthorized)?;
+        let credential = Credential::parse(raw).ok_or_else(|| {
+            ApiError::Unauthorized(if is_publishable(raw) {
+                AuthFailure::PublishableOnRest
+            } else if raw.starts_with("eyJ") {
+                AuthFailure::TokenOnRest
+            } else {
+                AuthFailure::Malformed
+            })
+        })?;
         let key = state
             .keys
             .find(&state.db, &credential.key_id)
             .await?
-            .ok_or(ApiError::Unauthorized)?;
-        if !credential.matches(&key.secret_sha256) || !key.is_active(Utc::now()) {
-            return Err(ApiError::Unauthorized);
+            .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
+        if !credential.matches(&key.secret_sha256) {
+            return Err(ApiError::Unauthorized(AuthFailure::UnknownKey));
+        }
+        if key.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized(AuthFailure::Revoked));
+        }
+        if !key.is_active(Utc::now()) {
+            return Err(ApiError::Unauthorized(AuthFailure::KeyExpired));
         }
         let default = state.config.rate_limit;
         let limit = Limit {
@@ -103,15 +119,23 @@ impl FromRequestParts<AppState> for Principal {
 }
 
 /// `Authorization: Bearer <credential>`, else `X-API-Key: <credential>`.
-fn presented_credential(headers: &HeaderMap) -> Option<&str> {
+fn presented_credential(headers: &HeaderMap) -> Result<&str, AuthFailure> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, credential) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| credential.trim());
+        let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+        let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
+        return if scheme.eq_ignore_ascii_case("bearer") {
+            Ok(credential.trim())
+        } else {
+            Err(AuthFailure::NotBearer)
+        };
     }
-    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+    match headers.get("x-api-key") {
+        Some(value) => value
+            .to_str()
+            .map(str::trim)
+            .map_err(|_| AuthFailure::Malformed),
+        None => Err(AuthFailure::Missing),
+    }
 }
 
 /// A scope a route requires, named by a type so the requirement reads in the handler signature.

@@ -1,7 +1,6 @@
 //! HTTP handlers for `/v1/channels`.
 
 use axum::{
-    Json,
     extract::State,
     http::{HeaderMap, StatusCode},
     response::Response,
@@ -17,6 +16,7 @@ use crate::{
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
+    json::Json,
     state::AppState,
 };
 
@@ -32,7 +32,7 @@ pub struct ChannelList {
 }
 
 /// `GET /v1/channels`: filtered, paged, most recently active first.
-#[utoipa::path(get, path = "/v1/channels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/channels", operation_id = "listChannels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
     params(
         ("repository_id" = Option<i64>, Query, minimum = 1, description = "Only channels of this repository"),
         ("ticket_slug" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Only channels of this ticket"),
@@ -45,10 +45,6 @@ pub struct ChannelList {
         (status = 200, description = "Most recently active first", body = ChannelList, headers(("ETag" = String))),
         (status = 304, description = "Unchanged since the given ETag"),
         (status = 400, description = "A bad query parameter", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn list(
     _: Scoped<ChannelsRead>,
@@ -78,16 +74,13 @@ pub async fn list(
 }
 
 /// `GET /v1/channels/{id}`.
-#[utoipa::path(get, path = "/v1/channels/{id}", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/channels/{id}", operation_id = "getChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
     params(("id" = i64, Path, description = "Channel id"), ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
     responses(
         (status = 200, description = "The channel, with its document", body = ChannelBody, headers(("ETag" = String))),
         (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "`id` is not a channel id (a positive integer without leading zeros)", body = Envelope),
         (status = 404, description = "No such channel (`not_found`)", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn get(
     _: Scoped<ChannelsRead>,
@@ -100,17 +93,13 @@ pub async fn get(
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.
-#[utoipa::path(post, path = "/v1/channels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(post, path = "/v1/channels", operation_id = "createChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
     request_body = CreateChannel,
     responses(
         (status = 201, description = "Created", body = ChannelBody),
         (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
         (status = 409, description = "An active channel has this name (`channel_name_taken`)", body = Envelope),
         (status = 413, description = "Body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,
@@ -122,7 +111,7 @@ pub async fn create(
 }
 
 /// `PUT /v1/channels/{id}`: only the fields present change; `{}` changes nothing.
-#[utoipa::path(put, path = "/v1/channels/{id}", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(put, path = "/v1/channels/{id}", operation_id = "updateChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
     params(("id" = i64, Path, description = "Channel id")),
     request_body = UpdateChannel,
     responses(
@@ -131,10 +120,6 @@ pub async fn create(
         (status = 404, description = "No such channel", body = Envelope),
         (status = 409, description = "An active channel has this name (`channel_name_taken`)", body = Envelope),
         (status = 413, description = "Body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn update(
     _: Scoped<ChannelsWrite>,

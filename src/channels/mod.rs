@@ -4,17 +4,14 @@ mod db;
 pub(crate) mod handlers;
 pub mod model;
 
-use axum::{Router, routing::get};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use db::{ChannelState, channel_state};
 
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/channels", get(handlers::list).post(handlers::create))
-        .route(
-            "/v1/channels/{id}",
-            get(handlers::get).put(handlers::update),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::list, handlers::create))
+        .routes(routes!(handlers::get, handlers::update))
 }

@@ -16,6 +16,11 @@ use axum::{
 use futures_util::Stream;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
+use utoipa::openapi::{
+    RefOr, Schema,
+    extensions::Extensions,
+    schema::{Object, ObjectBuilder, Type},
+};
 
 use super::{
     db::{Page, page},
@@ -30,23 +35,61 @@ use crate::{
     state::AppState,
 };
 
+/// One event of the stream, as an SSE parser yields it: `event` is `message`, `id` the message's
+/// id, `data` the message as JSON text, exactly as REST returns it.
+pub struct MessageEvent;
+
+impl utoipa::PartialSchema for MessageEvent {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let data = Object::builder()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .description(Some("The message as REST returns it, as JSON text"))
+            .extensions(Some(Extensions::from_iter([(
+                "contentSchema",
+                serde_json::json!({"$ref": "#/components/schemas/Message"}),
+            )])))
+            .build();
+        ObjectBuilder::new()
+            .property("event", string().enum_values(Some(["message"])))
+            .property(
+                "id",
+                string()
+                    .pattern(Some("^[1-9][0-9]*$"))
+                    .description(Some("The message id: reconnect with it as `Last-Event-ID`")),
+            )
+            .property("data", data)
+            .required("event")
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MessageEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            <Message as utoipa::ToSchema>::name().into_owned(),
+            <Message as utoipa::PartialSchema>::schema(),
+        ));
+        <Message as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// Messages read from the database per round while catching up.
 const CATCH_UP_PAGE: i64 = 100;
 
-#[utoipa::path(get, path = "/v1/channels/{id}/events", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/channels/{id}/events", operation_id = "followEvents", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
         ("id" = i64, Path, description = "Channel id"),
         ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
     ),
     responses(
-        (status = 200, description = "`event: message`, `id: <message id>`, `data: <the message as JSON>`; comment lines keep the stream open", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`event: message`, `id: <message id>`, `data: <the message as JSON>`; comment lines keep the stream open", content_type = "text/event-stream", body = MessageEvent),
         (status = 400, description = "A bad `since` or `Last-Event-ID`", body = Envelope),
         (status = 404, description = "No such channel", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn events(
     _: Scoped<ChannelsRead>,
@@ -64,13 +107,19 @@ pub async fn events(
             .filter(|id| *id >= 0)
             .ok_or(())
     });
+    // `since` is checked even when `Last-Event-ID` wins over it: a bad parameter is never ignored.
+    let since_query = query.int("since", 0, i64::MAX, &mut errors);
     let since = match last_event_id {
         Some(Ok(id)) => Some(id),
         Some(Err(())) => {
-            errors.add("Last-Event-ID", "type");
+            errors.add_with(
+                "Last-Event-ID",
+                "type",
+                "Last-Event-ID must be a message id (an integer of at least 0)",
+            );
             None
         }
-        None => query.int("since", 0, i64::MAX, &mut errors),
+        None => since_query,
     };
     errors.into_result()?;
     if channel_state(&state.db, channel_id).await?.is_none() {

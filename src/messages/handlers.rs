@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use axum::{
-    Json,
     extract::State,
     http::{HeaderMap, StatusCode},
     response::Response,
@@ -21,6 +20,7 @@ use crate::{
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
     extract::{ChannelId, QueryParams, ValidatedJson},
+    json::Json,
     state::AppState,
 };
 
@@ -46,7 +46,7 @@ const MAX_WAIT_SECS: i64 = 30;
 /// any instance) or the wait ends (long poll). The waiter follows the channel *before* reading,
 /// so a message committed between its read and its wait still wakes it; while waiting it holds
 /// no database connection.
-#[utoipa::path(get, path = "/v1/channels/{id}/messages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/channels/{id}/messages", operation_id = "listMessages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
         ("id" = i64, Path, description = "Channel id"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
@@ -60,10 +60,6 @@ const MAX_WAIT_SECS: i64 = 30;
         (status = 304, description = "Unchanged since the given ETag"),
         (status = 400, description = "A bad query parameter", body = Envelope),
         (status = 404, description = "No such channel", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn list(
     _: Scoped<ChannelsRead>,
@@ -127,7 +123,7 @@ pub async fn list(
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
 /// already used on this channel, 200 with the message first stored under it.
-#[utoipa::path(post, path = "/v1/channels/{id}/messages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(post, path = "/v1/channels/{id}/messages", operation_id = "postMessage", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
         ("id" = i64, Path, description = "Channel id"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; retries with the same key return the original message"),
@@ -140,10 +136,6 @@ pub async fn list(
         (status = 404, description = "No such channel", body = Envelope),
         (status = 409, description = "The channel is archived (`channel_archived`)", body = Envelope),
         (status = 413, description = "Body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,

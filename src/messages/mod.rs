@@ -5,17 +5,14 @@ pub(crate) mod events;
 pub(crate) mod handlers;
 pub mod model;
 
-use axum::{Router, routing::get};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use db::{Page, count_after, id_before_newest, page};
 
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/channels/{id}/messages",
-            get(handlers::list).post(handlers::create),
-        )
-        .route("/v1/channels/{id}/events", get(events::events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::list, handlers::create))
+        .routes(routes!(events::events))
 }

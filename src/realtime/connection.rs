@@ -42,7 +42,7 @@ const WRITE_BATCH: usize = 64;
 /// browser can read (4001 invalid credential, 4002 token expired, 4003 not authorized, 4010 too
 /// many connects, 1013 try again later), since a browser sees no HTTP status. A plain GET gets
 /// 429 or 400 as before.
-#[utoipa::path(get, path = "/v1", tag = "realtime",
+#[utoipa::path(get, path = "/v1", operation_id = "connectWebSocket", tag = "realtime",
     params(
         ("token" = Option<String>, Query, description = "A token from `POST /v1/tokens` or signed by a backend (HS256, `kid` = key id)"),
         ("key" = Option<String>, Query, description = "A publishable key (`pk_live_…`), checked against `Origin`"),
@@ -293,9 +293,8 @@ impl Drop for Registered {
 fn refusal(error: &ApiError) -> (u16, &'static str) {
     match error {
         ApiError::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
-        ApiError::Unauthorized | ApiError::InvalidRequest { .. } => {
-            (close::INVALID_TOKEN, "invalid credential")
-        }
+        ApiError::Unauthorized(failure) => (close::INVALID_TOKEN, failure.text()),
+        ApiError::InvalidRequest { .. } => (close::INVALID_TOKEN, "invalid credential"),
         ApiError::InsufficientScope { .. }
         | ApiError::ActionNotPermitted(_)
         | ApiError::ChannelNotAuthorized => (close::NOT_AUTHORIZED, "not authorized"),

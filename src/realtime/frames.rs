@@ -92,14 +92,10 @@ impl Connection {
             "`channel` is required".to_owned(),
         ))?;
         let kind = channel_kind(name).map_err(|error| match error {
-            NameError::Invalid => (
-                ErrorCode::InvalidChannel,
-                "channel names are 1-256 characters without control characters".to_owned(),
-            ),
-            NameError::Reserved => (
-                ErrorCode::ChannelReserved,
-                "this channel prefix is reserved".to_owned(),
-            ),
+            NameError::Invalid | NameError::NotCanonical => {
+                (ErrorCode::InvalidChannel, error.message().to_owned())
+            }
+            NameError::Reserved => (ErrorCode::ChannelReserved, error.message().to_owned()),
         })?;
         if !self.session.may_use(name) {
             return Err((

@@ -1,6 +1,6 @@
 //! `POST /v1/tokens`: any secret key mints a realtime token for one peer, never wider than itself.
 
-use axum::{Json, extract::State};
+use axum::extract::State;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -14,6 +14,7 @@ use crate::{
     auth::{Pattern, Principal, Scope, ScopeSet, tokens},
     error::{ApiError, Envelope, FieldErrors},
     extract::ValidatedJson,
+    json::Json,
     state::AppState,
 };
 
@@ -52,16 +53,12 @@ pub struct TokenBody {
 }
 
 /// `POST /v1/tokens`: any secret key mints a token for one peer, never wider than itself.
-#[utoipa::path(post, path = "/v1/tokens", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
     request_body = MintToken,
     responses(
         (status = 200, description = "A token for `GET /v1?token=`", body = TokenBody),
         (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
         (status = 413, description = "Body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn mint_token(
     principal: Principal,

@@ -23,11 +23,8 @@ pub mod session;
 
 use std::{collections::HashSet, sync::Arc};
 
-use axum::{
-    Router,
-    routing::{delete, get, post},
-};
 use tokio::sync::watch;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use hub::Hub;
 pub use limits::ConnectLimiter;
@@ -80,13 +77,13 @@ impl Realtime {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1", get(connection::upgrade))
-        .route("/v1/tokens", post(mint::mint_token))
-        .route("/v1/channels/{id}/peers", get(rest::peers))
-        .route("/v1/channels/{id}/publish", post(rest::publish))
-        .route("/v1/peers/{peer_id}", delete(rest::kick))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(connection::upgrade))
+        .routes(routes!(mint::mint_token))
+        .routes(routes!(rest::peers))
+        .routes(routes!(rest::publish))
+        .routes(routes!(rest::kick))
 }
 
 /// Closes, every `key_check_interval`, the connections whose key was revoked or has expired.

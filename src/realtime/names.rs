@@ -13,6 +13,24 @@ pub enum ChannelKind {
 pub enum NameError {
     Invalid,
     Reserved,
+    /// All digits, but not a persistent channel's id as the API writes it (`042`, `0`).
+    NotCanonical,
+}
+
+impl NameError {
+    /// What to tell the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Invalid => "channel names are 1-256 characters without control characters",
+            Self::Reserved => {
+                "channel names starting with _metered/, _internal/ or _system/ are reserved"
+            }
+            Self::NotCanonical => {
+                "an all-digit channel name is a persistent channel's id and must be written as \
+                 the API returns it: a positive integer without leading zeros (42, not 042)"
+            }
+        }
+    }
 }
 
 const RESERVED_PREFIXES: [&str; 3] = ["_metered/", "_internal/", "_system/"];
@@ -34,7 +52,7 @@ pub fn channel_kind(name: &str) -> Result<ChannelKind, NameError> {
     if name.bytes().all(|b| b.is_ascii_digit()) {
         return match name.parse::<i64>() {
             Ok(id) if id > 0 && !name.starts_with('0') => Ok(ChannelKind::Persistent(id)),
-            _ => Err(NameError::Invalid),
+            _ => Err(NameError::NotCanonical),
         };
     }
     Ok(ChannelKind::Ephemeral)
@@ -54,9 +72,9 @@ mod tests {
         let cases = [
             ("app_abc/room-1", Ok(ChannelKind::Ephemeral)),
             ("42", Ok(ChannelKind::Persistent(42))),
-            ("042", Err(NameError::Invalid)),
-            ("0", Err(NameError::Invalid)),
-            ("99999999999999999999", Err(NameError::Invalid)),
+            ("042", Err(NameError::NotCanonical)),
+            ("0", Err(NameError::NotCanonical)),
+            ("99999999999999999999", Err(NameError::NotCanonical)),
             ("", Err(NameError::Invalid)),
             ("tab\there", Err(NameError::Invalid)),
             ("del\u{7f}", Err(NameError::Invalid)),

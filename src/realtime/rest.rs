@@ -1,7 +1,6 @@
 //! Realtime over REST: list a channel's peers, publish from a backend, kick a peer.
 
 use axum::{
-    Json,
     extract::{FromRequest, FromRequestParts, Path, Request, State},
     http::Method,
     response::{IntoResponse, Response},
@@ -21,6 +20,7 @@ use crate::{
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
     extract::ValidatedJson,
+    json::Json,
     state::AppState,
 };
 
@@ -37,11 +37,9 @@ async fn authorize_channel(
     writing: bool,
 ) -> Result<(), ApiError> {
     let kind = channel_kind(channel).map_err(|error| match error {
-        NameError::Invalid => ApiError::invalid_field(
-            "channel",
-            "format",
-            "channel names are 1-256 characters without control characters",
-        ),
+        NameError::Invalid | NameError::NotCanonical => {
+            ApiError::invalid_field("channel", "format", error.message())
+        }
         NameError::Reserved => ApiError::ChannelReserved,
     })?;
     principal.require_channel(channel)?;
@@ -72,16 +70,12 @@ pub struct PeersBody<'a> {
 }
 
 /// `GET /v1/channels/{channel}/peers`.
-#[utoipa::path(get, path = "/v1/channels/{channel}/peers", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/channels/{channel}/peers", operation_id = "listPeers", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
     params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
     responses(
         (status = 200, description = "Peers present in the channel", body = PeersBody),
         (status = 400, description = "A malformed (`invalid_request`) or reserved (`channel_reserved`) channel name", body = Envelope),
         (status = 404, description = "All-digit name of a persistent channel that does not exist", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database, or in cluster mode Redis, is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn peers(
     principal: Principal,
@@ -147,7 +141,7 @@ pub struct Delivered<'a> {
 }
 
 /// `POST /v1/channels/{channel}/publish`: reaches every subscriber; answers how many.
-#[utoipa::path(post, path = "/v1/channels/{channel}/publish", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(post, path = "/v1/channels/{channel}/publish", operation_id = "publish", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
     params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
     request_body = PublishRequest,
     responses(
@@ -156,10 +150,6 @@ pub struct Delivered<'a> {
         (status = 404, description = "All-digit name of a persistent channel that does not exist", body = Envelope),
         (status = 409, description = "The persistent channel is archived", body = Envelope),
         (status = 413, description = "`data` over 32 KiB or body over 1 MiB", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "The database, or in cluster mode Redis, is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn publish(
     principal: Principal,
@@ -254,15 +244,11 @@ pub struct Kicked {
 }
 
 /// `DELETE /v1/peers/{peerId}`: closes every connection of the peer with 4020.
-#[utoipa::path(delete, path = "/v1/peers/{peer_id}", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(delete, path = "/v1/peers/{peer_id}", operation_id = "kickPeer", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
     params(("peer_id" = String, Path, description = "1-128 printable ASCII characters")),
     responses(
         (status = 200, description = "The peer's connections were closed with 4020 (`closed` may be 0)", body = Kicked),
         (status = 400, description = "A malformed peer id", body = Envelope),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked key", body = Envelope),
-        (status = 403, description = "The key lacks a scope or action (`insufficient_scope`, `action_not_permitted`, `channel_not_authorized`)", body = Envelope),
-        (status = 429, description = "Over the key's rate limit (`rate_limited`); see `Retry-After`", body = Envelope),
-        (status = 503, description = "In cluster mode, Redis is unreachable (`unavailable`)", body = Envelope),
     ))]
 pub async fn kick(
     _: Scoped<Admin>,

@@ -1,5 +1,6 @@
 //! Who a WebSocket connection is: resolved from `?token=` (a JWT minted by a secret key) or
-//! `?key=pk_live_…` (a publishable key) before the upgrade. Any failure is one 401.
+//! `?key=pk_live_…` (a publishable key) before the upgrade. A failure is a 401 whose
+//! [`AuthFailure`] becomes the close reason, so a client learns what to fix.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use crate::{
     auth::{
         Pattern, ScopeSet, find_publishable_key, is_publishable, patterns::any_matches, tokens,
     },
-    error::ApiError,
+    error::{ApiError, AuthFailure},
     state::AppState,
 };
 
@@ -56,31 +57,37 @@ pub async fn authenticate(
     match (token, key) {
         (Some(token), None) => from_token(state, token).await,
         (None, Some(key)) if is_publishable(key) => from_publishable(state, key, origin).await,
-        _ => Err(ApiError::Unauthorized),
+        (None, Some(key)) if key.starts_with("sk_") => Err(refused(AuthFailure::WsSecretKey)),
+        (None, Some(_)) => Err(refused(AuthFailure::WsMalformedKey)),
+        (None, None) => Err(refused(AuthFailure::WsMissing)),
+        (Some(_), Some(_)) => Err(refused(AuthFailure::WsBoth)),
     }
 }
 
 async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> {
-    let unverified = tokens::parse(token).map_err(|_| ApiError::Unauthorized)?;
+    let bad_token = || refused(AuthFailure::BadToken);
+    let unverified = tokens::parse(token).map_err(|_| bad_token())?;
     let key = state
         .keys
         .find(&state.db, &unverified.kid)
         .await?
-        .ok_or(ApiError::Unauthorized)?;
-    let now = Utc::now();
-    if !key.is_active(now) {
-        return Err(ApiError::Unauthorized);
-    }
+        .ok_or_else(bad_token)?;
     let secret = key
         .secret_encrypted
         .as_deref()
         .and_then(|blob| state.config.master_key.decrypt(&key.key_id, blob))
-        .ok_or(ApiError::Unauthorized)?;
-    let claims = unverified
-        .verify(&secret)
-        .map_err(|_| ApiError::Unauthorized)?;
+        .ok_or_else(bad_token)?;
+    let claims = unverified.verify(&secret).map_err(|_| bad_token())?;
+    // The signature proved the key's secret signed this token: its state may be told.
+    let now = Utc::now();
+    if key.revoked_at.is_some() {
+        return Err(refused(AuthFailure::Revoked));
+    }
+    if !key.is_active(now) {
+        return Err(refused(AuthFailure::KeyExpired));
+    }
     if !is_peer_id(&claims.sub) {
-        return Err(ApiError::Unauthorized);
+        return Err(refused(AuthFailure::BadSubject));
     }
     let max_lifetime = state.config.realtime.token_max_lifetime.as_secs();
     match claims.check_times(
@@ -89,9 +96,10 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
     ) {
         Ok(()) => {}
         Err(tokens::TimeError::Expired) => return Err(ApiError::TokenExpired),
-        Err(tokens::TimeError::NotYetValid | tokens::TimeError::TooLong) => {
-            return Err(ApiError::Unauthorized);
+        Err(tokens::TimeError::NotYetValid) => {
+            return Err(refused(AuthFailure::TokenNotYetValid));
         }
+        Err(tokens::TimeError::TooLong) => return Err(refused(AuthFailure::TokenTooLong)),
     }
     let key_scopes = ScopeSet::from_stored(&key.scopes);
     let permissions = match &claims.permissions {
@@ -131,9 +139,15 @@ async fn from_publishable(
 ) -> Result<Session, ApiError> {
     let stored = find_publishable_key(&state.db, key)
         .await?
-        .ok_or(ApiError::Unauthorized)?;
-    if !stored.is_active(Utc::now()) || !stored.allows_origin(origin) {
-        return Err(ApiError::Unauthorized);
+        .ok_or(refused(AuthFailure::UnknownKey))?;
+    if stored.revoked_at.is_some() {
+        return Err(refused(AuthFailure::Revoked));
+    }
+    if !stored.is_active(Utc::now()) {
+        return Err(refused(AuthFailure::KeyExpired));
+    }
+    if !stored.allows_origin(origin) {
+        return Err(refused(AuthFailure::OriginNotAllowed));
     }
     let actions = ScopeSet::from_stored(&stored.actions).realtime();
     Ok(Session {
@@ -153,6 +167,10 @@ async fn from_publishable(
     })
 }
 
+fn refused(failure: AuthFailure) -> ApiError {
+    ApiError::Unauthorized(failure)
+}
+
 /// Serializes a metadata object once; over `max` bytes the credential is refused.
 fn raw_object(
     object: Option<Map<String, Value>>,
@@ -164,7 +182,7 @@ fn raw_object(
     let raw =
         serde_json::value::to_raw_value(&object).map_err(|e| ApiError::Internal(Box::new(e)))?;
     if raw.get().len() > max {
-        return Err(ApiError::Unauthorized);
+        return Err(refused(AuthFailure::TokenMetadataTooLarge));
     }
     Ok(Some(raw))
 }

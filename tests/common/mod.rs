@@ -226,11 +226,16 @@ impl TestApp {
     /// Upgrades with `?<query>` (and `Origin`), expecting a refusal: the close code the server
     /// closes the new socket with at once.
     pub async fn refused(&self, query: &str, origin: Option<&str>) -> u16 {
+        self.refusal(query, origin).await.0
+    }
+
+    /// The close code and reason of a refused WebSocket connect.
+    pub async fn refusal(&self, query: &str, origin: Option<&str>) -> (u16, String) {
         let mut ws = self
             .ws_request(query, origin)
             .await
             .unwrap_or_else(|status| panic!("refusals come after the upgrade, not as {status}"));
-        ws.closed().await
+        ws.closed_with_reason().await
     }
 
     /// A key that may read and write channels.
@@ -500,13 +505,20 @@ impl Ws {
 
     /// Reads until the server closes; returns the close code. Text frames before it are skipped.
     pub async fn closed(&mut self) -> u16 {
+        self.closed_with_reason().await.0
+    }
+
+    /// The close code and reason the server sent.
+    pub async fn closed_with_reason(&mut self) -> (u16, String) {
         loop {
             let next = tokio::time::timeout(WAIT, self.stream.next())
                 .await
                 .expect("closed within 5 s");
             match next {
-                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-                Some(Ok(Message::Close(None))) | None => return 1005,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => panic!("socket error before a close frame: {error}"),
             }
