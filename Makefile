@@ -6,11 +6,12 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci db-stop cluster redis-stop
+.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci readme-test db-stop cluster redis-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
+## (The database is `channeld`, or $CHANNELD_DEV_DB; see scripts/dev-db.sh.)
 run: build
-	@url=$$(scripts/dev-db.sh channeld) && \
+	@url=$$(scripts/dev-db.sh) && \
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
 ## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite:
@@ -28,31 +29,32 @@ sdk-test: build
 ## Two instances in cluster mode on :8081 and :8082, sharing Redis and the `make run` database.
 ## Ctrl-C stops both.
 cluster: build
-	@url=$$(scripts/dev-db.sh channeld) && redis=$$(scripts/dev-redis.sh) && \
+	@url=$$(scripts/dev-db.sh) && redis=$$(scripts/dev-redis.sh) && \
 	  key=$$(scripts/dev-master-key.sh) && \
 	  DATABASE_URL=$$url $(BIN) migrate && \
-	  trap 'kill 0' INT TERM EXIT; \
+	  trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
 	  for port in 8081 8082; do \
 	    DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$key CHANNELD_REDIS_URL=$$redis \
 	      CHANNELD_LISTEN=0.0.0.0:$$port CHANNELD_NO_MIGRATE=true $(BIN) serve & \
 	  done; \
 	  wait
 
+## The server and the example WebSocket client the README uses (target/debug/examples/follow).
 build:
-	@$(CARGO) build --quiet
+	@$(CARGO) build --bin channeld --example follow
 
 ## Print a new API key for the `make run` database: export KEY=$(make key)
 ## (choose with SCOPES=publish,subscribe NAME=my-agent)
 SCOPES ?= channels:read,channels:write,publish,subscribe,presence,send
 NAME ?= quickstart
 key: build
-	@url=$$(scripts/dev-db.sh channeld) && \
+	@url=$$(scripts/dev-db.sh) && \
 	  DATABASE_URL=$$url $(BIN) migrate --log-format text 2>/dev/null && \
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) \
 	  $(BIN) keys create --name "$(NAME)" --scopes "$(SCOPES)" --quiet
 
 migrate: build
-	@url=$$(scripts/dev-db.sh channeld) && DATABASE_URL=$$url $(BIN) migrate
+	@url=$$(scripts/dev-db.sh) && DATABASE_URL=$$url $(BIN) migrate
 
 ## Regenerate .sqlx/ after changing a query. The scratch database it checks queries against is
 ## built with psql from migrations/ (the binary cannot migrate it while .sqlx/ is stale); it only
@@ -84,6 +86,11 @@ lint:
 
 ci:
 	bash .ci/run
+
+## Paste every shell block of README.md in order against a fresh `make run` on a fresh database,
+## and check the relative links of README.md and docs/ (scripts/readme-test.sh).
+readme-test:
+	@scripts/readme-test.sh
 
 ## Stop the private Redis that scripts/dev-redis.sh may have started under ./.data.
 redis-stop:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prints a DATABASE_URL for development and tests, starting PostgreSQL first when none answers.
 #
-#   scripts/dev-db.sh [DBNAME]      (default DBNAME: channeld)
+#   scripts/dev-db.sh [DBNAME]      (default DBNAME: $CHANNELD_DEV_DB, else channeld)
+#
+# `make run`, `make key`, `make migrate` and `make cluster` use the default, so
+# `CHANNELD_DEV_DB=other make run` serves another database (created at start if needed).
 #
 # 1. $DATABASE_URL, when set, is printed unchanged.
 # 2. Otherwise the PostgreSQL at 127.0.0.1:5432 is used if it answers (user postgres, trust auth).
@@ -11,7 +14,7 @@
 # Progress goes to stderr; stdout carries only the URL.
 set -euo pipefail
 
-db_name=${1:-channeld}
+db_name=${1:-${CHANNELD_DEV_DB:-channeld}}
 if [ -n "${DATABASE_URL:-}" ]; then
   echo "$DATABASE_URL"
   exit 0
