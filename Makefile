@@ -6,7 +6,7 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci readme-test db-stop cluster redis-stop
+.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci readme-test openapi-check db-stop cluster redis-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 ## (The database is `channeld`, or $CHANNELD_DEV_DB; see scripts/dev-db.sh.)
@@ -70,6 +70,11 @@ prepare:
 ## Fuzz the live API from its OpenAPI document (schemathesis from PyPI, in .data/venv).
 fuzz: build
 	@scripts/fuzz.sh
+
+## Validate the OpenAPI document, generate TypeScript types from it, compile a client written
+## against them and run it against a live server (npm packages pinned in tests/openapi/).
+openapi-check: build
+	@scripts/openapi-check.sh
 
 ## Benchmark a release build on loopback: REST against pgbench running the same SQL, WebSocket
 ## fan-out against sockudo, idle-connection memory and presence churn. Prints a table and writes

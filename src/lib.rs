@@ -2,7 +2,7 @@
 //!
 //! Orchestrators create channels and post messages, stored in PostgreSQL; dashboards list channels
 //! and read their history over REST; live clients follow channels, presence and ephemeral events
-//! over WebSocket. The product contract is `SPEC.md`; this crate implements it.
+//! over WebSocket. The product contract is `docs/SPEC.md`; this crate implements it.
 //!
 //! # Layout
 //! - [`config`]: command line and environment settings (`clap`), secrets that never print.
