@@ -134,19 +134,20 @@ async fn follow(
     out: &mut impl Write,
     mut ready: Option<&mut dyn Write>,
 ) -> Result<(), Error> {
-    let (mut socket, _) = connect_async(options.url.as_str()).await?;
-    for (n, channel) in options.channels.iter().enumerate() {
-        let subscribe = serde_json::json!({"type": "subscribe", "channel": channel, "requestId": format!("sub-{n}")});
-        socket.send(Message::text(subscribe.to_string())).await?;
-    }
-    // Frames are answered in order: the pong comes after every subscription's ack (or error) and
-    // presence roster, so once it is here every subscription is live.
-    let ping = serde_json::json!({"type": "ping", "requestId": READY});
-    socket.send(Message::text(ping.to_string())).await?;
-
     let mut subscribed = false;
     let mut messages = 0;
+    // Connecting counts against `--timeout` too: a server that never answers cannot hold us.
     let frames = async {
+        let (mut socket, _) = connect_async(options.url.as_str()).await?;
+        for (n, channel) in options.channels.iter().enumerate() {
+            let subscribe = serde_json::json!({"type": "subscribe", "channel": channel, "requestId": format!("sub-{n}")});
+            socket.send(Message::text(subscribe.to_string())).await?;
+        }
+        // Frames are answered in order: the pong comes after every subscription's ack (or error)
+        // and presence roster, so once it is here every subscription is live.
+        let ping = serde_json::json!({"type": "ping", "requestId": READY});
+        socket.send(Message::text(ping.to_string())).await?;
+
         while let Some(message) = socket.next().await {
             let text = match message? {
                 Message::Text(text) => text,

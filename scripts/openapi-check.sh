@@ -48,12 +48,18 @@ export CHANNELD_MASTER_KEY=$(scripts/dev-master-key.sh)
 key=$("$bin" keys create --name openapi --quiet \
   --scopes channels:read,channels:write,publish,subscribe,presence,send)
 port=${OPENAPI_PORT:-18091}
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+if answers; then
+  echo "openapi: port $port is taken; free it or set OPENAPI_PORT" >&2
+  exit 1
+fi
 "$bin" serve --listen "127.0.0.1:$port" --no-migrate >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+for attempt in $(seq 1 100); do
   kill -0 $server 2>/dev/null || { tail -n 20 "$out/server.log" >&2; exit 1; }
+  answers && break
+  [ "$attempt" -lt 100 ] || { echo "openapi: the server did not answer in 10 s" >&2; exit 1; }
   sleep 0.1
 done
 node "$dir/dist/client.js" "http://127.0.0.1:$port" "$key"

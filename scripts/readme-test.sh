@@ -32,7 +32,9 @@
 # Fresh state: DATABASE_URL, make's variables (`make readme-test` is not a terminal) and every
 # CHANNELD_* variable are unset, the database
 # `channeld_readme` is dropped, and CHANNELD_DEV_DB=channeld_readme makes the Makefile and
-# scripts/dev-db.sh use it. Needs no standard input; leaves no process behind.
+# scripts/dev-db.sh use it. Needs no standard input; leaves none of the processes it started
+# behind (a private PostgreSQL or Redis that `make run` starts under .data/ keeps running, as it
+# does after `make run`).
 set -euo pipefail
 exec </dev/null
 cd "$(dirname "$0")/.."

@@ -39,7 +39,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Print the OpenAPI document of the REST API (what `GET /v1/openapi.json` serves) and exit.
+    /// Print the OpenAPI document of the REST API and exit: what `GET /v1/openapi.json` serves
+    /// (with `/metrics`, which is left out when `--metrics-listen` moves it).
     Openapi,
 }
 

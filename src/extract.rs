@@ -163,6 +163,26 @@ impl QueryParams {
     }
 }
 
+/// A path segment as text, percent-decoded. One that does not decode to UTF-8 is 400
+/// `invalid_request` naming `path`, in the envelope like every other error.
+#[derive(Debug, Clone)]
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(Self(segment)),
+            Err(_) => Err(ApiError::invalid_field(
+                "path",
+                "format",
+                "a path segment is not valid UTF-8 once percent-decoded",
+            )),
+        }
+    }
+}
+
 /// The `{id}` of a persistent channel: a positive integer written without leading zeros, as the
 /// API returns it. Anything else is 400 `invalid_request` naming `id`; a well-formed id that does
 /// not exist is 404.

@@ -124,23 +124,26 @@ async fn every_bad_credential_gets_a_401_that_says_what_to_fix(db: PgPool) {
         let said = body["message"].as_str().unwrap();
         assert!(said.contains(message), "{label}: {said:?}");
     }
-    // The revoked key with a wrong secret is just unknown: its state is not told to a guesser.
-    let revoked_guess = format!(
-        "{}{}",
-        &revoked[..revoked.len() - 1],
-        if revoked.ends_with('a') { 'b' } else { 'a' }
-    );
-    let (status, body) = common::call(
-        app.http
-            .get(&url)
-            .header("Authorization", format!("Bearer {revoked_guess}")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        body["message"],
-        "unknown API key: no such key, or a wrong secret"
-    );
+    // A revoked or expired key with a wrong secret is just unknown: its state is not told to a
+    // guesser.
+    for key in [&revoked, &expired] {
+        let guess = format!(
+            "{}{}",
+            &key[..key.len() - 1],
+            if key.ends_with('a') { 'b' } else { 'a' }
+        );
+        let (status, body) = common::call(
+            app.http
+                .get(&url)
+                .header("Authorization", format!("Bearer {guess}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body["message"], "unknown API key: no such key, or a wrong secret",
+            "{key}"
+        );
+    }
 }
 
 #[sqlx::test]

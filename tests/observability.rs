@@ -153,7 +153,7 @@ async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
         Some(1.0)
     );
     assert!(
-        text.contains(r#"channeld_http_requests_total{route="/v1/channels/{id}/peers",method="GET",status="403"} 1"#),
+        text.contains(r#"channeld_http_requests_total{route="/v1/channels/{channel}/peers",method="GET",status="403"} 1"#),
         "the literal form counts under its route:\n{text}"
     );
     assert!(text.contains(r#"channeld_http_request_duration_seconds_bucket{route="/v1/channels",method="GET",status="200",le="+Inf"} 3"#));

@@ -84,6 +84,15 @@ async fn every_json_response_ends_with_a_newline(db: PgPool) {
         (Method::GET, "/v1/channels/999999".into(), None, true),
         (Method::PATCH, "/v1/channels".into(), None, true),
         (Method::GET, "/v2/nothing".into(), None, true),
+        (Method::GET, "/v1".into(), None, false),
+        (
+            Method::GET,
+            "/v1/channels/app_abc/room-1/peers".into(),
+            None,
+            true,
+        ),
+        (Method::GET, "/v1/channels/%FF/peers".into(), None, true),
+        (Method::DELETE, "/v1/peers/%FF".into(), None, true),
     ];
     for (method, path, json, authenticated) in requests {
         let mut request = app

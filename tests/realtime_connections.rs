@@ -83,6 +83,22 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
     let a_day_issued_earlier = timed(now + 3600, Some(now - 86_400), None);
     let bad_peer = local_token(&key, &claims("tab\tpeer", in_an_hour()));
     let revoked_token = local_token(&revoked, &claims("p", in_an_hour()));
+    // Signed with a wrong secret under the id of a revoked key: nothing about the key is told.
+    let revoked_forged = local_token(
+        &format!("{}{}", &revoked[..25], "x".repeat(32)),
+        &claims("p", in_an_hour()),
+    );
+    let expired_key = app
+        .key_expiring(
+            &REALTIME,
+            Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .await;
+    let expired_key_token = local_token(&expired_key, &claims("p", in_an_hour()));
+    let expired_key_forged = local_token(
+        &format!("{}{}", &expired_key[..25], "x".repeat(32)),
+        &claims("p", in_an_hour()),
+    );
     channeld::auth::revoke_key(&app.db, &common::key_parts(&revoked).0)
         .await
         .unwrap();
@@ -137,6 +153,21 @@ async fn bad_credentials_close_the_upgraded_socket_with_4001_or_4002(db: PgPool)
             "revoked key",
             format!("token={revoked_token}"),
             "this key was revoked",
+        ),
+        (
+            "forged, revoked key",
+            format!("token={revoked_forged}"),
+            bad_token,
+        ),
+        (
+            "expired key",
+            format!("token={expired_key_token}"),
+            "this key has expired",
+        ),
+        (
+            "forged, expired key",
+            format!("token={expired_key_forged}"),
+            bad_token,
         ),
         (
             "secret key as ?key=",

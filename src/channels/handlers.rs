@@ -75,7 +75,7 @@ pub async fn list(
 
 /// `GET /v1/channels/{id}`.
 #[utoipa::path(get, path = "/v1/channels/{id}", operation_id = "getChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = i64, Path, description = "Channel id"), ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    params(("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"), ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
     responses(
         (status = 200, description = "The channel, with its document", body = ChannelBody, headers(("ETag" = String))),
         (status = 304, description = "Unchanged since the given ETag"),
@@ -112,7 +112,7 @@ pub async fn create(
 
 /// `PUT /v1/channels/{id}`: only the fields present change; `{}` changes nothing.
 #[utoipa::path(put, path = "/v1/channels/{id}", operation_id = "updateChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = i64, Path, description = "Channel id")),
+    params(("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)")),
     request_body = UpdateChannel,
     responses(
         (status = 200, description = "Updated (only present fields change; `null` clears)", body = ChannelBody),

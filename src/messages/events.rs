@@ -82,7 +82,7 @@ const CATCH_UP_PAGE: i64 = 100;
 
 #[utoipa::path(get, path = "/v1/channels/{id}/events", operation_id = "followEvents", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
-        ("id" = i64, Path, description = "Channel id"),
+        ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
         ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
     ),

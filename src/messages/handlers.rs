@@ -48,7 +48,7 @@ const MAX_WAIT_SECS: i64 = 30;
 /// no database connection.
 #[utoipa::path(get, path = "/v1/channels/{id}/messages", operation_id = "listMessages", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
-        ("id" = i64, Path, description = "Channel id"),
+        ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
         ("before" = Option<i64>, Query, minimum = 1, description = "Messages older than this id, newest first"),
         ("after" = Option<i64>, Query, minimum = 0, description = "Messages newer than this id, oldest first"),
@@ -125,7 +125,7 @@ pub async fn list(
 /// already used on this channel, 200 with the message first stored under it.
 #[utoipa::path(post, path = "/v1/channels/{id}/messages", operation_id = "postMessage", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
-        ("id" = i64, Path, description = "Channel id"),
+        ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; retries with the same key return the original message"),
     ),
     request_body = CreateMessage,

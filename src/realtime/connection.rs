@@ -330,7 +330,7 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 fn close_reason(code: u16) -> &'static str {
     match code {
         close::KICKED => "kicked",
-        close::INVALID_TOKEN => "credential revoked",
+        close::INVALID_TOKEN => "key revoked or expired",
         close::POLICY => "slow consumer",
         _ => "closed",
     }

@@ -1,7 +1,7 @@
 //! Realtime over REST: list a channel's peers, publish from a backend, kick a peer.
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    extract::{FromRequest, FromRequestParts, Request, State},
     http::Method,
     response::{IntoResponse, Response},
 };
@@ -19,7 +19,7 @@ use crate::{
     auth::{Admin, Principal, Scope, Scoped},
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
-    extract::ValidatedJson,
+    extract::{Segment, ValidatedJson},
     json::Json,
     state::AppState,
 };
@@ -80,7 +80,7 @@ pub struct PeersBody<'a> {
 pub async fn peers(
     principal: Principal,
     State(state): State<AppState>,
-    Path(channel): Path<String>,
+    Segment(channel): Segment,
 ) -> Response {
     peers_of(&state, &principal, &channel).await.into_response()
 }
@@ -154,7 +154,7 @@ pub struct Delivered<'a> {
 pub async fn publish(
     principal: Principal,
     State(state): State<AppState>,
-    Path(channel): Path<String>,
+    Segment(channel): Segment,
     body: ValidatedJson<PublishRequest>,
 ) -> Response {
     publish_to(&state, &principal, &channel, body.0)
@@ -253,7 +253,7 @@ pub struct Kicked {
 pub async fn kick(
     _: Scoped<Admin>,
     State(state): State<AppState>,
-    Path(peer_id): Path<String>,
+    Segment(peer_id): Segment,
 ) -> Result<Json<Kicked>, ApiError> {
     if !is_peer_id(&peer_id) {
         return Err(ApiError::invalid_field(
@@ -304,8 +304,8 @@ pub async fn literal_channel_routes(State(state): State<AppState>, request: Requ
 /// The route a literal-form path answers to, for metrics labels.
 pub(crate) fn literal_route(path: &str) -> Option<&'static str> {
     match literal_channel(path)?.1 {
-        "peers" => Some("/v1/channels/{id}/peers"),
-        _ => Some("/v1/channels/{id}/publish"),
+        "peers" => Some("/v1/channels/{channel}/peers"),
+        _ => Some("/v1/channels/{channel}/publish"),
     }
 }
 
