@@ -98,8 +98,10 @@ fn validation_error(errors: ValidationErrors) -> ApiError {
     ApiError::invalid_with(messages.join("; "), details)
 }
 
-/// Query-string parameters, parsed leniently and checked one by one so that every bad parameter
-/// is named in `details`. Unknown parameters are ignored.
+/// Query-string parameters, checked one by one so that every bad parameter is named in
+/// `details`. A handler states the parameters it accepts with [`QueryParams::accept`]; any other
+/// is refused like an unknown body field (`unknown_field`), so a typo never silently changes
+/// what a request means.
 pub struct QueryParams(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
@@ -114,6 +116,24 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 }
 
 impl QueryParams {
+    /// Records `unknown_field` for every parameter not in `accepted`, naming the accepted ones.
+    pub fn accept(&self, accepted: &[&str], errors: &mut FieldErrors) {
+        for (name, _) in &self.0 {
+            if !accepted.contains(&name.as_str()) {
+                let shown: String = name.chars().take(40).collect();
+                let note = if accepted.is_empty() {
+                    format!("unknown query parameter `{shown}`: this endpoint takes none")
+                } else {
+                    format!(
+                        "unknown query parameter `{shown}`; accepted: {}",
+                        accepted.join(", ")
+                    )
+                };
+                errors.add_with(name.clone(), "unknown_field", note);
+            }
+        }
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -160,6 +180,24 @@ impl QueryParams {
                 None
             }
         }
+    }
+}
+
+/// For endpoints that take no query parameters: any parameter is 400 `unknown_field`.
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_none_or(str::is_empty) {
+            return Ok(Self);
+        }
+        let query = QueryParams::from_request_parts(parts, state).await?;
+        let mut errors = FieldErrors::default();
+        query.accept(&[], &mut errors);
+        errors.into_result()?;
+        Ok(Self)
     }
 }
 

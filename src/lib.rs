@@ -21,6 +21,7 @@
 //! - [`ratelimit`]: per-key token buckets and the `RateLimit-*` headers.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document (`/v1/openapi.json`) and `/docs`.
+//! - [`console`]: `/console`, the built-in web page for watching channels.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`server`]: the accept loop, HTTP connection timeouts, shutdown no client can hold up.
 //! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
@@ -34,6 +35,7 @@ pub mod channels;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod delivery;
 pub mod error;

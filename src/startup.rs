@@ -22,8 +22,8 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    channels, error::ApiError, health, limits, messages, metrics, openapi, ratelimit, realtime,
-    server, state::AppState,
+    channels, console, error::ApiError, health, limits, messages, metrics, openapi, ratelimit,
+    realtime, server, state::AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, document) = api_router(state.config.metrics_on_main).split_for_parts();
     routes
         .merge(openapi::router(&openapi::finish(document)))
+        .merge(console::router())
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(from_fn_with_state(state.clone(), limits::limits))

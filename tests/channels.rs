@@ -45,6 +45,8 @@ async fn creating_and_reading_a_channel_returns_every_field(db: PgPool) {
             "description",
             "document",
             "id",
+            "last_message",
+            "message_count",
             "name",
             "repository_id",
             "ticket_slug",
@@ -96,7 +98,7 @@ async fn list_omits_documents_filters_and_counts_all_matches(db: PgPool) {
 
     let (status, all) = app.get("/v1/channels", &key).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(keys_of(&all), ["channels", "total"]);
+    assert_eq!(keys_of(&all), ["channels", "next_cursor", "total"]);
     assert_eq!(all["total"], 3);
     for entry in all["channels"].as_array().expect("array") {
         assert!(

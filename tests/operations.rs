@@ -484,7 +484,9 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
     };
 
     let response = reqwest::Client::new()
-        .get(format!("http://{address}/v1/channels?token=do-not-log-me"))
+        .get(format!(
+            "http://{address}/v1/channels?ticket_slug=do-not-log-me"
+        ))
         .bearer_auth(&secret)
         .send()
         .await

@@ -326,7 +326,7 @@ mod tests {
         let post = pgbench_script(&sqlx_dir(), Op::Post).expect("post script");
         assert!(!post.contains("api_keys"), "{post}");
         assert!(
-            post.contains("UPDATE channels SET updated_at = now()"),
+            post.contains("FOR UPDATE") && post.contains("message_count + 1"),
             "{post}"
         );
         assert!(

@@ -1,11 +1,14 @@
 //! SQL for channels.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, PgPool};
 
-use super::model::{Channel, ChannelSummary, CreateChannel, UpdateChannel, normalize_name};
+use super::model::{
+    Channel, ChannelSummary, CreateChannel, LastMessage, UpdateChannel, normalize_name,
+};
 
 /// One full row, as the compile-time checked queries return it.
+#[derive(sqlx::FromRow)]
 struct ChannelRow {
     id: i64,
     name: String,
@@ -16,10 +19,31 @@ struct ChannelRow {
     archived: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    message_count: i64,
+    last_message_id: Option<i64>,
+    last_message_at: Option<DateTime<Utc>>,
+    last_sender_type: Option<String>,
+    last_pod_key: Option<String>,
+    last_content: Option<String>,
 }
 
 impl From<ChannelRow> for Channel {
     fn from(row: ChannelRow) -> Self {
+        let last_message = match (
+            row.last_message_id,
+            row.last_message_at,
+            row.last_sender_type,
+            row.last_content,
+        ) {
+            (Some(id), Some(created_at), Some(sender_type), Some(content)) => Some(LastMessage {
+                id,
+                created_at,
+                sender_type,
+                pod_key: row.last_pod_key,
+                content,
+            }),
+            _ => None,
+        };
         Channel {
             summary: ChannelSummary {
                 id: row.id,
@@ -30,20 +54,118 @@ impl From<ChannelRow> for Channel {
                 archived: row.archived,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
+                message_count: row.message_count,
+                last_message,
             },
             document: row.document,
         }
     }
 }
 
-/// Filters and paging of `GET /v1/channels`.
+/// The column a list is ordered by; the id breaks ties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    #[default]
+    UpdatedAt,
+    CreatedAt,
+    Name,
+}
+
+impl Sort {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "updated_at" => Some(Self::UpdatedAt),
+            "created_at" => Some(Self::CreatedAt),
+            "name" => Some(Self::Name),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpdatedAt => "updated_at",
+            Self::CreatedAt => "created_at",
+            Self::Name => "name",
+        }
+    }
+}
+
+/// Where a keyset page starts: after the row with this sort key and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Time(DateTime<Utc>, i64),
+    Name(String, i64),
+}
+
+/// Filters, order and paging of `GET /v1/channels`.
 #[derive(Debug, Default)]
 pub struct ListFilter {
     pub repository_id: Option<i64>,
     pub ticket_slug: Option<String>,
-    pub include_archived: bool,
+    /// `Some(true)` only archived, `Some(false)` only active, `None` both.
+    pub archived: Option<bool>,
+    /// Names containing this text, case-insensitively.
+    pub name_contains: Option<String>,
+    pub sort: Sort,
+    pub descending: bool,
+    pub after: Option<After>,
     pub limit: i64,
     pub offset: i64,
+}
+
+const COLUMNS: &str = "id, name, description, repository_id, ticket_slug, archived, created_at, \
+    updated_at, message_count, last_message_id, last_message_at, last_sender_type, last_pod_key, \
+    last_content";
+
+/// `text` as an `ILIKE` pattern matching names that contain it: `\`, `%` and `_` stand for
+/// themselves.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+fn pattern_of(filter: &ListFilter) -> Option<String> {
+    filter.name_contains.as_deref().map(contains_pattern)
+}
+
+/// A listed row and the number of rows matching the filters.
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    channel: ChannelRow,
+    total: i64,
+}
+
+/// How many channels match the filters, ignoring paging.
+async fn count(
+    db: &PgPool,
+    filter: &ListFilter,
+    pattern: Option<&str>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "total!"
+        FROM channels
+        WHERE ($1::bigint IS NULL OR repository_id = $1)
+          AND ($2::text IS NULL OR ticket_slug = $2)
+          AND ($3::boolean IS NULL OR archived = $3)
+          AND ($4::text IS NULL OR name ILIKE $4)
+        "#,
+        filter.repository_id,
+        filter.ticket_slug,
+        filter.archived,
+        pattern,
+    )
+    .fetch_one(db)
+    .await
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, new: &CreateChannel) -> Result<Channel, sqlx::Error> {
@@ -52,7 +174,9 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &CreateChannel) -> Result<Chan
         r#"
         INSERT INTO channels (name, description, repository_id, ticket_slug, document)
         VALUES ($1, $2, $3, $4, $5)
-        RETURNING id, name, description, repository_id, ticket_slug, document, archived, created_at, updated_at
+        RETURNING id, name, description, repository_id, ticket_slug, document, archived, created_at,
+                  updated_at, message_count, last_message_id, last_message_at, last_sender_type,
+                  last_pod_key, last_content
         "#,
         normalize_name(&new.name),
         new.description,
@@ -69,7 +193,9 @@ pub async fn find(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Channel>, s
     let row = sqlx::query_as!(
         ChannelRow,
         r#"
-        SELECT id, name, description, repository_id, ticket_slug, document, archived, created_at, updated_at
+        SELECT id, name, description, repository_id, ticket_slug, document, archived, created_at,
+               updated_at, message_count, last_message_id, last_message_at, last_sender_type,
+               last_pod_key, last_content
         FROM channels WHERE id = $1
         "#,
         id,
@@ -79,50 +205,63 @@ pub async fn find(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Channel>, s
     Ok(row.map(Channel::from))
 }
 
-/// One page of channels, most recently active first.
+/// One page of channels and how many match the filters in all (`total` ignores paging), read in
+/// one statement.
+///
+/// The statement is put together from fixed fragments, since an `ORDER BY` column and direction
+/// cannot be bind parameters: three sort columns, two directions, with or without a keyset start.
+/// Every value the client sent is a bind parameter. Each form is served by an index:
+/// `channels_updated_at_idx`, `channels_created_at_idx`, `channels_name_idx` (read backwards for
+/// the other direction), and `q` by `channels_name_trgm_idx`.
 pub async fn list(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
     filter: &ListFilter,
-) -> Result<Vec<ChannelSummary>, sqlx::Error> {
-    sqlx::query_as!(
-        ChannelSummary,
-        r#"
-        SELECT id, name, description, repository_id, ticket_slug, archived, created_at, updated_at
-        FROM channels
-        WHERE ($1::bigint IS NULL OR repository_id = $1)
-          AND ($2::text IS NULL OR ticket_slug = $2)
-          AND ($3 OR NOT archived)
-        ORDER BY updated_at DESC, id DESC
-        LIMIT $4 OFFSET $5
-        "#,
-        filter.repository_id,
-        filter.ticket_slug,
-        filter.include_archived,
-        filter.limit,
-        filter.offset,
-    )
-    .fetch_all(db)
-    .await
+) -> Result<(Vec<ChannelSummary>, i64), sqlx::Error> {
+    let column = filter.sort.as_str();
+    let direction = if filter.descending { "DESC" } else { "ASC" };
+    let filters = "($1::bigint IS NULL OR repository_id = $1) \
+        AND ($2::text IS NULL OR ticket_slug = $2) \
+        AND ($3::boolean IS NULL OR archived = $3) \
+        AND ($4::text IS NULL OR name ILIKE $4)";
+    let keyset = match (&filter.after, filter.descending) {
+        (None, _) => String::new(),
+        (Some(After::Time(..)), true) => format!(" AND ({column}, id) < ($7::timestamptz, $8)"),
+        (Some(After::Time(..)), false) => format!(" AND ({column}, id) > ($7::timestamptz, $8)"),
+        (Some(After::Name(..)), true) => format!(" AND ({column}, id) < ($7::text, $8)"),
+        (Some(After::Name(..)), false) => format!(" AND ({column}, id) > ($7::text, $8)"),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS}, NULL::text AS document, \
+                (SELECT count(*) FROM channels WHERE {filters}) AS total \
+         FROM channels WHERE {filters}{keyset} \
+         ORDER BY {column} {direction}, id {direction} LIMIT $5 OFFSET $6"
+    );
+    let pattern = pattern_of(filter);
+    let mut query = sqlx::query_as::<_, ListedRow>(&sql)
+        .bind(filter.repository_id)
+        .bind(filter.ticket_slug.as_deref())
+        .bind(filter.archived)
+        .bind(pattern)
+        .bind(filter.limit)
+        .bind(filter.offset);
+    query = match &filter.after {
+        None => query,
+        Some(After::Time(at, id)) => query.bind(*at).bind(*id),
+        Some(After::Name(name, id)) => query.bind(name.clone()).bind(*id),
+    };
+    let rows = query.fetch_all(db).await?;
+    let total = match rows.first() {
+        Some(row) => row.total,
+        // A page past the end has no row to carry the total.
+        None => count(db, filter, pattern_of(filter).as_deref()).await?,
+    };
+    Ok((
+        rows.into_iter()
+            .map(|row| Channel::from(row.channel).summary)
+            .collect(),
+        total,
+    ))
 }
-
-/// How many channels match the filter, ignoring paging.
-pub async fn count(db: impl PgExecutor<'_>, filter: &ListFilter) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"
-        SELECT count(*) AS "total!"
-        FROM channels
-        WHERE ($1::bigint IS NULL OR repository_id = $1)
-          AND ($2::text IS NULL OR ticket_slug = $2)
-          AND ($3 OR NOT archived)
-        "#,
-        filter.repository_id,
-        filter.ticket_slug,
-        filter.include_archived,
-    )
-    .fetch_one(db)
-    .await
-}
-
 /// Applies the fields present in `change` in one statement. `None` when the channel does not exist.
 pub async fn update(
     db: impl PgExecutor<'_>,
@@ -139,7 +278,9 @@ pub async fn update(
             archived    = COALESCE($7, archived),
             updated_at  = now()
         WHERE id = $1
-        RETURNING id, name, description, repository_id, ticket_slug, document, archived, created_at, updated_at
+        RETURNING id, name, description, repository_id, ticket_slug, document, archived, created_at,
+                  updated_at, message_count, last_message_id, last_message_at, last_sender_type,
+                  last_pod_key, last_content
         "#,
         id,
         change.name.as_deref().map(normalize_name),

@@ -8,6 +8,7 @@ use axum::{
 use serde::Serialize;
 
 use super::{
+    cursor::Cursor,
     db::{self, ListFilter},
     model::{Channel, ChannelSummary, CreateChannel, UpdateChannel, is_ticket_slug},
 };
@@ -15,7 +16,7 @@ use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
-    extract::{ChannelId, QueryParams, ValidatedJson},
+    extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
     state::AppState,
 };
@@ -28,23 +29,45 @@ pub struct ChannelBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ChannelList {
     pub channels: Vec<ChannelSummary>,
+    /// Channels matching the filters, over every page.
     pub total: i64,
+    /// Pass as `cursor` for the page after this one; `null` when this is the last.
+    pub next_cursor: Option<String>,
 }
 
-/// `GET /v1/channels`: filtered, paged, most recently active first.
+/// The parameters `GET /v1/channels` accepts.
+const LIST_PARAMETERS: [&str; 10] = [
+    "repository_id",
+    "ticket_slug",
+    "archived",
+    "include_archived",
+    "q",
+    "sort",
+    "order",
+    "cursor",
+    "limit",
+    "offset",
+];
+
+/// `GET /v1/channels`: filtered, searched, sorted, paged by offset or by cursor.
 #[utoipa::path(get, path = "/v1/channels", operation_id = "listChannels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
     params(
         ("repository_id" = Option<i64>, Query, minimum = 1, description = "Only channels of this repository"),
         ("ticket_slug" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Only channels of this ticket"),
-        ("include_archived" = Option<bool>, Query, description = "Include archived channels (default false)"),
+        ("archived" = Option<bool>, Query, description = "`true`: only archived channels; `false`: only active ones (the default). Not with `include_archived`"),
+        ("include_archived" = Option<bool>, Query, description = "`true`: active and archived channels. Not with `archived`"),
+        ("q" = Option<String>, Query, min_length = 1, max_length = 100, description = "Only channels whose name contains this text, ignoring case"),
+        ("sort" = Option<String>, Query, pattern = "^(updated_at|created_at|name)$", description = "`updated_at` (default), `created_at` or `name`; the id breaks ties"),
+        ("order" = Option<String>, Query, pattern = "^(asc|desc)$", description = "`desc` (default for `updated_at` and `created_at`) or `asc` (default for `name`)"),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` from an earlier page: continues right after its last channel, in its sort and order. Not with `offset`"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Channels to skip (default 0)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer: 304 while unchanged"),
     ),
     responses(
-        (status = 200, description = "Most recently active first", body = ChannelList, headers(("ETag" = String))),
+        (status = 200, description = "One page; `total` counts every match, `next_cursor` continues after this page (`null` on the last)", body = ChannelList, headers(("ETag" = String))),
         (status = 304, description = "Unchanged since the given ETag"),
-        (status = 400, description = "A bad query parameter", body = Envelope),
+        (status = 400, description = "A bad, conflicting or unknown query parameter", body = Envelope),
     ))]
 pub async fn list(
     _: Scoped<ChannelsRead>,
@@ -53,6 +76,7 @@ pub async fn list(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
+    query.accept(&LIST_PARAMETERS, &mut errors);
     let ticket_slug = query.get("ticket_slug").map(str::to_owned);
     if ticket_slug
         .as_deref()
@@ -60,17 +84,124 @@ pub async fn list(
     {
         errors.add("ticket_slug", "format");
     }
-    let filter = ListFilter {
-        repository_id: query.int("repository_id", 1, i64::MAX, &mut errors),
-        ticket_slug,
-        include_archived: query.bool("include_archived", &mut errors).unwrap_or(false),
-        limit: query.int("limit", 1, 200, &mut errors).unwrap_or(50),
-        offset: query.int("offset", 0, i64::MAX, &mut errors).unwrap_or(0),
+    let archived = match (
+        query.bool("archived", &mut errors),
+        query.bool("include_archived", &mut errors),
+    ) {
+        (Some(_), Some(_)) => {
+            let note = "pass `archived` (only archived, or only active) or `include_archived` (both), not both";
+            errors.add_with("archived", "conflict", note);
+            errors.add_with("include_archived", "conflict", note);
+            None
+        }
+        (Some(archived), None) => Some(archived),
+        (None, Some(true)) => None,
+        (None, Some(false) | None) => Some(false),
+    };
+    let name_contains = query.get("q").map(str::to_owned);
+    if let Some(q) = &name_contains
+        && (!(1..=100).contains(&q.chars().count()) || q.chars().any(char::is_control))
+    {
+        errors.add_with(
+            "q",
+            "format",
+            "q must be 1-100 characters without control characters",
+        );
+    }
+    let sort = query.get("sort").map(|raw| {
+        db::Sort::parse(raw).ok_or(()).map_err(|()| {
+            errors.add_with(
+                "sort",
+                "format",
+                "sort must be updated_at, created_at or name",
+            );
+        })
+    });
+    let order = query.get("order").map(|raw| match raw {
+        "desc" => Ok(true),
+        "asc" => Ok(false),
+        _ => {
+            errors.add_with("order", "format", "order must be asc or desc");
+            Err(())
+        }
+    });
+    let cursor = query.get("cursor").map(|raw| {
+        Cursor::decode(raw).ok_or(()).map_err(|()| {
+            errors.add_with(
+                "cursor",
+                "format",
+                "cursor must be a next_cursor this server returned",
+            );
+        })
+    });
+    let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
+    let offset = query.int("offset", 0, i64::MAX, &mut errors);
+    let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
+    // A cursor carries its sort and order; given again, they must agree with it.
+    let (sort, descending, after) = match cursor {
+        Some(Ok(cursor)) => {
+            let sort_differs = matches!(sort, Some(Ok(s)) if s != cursor.sort);
+            let order_differs = matches!(order, Some(Ok(d)) if d != cursor.descending);
+            if sort_differs || order_differs {
+                errors.add_with(
+                    "cursor",
+                    "conflict",
+                    format!(
+                        "this cursor continues a list sorted by {} {}: pass that sort and order, or none",
+                        cursor.sort.as_str(),
+                        if cursor.descending { "desc" } else { "asc" }
+                    ),
+                );
+            }
+            if offset.is_some() {
+                let note = "pass `cursor` or `offset`, not both";
+                errors.add_with("cursor", "conflict", note);
+                errors.add_with("offset", "conflict", note);
+            }
+            (cursor.sort, cursor.descending, Some(cursor.after))
+        }
+        _ => {
+            let sort = match sort {
+                Some(Ok(sort)) => sort,
+                _ => db::Sort::default(),
+            };
+            let descending = match order {
+                Some(Ok(descending)) => descending,
+                _ => sort != db::Sort::Name,
+            };
+            (sort, descending, None)
+        }
     };
     errors.into_result()?;
-    let channels = db::list(&state.db, &filter).await?;
-    let total = db::count(&state.db, &filter).await?;
-    json_with_etag(&headers, &ChannelList { channels, total })
+    let filter = ListFilter {
+        repository_id,
+        ticket_slug,
+        archived,
+        name_contains,
+        sort,
+        descending,
+        after,
+        // One more than the page, to know whether another follows.
+        limit: limit + 1,
+        offset: offset.unwrap_or(0),
+    };
+    let (mut channels, total) = db::list(&state.db, &filter).await?;
+    let next_cursor = if channels.len() as i64 > limit {
+        channels.truncate(limit as usize);
+        channels
+            .last()
+            .map(|last| Cursor::after(last, sort, descending).encode())
+    } else {
+        None
+    };
+    json_with_etag(
+        &headers,
+        &ChannelList {
+            channels,
+            total,
+            next_cursor,
+        },
+    )
 }
 
 /// `GET /v1/channels/{id}`.
@@ -84,6 +215,7 @@ pub async fn list(
     ))]
 pub async fn get(
     _: Scoped<ChannelsRead>,
+    _: NoQuery,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     headers: HeaderMap,
@@ -103,6 +235,7 @@ pub async fn get(
     ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,
+    _: NoQuery,
     State(state): State<AppState>,
     ValidatedJson(new): ValidatedJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelBody>), ApiError> {
@@ -123,6 +256,7 @@ pub async fn create(
     ))]
 pub async fn update(
     _: Scoped<ChannelsWrite>,
+    _: NoQuery,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     ValidatedJson(change): ValidatedJson<UpdateChannel>,

@@ -1,5 +1,6 @@
 //! Persistent channels: create, read, list, update and archive.
 
+pub(crate) mod cursor;
 mod db;
 pub(crate) mod handlers;
 pub mod model;

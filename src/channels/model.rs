@@ -22,7 +22,28 @@ pub struct ChannelSummary {
     #[serde(serialize_with = "crate::timestamp::serialize")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: DateTime<Utc>,
+    /// Messages stored in the channel.
+    pub message_count: i64,
+    /// The newest message, `null` while there is none.
+    pub last_message: Option<LastMessage>,
 }
+
+/// The newest message of a channel, as a dashboard shows it beside the channel.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastMessage {
+    pub id: i64,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    /// `api` or `agent`.
+    pub sender_type: String,
+    pub pod_key: Option<String>,
+    /// The first 200 characters of the message's content.
+    pub content: String,
+}
+
+/// The maximum length, in characters, of `last_message.content`.
+pub const LAST_MESSAGE_PREVIEW_CHARS: usize = 200;
 
 /// A channel as read one at a time, `document` included.
 #[derive(Debug, Clone, Serialize, ToSchema)]

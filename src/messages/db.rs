@@ -1,17 +1,21 @@
 //! SQL for messages.
 //!
 //! Ordering guarantee: a message's id is drawn only after its transaction holds the channel's row
-//! lock (the `UPDATE` of `updated_at` in the same statement), and the lock is released only after
-//! commit. Within one channel, ids therefore become visible in increasing order, and a reader that
+//! lock (`FOR UPDATE` in the same statement), and the lock is released only after commit. Within one channel, ids therefore become visible in increasing order, and a reader that
 //! pages with `after=<last id seen>` can never skip a message that commits later with a smaller id.
 
 use sqlx::PgExecutor;
 
 use super::model::Message;
 
-/// Stores a message on an active channel and bumps the channel's `updated_at`, in one statement.
-/// `None` when nothing was stored: the channel is missing or archived, or `idempotency_key` was
-/// already used on this channel.
+/// Stores a message on an active channel and, in the same statement, brings the channel up to
+/// date: `updated_at`, `message_count` and the last message. `None` when nothing was stored: the
+/// channel is missing or archived, or `idempotency_key` was already used on this channel (then
+/// the channel is left as it was).
+///
+/// The channel row is locked first, the message inserted after (its id drawn under the lock), and
+/// the row updated from what the insert returned: one new version of the channel row per message,
+/// as a plain `updated_at` bump would cost.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     channel_id: i64,
@@ -24,14 +28,26 @@ pub async fn insert(
         Message,
         r#"
         WITH channel AS (
-            UPDATE channels SET updated_at = now()
-            WHERE id = $1 AND NOT archived
-            RETURNING id
+            SELECT id FROM channels WHERE id = $1 AND NOT archived FOR UPDATE
+        ), stored AS (
+            INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key)
+            SELECT id, $2, $3, $4, $5 FROM channel
+            ON CONFLICT (channel_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id, channel_id, content, sender_type, pod_key, created_at
+        ), counted AS (
+            UPDATE channels SET
+                updated_at       = now(),
+                message_count    = message_count + 1,
+                last_message_id  = stored.id,
+                last_message_at  = stored.created_at,
+                last_sender_type = stored.sender_type,
+                last_pod_key     = stored.pod_key,
+                last_content     = left(stored.content, 200)
+            FROM stored WHERE channels.id = stored.channel_id
         )
-        INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key)
-        SELECT id, $2, $3, $4, $5 FROM channel
-        ON CONFLICT (channel_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id, channel_id, content, sender_type, pod_key, created_at
+        SELECT id AS "id!", channel_id AS "channel_id!", content AS "content!",
+               sender_type AS "sender_type!", pod_key, created_at AS "created_at!"
+        FROM stored
         "#,
         channel_id,
         content,

@@ -107,6 +107,7 @@ pub async fn events(
             .filter(|id| *id >= 0)
             .ok_or(())
     });
+    query.accept(&["since"], &mut errors);
     // `since` is checked even when `Last-Event-ID` wins over it: a bad parameter is never ignored.
     let since_query = query.int("since", 0, i64::MAX, &mut errors);
     let since = match last_event_id {

@@ -19,7 +19,7 @@ use crate::{
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope, FieldErrors},
     etag::json_with_etag,
-    extract::{ChannelId, QueryParams, ValidatedJson},
+    extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
     state::AppState,
 };
@@ -69,6 +69,7 @@ pub async fn list(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
+    query.accept(&["limit", "before", "after", "wait"], &mut errors);
     let limit = query.int("limit", 1, 100, &mut errors).unwrap_or(50);
     let before = query.int("before", 1, i64::MAX, &mut errors);
     let after = query.int("after", 0, i64::MAX, &mut errors);
@@ -139,6 +140,7 @@ pub async fn list(
     ))]
 pub async fn create(
     _: Scoped<ChannelsWrite>,
+    _: NoQuery,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     headers: HeaderMap,

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     auth::{Pattern, Principal, Scope, ScopeSet, tokens},
     error::{ApiError, Envelope, FieldErrors},
-    extract::ValidatedJson,
+    extract::{NoQuery, ValidatedJson},
     json::Json,
     state::AppState,
 };
@@ -62,6 +62,7 @@ pub struct TokenBody {
     ))]
 pub async fn mint_token(
     principal: Principal,
+    _: NoQuery,
     State(state): State<AppState>,
     ValidatedJson(request): ValidatedJson<MintToken>,
 ) -> Result<Json<TokenBody>, ApiError> {

@@ -19,7 +19,7 @@ use crate::{
     auth::{Admin, Principal, Scope, Scoped},
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
-    extract::{Segment, ValidatedJson},
+    extract::{NoQuery, Segment, ValidatedJson},
     json::Json,
     state::AppState,
 };
@@ -79,6 +79,7 @@ pub struct PeersBody<'a> {
     ))]
 pub async fn peers(
     principal: Principal,
+    _: NoQuery,
     State(state): State<AppState>,
     Segment(channel): Segment,
 ) -> Response {
@@ -153,6 +154,7 @@ pub struct Delivered<'a> {
     ))]
 pub async fn publish(
     principal: Principal,
+    _: NoQuery,
     State(state): State<AppState>,
     Segment(channel): Segment,
     body: ValidatedJson<PublishRequest>,
@@ -252,6 +254,7 @@ pub struct Kicked {
     ))]
 pub async fn kick(
     _: Scoped<Admin>,
+    _: NoQuery,
     State(state): State<AppState>,
     Segment(peer_id): Segment,
 ) -> Result<Json<Kicked>, ApiError> {
@@ -281,6 +284,9 @@ pub async fn literal_channel_routes(State(state): State<AppState>, request: Requ
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };
+    if let Err(error) = NoQuery::from_request_parts(&mut parts, &state).await {
+        return error.into_response();
+    }
     let result = match (action, &parts.method) {
         ("peers", &Method::GET) => peers_of(&state, &principal, &channel).await,
         ("publish", &Method::POST) => {
