@@ -37,4 +37,4 @@ export CHROMIUM=$chromium
 target/debug/channeld migrate --log-format text >/dev/null 2>&1
 
 cd "$dir"
-node --test --test-reporter=spec --test-concurrency=1 node.test.mjs browser.test.mjs
+node --test --test-reporter=spec --test-concurrency=1 node.test.mjs browser.test.mjs console.test.mjs
