@@ -57,7 +57,10 @@ pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
     let mut script = String::from("\\set cid random(:lo, :hi)\n");
     match op {
         Op::Post => {
-            let insert = find_query(sqlx_dir, |q| q.contains("INSERT INTO messages"))?;
+            // A post without an idempotency key, as the load generator sends them.
+            let insert = find_query(sqlx_dir, |q| {
+                q.contains("INSERT INTO messages") && !q.contains("idempotency_key")
+            })?;
             // channel id, content, sender_type, pod_key, idempotency key
             script += &format!(
                 "{};\n",
@@ -326,11 +329,11 @@ mod tests {
         let post = pgbench_script(&sqlx_dir(), Op::Post).expect("post script");
         assert!(!post.contains("api_keys"), "{post}");
         assert!(
-            post.contains("FOR UPDATE") && post.contains("message_count + 1"),
+            post.contains("nextval('messages_id_seq')") && post.contains("message_count + 1"),
             "{post}"
         );
         assert!(
-            post.contains("SELECT id, :content, 'api', NULL, NULL FROM channel"),
+            post.contains("SELECT last_message_id, id, :content, 'api', NULL, now() FROM channel"),
             "{post}"
         );
         let get = pgbench_script(&sqlx_dir(), Op::Get).expect("get script");

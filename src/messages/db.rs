@@ -1,8 +1,9 @@
 //! SQL for messages.
 //!
-//! Ordering guarantee: a message's id is drawn only after its transaction holds the channel's row
-//! lock (`FOR UPDATE` in the same statement), and the lock is released only after commit. Within one channel, ids therefore become visible in increasing order, and a reader that
-//! pages with `after=<last id seen>` can never skip a message that commits later with a smaller id.
+//! Ordering guarantee: a message's id is drawn only once its transaction holds the channel's row
+//! lock, and the lock is released only after commit. Within one channel, ids therefore become
+//! visible in increasing order, and a reader that pages with `after=<last id seen>` can never skip
+//! a message that commits later with a smaller id.
 
 use sqlx::PgExecutor;
 
@@ -12,10 +13,6 @@ use super::model::Message;
 /// date: `updated_at`, `message_count` and the last message. `None` when nothing was stored: the
 /// channel is missing or archived, or `idempotency_key` was already used on this channel (then
 /// the channel is left as it was).
-///
-/// The channel row is locked first, the message inserted after (its id drawn under the lock), and
-/// the row updated from what the insert returned: one new version of the channel row per message,
-/// as a plain `updated_at` bump would cost.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     channel_id: i64,
@@ -23,6 +20,63 @@ pub async fn insert(
     sender_type: &str,
     pod_key: Option<&str>,
     idempotency_key: Option<&str>,
+) -> Result<Option<Message>, sqlx::Error> {
+    match idempotency_key {
+        None => insert_plain(db, channel_id, content, sender_type, pod_key).await,
+        Some(key) => insert_once(db, channel_id, content, sender_type, pod_key, key).await,
+    }
+}
+
+/// Without an idempotency key nothing can conflict: one `UPDATE` of the channel draws the id
+/// (`nextval` in its `SET`, evaluated again if the row changed under it, so the id is always drawn
+/// under the row lock) and records the message, and the `INSERT` stores it with that id. One new
+/// version of the channel row, as a plain `updated_at` bump costs.
+async fn insert_plain(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    content: &str,
+    sender_type: &str,
+    pod_key: Option<&str>,
+) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        r#"
+        WITH channel AS (
+            UPDATE channels SET
+                updated_at       = now(),
+                message_count    = message_count + 1,
+                last_message_id  = nextval('messages_id_seq'),
+                last_message_at  = now(),
+                last_sender_type = $3,
+                last_pod_key     = $4,
+                last_content     = left($2, 200)
+            WHERE id = $1 AND NOT archived
+            RETURNING id, last_message_id
+        )
+        INSERT INTO messages (id, channel_id, content, sender_type, pod_key, created_at)
+        OVERRIDING SYSTEM VALUE
+        SELECT last_message_id, id, $2, $3, $4, now() FROM channel
+        RETURNING id, channel_id, content, sender_type, pod_key, created_at
+        "#,
+        channel_id,
+        content,
+        sender_type,
+        pod_key,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// With an idempotency key the insert may find the key taken and store nothing, so the channel
+/// is updated from what the insert returned: the row is locked first (`FOR UPDATE`), the message
+/// inserted (its id drawn under the lock), and the row updated only if a message was stored.
+async fn insert_once(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    content: &str,
+    sender_type: &str,
+    pod_key: Option<&str>,
+    idempotency_key: &str,
 ) -> Result<Option<Message>, sqlx::Error> {
     sqlx::query_as!(
         Message,
