@@ -301,6 +301,10 @@ async fn ten_concurrent_duplicates_store_exactly_one_message(db: PgPool) {
     assert_eq!(distinct.len(), 1, "every answer names the same message");
     let (_, listed) = app.get(&path, &key).await;
     assert_eq!(ids(&listed).len(), 1);
+    // The channel counts the one message stored, not the nine replays.
+    let (_, read) = app.get(&format!("/v1/channels/{channel}"), &key).await;
+    assert_eq!(read["channel"]["message_count"], 1);
+    assert_eq!(read["channel"]["last_message"]["id"], ids(&listed)[0]);
 }
 
 #[sqlx::test]
