@@ -5,6 +5,7 @@
 #   scripts/bench.sh                                the whole run (about 4 minutes once built)
 #   BENCH_ARGS="--only rest --rest-seconds 10" scripts/bench.sh   options for the load generator
 #   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
+#   BENCH_NO_LIST=1 scripts/bench.sh                without the channel list on 100,000 channels
 #
 # Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
 # shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
@@ -123,3 +124,8 @@ done
 target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
   --second-server target/release/channeld --second-listen "127.0.0.1:${BENCH_PORT2:-18102}" \
   --database-url "$DATABASE_URL" --idle "$idle" --redis-url "$redis_url" "${pusher_args[@]}" ${BENCH_ARGS:-}
+
+# The channel list on 100,000 channels: its own database and server (BENCH_NO_LIST=1 skips it).
+if [ -z "${BENCH_NO_LIST:-}" ]; then
+  env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/list-bench.sh
+fi

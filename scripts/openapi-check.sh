@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Its own database, whatever DATABASE_URL says.
+unset DATABASE_URL
 bin=target/debug/channeld
 out=target/openapi
 mkdir -p "$out"

@@ -1,0 +1,2 @@
+\set cid random(1, 100)
+WITH channel AS (UPDATE channels SET updated_at = now() WHERE id = :cid AND NOT archived RETURNING id) INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key) SELECT id, 'a status update from an agent', 'api', NULL, NULL FROM channel ON CONFLICT (channel_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id, channel_id, content, sender_type, pod_key, created_at;
