@@ -118,7 +118,16 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 impl QueryParams {
     /// Records `unknown_field` for every parameter not in `accepted`, naming the accepted ones.
     pub fn accept(&self, accepted: &[&str], errors: &mut FieldErrors) {
-        for (name, _) in &self.0 {
+        for (n, (name, _)) in self.0.iter().enumerate() {
+            if self.0[..n].iter().any(|(earlier, _)| earlier == name) {
+                let shown: String = name.chars().take(40).collect();
+                errors.add_with(
+                    name.clone(),
+                    "duplicate",
+                    format!("query parameter `{shown}` is given more than once"),
+                );
+                continue;
+            }
             if !accepted.contains(&name.as_str()) {
                 let shown: String = name.chars().take(40).collect();
                 let note = if accepted.is_empty() {

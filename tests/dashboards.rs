@@ -83,6 +83,12 @@ async fn unknown_query_parameters_are_refused_on_every_endpoint(db: PgPool) {
         "{body}"
     );
 
+    let (status, body) = app
+        .get("/v1/channels?archived=true&archived=false", &key)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(body["details"], json!({"archived": ["duplicate"]}));
+
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/channels/{channel}"), None),
         (
@@ -166,6 +172,13 @@ async fn q_finds_names_containing_the_text_ignoring_case(db: PgPool) {
         assert_eq!(names(&body), expected, "q={q}");
         assert_eq!(body["total"], expected.len(), "q={q}");
     }
+    app.channel(&key, r"back\slash").await;
+    let (_, body) = app.get("/v1/channels?q=k%5Cs", &key).await;
+    assert_eq!(
+        names(&body),
+        vec![r"back\slash"],
+        "a backslash is a plain character"
+    );
     let (status, body) = app.get("/v1/channels?q=", &key).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(body["details"], json!({"q": ["format"]}));
@@ -340,7 +353,9 @@ async fn walk(
 ) -> Vec<i64> {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
-    for page in 0.. {
+    // 40 channels never take more than 40 pages: a wrong keyset fails here instead of looping.
+    for page in 0..=40 {
+        assert!(page < 40, "more pages than channels: {seen:?}");
         let path = match &cursor {
             None => format!("/v1/channels?{query}"),
             Some(cursor) => format!("/v1/channels?{query}&cursor={cursor}"),
@@ -422,17 +437,18 @@ async fn keyset_pages_neither_repeat_nor_skip_while_writers_reorder_the_list(db:
         "offset paging repeated nothing"
     );
 
-    // Every order pages completely, and a cursor keeps its sort and order.
-    for query in [
-        "sort=name&limit=6",
-        "sort=created_at&order=asc&limit=9",
-        "sort=name&order=desc&limit=40",
+    // Every order pages completely, each channel once, in the order of the sort.
+    let by_name = ids.clone(); // "channel 00" … "channel 39", created in that order
+    let mut by_name_desc = ids.clone();
+    by_name_desc.reverse();
+    for (query, expected) in [
+        ("sort=name&limit=6", &by_name),
+        ("sort=created_at&order=asc&limit=9", &by_name),
+        ("sort=name&order=desc&limit=40", &by_name_desc),
+        ("sort=name&order=desc&limit=39", &by_name_desc),
     ] {
         let seen = walk(&app, &key, query, async |_| {}).await;
-        let mut sorted = seen.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 40, "{query}: {seen:?}");
+        assert_eq!(&seen, expected, "{query}");
     }
     let (_, first) = app.get("/v1/channels?sort=name&limit=5", &key).await;
     let cursor = first["next_cursor"].as_str().unwrap();

@@ -62,6 +62,10 @@ impl Cursor {
     pub fn decode(raw: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
         let wire: Wire = serde_json::from_slice(&bytes).ok()?;
+        // Names are at most 100 characters without control characters; times are short.
+        if wire.k.chars().count() > 100 || wire.k.chars().any(char::is_control) {
+            return None;
+        }
         let sort = Sort::parse(&wire.s)?;
         let descending = match wire.o.as_str() {
             "desc" => true,
@@ -108,7 +112,12 @@ mod tests {
         ] {
             assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         }
-        for raw in ["", "abc", "eyJzIjoiaWQifQ", "!!!"] {
+        let nul = URL_SAFE_NO_PAD.encode(r#"{"s":"name","o":"asc","k":"a\u0000b","i":1}"#);
+        let long = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"s":"name","o":"asc","k":"{}","i":1}}"#,
+            "x".repeat(101)
+        ));
+        for raw in ["", "abc", "eyJzIjoiaWQifQ", "!!!", &nul, &long] {
             assert_eq!(Cursor::decode(raw), None, "{raw}");
         }
     }

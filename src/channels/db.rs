@@ -252,6 +252,8 @@ pub async fn list(
     let rows = query.fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.total,
+        // An empty first page means nothing matches.
+        None if filter.after.is_none() && filter.offset == 0 => 0,
         // A page past the end has no row to carry the total.
         None => count(db, filter, pattern_of(filter).as_deref()).await?,
     };

@@ -5,7 +5,21 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY = "channeld.key";
-const state = { cursor: null, channel: null, oldest: null, newest: 0, seen: new Set(), live: null, presence: null };
+const state = {
+  // The list: the parameters last applied, where the next page starts, the latest request.
+  applied: null,
+  cursor: null,
+  listRequest: 0,
+  // The open channel. `generation` changes whenever a channel is opened or left, so that work
+  // started for an earlier one stops instead of writing into the page.
+  generation: 0,
+  channel: null,
+  oldest: null,
+  newest: 0,
+  seen: new Set(),
+  live: null,
+  presence: null,
+};
 
 function key() {
   return sessionStorage.getItem(KEY) || "";
@@ -86,15 +100,18 @@ function channelItem(channel) {
 
 async function loadChannels(more = false) {
   clearError();
-  const params = listParameters();
+  if (!more || !state.applied) state.applied = listParameters();
+  const params = new URLSearchParams(state.applied);
   if (more && state.cursor) {
     // A cursor carries its own sort and order.
     params.delete("sort");
     params.delete("order");
     params.set("cursor", state.cursor);
   }
+  const request = ++state.listRequest;
   try {
     const body = await (await api(`/v1/channels?${params}`)).json();
+    if (request !== state.listRequest) return; // a newer list was asked for meanwhile
     if (!more) $("channels").replaceChildren();
     $("channels").append(...body.channels.map(channelItem));
     if (body.channels.length === 0 && !more) {
@@ -118,8 +135,12 @@ function messageItem(message) {
   return item;
 }
 
-function addMessages(messages, { atTop = false } = {}) {
+function addMessages(messages, { atTop = false, announce = false } = {}) {
   const fresh = messages.filter((message) => !state.seen.has(message.id));
+  if (announce && fresh.length) {
+    const last = fresh[fresh.length - 1];
+    $("announce").textContent = `New message from ${last.pod_key || last.sender_type}: ${last.content.slice(0, 200)}`;
+  }
   for (const message of fresh) {
     state.seen.add(message.id);
     state.newest = Math.max(state.newest, message.id);
@@ -132,8 +153,11 @@ function addMessages(messages, { atTop = false } = {}) {
 async function openChannel(id) {
   stopFollowing();
   clearError();
+  const generation = state.generation;
+  const current = () => generation === state.generation;
   try {
     const { channel } = await (await api(`/v1/channels/${id}`)).json();
+    if (!current()) return;
     state.channel = channel;
     state.seen = new Set();
     state.newest = 0;
@@ -144,22 +168,25 @@ async function openChannel(id) {
     $("channel-meta").textContent = facts.join(" · ");
     $("messages").replaceChildren();
     const page = await (await api(`/v1/channels/${id}/messages?limit=50`)).json();
+    if (!current()) return;
     addMessages(page.messages.slice().reverse());
     state.oldest = page.messages.length ? page.messages[page.messages.length - 1].id : null;
     $("older").hidden = !page.has_more;
     show("channel");
     $("channel-name").focus();
-    follow(id);
-    watchPresence(id);
+    follow(id, generation);
+    watchPresence(id, generation);
   } catch (error) {
-    showError(error);
+    if (current()) showError(error);
   }
 }
 
 async function loadOlder() {
+  const generation = state.generation;
   try {
     const params = new URLSearchParams({ before: state.oldest, limit: "50" });
     const page = await (await api(`/v1/channels/${state.channel.id}/messages?${params}`)).json();
+    if (generation !== state.generation) return;
     addMessages(page.messages.slice().reverse(), { atTop: true });
     if (page.messages.length) state.oldest = page.messages[page.messages.length - 1].id;
     $("older").hidden = !page.has_more;
@@ -170,11 +197,11 @@ async function loadOlder() {
 
 // New messages over Server-Sent Events, read with fetch so that the key travels in a header, not
 // in the URL. Reconnects with Last-Event-ID, so nothing is missed or shown twice.
-async function follow(id) {
+async function follow(id, generation) {
   const controller = new AbortController();
   state.live = controller;
   let attempt = 0;
-  while (!controller.signal.aborted) {
+  while (!controller.signal.aborted && generation === state.generation) {
     try {
       const response = await api(`/v1/channels/${id}/events`, {
         headers: { Accept: "text/event-stream", "Last-Event-ID": String(state.newest) },
@@ -187,7 +214,8 @@ async function follow(id) {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        buffer += value.replace(/\r\n?/g, "\n");
+        // Lines end with LF, CRLF or CR; a CR at the very end may be half of a CRLF.
+        buffer = (buffer + value).replace(/\r\n/g, "\n").replace(/\r(?!$)/g, "\n");
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
           const block = buffer.slice(0, end);
@@ -197,7 +225,14 @@ async function follow(id) {
             .filter((line) => line.startsWith("data:"))
             .map((line) => line.slice(5).replace(/^ /, ""))
             .join("\n");
-          if (data) addMessages([JSON.parse(data)]);
+          if (!data) continue;
+          let message;
+          try {
+            message = JSON.parse(data);
+          } catch {
+            continue; // not a message; the next event is
+          }
+          addMessages([message], { announce: true });
         }
       }
     } catch (error) {
@@ -213,25 +248,30 @@ async function follow(id) {
 }
 
 // Who is connected to the channel's live stream, read every 5 s while the key has `presence`.
-function watchPresence(id) {
+function watchPresence(id, generation) {
+  let timer = null;
   const read = async () => {
     try {
       const { peers } = await (await api(`/v1/channels/${id}/peers`)).json();
+      if (generation !== state.generation) return;
       const names = peers.map((peer) => (peer.metadata && peer.metadata.name) || peer.peerId);
       $("presence").textContent = names.length
         ? `Connected now: ${names.join(", ")}`
         : "Nobody is connected to this channel's live stream.";
       $("presence").hidden = false;
     } catch (error) {
+      if (generation !== state.generation) return;
       $("presence").hidden = true;
-      if (error.status === 403) clearInterval(state.presence);
+      if (error.status === 403) clearInterval(timer);
     }
   };
   read();
-  state.presence = setInterval(read, 5000);
+  timer = setInterval(read, 5000);
+  state.presence = timer;
 }
 
 function stopFollowing() {
+  state.generation += 1;
   if (state.live) state.live.abort();
   state.live = null;
   clearInterval(state.presence);
@@ -280,6 +320,10 @@ $("filters").addEventListener("submit", (event) => {
   loadChannels();
 });
 for (const id of ["status", "sort", "order"]) $(id).addEventListener("change", () => loadChannels());
+$("q").addEventListener("input", () => {
+  // Typed but not applied: "Load more" keeps the list it continues.
+  $("more").hidden = true;
+});
 $("more").addEventListener("click", () => loadChannels(true));
 $("older").addEventListener("click", loadOlder);
 $("back").addEventListener("click", () => {

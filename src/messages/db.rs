@@ -1,9 +1,13 @@
 //! SQL for messages.
 //!
-//! Ordering guarantee: a message's id is drawn only once its transaction holds the channel's row
-//! lock, and the lock is released only after commit. Within one channel, ids therefore become
-//! visible in increasing order, and a reader that pages with `after=<last id seen>` can never skip
-//! a message that commits later with a smaller id.
+//! Ordering guarantee: within one channel, ids become visible in increasing order, so a reader
+//! that pages with `after=<last id seen>` can never skip a message that commits later with a
+//! smaller id. Every statement that stores a message writes the channel's row, and holds that row
+//! lock until commit; the id it keeps is never smaller than one already committed on the channel:
+//! - `insert_plain` draws the id with `nextval` in the channel's `UPDATE`. PostgreSQL evaluates it
+//!   while reading the row and, if another transaction changed the row meanwhile, waits for the
+//!   lock and evaluates it again, so the id kept was drawn after every earlier writer committed.
+//! - `insert_once` locks the row (`FOR UPDATE`) before its insert draws the id.
 
 use sqlx::PgExecutor;
 
@@ -28,8 +32,8 @@ pub async fn insert(
 }
 
 /// Without an idempotency key nothing can conflict: one `UPDATE` of the channel draws the id
-/// (`nextval` in its `SET`, evaluated again if the row changed under it, so the id is always drawn
-/// under the row lock) and records the message, and the `INSERT` stores it with that id. One new
+/// (`nextval` in its `SET`, drawn again if the row changed under it; see the module's note) and
+/// records the message, and the `INSERT` stores it with that id. One new
 /// version of the channel row, as a plain `updated_at` bump costs.
 async fn insert_plain(
     db: impl PgExecutor<'_>,

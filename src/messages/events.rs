@@ -85,6 +85,7 @@ const CATCH_UP_PAGE: i64 = 100;
         ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
         ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
+        ("lastEventId" = Option<i64>, Query, minimum = 0, description = "The same as `Last-Event-ID`, as EventSource polyfills send it when reconnecting"),
     ),
     responses(
         (status = 200, description = "`event: message`, `id: <message id>`, `data: <the message as JSON>`; comment lines keep the stream open", content_type = "text/event-stream", body = MessageEvent),
@@ -99,15 +100,20 @@ pub async fn events(
     query: QueryParams,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let mut errors = FieldErrors::default();
-    let last_event_id = headers.get("last-event-id").map(|value| {
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|id| *id >= 0)
-            .ok_or(())
-    });
-    query.accept(&["since"], &mut errors);
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("x"))
+        .or_else(|| query.get("lastEventId"))
+        .map(|value| {
+            value
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or(())
+        });
+    // `lastEventId` is what EventSource polyfills that can send headers add when they reconnect.
+    query.accept(&["since", "lastEventId"], &mut errors);
     // `since` is checked even when `Last-Event-ID` wins over it: a bad parameter is never ignored.
     let since_query = query.int("since", 0, i64::MAX, &mut errors);
     let since = match last_event_id {

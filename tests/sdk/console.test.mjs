@@ -127,6 +127,24 @@ test("the console lists, filters and searches channels, and follows one live", a
 
   await page.getByRole("button", { name: "← All channels" }).click();
   await page.waitForSelector("#list-view:not([hidden])");
+
+  // Switching channels before the first one finished opening: only the second is followed.
+  const rollback = channels["Rollback AM-2"];
+  await page.evaluate(([first, second]) => {
+    location.hash = `#/channels/${first}`;
+    setTimeout(() => { location.hash = `#/channels/${second}`; }, 0);
+  }, [deploy, rollback]);
+  await page.waitForFunction(
+    () => document.querySelector("#channel-name").textContent === "Rollback AM-2"
+      && document.querySelector("#live").textContent.startsWith("Live"),
+  );
+  await server.call("POST", `/v1/channels/${deploy}/messages`, key, { content: "meant for the deploy channel" });
+  await server.call("POST", `/v1/channels/${rollback}/messages`, key, { content: "meant for the rollback channel" });
+  await page.waitForFunction(
+    () => document.querySelector("#messages").textContent.includes("meant for the rollback channel"),
+  );
+  assert.equal(await page.textContent("#channel-name"), "Rollback AM-2");
+  assert.doesNotMatch(await page.textContent("#messages"), /meant for the deploy channel/);
   await context.close();
 });
 
