@@ -207,6 +207,14 @@ async fn server_sent_events_stream_history_and_live_and_resume_after_a_drop(db: 
     .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(body["details"], serde_json::json!({"since": ["type"]}));
+    // `lastEventId`, as EventSource polyfills send it, is read like the header.
+    let (status, body) =
+        common::call(app.request(Method::GET, &format!("{path}?lastEventId=abc"), &key)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(
+        body["details"],
+        serde_json::json!({"Last-Event-ID": ["type"]})
+    );
 }
 
 #[sqlx::test]
