@@ -118,8 +118,10 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 impl QueryParams {
     /// Records `unknown_field` for every parameter not in `accepted`, naming the accepted ones.
     pub fn accept(&self, accepted: &[&str], errors: &mut FieldErrors) {
-        for (n, (name, _)) in self.0.iter().enumerate() {
-            if self.0[..n].iter().any(|(earlier, _)| earlier == name) {
+        let mut seen = std::collections::HashSet::with_capacity(self.0.len());
+        for (name, _) in &self.0 {
+            // A set, not a scan of the earlier ones: a long query string stays linear.
+            if !seen.insert(name.as_str()) {
                 let shown: String = name.chars().take(40).collect();
                 errors.add_with(
                     name.clone(),
