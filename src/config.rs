@@ -115,6 +115,9 @@ pub struct ServeArgs {
     pub realtime: RealtimeConfig,
 
     #[command(flatten)]
+    pub mcp: McpConfig,
+
+    #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
@@ -252,6 +255,45 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// The MCP endpoint, `POST /v1/mcp`.
+#[derive(Debug, Clone, Args)]
+pub struct McpConfig {
+    /// A `Host` (name, or `name:port`) `/v1/mcp` answers; any other is refused 403, and so is a
+    /// browser `Origin` whose host is not listed. This defeats DNS rebinding. Behind a load
+    /// balancer, list the public name (e.g. `agents.example.com`); `*` accepts any. Repeatable.
+    #[arg(
+        long = "mcp-allowed-host",
+        env = "CHANNELD_MCP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "[::1]".to_owned()]
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// The longest `wait_seconds` the `wait_for_messages` tool accepts (and its default).
+    #[arg(long = "mcp-max-wait", env = "CHANNELD_MCP_MAX_WAIT", default_value = "25s", value_parser = parse_mcp_wait)]
+    pub max_wait: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            max_wait: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Whole seconds from 1 to 300: a tool call is one HTTP request, and clients time those out.
+fn parse_mcp_wait(input: &str) -> Result<Duration, String> {
+    let wait = parse_interval(input)?;
+    if wait.subsec_nanos() != 0 || wait > Duration::from_secs(300) {
+        return Err(format!(
+            "`{input}` is not a usable wait: whole seconds from 1s to 300s"
+        ));
+    }
+    Ok(wait)
 }
 
 /// WebSocket limits and timers.
@@ -428,6 +470,7 @@ pub struct Config {
     pub metrics_on_main: bool,
     pub http: HttpConfig,
     pub realtime: RealtimeConfig,
+    pub mcp: McpConfig,
     /// Cluster mode, when a Redis URL was given.
     pub cluster: Option<ClusterSettings>,
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
@@ -457,6 +500,7 @@ impl Default for Config {
             metrics_on_main: true,
             http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
+            mcp: McpConfig::default(),
             cluster: None,
             faults: Faults::default(),
         }
@@ -476,6 +520,7 @@ impl From<&ServeArgs> for Config {
             metrics_on_main: args.metrics_listen.is_none(),
             http: args.http.clone(),
             realtime: args.realtime.clone(),
+            mcp: args.mcp.clone(),
             cluster: args.cluster.settings(),
             faults: Faults::default(),
         }

@@ -56,13 +56,17 @@ impl FieldErrors {
         if self.is_empty() {
             return Ok(());
         }
-        let summary: Vec<String> = self
-            .fields()
-            .map(|(field, codes)| match self.notes.get(field) {
+        let mut summary: Vec<String> = Vec::new();
+        for (field, codes) in self.fields() {
+            let line = match self.notes.get(field) {
                 Some(note) => note.clone(),
                 None => format!("invalid {field} ({})", codes.join(", ")),
-            })
-            .collect();
+            };
+            // A note shared by two fields (a conflict between them) is said once.
+            if !summary.contains(&line) {
+                summary.push(line);
+            }
+        }
         Err(ApiError::invalid_with(summary.join("; "), self))
     }
 }
@@ -106,6 +110,9 @@ pub enum ApiError {
     ChannelNotAuthorized,
     #[error("channel names starting with _metered/, _internal/ or _system/ are reserved")]
     ChannelReserved,
+    /// `/v1/mcp` called under a `Host`, or from a browser `Origin`, it does not accept.
+    #[error("{0}")]
+    HostNotAllowed(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("not found")]
@@ -162,7 +169,8 @@ impl ApiError {
             Self::Unauthorized(_) | Self::TokenExpired => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. }
             | Self::ActionNotPermitted(_)
-            | Self::ChannelNotAuthorized => StatusCode::FORBIDDEN,
+            | Self::ChannelNotAuthorized
+            | Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ChannelReserved => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -185,6 +193,7 @@ impl ApiError {
             Self::ActionNotPermitted(_) => "action_not_permitted",
             Self::ChannelNotAuthorized => "channel_not_authorized",
             Self::ChannelReserved => "channel_reserved",
+            Self::HostNotAllowed(_) => "host_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -307,9 +316,10 @@ impl From<crate::cluster::ClusterError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match &self {
+impl ApiError {
+    /// The envelope this error answers with, its internal cause logged (never returned).
+    pub fn envelope(&self) -> Envelope<'_> {
+        match self {
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
             Self::DeadlinePassed(budget) => {
                 tracing::warn!(
@@ -320,20 +330,26 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             _ => {}
         }
-        let body = Envelope {
+        Envelope {
             error: self.code(),
             message: self.to_string(),
-            details: match &self {
+            details: match self {
                 Self::InvalidRequest { details, .. } => details.as_ref(),
                 _ => None,
             },
-            required_scopes: match &self {
+            required_scopes: match self {
                 Self::InsufficientScope { required } => {
                     Some(required.iter().map(|s| s.as_str()).collect())
                 }
                 _ => None,
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.envelope();
         let mut response = (self.status(), Json(body)).into_response();
         match self {
             Self::Unauthorized(_) => {
@@ -431,6 +447,11 @@ mod tests {
                 ApiError::ChannelReserved,
                 StatusCode::BAD_REQUEST,
                 "channel_reserved",
+            ),
+            (
+                ApiError::HostNotAllowed("x".into()),
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
             ),
             (
                 ApiError::RateLimited {

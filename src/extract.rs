@@ -52,26 +52,40 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::invalid("request body must be a JSON object"));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if !inner.is_data() {
-            return ApiError::invalid(format!("malformed JSON: {inner}"));
-        }
-        let text = inner.to_string();
-        let (field, code) = if let Some(name) = backticked(&text, "missing field `") {
-            (name, "required")
-        } else if let Some(name) = backticked(&text, "unknown field `") {
-            (name, "unknown_field")
-        } else {
-            (path, "type")
-        };
-        ApiError::invalid_field(&field, code, format!("{field}: {text}"))
-    })?;
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
     deserializer
         .end()
         .map_err(|error| ApiError::invalid(format!("malformed JSON: {error}")))?;
     Ok(value)
+}
+
+/// A JSON object already parsed (an MCP tool's arguments) as `T`, refused the way a request body
+/// is: the field at fault named in `details`.
+pub fn from_json_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(field_error)
+}
+
+/// `T`'s validation rules applied, refused the way a request body is.
+pub fn validated<T: Validate>(value: T) -> Result<T, ApiError> {
+    value.validate().map_err(validation_error)?;
+    Ok(value)
+}
+
+fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if !inner.is_data() {
+        return ApiError::invalid(format!("malformed JSON: {inner}"));
+    }
+    let text = inner.to_string();
+    let (field, code) = if let Some(name) = backticked(&text, "missing field `") {
+        (name, "required")
+    } else if let Some(name) = backticked(&text, "unknown field `") {
+        (name, "unknown_field")
+    } else {
+        (path, "type")
+    };
+    ApiError::invalid_field(&field, code, format!("{field}: {text}"))
 }
 
 /// The name inside serde's "missing field `x`" style messages.
@@ -103,6 +117,13 @@ fn validation_error(errors: ValidationErrors) -> ApiError {
 /// is refused like an unknown body field (`unknown_field`), so a typo never silently changes
 /// what a request means.
 pub struct QueryParams(Vec<(String, String)>);
+
+impl From<Vec<(String, String)>> for QueryParams {
+    /// Parameters that did not come in a URL: MCP's `list_channels` passes its arguments so.
+    fn from(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;

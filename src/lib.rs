@@ -44,6 +44,7 @@ pub mod extract;
 pub mod health;
 pub mod json;
 pub mod limits;
+pub mod mcp;
 pub mod messages;
 pub mod metrics;
 pub mod openapi;

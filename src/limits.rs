@@ -72,7 +72,12 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     };
     let request = Request::from_parts(parts, body);
 
-    let budget = config.db_timeout + long_poll_wait(request.uri().query());
+    let wait = match request.uri().path() {
+        // A tool call may wait for messages; the tool bounds its own work more tightly.
+        crate::mcp::PATH => config.mcp.max_wait,
+        _ => long_poll_wait(request.uri().query()),
+    };
+    let budget = config.db_timeout + wait;
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::DeadlinePassed(budget).into_response(),

@@ -22,7 +22,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    channels, console, error::ApiError, health, limits, messages, metrics, openapi, ratelimit,
+    channels, console, error::ApiError, health, limits, mcp, messages, metrics, openapi, ratelimit,
     realtime, server, state::AppState,
 };
 
@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .merge(openapi::router(&openapi::finish(document)))
         .merge(console::router())
+        .merge(mcp::router(state.clone()))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(from_fn_with_state(state.clone(), limits::limits))

@@ -75,6 +75,14 @@ pub async fn list(
     headers: HeaderMap,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
+    let (filter, limit) = list_filter(&query)?;
+    let page = list_page(&state, &filter, limit).await?;
+    json_with_etag(&headers, &page)
+}
+
+/// The filter and page size `GET /v1/channels`'s parameters ask for (MCP's `list_channels` passes
+/// its arguments the same way); 400 naming every bad one.
+pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
     let mut errors = FieldErrors::default();
     query.accept(&LIST_PARAMETERS, &mut errors);
     let ticket_slug = query.get("ticket_slug").map(str::to_owned);
@@ -185,23 +193,29 @@ pub async fn list(
         limit: limit + 1,
         offset: offset.unwrap_or(0),
     };
-    let (mut channels, total) = db::list(&state.db, &filter).await?;
+    Ok((filter, limit))
+}
+
+/// One page of channels and the cursor to the next.
+pub async fn list_page(
+    state: &AppState,
+    filter: &ListFilter,
+    limit: i64,
+) -> Result<ChannelList, ApiError> {
+    let (mut channels, total) = db::list(&state.db, filter).await?;
     let next_cursor = if channels.len() as i64 > limit {
         channels.truncate(limit as usize);
         channels
             .last()
-            .map(|last| Cursor::after(last, sort, descending).encode())
+            .map(|last| Cursor::after(last, filter.sort, filter.descending).encode())
     } else {
         None
     };
-    json_with_etag(
-        &headers,
-        &ChannelList {
-            channels,
-            total,
-            next_cursor,
-        },
-    )
+    Ok(ChannelList {
+        channels,
+        total,
+        next_cursor,
+    })
 }
 
 /// `GET /v1/channels/{id}`.

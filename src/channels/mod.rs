@@ -1,7 +1,7 @@
 //! Persistent channels: create, read, list, update and archive.
 
 pub(crate) mod cursor;
-mod db;
+pub(crate) mod db;
 pub(crate) mod handlers;
 pub mod model;
 

@@ -1,6 +1,6 @@
 //! HTTP handlers for `/v1/channels/{id}/messages`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -8,7 +8,10 @@ use axum::{
     response::Response,
 };
 use serde::Serialize;
-use tokio::{sync::broadcast::error::RecvError, time::Instant};
+use tokio::{
+    sync::broadcast::{self, error::RecvError},
+    time::Instant,
+};
 
 use super::{
     db::{self, Page},
@@ -90,10 +93,26 @@ pub async fn list(
         _ => Page::Latest,
     };
 
+    let wait = Duration::from_secs(wait.unsigned_abs());
+    let page = read(&state, channel_id, page, limit, wait).await?;
+    json_with_etag(&headers, &page)
+}
+
+/// A page of a channel's history, `limit` long at most; 404 when the channel does not exist.
+///
+/// With a non-zero `wait` (meant with [`Page::After`]), an empty page is held until a message is
+/// committed or the wait ends: the long poll of REST and MCP's `wait_for_messages`.
+pub async fn read(
+    state: &AppState,
+    channel_id: i64,
+    page: Page,
+    limit: i64,
+    wait: Duration,
+) -> Result<MessagePage, ApiError> {
     // Followed before reading: whatever commits after this read still wakes the waiter.
-    let follow = match wait > 0 {
-        true => Some(state.delivery.follow(channel_id).await?),
-        false => None,
+    let follow = match wait.is_zero() {
+        false => Some(state.delivery.follow(channel_id).await?),
+        true => None,
     };
     let mut feed = follow
         .as_ref()
@@ -103,13 +122,21 @@ pub async fn list(
         return Err(ApiError::NotFound);
     }
     if let Some(feed) = feed.as_mut() {
-        let deadline = Instant::now() + Duration::from_secs(wait.unsigned_abs());
+        let deadline = Instant::now() + wait;
         let mut shutdown = state.realtime.shutdown.subscribe();
         while messages.is_empty() {
             tokio::select! {
                 woken = tokio::time::timeout_at(deadline, feed.recv()) => match woken {
-                    // A new message, or so many that this waiter lagged: read them from the database.
-                    Ok(Ok(_) | Err(RecvError::Lagged(_))) => {}
+                    // The feed carries every message newer than what the read above saw, in id
+                    // order: the answer needs no query, however many waiters wake at once.
+                    Ok(Ok(first)) => {
+                        if let Page::After(after) = page {
+                            messages = from_feed(first, feed, after, limit + 1);
+                            continue;
+                        }
+                    }
+                    // So many messages that this waiter lagged: read them from the database.
+                    Ok(Err(RecvError::Lagged(_))) => {}
                     Ok(Err(RecvError::Closed)) | Err(_) => break,
                 },
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -119,7 +146,29 @@ pub async fn list(
     }
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
-    json_with_etag(&headers, &MessagePage { messages, has_more })
+    Ok(MessagePage { messages, has_more })
+}
+
+/// The messages after `after` that a woken waiter's feed holds: `first`, then whatever else has
+/// arrived, up to `max`. Empty when the feed lagged (the caller reads the database instead).
+fn from_feed(
+    first: Arc<Message>,
+    feed: &mut broadcast::Receiver<Arc<Message>>,
+    after: i64,
+    max: i64,
+) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut next = Ok(first);
+    while let Ok(message) = next {
+        if message.id > after {
+            messages.push(Message::clone(&message));
+            if messages.len() as i64 >= max {
+                break;
+            }
+        }
+        next = feed.try_recv();
+    }
+    messages
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
@@ -146,13 +195,37 @@ pub async fn create(
     headers: HeaderMap,
     ValidatedJson(new): ValidatedJson<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
-    let idempotency_key = idempotency_key(&headers)?;
+    let idempotency_key = idempotency_key(&headers)?.map(str::to_owned);
+    let (stored, message) = store(&state, channel_id, new, idempotency_key).await?;
+    let status = match stored {
+        Stored::New => StatusCode::CREATED,
+        Stored::Earlier => StatusCode::OK,
+    };
+    Ok((status, Json(MessageBody { message })))
+}
+
+/// Whether [`store`] stored the message, or found the one an earlier request stored under the
+/// same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Earlier,
+}
+
+/// Stores a message (REST's `POST …/messages` and MCP's `post_message`). With an idempotency key
+/// already used on this channel, stores nothing and returns the message first stored under it.
+pub async fn store(
+    state: &AppState,
+    channel_id: i64,
+    new: CreateMessage,
+    idempotency_key: Option<String>,
+) -> Result<(Stored, Message), ApiError> {
     // The insert and its doorbell run in a task of their own: a client that hangs up cancels this
     // handler, never a commit's doorbell. (Were the process to die between the two, the readers'
     // sweep would still find the message.)
     let insert = {
         let (db, delivery) = (state.db.clone(), state.delivery.clone());
-        let idempotency_key = idempotency_key.map(str::to_owned);
+        let idempotency_key = idempotency_key.clone();
         async move {
             let stored = db::insert(
                 &db,
@@ -177,16 +250,16 @@ pub async fn create(
         .await
         .map_err(|error| ApiError::Internal(Box::new(error)))??;
     if let Some(message) = stored {
-        return Ok((StatusCode::CREATED, Json(MessageBody { message })));
+        return Ok((Stored::New, message));
     }
 
     // Nothing stored: an earlier request with this key, or a missing or archived channel.
-    if let Some(key) = idempotency_key
+    if let Some(key) = idempotency_key.as_deref()
         && let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await?
     {
         // Rung again: the first attempt's poster may have died between commit and doorbell.
         state.delivery.ring(channel_id, original.id);
-        return Ok((StatusCode::OK, Json(MessageBody { message: original })));
+        return Ok((Stored::Earlier, original));
     }
     match channel_state(&state.db, channel_id).await? {
         None => Err(ApiError::NotFound),
