@@ -6,7 +6,7 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 
-.PHONY: run test sdk-test build key migrate prepare fuzz bench fmt lint ci readme-test openapi-check db-stop cluster redis-stop
+.PHONY: run test sdk-test mcp-test build key migrate prepare fuzz bench fmt lint ci readme-test openapi-check db-stop cluster redis-stop
 
 ## Build, bootstrap PostgreSQL if needed, migrate, and serve on :8080.
 ## (The database is `channeld`, or $CHANNELD_DEV_DB; see scripts/dev-db.sh.)
@@ -15,12 +15,18 @@ run: build
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
 ## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite:
-## the Rust tests, then Metered's JavaScript SDK in Node and in headless Chromium.
+## the Rust tests, then Metered's JavaScript SDK in Node and in headless Chromium, then the official
+## MCP clients (npm and PyPI) against two instances.
 test:
 	@url=$$(scripts/dev-db.sh postgres) && redis=$$(scripts/dev-redis.sh) && \
 	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis $(CARGO) test --all-targets
 	@$(CARGO) build --quiet
 	@scripts/sdk-test.sh
+	@scripts/mcp-test.sh
+
+## Only the MCP client suites (npm's and PyPI's official clients against two instances).
+mcp-test: build
+	@scripts/mcp-test.sh
 
 ## Only the SDK suites (Node and Chromium).
 sdk-test: build

@@ -35,8 +35,26 @@ pub struct Metrics {
     /// Requests answered 503: the database could not be reached, or no pooled connection
     /// came free within the acquire timeout.
     pub db_unavailable: AtomicU64,
+    /// Long polls and MCP `wait_for_messages` calls waiting for a message now.
+    pub waiters: AtomicU64,
     /// HTTP connections: timeouts and accept failures.
     pub server: crate::server::ServerStats,
+}
+
+/// Counts one waiter in [`Metrics::waiters`] while it lives.
+pub struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    pub fn new(metrics: &'a Metrics) -> Self {
+        metrics.waiters.fetch_add(1, Ordering::Relaxed);
+        Self(&metrics.waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -143,7 +161,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 23] = [
+    let samples: [(&str, &str, &str, u64); 24] = [
         (
             "channeld_websocket_connections",
             "gauge",
@@ -227,6 +245,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "gauge",
             "HTTP requests being answered, streaming responses included.",
             load(&metrics.server.in_flight),
+        ),
+        (
+            "channeld_message_waiters",
+            "gauge",
+            "Long polls and MCP wait_for_messages calls waiting for a message (none holds a database connection).",
+            load(&metrics.waiters),
         ),
         (
             "channeld_http_accept_errors_total",

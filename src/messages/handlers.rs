@@ -24,6 +24,7 @@ use crate::{
     etag::json_with_etag,
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
+    metrics::Waiting,
     state::AppState,
 };
 
@@ -121,7 +122,10 @@ pub async fn read(
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
-    if let Some(feed) = feed.as_mut() {
+    if let Some(feed) = feed.as_mut()
+        && messages.is_empty()
+    {
+        let _waiting = Waiting::new(&state.metrics);
         let deadline = Instant::now() + wait;
         let mut shutdown = state.realtime.shutdown.subscribe();
         while messages.is_empty() {
