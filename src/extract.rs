@@ -178,19 +178,11 @@ impl QueryParams {
     /// range in the message) when it is not.
     pub fn int(&self, name: &str, min: i64, max: i64, errors: &mut FieldErrors) -> Option<i64> {
         let raw = self.get(name)?;
-        let allowed = if max == i64::MAX {
-            format!("{name} must be an integer of at least {min}")
-        } else {
-            format!("{name} must be an integer from {min} to {max}")
-        };
-        let shown: String = raw.chars().take(40).collect();
         match raw.parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
-            Ok(_) => {
-                errors.add_with(name, "range", format!("{allowed} (got {shown})"));
-                None
-            }
+            Ok(n) => in_range(name, n, min, max, errors),
             Err(_) => {
+                let shown: String = raw.chars().take(40).collect();
+                let allowed = allowed_range(name, min, max);
                 errors.add_with(name, "type", format!("{allowed} (got `{shown}`)"));
                 None
             }
@@ -212,6 +204,31 @@ impl QueryParams {
                 None
             }
         }
+    }
+}
+
+/// `value` when it lies within `min..=max`; otherwise `range` recorded in `errors`, the message
+/// stating the allowed range.
+pub fn in_range(
+    name: &str,
+    value: i64,
+    min: i64,
+    max: i64,
+    errors: &mut FieldErrors,
+) -> Option<i64> {
+    if (min..=max).contains(&value) {
+        return Some(value);
+    }
+    let allowed = allowed_range(name, min, max);
+    errors.add_with(name, "range", format!("{allowed} (got {value})"));
+    None
+}
+
+fn allowed_range(name: &str, min: i64, max: i64) -> String {
+    if max == i64::MAX {
+        format!("{name} must be an integer of at least {min}")
+    } else {
+        format!("{name} must be an integer from {min} to {max}")
     }
 }
 

@@ -10,12 +10,15 @@
 //! 6. stored messages to live followers: one writer POSTing to a channel followed by WebSocket
 //!    subscribers and SSE streams, on the same instance and on a second one;
 //! 7. cluster mode (see `cluster`): fan-out through one and two instances sharing Redis, presence
-//!    churn over two instances, and presence convergence under 100 concurrent joins.
+//!    churn over two instances, and presence convergence under 100 concurrent joins;
+//! 8. MCP (see `mcp`): `read_messages` beside the same REST read, and how fast 1,000 waiting
+//!    `wait_for_messages` calls are woken by a post, with the pooled connections they hold.
 //!
 //! It prints a table and writes every figure to a JSON file.
 
 mod cluster;
 mod fanout;
+mod mcp;
 mod realtime;
 mod report;
 mod rest;
@@ -122,8 +125,14 @@ struct Args {
     /// Their process ids, comma separated.
     #[arg(long)]
     pusher_cluster_pids: Option<String>,
-    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster.
-    #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster")]
+    /// Concurrent `wait_for_messages` calls woken by one post in the MCP part.
+    #[arg(long, default_value_t = 1000)]
+    mcp_waiters: usize,
+    /// Rounds of that wake-up.
+    #[arg(long, default_value_t = 5)]
+    mcp_rounds: usize,
+    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster, mcp.
+    #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster,mcp")]
     only: String,
     /// Where to write the figures.
     #[arg(long, default_value = "bench/results/latest.json")]
@@ -354,6 +363,19 @@ async fn main() -> Result<(), String> {
         }
     }
 
+    let mut mcp_figures = None;
+    if run("mcp") {
+        let plan = mcp::Plan {
+            base: &args.base,
+            key: &args.key,
+            seconds: args.rest_seconds,
+            repeats: args.repeats,
+            waiters: args.mcp_waiters,
+            rounds: args.mcp_rounds,
+        };
+        mcp_figures = Some(mcp::run(&plan).await?);
+    }
+
     let postgres = postgres_settings(&args.database_url);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     println!();
@@ -378,6 +400,9 @@ async fn main() -> Result<(), String> {
         cluster_figures.as_ref(),
         &notes,
     );
+    if let Some(figures) = &mcp_figures {
+        mcp::print(figures);
+    }
     let figures = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "cpus": cpus,
@@ -390,6 +415,7 @@ async fn main() -> Result<(), String> {
         "churn": churn,
         "stored": stored_rows,
         "cluster": cluster_figures,
+        "mcp": mcp_figures,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {

@@ -34,7 +34,7 @@ use crate::{
         model::{Channel, CreateChannel, UpdateChannel},
     },
     error::{ApiError, FieldErrors},
-    extract::{QueryParams, from_json_value, validated},
+    extract::{QueryParams, from_json_value, in_range, validated},
     messages::{
         Page,
         handlers::{self as messages, Stored},
@@ -430,9 +430,15 @@ impl Tools {
             Name::ReadMessages => {
                 let args: ReadMessagesArgs = parse(args)?;
                 let mut errors = FieldErrors::default();
-                let limit = in_range("limit", args.limit, 1, MAX_LIMIT, &mut errors);
-                let before = in_range("before", args.before, 1, i64::MAX, &mut errors);
-                let after = in_range("after", args.after, 0, i64::MAX, &mut errors);
+                let limit = args
+                    .limit
+                    .and_then(|n| in_range("limit", n, 1, MAX_LIMIT, &mut errors));
+                let before = args
+                    .before
+                    .and_then(|n| in_range("before", n, 1, i64::MAX, &mut errors));
+                let after = args
+                    .after
+                    .and_then(|n| in_range("after", n, 0, i64::MAX, &mut errors));
                 if before.is_some() && after.is_some() {
                     let note = "pass `before` (older messages) or `after` (newer), not both";
                     errors.add_with("before", "conflict", note);
@@ -454,9 +460,13 @@ impl Tools {
                 let args: WaitArgs = parse(args)?;
                 let max_wait = state.config.mcp.max_wait.as_secs() as i64;
                 let mut errors = FieldErrors::default();
-                let limit = in_range("limit", args.limit, 1, MAX_LIMIT, &mut errors);
-                let after = in_range("after", Some(args.after), 0, i64::MAX, &mut errors);
-                let wait = in_range("wait_seconds", args.wait_seconds, 0, max_wait, &mut errors);
+                let limit = args
+                    .limit
+                    .and_then(|n| in_range("limit", n, 1, MAX_LIMIT, &mut errors));
+                let after = in_range("after", args.after, 0, i64::MAX, &mut errors);
+                let wait = args
+                    .wait_seconds
+                    .and_then(|n| in_range("wait_seconds", n, 0, max_wait, &mut errors));
                 errors.into_result()?;
                 let (after, limit) = (after.unwrap_or(0), limit.unwrap_or(DEFAULT_LIMIT));
                 let wait = Duration::from_secs(wait.unwrap_or(max_wait).unsigned_abs());
@@ -659,28 +669,6 @@ fn list_query(args: ListChannelsArgs) -> QueryParams {
     QueryParams::from(pairs)
 }
 
-/// `value` when it lies within `min..=max`; otherwise a `range` error stating the range, as a
-/// query parameter's would.
-fn in_range(
-    name: &str,
-    value: Option<i64>,
-    min: i64,
-    max: i64,
-    errors: &mut FieldErrors,
-) -> Option<i64> {
-    let value = value?;
-    if (min..=max).contains(&value) {
-        return Some(value);
-    }
-    let allowed = if max == i64::MAX {
-        format!("{name} must be an integer of at least {min}")
-    } else {
-        format!("{name} must be an integer from {min} to {max}")
-    };
-    errors.add_with(name, "range", format!("{allowed} (got {value})"));
-    None
-}
-
 /// A page read in `page`'s direction, put oldest first with the cursors on from it.
 fn messages_answer(
     channel_id: i64,
@@ -756,8 +744,8 @@ fn tool_error(name: Name, error: ApiError) -> CallToolResult {
     if let ApiError::InsufficientScope { required } = &error {
         let scopes: Vec<&str> = required.iter().map(|s| s.as_str()).collect();
         envelope["message"] = json!(format!(
-            "this API key lacks the `{}` scope, which {} needs; use a key created with --scopes {}",
-            scopes.join("`, `"),
+            "this API key lacks the {} scope, which {} needs; use a key created with --scopes {}",
+            scopes.join(", "),
             name.as_str(),
             scopes.join(",")
         ));

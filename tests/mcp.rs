@@ -1,0 +1,534 @@
+//! `POST /v1/mcp` at the HTTP level: what precedes the tools (Host and Origin, the key, the
+//! transport's refusals, all in the error envelope), the tools' refusals as tool errors, and
+//! waiting without holding database connections. The official clients are exercised by
+//! scripts/mcp-test.sh.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use channeld::{auth::Scope, config::McpConfig};
+use common::{TestApp, assert_error, test_config};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+fn rpc(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
+}
+
+async fn mcp(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value) {
+    common::call(
+        app.request(Method::POST, "/v1/mcp", key)
+            .header(header::ACCEPT, ACCEPT)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body),
+    )
+    .await
+}
+
+/// A `tools/call`'s result (the JSON-RPC call itself must succeed).
+async fn tool(app: &TestApp, key: &str, name: &str, arguments: Value) -> Value {
+    let (status, body) = mcp(
+        app,
+        key,
+        rpc("tools/call", json!({"name": name, "arguments": arguments})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["result"].is_object(), "{body}");
+    body["result"].clone()
+}
+
+#[sqlx::test]
+async fn transport_refusals_come_in_the_error_envelope(db: PgPool) {
+    let config = channeld::config::Config {
+        max_body_bytes: 4096,
+        ..test_config()
+    };
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+
+    // No key, a malformed one: 401 before any JSON-RPC, with the REST texts.
+    let response = app
+        .http
+        .post(format!("{}/v1/mcp", app.base))
+        .header(header::ACCEPT, ACCEPT)
+        .json(&rpc("tools/list", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let status = response.status();
+    let body = common::json_body(response).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing API key")
+    );
+    let (status, body) = mcp(&app, "sk_live_nope", rpc("tools/list", json!({}))).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // Stateless: nothing to GET or DELETE.
+    for method in [Method::GET, Method::DELETE] {
+        let response = app
+            .request(method.clone(), "/v1/mcp", &key)
+            .header(header::ACCEPT, ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["allow"], "POST", "{method}");
+        let status = response.status();
+        let body = common::json_body(response).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        );
+    }
+
+    // What the transport requires, said in the envelope.
+    let refused = [
+        (
+            app.request(Method::POST, "/v1/mcp", &key)
+                .header(header::ACCEPT, "text/html")
+                .json(&rpc("tools/list", json!({}))),
+            StatusCode::NOT_ACCEPTABLE,
+            "text/event-stream",
+        ),
+        (
+            app.request(Method::POST, "/v1/mcp", &key)
+                .header(header::ACCEPT, ACCEPT)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body("{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            app.request(Method::POST, "/v1/mcp", &key)
+                .header(header::ACCEPT, ACCEPT)
+                .json(&rpc(
+                    "tools/call",
+                    json!({"name": "post_message", "arguments": {"channel_id": 1, "content": "x".repeat(8192)}}),
+                )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+    ];
+    for (request, expected, mentions) in refused {
+        let (status, body) = common::call(request).await;
+        assert_error(status, &body, expected, "invalid_request");
+        assert!(
+            body["message"].as_str().unwrap().contains(mentions),
+            "{body}"
+        );
+    }
+
+    // OAuth discovery, which clients probe first: a clean 404 saying what to do instead.
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/v1/mcp",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let (status, body) = common::call(app.http.get(format!("{}{path}", app.base))).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        assert!(
+            body["message"].as_str().unwrap().contains("API key"),
+            "{path}: {body}"
+        );
+    }
+
+    // JSON-RPC's own errors stay JSON-RPC: an unknown tool names the tools there are.
+    let (status, body) = mcp(
+        &app,
+        &key,
+        rpc(
+            "tools/call",
+            json!({"name": "delete_everything", "arguments": {}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read_messages"),
+        "{body}"
+    );
+}
+
+#[sqlx::test]
+async fn hosts_and_origins_outside_the_setting_are_refused(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    let key = app.writer().await;
+    let list = rpc("tools/list", json!({}));
+    let send = |host: Option<&str>, origin: Option<&str>| {
+        let mut request = app
+            .request(Method::POST, "/v1/mcp", &key)
+            .header(header::ACCEPT, ACCEPT)
+            .json(&list);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        common::call(request)
+    };
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+
+    let (status, body) = send(None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(Some(&format!("localhost:{port}")), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = send(None, Some(&format!("http://localhost:{port}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A rebinding page: its own name in Host. Refused before the key is even looked at.
+    let (status, body) = send(Some("attacker.example:8080"), None).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "host_not_allowed");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--mcp-allowed-host"),
+        "{body}"
+    );
+    let (status, body) = send(None, Some("https://attacker.example")).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "host_not_allowed");
+
+    // The operator names the public host.
+    let config = channeld::config::Config {
+        mcp: McpConfig {
+            allowed_hosts: vec!["agents.example.com".into()],
+            ..McpConfig::default()
+        },
+        ..test_config()
+    };
+    let public = TestApp::spawn_config(db, config).await;
+    let key = public.writer().await;
+    let (status, body) = common::call(
+        public
+            .request(Method::POST, "/v1/mcp", &key)
+            .header(header::ACCEPT, ACCEPT)
+            .header(header::HOST, "agents.example.com")
+            .json(&list),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = common::call(
+        public
+            .request(Method::POST, "/v1/mcp", &key)
+            .header(header::ACCEPT, ACCEPT)
+            .json(&list),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "host_not_allowed");
+}
+
+#[sqlx::test]
+async fn refusals_are_tool_errors_with_the_envelope(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let writer = app.writer().await;
+    let reader = app.key(&[Scope::ChannelsRead]).await;
+    let realtime_only = app.key(&[Scope::Publish, Scope::Subscribe]).await;
+    let channel = app.channel(&writer, "refusals").await;
+
+    let result = tool(
+        &app,
+        &realtime_only,
+        "read_messages",
+        json!({"channel_id": channel}),
+    )
+    .await;
+    assert_eq!(result["isError"], true);
+    assert_eq!(result["structuredContent"]["error"], "insufficient_scope");
+    assert_eq!(
+        result["structuredContent"]["required_scopes"],
+        json!(["channels:read"])
+    );
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("channels:read") && text.contains("read_messages"),
+        "{text}"
+    );
+
+    for (name, arguments) in [
+        ("create_channel", json!({"name": "nope"})),
+        (
+            "update_channel_document",
+            json!({"channel_id": channel, "document": "x"}),
+        ),
+    ] {
+        let result = tool(&app, &reader, name, arguments).await;
+        assert_eq!(
+            result["structuredContent"]["error"], "insufficient_scope",
+            "{name}"
+        );
+    }
+
+    let cases = [
+        (
+            "get_channel",
+            json!({"channel_id": 999_999}),
+            "not_found",
+            "not found",
+        ),
+        (
+            "read_messages",
+            json!({"channel_id": channel, "limit": 101}),
+            "invalid_request",
+            "limit must be an integer from 1 to 100 (got 101)",
+        ),
+        (
+            "wait_for_messages",
+            json!({"channel_id": channel, "after": 0, "wait_seconds": 26}),
+            "invalid_request",
+            "wait_seconds must be an integer from 0 to 25 (got 26)",
+        ),
+        (
+            "wait_for_messages",
+            json!({"channel_id": channel}),
+            "invalid_request",
+            "missing field `after`",
+        ),
+        (
+            "post_message",
+            json!({"channel_id": channel, "content": "x", "idempotency_key": "tab\there"}),
+            "invalid_request",
+            "idempotency_key must be 1-255 printable ASCII characters",
+        ),
+        (
+            "post_message",
+            json!({"channel_id": channel, "content": ""}),
+            "invalid_request",
+            "content must be 1-65536 bytes",
+        ),
+        (
+            "post_message",
+            json!({"channel_id": channel, "content": "x", "sender": "admin"}),
+            "invalid_request",
+            "unknown field `sender`",
+        ),
+        (
+            "create_channel",
+            json!({"name": "refusals"}),
+            "channel_name_taken",
+            "already has this name",
+        ),
+        (
+            "list_channels",
+            json!({"sort": "name", "cursor": "garbage"}),
+            "invalid_request",
+            "cursor must be a next_cursor this server returned",
+        ),
+    ];
+    for (name, arguments, code, says) in cases {
+        let result = tool(&app, &writer, name, arguments.clone()).await;
+        assert_eq!(result["isError"], true, "{name} {arguments}: {result}");
+        assert_eq!(
+            result["structuredContent"]["error"], code,
+            "{name}: {result}"
+        );
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains(says), "{name}: {text}");
+    }
+
+    // An archived channel refuses posts, as REST does.
+    let (status, _) = app
+        .put(
+            &format!("/v1/channels/{channel}"),
+            &writer,
+            json!({"archived": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = tool(
+        &app,
+        &writer,
+        "post_message",
+        json!({"channel_id": channel, "content": "late"}),
+    )
+    .await;
+    assert_eq!(result["structuredContent"]["error"], "channel_archived");
+}
+
+#[sqlx::test]
+async fn documents_are_replaced_and_cleared(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let created = tool(
+        &app,
+        &key,
+        "create_channel",
+        json!({"name": "plan", "ticket_slug": "AM-9", "document": "# v1"}),
+    )
+    .await;
+    let channel = created["structuredContent"]["channel"]["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        created["structuredContent"]["channel"]["ticket_slug"],
+        "AM-9"
+    );
+
+    let updated = tool(
+        &app,
+        &key,
+        "update_channel_document",
+        json!({"channel_id": channel, "document": "# v2"}),
+    )
+    .await;
+    assert_eq!(updated["structuredContent"]["channel"]["document"], "# v2");
+    let (_, rest) = app.get(&format!("/v1/channels/{channel}"), &key).await;
+    assert_eq!(rest["channel"]["document"], "# v2");
+
+    // The document must be given: a forgotten argument never clears it.
+    let forgotten = tool(
+        &app,
+        &key,
+        "update_channel_document",
+        json!({"channel_id": channel}),
+    )
+    .await;
+    assert_eq!(forgotten["isError"], true);
+    let cleared = tool(
+        &app,
+        &key,
+        "update_channel_document",
+        json!({"channel_id": channel, "document": null}),
+    )
+    .await;
+    assert_eq!(
+        cleared["structuredContent"]["channel"]["document"],
+        Value::Null
+    );
+    let got = tool(&app, &key, "get_channel", json!({"channel_id": channel})).await;
+    assert_eq!(got["structuredContent"]["channel"]["document"], Value::Null);
+    assert_eq!(got["structuredContent"]["channel"]["name"], "plan");
+}
+
+#[sqlx::test]
+async fn waiting_tool_calls_hold_no_database_connection(db: PgPool) {
+    const WAITERS: usize = 200;
+    const POOL: u32 = 2;
+    let server_pool = PgPoolOptions::new()
+        .max_connections(POOL)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(db, server_pool.clone()).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "many waiters").await;
+
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let request = app
+                .request(Method::POST, "/v1/mcp", &key)
+                .header(header::ACCEPT, ACCEPT)
+                .json(&rpc(
+                    "tools/call",
+                    json!({"name": "wait_for_messages", "arguments": {"channel_id": channel, "after": 0, "wait_seconds": 25}}),
+                ));
+            tokio::spawn(common::call(request))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .state
+        .metrics
+        .waiters
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < WAITERS as u64
+    {
+        assert!(Instant::now() < deadline, "the waiters never all waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Two pooled connections serve 200 waiting calls, and are free for other requests.
+    assert_eq!(server_pool.size() as usize - server_pool.num_idle(), 0);
+    let (status, _) = app.get("/v1/channels", &key).await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(&format!("channeld_message_waiters {WAITERS}\n")),
+        "{metrics}"
+    );
+
+    let posted = app.message(&key, channel, "everyone wake up").await;
+    for waiter in waiters {
+        let (status, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let result = &body["result"]["structuredContent"];
+        assert_eq!(result["timed_out"], false, "{body}");
+        assert_eq!(result["messages"][0]["id"], posted);
+        assert_eq!(result["next_after"], posted);
+    }
+    assert!(server_pool.size() <= POOL);
+    assert_eq!(
+        app.state
+            .metrics
+            .waiters
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[sqlx::test]
+async fn a_wait_ends_at_the_configured_maximum(db: PgPool) {
+    let config = channeld::config::Config {
+        mcp: McpConfig {
+            max_wait: Duration::from_secs(1),
+            ..McpConfig::default()
+        },
+        ..test_config()
+    };
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "quiet").await;
+    let posted = app.message(&key, channel, "old news").await;
+
+    // The schema states the maximum, and no wait_seconds means the maximum.
+    let (_, listed) = mcp(&app, &key, rpc("tools/list", json!({}))).await;
+    let wait = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "wait_for_messages")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        wait["inputSchema"]["properties"]["wait_seconds"]["maximum"],
+        1
+    );
+    assert_eq!(wait["annotations"]["readOnlyHint"], true);
+
+    let result = tool(
+        &app,
+        &key,
+        "wait_for_messages",
+        json!({"channel_id": channel, "after": posted}),
+    )
+    .await;
+    assert_eq!(result["isError"], false);
+    assert_eq!(result["structuredContent"]["timed_out"], true);
+    assert_eq!(result["structuredContent"]["messages"], json!([]));
+    assert_eq!(result["structuredContent"]["next_after"], posted);
+
+    // Newer messages already there: at once, oldest first.
+    let result = tool(
+        &app,
+        &key,
+        "wait_for_messages",
+        json!({"channel_id": channel, "after": 0}),
+    )
+    .await;
+    assert_eq!(result["structuredContent"]["timed_out"], false);
+    assert_eq!(result["structuredContent"]["messages"][0]["id"], posted);
+}
