@@ -40,8 +40,6 @@ use serde_json::json;
 
 use crate::{auth::Principal, config::McpConfig, error::ApiError, json::Json, state::AppState};
 
-pub use tools::TOOL_NAMES;
-
 /// The MCP endpoint's path.
 pub const PATH: &str = "/v1/mcp";
 

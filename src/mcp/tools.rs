@@ -70,7 +70,7 @@ enum Name {
 }
 
 /// The tools' names, in the order `tools/list` gives them.
-pub const TOOL_NAMES: [&str; 7] = [
+const TOOL_NAMES: [&str; 7] = [
     "list_channels",
     "get_channel",
     "read_messages",
