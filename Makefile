@@ -45,15 +45,18 @@ cluster: build
 	  done; \
 	  wait
 
-## The server and the example WebSocket client the README uses (target/debug/examples/follow).
+## The one binary: the server, its CLI and `channeld follow`, the WebSocket client the README uses.
+## (Examples and test dependencies are built only by `make test` and `make bench`.)
 build:
-	@$(CARGO) build --bin channeld --example follow
+	@$(CARGO) build --bin channeld
 
 ## Print a new API key for the `make run` database: export KEY=$(make key)
-## (choose with SCOPES=publish,subscribe NAME=my-agent)
+## (choose with SCOPES=publish,subscribe NAME=my-agent). Stdout carries the key and nothing else;
+## a build, when one is needed, reports only errors, on stderr.
 SCOPES ?= channels:read,channels:write,publish,subscribe,presence,send
 NAME ?= quickstart
-key: build
+key:
+	@$(CARGO) build --quiet --bin channeld >&2
 	@url=$$(scripts/dev-db.sh) && \
 	  DATABASE_URL=$$url $(BIN) migrate --log-format text 2>/dev/null && \
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) \

@@ -39,6 +39,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Follow realtime channels over WebSocket and print every frame, one JSON object per line.
+    Follow(crate::follow::FollowArgs),
     /// Print the OpenAPI document of the REST API and exit: what `GET /v1/openapi.json` serves
     /// (with `/metrics`, which is left out when `--metrics-listen` moves it).
     Openapi,

@@ -27,6 +27,7 @@
 //! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld keys …` commands.
+//! - [`follow`]: `channeld follow`, a WebSocket client that prints frames.
 //! - [`telemetry`]: logging set-up.
 //! - [`timestamp`]: the one RFC 3339 form every timestamp takes on the wire.
 
@@ -41,6 +42,7 @@ pub mod delivery;
 pub mod error;
 pub mod etag;
 pub mod extract;
+pub mod follow;
 pub mod health;
 pub mod json;
 pub mod limits;

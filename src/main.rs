@@ -34,6 +34,7 @@ async fn run(command: Command) -> cli::CliResult {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Follow(args) => channeld::follow::run(args).await,
         Command::Openapi => {
             let document = channeld::json::body(&startup::api_document())?;
             std::io::Write::write_all(&mut std::io::stdout(), &document)?;

@@ -1,7 +1,8 @@
-//! Follows channels over WebSocket and prints every frame, one JSON object per line.
+//! `channeld follow`: follows channels over WebSocket and prints every frame, one JSON object
+//! per line — the small client the README's live examples use.
 //!
 //! ```sh
-//! target/debug/examples/follow [--count N] [--timeout SECS] [--detach] <ws-url> <channel>...
+//! target/debug/channeld follow [--count N] [--timeout SECS] [--detach] <ws-url> <channel>...
 //! ```
 //!
 //! `<ws-url>` carries the credential (`ws://localhost:8080/v1?token=…`). `--count N` stops after
@@ -13,94 +14,68 @@
 //! terminal (stderr), for at most 10 minutes unless `--timeout` says otherwise:
 //!
 //! ```sh
-//! FOLLOWER=$(target/debug/examples/follow --detach "ws://localhost:8080/v1?token=$TOKEN" app_abc/room-1)
+//! FOLLOWER=$(target/debug/channeld follow --detach "ws://localhost:8080/v1?token=$TOKEN" app_abc/room-1)
 //! kill $FOLLOWER
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
-const USAGE: &str =
-    "usage: follow [--count N] [--timeout SECS] [--detach] <ws-url-with-credential> <channel>...";
 /// Set in the environment of the background follower that `--detach` starts.
-const BACKGROUND: &str = "FOLLOW_BACKGROUND";
+const BACKGROUND: &str = "CHANNELD_FOLLOW_BACKGROUND";
 /// What the background follower tells the command that started it once it is subscribed.
 const READY: &str = "ready";
 /// How long a background follower lives without `--timeout`.
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
 
-type Error = Box<dyn std::error::Error>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
-struct Options {
+/// `channeld follow`'s arguments.
+#[derive(Debug, Clone, Args)]
+pub struct FollowArgs {
+    /// Stop after this many `message` frames.
+    #[arg(long)]
     count: Option<u64>,
+    /// Stop after this many seconds (connecting included).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// Follow in the background: return once every subscription is live, printing the
+    /// follower's process id; its frames go to stderr.
+    #[arg(long)]
     detach: bool,
+    /// The WebSocket URL with its credential, e.g. `ws://localhost:8080/v1?token=…`.
     url: String,
+    /// Realtime channel names to subscribe to (a persistent channel's is its id, e.g. `42`).
+    #[arg(required = true)]
     channels: Vec<String>,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, Error> {
-    let mut options = Options {
-        count: None,
-        timeout: None,
-        detach: false,
-        url: String::new(),
-        channels: Vec::new(),
-    };
-    while let Some(arg) = args.next() {
-        let mut number = |flag: &str| -> Result<u64, Error> {
-            let value = args.next().ok_or(format!("{flag} needs a number"))?;
-            Ok(value
-                .parse()
-                .map_err(|_| format!("{flag} needs a number, not `{value}`"))?)
+fn parse_secs(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("needs a whole number of seconds, not `{value}`"))
+}
+
+/// Runs `channeld follow`: in the foreground, or detached (see the module documentation).
+pub async fn run(args: FollowArgs) -> Result<(), Error> {
+    if !args.detach {
+        follow(args, &mut std::io::stdout(), None).await
+    } else if std::env::var_os(BACKGROUND).is_some() {
+        let args = FollowArgs {
+            timeout: args.timeout.or(Some(BACKGROUND_TIMEOUT)),
+            ..args
         };
-        match arg.as_str() {
-            "--count" => options.count = Some(number("--count")?),
-            "--timeout" => options.timeout = Some(Duration::from_secs(number("--timeout")?)),
-            "--detach" => options.detach = true,
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}").into()),
-            _ if options.url.is_empty() => options.url = arg,
-            _ => options.channels.push(arg),
-        }
+        let ready: &mut (dyn Write + Send) = &mut std::io::stdout();
+        follow(args, &mut std::io::stderr(), Some(ready)).await
+    } else {
+        tokio::task::spawn_blocking(detach).await?
     }
-    if options.url.is_empty() || options.channels.is_empty() {
-        return Err(USAGE.into());
-    }
-    Ok(options)
-}
-
-fn main() -> ExitCode {
-    let result = parse(std::env::args().skip(1)).and_then(|options| {
-        if !options.detach {
-            tokio_runtime()?.block_on(follow(options, &mut std::io::stdout(), None))
-        } else if std::env::var_os(BACKGROUND).is_some() {
-            let options = Options {
-                timeout: options.timeout.or(Some(BACKGROUND_TIMEOUT)),
-                ..options
-            };
-            let ready: &mut dyn Write = &mut std::io::stdout();
-            tokio_runtime()?.block_on(follow(options, &mut std::io::stderr(), Some(ready)))
-        } else {
-            detach()
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("follow: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
 }
 
 /// Starts a copy of this program as the background follower and waits until it says it is
@@ -130,9 +105,9 @@ fn detach() -> Result<(), Error> {
 /// messages arrived or `--timeout` ran out. Once every subscription is live, writes `ready`
 /// to `ready`, if given.
 async fn follow(
-    options: Options,
-    out: &mut impl Write,
-    mut ready: Option<&mut dyn Write>,
+    options: FollowArgs,
+    out: &mut (impl Write + Send),
+    mut ready: Option<&mut (dyn Write + Send)>,
 ) -> Result<(), Error> {
     let mut subscribed = false;
     let mut messages = 0;
