@@ -11,7 +11,10 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{auth::Scope, json::Json};
+use crate::{
+    auth::{Scope, ScopeSet},
+    json::Json,
+};
 
 /// Per-field problems: field name → short snake_case codes such as `length` or `required`,
 /// serialized as that map. A field may also carry a sentence for the `message` (such as the
@@ -102,8 +105,12 @@ pub enum ApiError {
     /// (see [`AuthFailure`]).
     #[error("{0}")]
     Unauthorized(AuthFailure),
-    #[error("this key lacks a required scope")]
-    InsufficientScope { required: Vec<Scope> },
+    /// A REST scope the key lacks; the message names it and the scopes the key has.
+    #[error("{}", insufficient_scope_message(required, *granted, "this request"))]
+    InsufficientScope {
+        required: Vec<Scope>,
+        granted: ScopeSet,
+    },
     #[error("this credential does not permit `{0}`")]
     ActionNotPermitted(Scope),
     #[error("the channel is outside this credential's channel patterns")]
@@ -115,14 +122,19 @@ pub enum ApiError {
     HostNotAllowed(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
-    #[error("not found")]
-    NotFound,
+    /// 404, saying what was not found (`channel 42 not found`).
+    #[error("{0}")]
+    NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("another channel that is not archived already has this name")]
     ChannelNameTaken,
-    #[error("the channel is archived")]
-    ChannelArchived,
+    /// A write to an archived persistent channel (its id).
+    #[error(
+        "channel {0} is archived and takes no new messages; unarchive it with \
+         `PUT /v1/channels/{0}` and the body `{{\"archived\": false}}`"
+    )]
+    ChannelArchived(i64),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// The request's work ran past `--db-timeout` (plus a long poll's `wait`).
@@ -154,6 +166,18 @@ impl ApiError {
         }
     }
 
+    /// 404 for a persistent channel id that does not exist.
+    pub fn channel_not_found(id: i64) -> Self {
+        Self::NotFound(format!("channel {id} not found"))
+    }
+
+    /// 404 for a path no route serves.
+    pub fn no_route(path: &str) -> Self {
+        Self::NotFound(format!(
+            "no route for {path}: the API is described at /v1/openapi.json"
+        ))
+    }
+
     /// An `invalid_request` about one field.
     pub fn invalid_field(field: &str, code: &str, message: impl Into<String>) -> Self {
         let mut details = FieldErrors::default();
@@ -173,9 +197,9 @@ impl ApiError {
             | Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ChannelReserved => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ChannelNameTaken | Self::ChannelArchived => StatusCode::CONFLICT,
+            Self::ChannelNameTaken | Self::ChannelArchived(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -195,16 +219,43 @@ impl ApiError {
             Self::ChannelReserved => "channel_reserved",
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
-            Self::NotFound => "not_found",
+            Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ChannelNameTaken => "channel_name_taken",
-            Self::ChannelArchived => "channel_archived",
+            Self::ChannelArchived(_) => "channel_archived",
             Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
                 "unavailable"
             }
             Self::Internal(_) => "internal_error",
         }
     }
+}
+
+/// "this API key lacks the channels:write scope, which this request needs (it has channels:read);
+/// …": what is missing, what needs it, what the key has, and how to get a key that is enough.
+pub fn insufficient_scope_message(
+    required: &[Scope],
+    granted: ScopeSet,
+    needed_by: &str,
+) -> String {
+    let missing: Vec<&str> = required.iter().map(|s| s.as_str()).collect();
+    let has = match granted.names() {
+        names if names.is_empty() => "no scopes".to_owned(),
+        names => names.join(", "),
+    };
+    let mut wanted = granted.names();
+    for name in &missing {
+        if !wanted.contains(name) {
+            wanted.push(name);
+        }
+    }
+    format!(
+        "this API key lacks the {} scope{}, which {needed_by} needs (it has {has}); \
+         use a key created with --scopes {}",
+        missing.join(", "),
+        if missing.len() == 1 { "" } else { "s" },
+        wanted.join(",")
+    )
 }
 
 /// Why a credential was refused, told so that the caller knows what to fix.
@@ -338,7 +389,7 @@ impl ApiError {
                 _ => None,
             },
             required_scopes: match self {
-                Self::InsufficientScope { required } => {
+                Self::InsufficientScope { required, .. } => {
                     Some(required.iter().map(|s| s.as_str()).collect())
                 }
                 _ => None,
@@ -429,6 +480,7 @@ mod tests {
             (
                 ApiError::InsufficientScope {
                     required: vec![Scope::ChannelsRead],
+                    granted: ScopeSet::default(),
                 },
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -460,7 +512,11 @@ mod tests {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
             ),
-            (ApiError::NotFound, StatusCode::NOT_FOUND, "not_found"),
+            (
+                ApiError::channel_not_found(42),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
             (
                 ApiError::MethodNotAllowed,
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -472,7 +528,7 @@ mod tests {
                 "channel_name_taken",
             ),
             (
-                ApiError::ChannelArchived,
+                ApiError::ChannelArchived(42),
                 StatusCode::CONFLICT,
                 "channel_archived",
             ),
@@ -496,6 +552,39 @@ mod tests {
             assert_eq!(error.status(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
         }
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        assert_eq!(
+            ApiError::channel_not_found(42).to_string(),
+            "channel 42 not found"
+        );
+        assert_eq!(
+            ApiError::ChannelArchived(42).to_string(),
+            "channel 42 is archived and takes no new messages; unarchive it with \
+             `PUT /v1/channels/42` and the body `{\"archived\": false}`"
+        );
+        let granted: ScopeSet = [Scope::ChannelsRead, Scope::Publish].into_iter().collect();
+        assert_eq!(
+            ApiError::InsufficientScope {
+                required: vec![Scope::ChannelsWrite],
+                granted,
+            }
+            .to_string(),
+            "this API key lacks the channels:write scope, which this request needs \
+             (it has channels:read, publish); \
+             use a key created with --scopes channels:read,publish,channels:write"
+        );
+        assert_eq!(
+            insufficient_scope_message(
+                &[Scope::ChannelsRead],
+                ScopeSet::default(),
+                "list_channels"
+            ),
+            "this API key lacks the channels:read scope, which list_channels needs \
+             (it has no scopes); use a key created with --scopes channels:read"
+        );
     }
 
     #[test]

@@ -29,10 +29,7 @@ where
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("request body is too large".into())
             } else if crate::limits::is_body_timeout(&rejection) {
-                ApiError::RequestRejected {
-                    status: StatusCode::REQUEST_TIMEOUT,
-                    message: "the request body did not arrive in time".into(),
-                }
+                crate::limits::body_timed_out()
             } else {
                 ApiError::invalid("could not read the request body")
             }

@@ -1,13 +1,20 @@
-//! Limits every request meets before its handler: the URI's length (414) and the headers' size
-//! (431), answered in the error envelope; the body's arrival within `--http-body-timeout` (408,
-//! answered where the body is read, after the key check); and a deadline on the whole of the request's work, `--db-timeout` plus a
-//! long poll's `wait`, past which it answers 503 `unavailable` so that a frozen database cannot
-//! hold requests without limit. Streams (SSE, WebSocket) are not bounded by the deadline: their
+//! Limits every request meets before its handler: the URI's length (414), the headers' size
+//! (431) and a declared `Content-Length` over `--max-body-bytes` (413, at once: the body is never
+//! waited for), answered in the error envelope; the body's arrival within `--http-body-timeout`
+//! (408, answered where the body is read, after the key check); and a deadline on the whole of
+//! the request's work, `--db-timeout` plus a long poll's `wait`, past which it answers 503
+//! `unavailable` so that a frozen database cannot hold requests without limit — unless the
+//! request's body was still arriving then: a slow client is its own fault, a 408, never a 5xx
+//! that pages an operator. Streams (SSE, WebSocket) are not bounded by the deadline: their
 //! handlers answer at once and stream afterwards.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -15,7 +22,7 @@ use std::{
 use axum::{
     body::{Body, Bytes, HttpBody},
     extract::{Request, State},
-    http::StatusCode,
+    http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -54,10 +61,23 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
         );
     }
 
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|bytes| *bytes > config.max_body_bytes as u64) {
+        return ApiError::PayloadTooLarge(format!(
+            "the body is {declared} bytes; at most {} are accepted",
+            config.max_body_bytes
+        ))
+        .into_response();
+    }
+
     // The body must arrive within its timeout, and stops being waited for at shutdown. It is
     // read where the handler extracts it, after the key check: an unauthenticated client cannot
     // make the server read a body at all.
     let (parts, body) = request.into_parts();
+    let arriving = Arc::new(AtomicBool::new(false));
     let body = if body.size_hint().exact() == Some(0) {
         body
     } else {
@@ -68,6 +88,7 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
             stopping: Box::pin(async move {
                 let _ = stopping.wait_for(|stopping| *stopping).await;
             }),
+            arriving: arriving.clone(),
         })
     };
     let request = Request::from_parts(parts, body);
@@ -80,7 +101,16 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     let budget = config.db_timeout + wait;
     match tokio::time::timeout(budget, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if arriving.load(Ordering::Relaxed) => body_timed_out().into_response(),
         Err(_) => ApiError::DeadlinePassed(budget).into_response(),
+    }
+}
+
+/// 408: the body was being read and had not all arrived.
+pub fn body_timed_out() -> ApiError {
+    ApiError::RequestRejected {
+        status: StatusCode::REQUEST_TIMEOUT,
+        message: "the request body did not arrive in time".into(),
     }
 }
 
@@ -125,6 +155,8 @@ struct DeadlineBody {
     inner: Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// True while the handler reads the body and the body has not ended.
+    arriving: Arc<AtomicBool>,
 }
 
 impl http_body::Body for DeadlineBody {
@@ -136,12 +168,16 @@ impl http_body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            let ended = !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream();
+            self.arriving.store(!ended, Ordering::Relaxed);
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if self.deadline.as_mut().poll(cx).is_ready() || self.stopping.as_mut().poll(cx).is_ready()
         {
+            self.arriving.store(false, Ordering::Relaxed);
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
         }
+        self.arriving.store(true, Ordering::Relaxed);
         Poll::Pending
     }
 

@@ -27,7 +27,7 @@ pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
 #[openapi(
     info(
         title = "channeld",
-        description = "Collaboration channels for AI agents: persistent history in PostgreSQL, live delivery over WebSocket. Errors share one envelope: `{\"error\": code, \"message\": text, \"details\"?: {field: [what]}}`.",
+        description = "Collaboration channels for AI agents: persistent history in PostgreSQL, live delivery over WebSocket.\n\nA *persistent channel* has a numeric id (`/v1/channels/{id}`) and stores messages; a *realtime channel name* (such as `app_abc/room-1`) names a live stream over WebSocket, `peers` and `publish`. The realtime name `\"42\"` is persistent channel 42's live stream: its stored messages arrive there as they commit.\n\nErrors share one envelope: `{\"error\": code, \"message\": text, \"details\"?: {field: [what]}}`.\n\nNot described here: the WebSocket protocol of `GET /v1` (docs/SPEC.md §5), the MCP endpoint `POST /v1/mcp` (JSON-RPC over MCP's Streamable HTTP transport; its tools describe themselves through `tools/list`; docs/SPEC.md §6c), and the `/console` web page.",
     ),
     components(schemas(error::Envelope, error::FieldErrors)),
     tags(

@@ -195,3 +195,65 @@ async fn a_half_sent_body_does_not_hold_shutdown_hostage(db: PgPool) {
         "{answer:?}"
     );
 }
+
+#[sqlx::test]
+async fn a_declared_body_over_the_limit_is_413_at_once(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    // 10 GB declared, nothing sent: refused on the header alone, not waited for.
+    let head = format!(
+        "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let answer = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buffer))
+            .await
+            .expect("an answer, not a wait for the body")
+            .unwrap();
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if n == 0 || text.ends_with("}\n") {
+            break text;
+        }
+    };
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "after {:?}: {answer:?}",
+        started.elapsed()
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert_eq!(
+        body["message"],
+        "the body is 10000000000 bytes; at most 1048576 are accepted"
+    );
+}
+
+#[sqlx::test]
+async fn a_body_still_arriving_at_the_request_deadline_is_408_not_503(db: PgPool) {
+    // The request's deadline (--db-timeout) comes before the body's own timeout: a client that
+    // stops sending is still the client's fault, never a 5xx.
+    let mut config = common::test_config();
+    config.db_timeout = Duration::from_millis(500);
+    config.http.body_timeout = Duration::from_secs(30);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    let head = format!(
+        "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert_eq!(body["message"], "the request body did not arrive in time");
+}

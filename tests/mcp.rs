@@ -51,27 +51,61 @@ async fn transport_refusals_come_in_the_error_envelope(db: PgPool) {
     let app = TestApp::spawn_config(db, config).await;
     let key = app.writer().await;
 
-    // No key, a malformed one: 401 before any JSON-RPC, with the REST texts.
+    // No key, a malformed, a revoked one: 401 with `WWW-Authenticate: Bearer` before any
+    // JSON-RPC runs, the body a JSON-RPC error an MCP client shows, carrying the REST text.
+    let revoked = app.writer().await;
+    let revoked_id = format!("sk_id_{}", &revoked[8..24]);
+    assert!(
+        channeld::auth::revoke_key(&app.db, &revoked_id)
+            .await
+            .unwrap()
+    );
+    let refusals = [
+        (
+            None,
+            "unauthorized: missing API key: send `Authorization: Bearer sk_live_…` or an `X-API-Key` header",
+        ),
+        (
+            Some("sk_live_nope"),
+            "unauthorized: malformed API key: expected `sk_live_…` or `sk_id_…:sk_secret_…`",
+        ),
+        (Some(revoked.as_str()), "unauthorized: this key was revoked"),
+    ];
+    for (key, message) in refusals {
+        let mut request = app
+            .http
+            .post(format!("{}/v1/mcp", app.base))
+            .header(header::ACCEPT, ACCEPT)
+            .json(&rpc("tools/list", json!({})));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{key:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("}\n"), "{text:?}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body,
+            json!({"jsonrpc": "2.0", "id": null, "error": {
+                "code": -32001, "message": message, "data": {"error": "unauthorized"},
+            }}),
+        );
+    }
+
+    // Answers end with a newline, as REST's do.
     let response = app
-        .http
-        .post(format!("{}/v1/mcp", app.base))
+        .request(Method::POST, "/v1/mcp", &key)
         .header(header::ACCEPT, ACCEPT)
+        .header("mcp-protocol-version", "2025-11-25")
         .json(&rpc("tools/list", json!({})))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["www-authenticate"], "Bearer");
-    let status = response.status();
-    let body = common::json_body(response).await;
-    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing API key")
-    );
-    let (status, body) = mcp(&app, "sk_live_nope", rpc("tools/list", json!({}))).await;
-    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("}\n") && !text.ends_with("\n\n"), "{text:?}");
 
     // Stateless: nothing to GET or DELETE.
     for method in [Method::GET, Method::DELETE] {
@@ -279,7 +313,7 @@ async fn refusals_are_tool_errors_with_the_envelope(db: PgPool) {
             "get_channel",
             json!({"channel_id": 999_999}),
             "not_found",
-            "not found",
+            "channel 999999 not found",
         ),
         (
             "read_messages",

@@ -39,6 +39,7 @@ impl Principal {
         } else {
             Err(ApiError::InsufficientScope {
                 required: vec![scope],
+                granted: self.scopes,
             })
         }
     }

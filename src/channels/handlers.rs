@@ -234,7 +234,9 @@ pub async fn get(
     ChannelId(id): ChannelId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let channel = db::find(&state.db, id).await?.ok_or(ApiError::NotFound)?;
+    let channel = db::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::channel_not_found(id))?;
     json_with_etag(&headers, &ChannelBody { channel })
 }
 
@@ -280,6 +282,6 @@ pub async fn update(
     } else {
         db::update(&state.db, id, &change).await?
     };
-    let channel = channel.ok_or(ApiError::NotFound)?;
+    let channel = channel.ok_or_else(|| ApiError::channel_not_found(id))?;
     Ok(Json(ChannelBody { channel }))
 }

@@ -8,13 +8,15 @@
 //! Before the SDK sees a request, [`guard`] checks, in this order:
 //! 1. `Host`, and a browser's `Origin`, against `--mcp-allowed-host` (DNS rebinding): 403
 //!    `host_not_allowed`;
-//! 2. the API key, exactly as REST does: 401 `unauthorized` (with `WWW-Authenticate: Bearer`), or
-//!    429 `rate_limited`. The key's [`Principal`] rides in the request's extensions to the tools,
+//! 2. the API key, exactly as REST does: 401 (with `WWW-Authenticate: Bearer`), or 429
+//!    `rate_limited`. The 401's body is a JSON-RPC error (code -32001) whose `message` is the REST
+//!    401's code and message and whose `data` is `{"error": "unauthorized"}`: PyPI's `mcp` shows
+//!    a JSON-RPC error's message and nothing of a body in another shape; npm's SDK shows the body. The key's [`Principal`] rides in the request's extensions to the tools,
 //!    which apply the REST scope rules one tool at a time (see [`tools`]).
 //!
 //! Refusals of the transport itself (a `GET`, a wrong `Accept` or `Content-Type`, a body over
 //! `--max-body-bytes`) are answered in the error envelope like every other route. JSON-RPC errors
-//! pass through as the protocol defines them.
+//! pass through as the protocol defines them. Every JSON answer ends with a newline, as REST's do.
 //!
 //! There is no OAuth: `/.well-known/oauth-*`, which MCP clients probe, answers a plain 404 that
 //! says to send an API key.
@@ -25,12 +27,14 @@ use std::sync::Arc;
 
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{FromRequestParts, Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
     routing::any,
 };
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
@@ -73,11 +77,55 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
     let (mut parts, body) = request.into_parts();
     let principal = match Principal::from_request_parts(&mut parts, &state).await {
         Ok(principal) => principal,
+        Err(refused @ ApiError::Unauthorized(_)) => return unauthorized(refused),
         Err(refused) => return refused.into_response(),
     };
     parts.extensions.insert(principal);
     let response = next.run(Request::from_parts(parts, body)).await;
-    in_envelope(response).await
+    in_envelope(with_newline(response)).await
+}
+
+/// JSON-RPC's error code for a refused credential (in the range left to servers).
+const UNAUTHORIZED: i64 = -32001;
+
+/// A 401 as MCP clients can show it: the REST response (status, `WWW-Authenticate: Bearer`) with
+/// a JSON-RPC error for a body. Its `id` is null: the body is not read before the key checks out.
+fn unauthorized(refused: ApiError) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": UNAUTHORIZED,
+            "message": format!("{}: {refused}", refused.code()),
+            "data": {"error": refused.code()},
+        },
+    });
+    let challenge = [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))];
+    (refused.status(), challenge, Json(body)).into_response()
+}
+
+/// A JSON answer of the SDK with the newline every JSON body of the API ends with.
+fn with_newline(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length + 1));
+    }
+    let newline = futures_util::stream::once(async { Ok(Bytes::from_static(b"\n")) });
+    let body = Body::from_stream(body.into_data_stream().chain(newline));
+    Response::from_parts(parts, body)
 }
 
 /// A refusal of the transport (plain text from the SDK) rewritten as the error envelope.
@@ -106,7 +154,7 @@ async fn in_envelope(response: Response) -> Response {
     let error = match status {
         // Stateless: there is no stream to GET and no session to DELETE.
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
-        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
         status if status.is_server_error() => ApiError::Internal(message.into()),
         status => ApiError::RequestRejected { status, message },
     };
@@ -194,14 +242,16 @@ fn split_authority(authority: &str) -> (&str, Option<&str>) {
 /// anything else, is told what to do instead.
 async fn well_known(request: Request) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/.well-known/oauth-") || path.starts_with("/.well-known/openid-") {
-        let body = json!({
-            "error": "not_found",
-            "message": "channeld does not use OAuth: send an API key as `Authorization: Bearer sk_live_…`",
-        });
-        return (StatusCode::NOT_FOUND, Json(body)).into_response();
-    }
-    ApiError::NotFound.into_response()
+    let error =
+        if path.starts_with("/.well-known/oauth-") || path.starts_with("/.well-known/openid-") {
+            ApiError::NotFound(
+                "channeld does not use OAuth: send an API key as `Authorization: Bearer sk_live_…`"
+                    .into(),
+            )
+        } else {
+            ApiError::no_route(path)
+        };
+    error.into_response()
 }
 
 #[cfg(test)]

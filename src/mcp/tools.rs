@@ -33,7 +33,7 @@ use crate::{
         self,
         model::{Channel, CreateChannel, UpdateChannel},
     },
-    error::{ApiError, FieldErrors},
+    error::{ApiError, FieldErrors, insufficient_scope_message},
     extract::{QueryParams, from_json_value, in_range, validated},
     messages::{
         Page,
@@ -423,7 +423,7 @@ impl Tools {
                 let args: ChannelArgs = parse(args)?;
                 let channel = channels::db::find(&state.db, args.channel_id)
                     .await?
-                    .ok_or(ApiError::NotFound)?;
+                    .ok_or_else(|| ApiError::channel_not_found(args.channel_id))?;
                 let summary = format!("channel {} `{}`", channel.summary.id, channel.summary.name);
                 Ok(answer(summary, &ChannelAnswer { channel }))
             }
@@ -540,7 +540,7 @@ impl Tools {
                 })?;
                 let channel = channels::db::update(&state.db, args.channel_id, &change)
                     .await?
-                    .ok_or(ApiError::NotFound)?;
+                    .ok_or_else(|| ApiError::channel_not_found(args.channel_id))?;
                 let summary = match &channel.document {
                     Some(document) => format!(
                         "channel {}'s document is now {} bytes",
@@ -741,13 +741,11 @@ fn answer(summary: String, body: &impl Serialize) -> CallToolResult {
 /// A missing scope is named with the tool that needs it.
 fn tool_error(name: Name, error: ApiError) -> CallToolResult {
     let mut envelope = serde_json::to_value(error.envelope()).unwrap_or(Value::Null);
-    if let ApiError::InsufficientScope { required } = &error {
-        let scopes: Vec<&str> = required.iter().map(|s| s.as_str()).collect();
-        envelope["message"] = json!(format!(
-            "this API key lacks the {} scope, which {} needs; use a key created with --scopes {}",
-            scopes.join(", "),
-            name.as_str(),
-            scopes.join(",")
+    if let ApiError::InsufficientScope { required, granted } = &error {
+        envelope["message"] = json!(insufficient_scope_message(
+            required,
+            *granted,
+            name.as_str()
         ));
     }
     let text = format!(

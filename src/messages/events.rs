@@ -130,7 +130,7 @@ pub async fn events(
     };
     errors.into_result()?;
     if channel_state(&state.db, channel_id).await?.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::channel_not_found(channel_id));
     }
 
     // Follow the channel before reading, so nothing committed in between is missed.

@@ -85,7 +85,12 @@ pub async fn list(
         errors.add("after", "conflict");
     }
     if wait > 0 && after.is_none() {
-        errors.add("wait", "requires_after");
+        errors.add_with(
+            "wait",
+            "requires_after",
+            "wait needs after: a long poll waits for messages newer than the last id you have, \
+             so send after=<that id> (after=0 waits for the channel's first message)",
+        );
     }
     errors.into_result()?;
     let page = match (before, after) {
@@ -120,7 +125,7 @@ pub async fn read(
         .map(|_| state.delivery.feeds().subscribe(channel_id));
     let mut messages = db::page(&state.db, channel_id, page, limit + 1).await?;
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(ApiError::channel_not_found(channel_id));
     }
     if let Some(feed) = feed.as_mut()
         && messages.is_empty()
@@ -266,10 +271,10 @@ pub async fn store(
         return Ok((Stored::Earlier, original));
     }
     match channel_state(&state.db, channel_id).await? {
-        None => Err(ApiError::NotFound),
-        Some(ChannelState::Archived) => Err(ApiError::ChannelArchived),
+        None => Err(ApiError::channel_not_found(channel_id)),
+        Some(ChannelState::Archived) => Err(ApiError::ChannelArchived(channel_id)),
         // Archived when the insert ran, unarchived since: the post was refused as archived.
-        Some(ChannelState::Active) => Err(ApiError::ChannelArchived),
+        Some(ChannelState::Active) => Err(ApiError::ChannelArchived(channel_id)),
     }
 }
 

@@ -46,8 +46,8 @@ async fn authorize_channel(
     if let ChannelKind::Persistent(id) = kind {
         principal.require(scope)?;
         match channel_state(&state.db, id).await? {
-            None => return Err(ApiError::NotFound),
-            Some(ChannelState::Archived) if writing => return Err(ApiError::ChannelArchived),
+            None => return Err(ApiError::channel_not_found(id)),
+            Some(ChannelState::Archived) if writing => return Err(ApiError::ChannelArchived(id)),
             Some(_) => {}
         }
     }
@@ -277,7 +277,7 @@ pub async fn kick(
 /// is 404.
 pub async fn literal_channel_routes(State(state): State<AppState>, request: Request) -> Response {
     let Some((channel, action)) = literal_channel(request.uri().path()) else {
-        return ApiError::NotFound.into_response();
+        return ApiError::no_route(request.uri().path()).into_response();
     };
     let (mut parts, body) = request.into_parts();
     let principal = match Principal::from_request_parts(&mut parts, &state).await {

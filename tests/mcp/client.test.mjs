@@ -223,10 +223,24 @@ test("a key without channels:write gets a tool error naming the scope", async ()
   }
 });
 
-test("no key is HTTP 401, which the client reports", async () => {
-  const transport = new StreamableHTTPClientTransport(new URL(`${A}/v1/mcp`));
-  const client = new Client({ name: "channeld-test", version: "1.0.0" });
-  await assert.rejects(client.connect(transport), /401|nauthorized/);
+test("no key or a wrong key is HTTP 401, and the client shows the server's reason", async () => {
+  const wrong = KEY.slice(0, -1) + (KEY.endsWith("0") ? "1" : "0");
+  const cases = [
+    [{}, "unauthorized: missing API key: send `Authorization: Bearer sk_live_…`"],
+    [{ Authorization: `Bearer ${wrong}` }, "unauthorized: unknown API key: no such key, or a wrong secret"],
+  ];
+  for (const [headers, shown] of cases) {
+    const transport = new StreamableHTTPClientTransport(new URL(`${A}/v1/mcp`), {
+      requestInit: { headers },
+    });
+    const client = new Client({ name: "channeld-test", version: "1.0.0" });
+    // The SDK's error: "Streamable HTTP error: Error POSTing to endpoint: <the body>", code 401.
+    await assert.rejects(client.connect(transport), (error) => {
+      assert.equal(error.code, 401);
+      assert.ok(error.message.includes(shown), error.message);
+      return true;
+    });
+  }
   const response = await fetch(`${A}/v1/mcp`, {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "application/json, text/event-stream" },
@@ -234,7 +248,9 @@ test("no key is HTTP 401, which the client reports", async () => {
   });
   assert.equal(response.status, 401);
   assert.equal(response.headers.get("www-authenticate"), "Bearer");
-  assert.equal((await response.json()).error, "unauthorized");
+  const body = await response.json();
+  assert.equal(body.error.code, -32001);
+  assert.deepEqual(body.error.data, { error: "unauthorized" });
 });
 
 test("two instances behind a round-robin client both answer, with no session affinity", async () => {

@@ -45,6 +45,13 @@ class RoundRobin(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def innermost(error):
+    """The one error inside nested exception groups: what the client actually raised."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 def in_one_task(test):
     """Runs a test with its clients closed before it returns: anyio requires a client to be
     left in the task that entered it, and unittest runs cleanups in another."""
@@ -203,12 +210,28 @@ class McpTest(unittest.IsolatedAsyncioTestCase):
             )
         self.assertEqual(response.status_code, 401)
         self.assertEqual(response.headers["www-authenticate"], "Bearer")
-        self.assertEqual(response.json()["error"], "unauthorized")
-        # The client gives up at once: there is nothing to retry without a key.
-        async with httpx2.AsyncClient(timeout=10) as http:
-            with self.assertRaises(Exception):
-                async with Client(streamable_http_client(f"{A}/v1/mcp", http_client=http)):
-                    pass
+        body = response.json()
+        self.assertEqual(body["error"]["code"], -32001)
+        self.assertEqual(body["error"]["data"], {"error": "unauthorized"})
+        # What a user of the client sees: the server's reason, as the error's text (the client
+        # wraps it in exception groups when it escapes `async with`).
+        wrong = KEY[:-1] + ("0" if KEY[-1] != "0" else "1")
+        cases = [
+            ({}, "unauthorized: missing API key: send `Authorization: Bearer sk_live_…`"),
+            (
+                {"Authorization": f"Bearer {wrong}"},
+                "unauthorized: unknown API key: no such key, or a wrong secret",
+            ),
+        ]
+        for headers, shown in cases:
+            for mode in ("auto", "legacy"):
+                async with httpx2.AsyncClient(headers=headers, timeout=10) as http:
+                    with self.assertRaises(Exception) as raised:
+                        async with Client(
+                            streamable_http_client(f"{A}/v1/mcp", http_client=http), mode=mode
+                        ):
+                            pass
+                self.assertIn(shown, str(innermost(raised.exception)), (headers, mode))
 
     @in_one_task
     async def test_two_instances_round_robin(self):
