@@ -1,6 +1,9 @@
-// The channeld console: a key from the user (kept in this tab's session storage only), the
-// channel list with its filters, one channel's history paged back, new messages over Server-Sent
-// Events, and who is connected to the channel's live stream. Plain DOM, no dependencies.
+// The channeld console: a key from the user (kept in this tab's session storage only, never in
+// local storage, and shown by its key id while in use), the channel list with its filters, one
+// persistent channel's description, document and history paged back, new messages over
+// Server-Sent Events (which keep its message count and its row in the list current), and who is
+// connected to the channel's live stream. Plain DOM, no dependencies; user data only ever goes
+// into the page as text (textContent), never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +17,10 @@ const state = {
   // started for an earlier one stops instead of writing into the page.
   generation: 0,
   channel: null,
+  // The newest message id that the open channel's `message_count` includes: a message with a
+  // higher id (ids increase in commit order within a channel, and the count and `last_message`
+  // are written by the statement that stores a message) is one more message.
+  counted: 0,
   oldest: null,
   newest: 0,
   seen: new Set(),
@@ -25,10 +32,20 @@ function key() {
   return sessionStorage.getItem(KEY) || "";
 }
 
-async function api(path, options = {}) {
+// What the page shows of a key: its id (`sk_id_…`), never its secret. No endpoint tells a key its
+// own name; `channeld keys list` pairs ids with names.
+function keyId(raw) {
+  const live = raw.match(/^sk_live_([A-Za-z0-9]{16})_[A-Za-z0-9]{32}$/);
+  if (live) return `sk_id_${live[1]}`;
+  const pair = raw.match(/^(sk_id_[A-Za-z0-9]{16}):sk_secret_[A-Za-z0-9]{32}$/);
+  if (pair) return pair[1];
+  return "a key of an unknown form";
+}
+
+async function api(path, options = {}, withKey = key()) {
   const response = await fetch(path, {
     ...options,
-    headers: { Authorization: `Bearer ${key()}`, ...(options.headers || {}) },
+    headers: { Authorization: `Bearer ${withKey}`, ...(options.headers || {}) },
   });
   if (!response.ok) {
     let message = `HTTP ${response.status}`;
@@ -65,6 +82,10 @@ function when(timestamp) {
   return new Date(timestamp).toLocaleString();
 }
 
+function countText(count) {
+  return count === 1 ? "1 message" : `${count} messages`;
+}
+
 // --- The channel list ------------------------------------------------------------------------
 
 function listParameters() {
@@ -82,13 +103,13 @@ function listParameters() {
 
 function channelItem(channel) {
   const item = element("li");
+  item.dataset.channel = channel.id;
   const button = element("button");
   button.type = "button";
-  const count = channel.message_count === 1 ? "1 message" : `${channel.message_count} messages`;
   const last = channel.last_message;
   button.append(
     element("span", "name", channel.name),
-    element("span", "hint", ` · ${count}${channel.archived ? " · archived" : ""}`),
+    element("span", "hint", ` · ${countText(channel.message_count)}${channel.archived ? " · archived" : ""}`),
     element("span", "last", last ? `${last.pod_key || last.sender_type}: ${last.content}` : "No messages yet"),
   );
   button.addEventListener("click", () => {
@@ -145,9 +166,59 @@ function addMessages(messages, { atTop = false, announce = false } = {}) {
     state.seen.add(message.id);
     state.newest = Math.max(state.newest, message.id);
   }
+  count(fresh);
   const items = fresh.map(messageItem);
   if (atTop) $("messages").prepend(...items);
   else $("messages").append(...items);
+}
+
+// Messages shown for the first time that the channel's `message_count` did not include yet (posted
+// after the channel was read): the header and the channel's row in the list count them.
+function count(fresh) {
+  const channel = state.channel;
+  if (!channel) return;
+  let changed = false;
+  for (const message of fresh) {
+    if (message.id <= state.counted) continue;
+    state.counted = message.id;
+    channel.message_count += 1;
+    channel.last_message = {
+      id: message.id,
+      created_at: message.created_at,
+      sender_type: message.sender_type,
+      pod_key: message.pod_key,
+      content: Array.from(message.content).slice(0, 200).join(""),
+    };
+    changed = true;
+  }
+  if (!changed) return;
+  showFacts();
+  // The list is hidden while a channel is open, and read again on the way back; its row is kept
+  // current meanwhile so that it never shows an older count, even for a moment.
+  const row = $("channels").querySelector(`li[data-channel="${channel.id}"]`);
+  if (row) row.replaceWith(channelItem(channel));
+}
+
+function showFacts() {
+  const channel = state.channel;
+  const facts = [countText(channel.message_count), `created ${when(channel.created_at)}`];
+  if (channel.ticket_slug) facts.unshift(channel.ticket_slug);
+  $("channel-meta").textContent = facts.join(" · ");
+}
+
+function showChannel(channel) {
+  $("channel-name").textContent = channel.name;
+  showFacts();
+  $("live").className = "status";
+  if (channel.archived) {
+    // The API gives no archiving time: `updated_at` is the last change, the archiving or later.
+    $("live").textContent = `Archived (last changed ${when(channel.updated_at)}): it takes no new messages.`;
+    $("live").classList.add("archived");
+  }
+  $("channel-description").textContent = channel.description || "";
+  $("channel-description").hidden = !channel.description;
+  $("document").textContent = channel.document ?? "";
+  $("channel-document").hidden = channel.document == null;
 }
 
 async function openChannel(id) {
@@ -159,13 +230,10 @@ async function openChannel(id) {
     const { channel } = await (await api(`/v1/channels/${id}`)).json();
     if (!current()) return;
     state.channel = channel;
+    state.counted = channel.last_message ? channel.last_message.id : 0;
     state.seen = new Set();
     state.newest = 0;
-    $("channel-name").textContent = channel.name;
-    const facts = [`${channel.message_count} messages`, `created ${when(channel.created_at)}`];
-    if (channel.ticket_slug) facts.unshift(channel.ticket_slug);
-    if (channel.archived) facts.push("archived");
-    $("channel-meta").textContent = facts.join(" · ");
+    showChannel(channel);
     $("messages").replaceChildren();
     const page = await (await api(`/v1/channels/${id}/messages?limit=50`)).json();
     if (!current()) return;
@@ -174,6 +242,10 @@ async function openChannel(id) {
     $("older").hidden = !page.has_more;
     show("channel");
     $("channel-name").focus();
+    // An archived channel takes no new messages (posting is 409 `channel_archived`), so the page
+    // neither follows it nor reads who is on its live stream, and shows no live indicator: it
+    // says "Archived" instead. Unarchived meanwhile, it is followed once opened again.
+    if (channel.archived) return;
     follow(id, generation);
     watchPresence(id, generation);
   } catch (error) {
@@ -208,7 +280,8 @@ async function follow(id, generation) {
         signal: controller.signal,
       });
       attempt = 0;
-      $("live").textContent = "Live: new messages appear here as they are posted.";
+      $("live").textContent = "Live: new messages appear below as they are posted.";
+      $("live").className = "status live";
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -243,6 +316,7 @@ async function follow(id, generation) {
       }
     }
     $("live").textContent = "Reconnecting…";
+    $("live").className = "status";
     await new Promise((resolve) => setTimeout(resolve, Math.min(500 * 2 ** attempt++, 15_000)));
   }
 }
@@ -276,6 +350,7 @@ function stopFollowing() {
   state.live = null;
   clearInterval(state.presence);
   $("live").textContent = "";
+  $("live").className = "status";
   $("presence").hidden = true;
 }
 
@@ -287,12 +362,15 @@ function show(view) {
 }
 
 function route() {
-  if (!key()) {
+  const current = key();
+  $("key-form").hidden = Boolean(current);
+  $("key-in-use").hidden = !current;
+  $("key-id").textContent = current ? keyId(current) : "";
+  if (!current) {
+    stopFollowing();
     show("none");
-    $("forget").hidden = true;
     return;
   }
-  $("forget").hidden = false;
   const match = location.hash.match(/^#\/channels\/(\d+)$/);
   if (match) {
     openChannel(match[1]);
@@ -303,17 +381,44 @@ function route() {
   }
 }
 
-$("key-form").addEventListener("submit", (event) => {
+// A key is kept only once the API accepts it for reading channels: a refused one stays in the box
+// to be corrected, with the reason.
+$("key-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  sessionStorage.setItem(KEY, $("key").value.trim());
+  const candidate = $("key").value.trim();
+  const submit = $("key-form").querySelector("button[type=submit]");
+  clearError();
+  submit.disabled = true;
+  try {
+    await api("/v1/channels?limit=1", {}, candidate);
+  } catch (error) {
+    showError(error);
+    return;
+  } finally {
+    submit.disabled = false;
+  }
+  sessionStorage.setItem(KEY, candidate);
   $("key").value = "";
   route();
 });
+
+// Forgetting the key removes it from the tab and everything read with it from the page.
 $("forget").addEventListener("click", () => {
   sessionStorage.removeItem(KEY);
   stopFollowing();
-  location.hash = "";
+  clearError();
+  state.channel = null;
+  state.applied = null;
+  state.cursor = null;
+  state.listRequest += 1;
+  for (const id of ["channels", "messages", "total", "channel-name", "channel-meta", "channel-description", "document", "presence", "announce"]) {
+    $(id).replaceChildren();
+  }
+  $("more").hidden = true;
+  $("older").hidden = true;
+  history.replaceState(null, "", location.pathname + location.search);
   route();
+  $("key").focus();
 });
 $("filters").addEventListener("submit", (event) => {
   event.preventDefault();

@@ -1,7 +1,11 @@
 // The built-in console (/console) in headless Chromium (Debian's `chromium`, driven by
 // playwright-core): a key entered by hand, the channel list filtered and searched, a channel
 // opened, a message posted through the API appearing live, presence of the channel's live
-// stream, and a phone-sized screen. Screenshots are kept in target/test-artifacts/.
+// stream, and a phone-sized screen; a channel's description and document, its message count
+// following live messages (in its header and its row in the list), an archived channel saying so
+// with no live indicator, and the key kept for the tab (shown by its id) until forgotten.
+// Assertions read what a user sees; every wait is on an element or a condition, with a deadline.
+// Screenshots are kept in target/test-artifacts/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
@@ -46,6 +50,45 @@ after(async () => {
 
 const listed = (page) =>
   page.$$eval("#channels .name", (names) => names.map((name) => name.textContent));
+
+/**
+ * Waits until the element at `selector` is visible and its rendered text matches `pattern`, and
+ * returns that text.
+ */
+async function shows(page, selector, pattern) {
+  try {
+    await page.waitForFunction(
+      ([selector, source, flags]) => {
+        const node = document.querySelector(selector);
+        return Boolean(node?.checkVisibility() && new RegExp(source, flags).test(node.innerText));
+      },
+      [selector, pattern.source, pattern.flags],
+      { timeout: DEADLINE_MS },
+    );
+  } catch (error) {
+    const text = await page.$eval(selector, (node) => node.innerText).catch(() => "(absent)");
+    throw new Error(`${selector} never showed ${pattern} (it shows ${JSON.stringify(text)}): ${error.message}`);
+  }
+  return page.innerText(selector);
+}
+
+/** The key's id as the console shows it: `sk_id_` and the id part of `sk_live_<id>_<secret>`. */
+const keyIdOf = (key) => `sk_id_${key.split("_")[2]}`;
+
+const storage = (page) =>
+  page.evaluate(() => ({
+    session: Object.fromEntries(Object.entries(sessionStorage)),
+    local: Object.fromEntries(Object.entries(localStorage)),
+  }));
+
+async function useKey(page) {
+  await page.goto(`${server.http}/console`);
+  await page.getByLabel("API key").fill(key);
+  await page.getByRole("button", { name: "Use key" }).click();
+  await page.waitForSelector("#channels .name", { timeout: DEADLINE_MS });
+}
+
+const rowOf = (page, name) => page.locator("#channels li", { hasText: name });
 
 test("the console lists, filters and searches channels, and follows one live", async () => {
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
@@ -164,5 +207,171 @@ test("the console fits a phone's screen and says why a key is refused", async ()
   assert.ok(overflow <= 0, `the page scrolls sideways by ${overflow} px on a phone`);
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}/console-phone.png`, fullPage: true });
+  await context.close();
+});
+
+test("a channel shows its description and document, and its count follows live messages", async () => {
+  const document = [
+    "Steps:",
+    "1. <b>drain</b> the pool",
+    "   then wait for the canary",
+    "",
+    "<script>document.title = 'injected'</script>",
+    `https://example.com/${"x".repeat(300)}`,
+  ].join("\n");
+  const created = await server.call("POST", "/v1/channels", key, {
+    name: "Runbook AM-3",
+    ticket_slug: "AM-3",
+    description: "How to roll out <i>AM-3</i>, step by step",
+    document,
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const id = created.body.channel.id;
+  await server.call("POST", `/v1/channels/${id}/messages`, key, { content: "Step one done", pod_key: "pod-3" });
+
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  await useKey(page);
+  assert.match(await rowOf(page, "Runbook AM-3").innerText(), /1 message\b.*pod-3: Step one done/s);
+
+  await rowOf(page, "Runbook AM-3").getByRole("button").click();
+  await shows(page, "#channel-name", /^Runbook AM-3$/);
+  await shows(page, "#live", /^Live/);
+  assert.match(await shows(page, "#channel-meta", /1 message\b/), /^AM-3 · 1 message · created /);
+
+  // Both as plain text: the markup in them is shown, never interpreted.
+  assert.equal(
+    await shows(page, "#channel-description", /step by step/),
+    "How to roll out <i>AM-3</i>, step by step",
+  );
+  assert.equal(await shows(page, "#channel-document summary", /Document/), "Document");
+  assert.equal(await shows(page, "#document", /drain/), document);
+  assert.equal(await page.$$eval("#channel-view i, #channel-view b, #channel-view script", (nodes) => nodes.length), 0);
+  assert.equal(await page.title(), "channeld console");
+  // The long line wraps instead of widening the page.
+  const overflow = await page.$eval("#document", (pre) => pre.scrollWidth - pre.clientWidth);
+  assert.ok(overflow <= 0, `the document scrolls sideways by ${overflow} px`);
+
+  // Messages posted through the API: the header counts each as it arrives.
+  for (const [content, count] of [["Step two done", "2 messages"], ["All steps done", "3 messages"]]) {
+    const { status } = await server.call("POST", `/v1/channels/${id}/messages`, key, { content });
+    assert.equal(status, 201);
+    await shows(page, "#messages li:last-child", new RegExp(content));
+    await shows(page, "#channel-meta", new RegExp(`\\b${count}\\b`));
+  }
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: `${ARTIFACTS}/console-document.png`, fullPage: true });
+
+  // Back in the list, the channel's row says so too, from the moment the list is shown.
+  await page.getByRole("button", { name: "← All channels" }).click();
+  await page.waitForSelector("#list-view:not([hidden])", { timeout: DEADLINE_MS });
+  assert.match(await rowOf(page, "Runbook AM-3").innerText(), /3 messages.*api: All steps done/s);
+  await page.waitForFunction(
+    (id) => document.querySelectorAll(`#channels li[data-channel="${id}"]`).length === 1,
+    id,
+    { timeout: DEADLINE_MS },
+  );
+  assert.match(await rowOf(page, "Runbook AM-3").innerText(), /3 messages.*api: All steps done/s);
+  await context.close();
+});
+
+test("an archived channel says so, with no live indicator and no live stream", async () => {
+  const created = await server.call("POST", "/v1/channels", key, {
+    name: "Retired AM-4",
+    description: "Kept for the record",
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const id = created.body.channel.id;
+  await server.call("POST", `/v1/channels/${id}/messages`, key, { content: "Final word" });
+  const archived = await server.call("PUT", `/v1/channels/${id}`, key, { archived: true });
+  assert.equal(archived.body.channel.archived, true);
+
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  const streams = [];
+  page.on("request", (request) => {
+    if (new URL(request.url()).pathname.endsWith("/events")) streams.push(request.url());
+  });
+  await useKey(page);
+  await page.evaluate((id) => { location.hash = `#/channels/${id}`; }, id);
+
+  await shows(page, "#channel-name", /^Retired AM-4$/);
+  const status = await shows(page, "#live", /^Archived/);
+  assert.match(status, /^Archived \(last changed .+\): it takes no new messages\.$/);
+  await shows(page, "#channel-description", /^Kept for the record$/);
+  await shows(page, "#channel-meta", /^1 message · created /);
+  await shows(page, "#messages li", /Final word/);
+  assert.doesNotMatch(await page.innerText("#channel-view"), /\bLive\b/);
+  assert.equal(await page.isVisible("#presence"), false);
+  assert.equal(await page.isVisible("#channel-document"), false, "no document, no document section");
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: `${ARTIFACTS}/console-archived.png`, fullPage: true });
+
+  // Leaving the channel and listing again takes a round trip: a stream opened for the archived
+  // channel would have been requested by then.
+  await page.getByRole("button", { name: "← All channels" }).click();
+  await page.waitForSelector("#list-view:not([hidden])", { timeout: DEADLINE_MS });
+  await page.getByLabel("Status").selectOption("archived");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("#channels .name")].some((name) => name.textContent === "Retired AM-4"),
+    null,
+    { timeout: DEADLINE_MS },
+  );
+  assert.match(await rowOf(page, "Retired AM-4").innerText(), /1 message · archived/);
+  assert.deepEqual(streams, []);
+  await context.close();
+});
+
+test("the key stays for the tab, shown by its id, until forgotten", async () => {
+  const keyId = keyIdOf(key);
+  const secret = key.split("_")[3];
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(`${server.http}/console`);
+  assert.equal(await page.isVisible("#key-in-use"), false);
+  await useKey(page);
+
+  // Which key is in use, by its id; never its secret.
+  await shows(page, "#key-in-use", new RegExp(`^Key in use: ${keyId}\\b`));
+  assert.equal(await page.isVisible("#key"), false);
+  assert.ok(!(await page.innerText("body")).includes(secret), "the page shows the key's secret");
+  assert.deepEqual(await storage(page), { session: { "channeld.key": key }, local: {} });
+
+  // A reload in the same tab keeps using it, on the channel that was open.
+  await rowOf(page, "Deploy AM-1 rollout").getByRole("button").click();
+  await shows(page, "#live", /^Live/);
+  await page.reload();
+  await shows(page, "#key-in-use", new RegExp(`^Key in use: ${keyId}\\b`));
+  await shows(page, "#channel-name", /^Deploy AM-1 rollout$/);
+  await shows(page, "#live", /^Live/);
+  assert.equal(await page.isVisible("#key"), false);
+  assert.deepEqual(await storage(page), { session: { "channeld.key": key }, local: {} });
+
+  // Another tab does not have it.
+  const other = await context.newPage();
+  await other.goto(`${server.http}/console`);
+  await shows(other, "#key-form", /API key/);
+  assert.equal(await other.isVisible("#key-in-use"), false);
+  assert.equal(await other.isVisible("#list-view"), false);
+  assert.deepEqual(await storage(other), { session: {}, local: {} });
+  await other.close();
+
+  // Forgetting it: back to the key prompt, nothing read with it left on the page or in storage.
+  await page.getByRole("button", { name: "Forget key" }).click();
+  await shows(page, "#key-form", /API key/);
+  assert.equal(await page.isVisible("#key-in-use"), false);
+  assert.equal(await page.isVisible("#channel-view"), false);
+  assert.equal(await page.isVisible("#list-view"), false);
+  assert.equal(await page.$$eval("#channels li, #messages li", (items) => items.length), 0);
+  assert.equal(await page.evaluate(() => document.activeElement.id), "key");
+  assert.deepEqual(await storage(page), { session: {}, local: {} });
+  assert.equal(await page.evaluate(() => location.hash), "");
+
+  // And it stays forgotten across a reload.
+  await page.reload();
+  await shows(page, "#key-form", /API key/);
+  assert.equal(await page.isVisible("#key-in-use"), false);
+  assert.equal(await page.isVisible("#list-view"), false);
+  assert.deepEqual(await storage(page), { session: {}, local: {} });
   await context.close();
 });
