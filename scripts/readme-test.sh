@@ -424,7 +424,25 @@ main() {
     echo "readme-test: FAILED at $(cat "$work/failed" 2>/dev/null || echo "an unknown place (status $status)") after $elapsed"
     return 1
   fi
-  echo "readme-test: passed: $ran blocks ran, $servers servers answered, $skipped skipped, links ok, in $elapsed"
+  check_make_key || return 1
+  echo "readme-test: passed: $ran blocks ran, $servers servers answered, $skipped skipped, links ok, \`make key\` prints only a key, in $elapsed"
+}
+
+# `export KEY=$(make key)` must not depend on where cargo's or make's own lines go: stdout is
+# the key and nothing else, and with the binary built, stderr is silent too.
+check_make_key() {
+  local out err
+  out=$(make key NAME=readme-key-check 2>"$work/key.err") || {
+    echo "readme-test: FAILED: make key exited non-zero:"; cat "$work/key.err"; return 1; }
+  err=$(cat "$work/key.err")
+  if ! [[ $out =~ ^sk_live_[A-Za-z0-9]+_[A-Za-z0-9]+$ ]]; then
+    echo "readme-test: FAILED: make key printed more than a key on stdout: ${out:0:300}"
+    return 1
+  fi
+  if [ -n "$err" ]; then
+    echo "readme-test: FAILED: make key printed on stderr although nothing needed building: ${err:0:300}"
+    return 1
+  fi
 }
 
 if [ "${1:-}" != --blocks ]; then

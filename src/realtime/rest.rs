@@ -71,7 +71,7 @@ pub struct PeersBody<'a> {
 
 /// `GET /v1/channels/{channel}/peers`.
 #[utoipa::path(get, path = "/v1/channels/{channel}/peers", operation_id = "listPeers", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
+    params(("channel" = String, Path, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
     responses(
         (status = 200, description = "Peers present in the channel", body = PeersBody),
         (status = 400, description = "A malformed (`invalid_request`) or reserved (`channel_reserved`) channel name", body = Envelope),
@@ -114,7 +114,10 @@ pub struct PublishRequest {
     #[serde(default, deserialize_with = "present_raw")]
     #[schema(value_type = serde_json::Value, required = true)]
     pub data: Option<Box<RawValue>>,
+    /// The sender subscribers see: a peer id, 1-128 printable ASCII characters; `server` when
+    /// absent.
     #[validate(custom(function = "valid_from"))]
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub from: Option<String>,
     /// Shown as `fromMetadata` to subscribers that asked for it; at most 4 KiB.
     #[serde(rename = "peerMetadata")]
@@ -143,7 +146,7 @@ pub struct Delivered<'a> {
 
 /// `POST /v1/channels/{channel}/publish`: reaches every subscriber; answers how many.
 #[utoipa::path(post, path = "/v1/channels/{channel}/publish", operation_id = "publish", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    params(("channel" = String, Path, description = "Realtime channel name, URL-encoded (`app_abc%2Froom-1`); the literal form with `/` works too. All digits: persistent channel N")),
+    params(("channel" = String, Path, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published; `delivered` counts the subscribers reached", body = Delivered),
@@ -247,7 +250,7 @@ pub struct Kicked {
 
 /// `DELETE /v1/peers/{peerId}`: closes every connection of the peer with 4020.
 #[utoipa::path(delete, path = "/v1/peers/{peer_id}", operation_id = "kickPeer", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    params(("peer_id" = String, Path, description = "1-128 printable ASCII characters")),
+    params(("peer_id" = String, Path, pattern = "^[ -~]{1,128}$", description = "1-128 printable ASCII characters")),
     responses(
         (status = 200, description = "The peer's connections were closed with 4020 (`closed` may be 0)", body = Kicked),
         (status = 400, description = "A malformed peer id", body = Envelope),
