@@ -113,9 +113,9 @@ pub enum ApiError {
     },
     #[error("this credential does not permit `{0}`")]
     ActionNotPermitted(Scope),
-    #[error("the channel is outside this credential's channel patterns")]
+    #[error("this realtime channel name is outside this credential's channel patterns")]
     ChannelNotAuthorized,
-    #[error("channel names starting with _metered/, _internal/ or _system/ are reserved")]
+    #[error("realtime channel names starting with _metered/, _internal/ or _system/ are reserved")]
     ChannelReserved,
     /// `/v1/mcp` called under a `Host`, or from a browser `Origin`, it does not accept.
     #[error("{0}")]

@@ -26,8 +26,6 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
-/// Set in the environment of the background follower that `--detach` starts.
-const BACKGROUND: &str = "CHANNELD_FOLLOW_BACKGROUND";
 /// What the background follower tells the command that started it once it is subscribed.
 const READY: &str = "ready";
 /// How long a background follower lives without `--timeout`.
@@ -39,7 +37,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone, Args)]
 pub struct FollowArgs {
     /// Stop after this many `message` frames.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Stop after this many seconds (connecting included).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
@@ -48,6 +46,9 @@ pub struct FollowArgs {
     /// follower's process id; its frames go to stderr.
     #[arg(long)]
     detach: bool,
+    /// Set by `--detach` on the background follower it starts.
+    #[arg(long, hide = true, requires = "detach")]
+    background: bool,
     /// The WebSocket URL with its credential, e.g. `ws://localhost:8080/v1?token=…`.
     url: String,
     /// Realtime channel names to subscribe to (a persistent channel's is its id, e.g. `42`).
@@ -66,7 +67,7 @@ fn parse_secs(value: &str) -> Result<Duration, String> {
 pub async fn run(args: FollowArgs) -> Result<(), Error> {
     if !args.detach {
         follow(args, &mut std::io::stdout(), None).await
-    } else if std::env::var_os(BACKGROUND).is_some() {
+    } else if args.background {
         let args = FollowArgs {
             timeout: args.timeout.or(Some(BACKGROUND_TIMEOUT)),
             ..args
@@ -84,7 +85,7 @@ pub async fn run(args: FollowArgs) -> Result<(), Error> {
 fn detach() -> Result<(), Error> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1))
-        .env(BACKGROUND, "1")
+        .arg("--background")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -163,6 +164,11 @@ async fn follow(
     match options.timeout {
         Some(timeout) => match tokio::time::timeout(timeout, frames).await {
             Ok(result) => result,
+            Err(_) if !subscribed => Err(format!(
+                "not every subscription was live within {} s",
+                timeout.as_secs()
+            )
+            .into()),
             Err(_) => {
                 writeln!(out, "follow: stopping after {} s", timeout.as_secs())?;
                 Ok(())

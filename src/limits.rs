@@ -1,12 +1,13 @@
 //! Limits every request meets before its handler: the URI's length (414), the headers' size
 //! (431) and a declared `Content-Length` over `--max-body-bytes` (413, at once: the body is never
 //! waited for), answered in the error envelope; the body's arrival within `--http-body-timeout`
-//! (408, answered where the body is read, after the key check); and a deadline on the whole of
-//! the request's work, `--db-timeout` plus a long poll's `wait`, past which it answers 503
-//! `unavailable` so that a frozen database cannot hold requests without limit — unless the
-//! request's body was still arriving then: a slow client is its own fault, a 408, never a 5xx
-//! that pages an operator. Streams (SSE, WebSocket) are not bounded by the deadline: their
-//! handlers answer at once and stream afterwards.
+//! (408, answered where the body is read, after the key check); and a deadline on the request's
+//! work, `--db-timeout` plus a long poll's `wait`, past which it answers 503 `unavailable` so
+//! that a frozen database cannot hold requests without limit. Time spent waiting for the body is
+//! the client's, not the database's: while the body is still arriving the deadline moves on, so
+//! a slow upload gets its whole `--http-body-timeout` and a stalled one a 408, never a 5xx that
+//! pages an operator. Streams (SSE, WebSocket) are not bounded by the deadline: their handlers
+//! answer at once and stream afterwards.
 
 use std::{
     future::Future,
@@ -89,6 +90,7 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
                 let _ = stopping.wait_for(|stopping| *stopping).await;
             }),
             arriving: arriving.clone(),
+            ended: false,
         })
     };
     let request = Request::from_parts(parts, body);
@@ -99,10 +101,21 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
         _ => long_poll_wait(request.uri().query()),
     };
     let budget = config.db_timeout + wait;
-    match tokio::time::timeout(budget, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) if arriving.load(Ordering::Relaxed) => body_timed_out().into_response(),
-        Err(_) => ApiError::DeadlinePassed(budget).into_response(),
+    let started = tokio::time::Instant::now();
+    let work = next.run(request);
+    tokio::pin!(work);
+    loop {
+        match tokio::time::timeout(budget, &mut work).await {
+            Ok(response) => return response,
+            // Still the client's time: the body's own deadline ends it with a 408.
+            Err(_)
+                if arriving.load(Ordering::Relaxed)
+                    && started.elapsed() < config.http.body_timeout =>
+            {
+                continue;
+            }
+            Err(_) => return ApiError::DeadlinePassed(budget).into_response(),
+        }
     }
 }
 
@@ -157,6 +170,15 @@ struct DeadlineBody {
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// True while the handler reads the body and the body has not ended.
     arriving: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl DeadlineBody {
+    /// All of it arrived, or it will never: not arriving any more.
+    fn end(&mut self) {
+        self.ended = true;
+        self.arriving.store(false, Ordering::Relaxed);
+    }
 }
 
 impl http_body::Body for DeadlineBody {
@@ -167,14 +189,21 @@ impl http_body::Body for DeadlineBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended || self.inner.is_end_stream() {
+            self.end();
+            return Poll::Ready(None);
+        }
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            let ended = !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream();
-            self.arriving.store(!ended, Ordering::Relaxed);
+            if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
+                self.end();
+            } else {
+                self.arriving.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if self.deadline.as_mut().poll(cx).is_ready() || self.stopping.as_mut().poll(cx).is_ready()
         {
-            self.arriving.store(false, Ordering::Relaxed);
+            self.end();
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
         }
         self.arriving.store(true, Ordering::Relaxed);
@@ -182,7 +211,7 @@ impl http_body::Body for DeadlineBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

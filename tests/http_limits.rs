@@ -235,14 +235,41 @@ async fn a_declared_body_over_the_limit_is_413_at_once(db: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn a_body_still_arriving_at_the_request_deadline_is_408_not_503(db: PgPool) {
-    // The request's deadline (--db-timeout) comes before the body's own timeout: a client that
-    // stops sending is still the client's fault, never a 5xx.
+/// The request's deadline (--db-timeout) is shorter than the body's own timeout.
+fn short_deadline() -> Config {
     let mut config = common::test_config();
-    config.db_timeout = Duration::from_millis(500);
-    config.http.body_timeout = Duration::from_secs(30);
-    let app = TestApp::spawn_config(db, config).await;
+    config.db_timeout = Duration::from_millis(300);
+    config.http.body_timeout = Duration::from_secs(2);
+    config
+}
+
+#[sqlx::test]
+async fn a_slow_body_gets_the_whole_body_timeout_not_the_request_deadline(db: PgPool) {
+    let app = TestApp::spawn_config(db, short_deadline()).await;
+    let key = app.writer().await;
+    let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
+    let body = br#"{"name": "sent slowly, past the request deadline"}"#;
+    let head = format!(
+        "POST /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // A slow client (the behaviour under test): the body takes ~0.8 s, past the 0.3 s deadline
+    // and within the 2 s body timeout.
+    for chunk in body.chunks(body.len().div_ceil(4)) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tcp.write_all(chunk).await.unwrap();
+    }
+    let answer = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+}
+
+#[sqlx::test]
+async fn a_stalled_body_is_408_not_503(db: PgPool) {
+    // Past the request's deadline the body is still the client's to send: stalling is the
+    // client's fault, answered 408 when the body's own timeout ends, never a 5xx.
+    let app = TestApp::spawn_config(db, short_deadline()).await;
     let key = app.writer().await;
     let mut tcp = TcpStream::connect(addr(&app)).await.unwrap();
     let head = format!(

@@ -104,8 +104,14 @@ async fn transport_refusals_come_in_the_error_envelope(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let text = response.text().await.unwrap();
     assert!(text.ends_with("}\n") && !text.ends_with("\n\n"), "{text:?}");
+    assert_eq!(length, text.len());
 
     // Stateless: nothing to GET or DELETE.
     for method in [Method::GET, Method::DELETE] {
@@ -196,6 +202,35 @@ async fn transport_refusals_come_in_the_error_envelope(db: PgPool) {
             .contains("read_messages"),
         "{body}"
     );
+}
+
+#[sqlx::test]
+async fn a_stalled_body_is_408_like_on_every_route(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = test_config();
+    config.http.body_timeout = std::time::Duration::from_millis(500);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let mut tcp = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+         Accept: {ACCEPT}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n\
+         {{\"jsonrpc\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert_eq!(body["message"], "the request body did not arrive in time");
 }
 
 #[sqlx::test]

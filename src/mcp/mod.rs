@@ -27,15 +27,15 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    body::{Body, Bytes},
+    body::Body,
     extract::{FromRequestParts, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
     routing::any,
 };
-use futures_util::StreamExt;
-use http_body_util::BodyExt;
+use http_body::Body as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
 };
@@ -71,6 +71,23 @@ pub fn router(state: AppState) -> Router<AppState> {
 
 /// Host and Origin, then the API key; the transport's own refusals put in the envelope.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    with_length(checked(state, request, next).await)
+}
+
+/// An explicit `Content-Length` for a body of known size: behind the SDK's service the router
+/// loses the body's size, and every answer would go out chunked.
+fn with_length(mut response: Response) -> Response {
+    if let Some(length) = response.body().size_hint().exact()
+        && !response.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
+}
+
+async fn checked(state: AppState, request: Request, next: Next) -> Response {
     if let Err(refused) = check_host(&state.config.mcp, request.headers()) {
         return refused.into_response();
     }
@@ -81,8 +98,23 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         Err(refused) => return refused.into_response(),
     };
     parts.extensions.insert(principal);
+    // Read here, so that a body too slow or too large is answered as on every route (408, 413)
+    // rather than as the SDK's own failure to read it.
+    let body = match Limited::new(body, state.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(collected) => Body::from(collected.to_bytes()),
+        Err(error) if crate::limits::is_body_timeout(&*error) => {
+            return crate::limits::body_timed_out().into_response();
+        }
+        Err(error) if error.is::<LengthLimitError>() => {
+            return ApiError::PayloadTooLarge("request body is too large".into()).into_response();
+        }
+        Err(_) => return ApiError::invalid("could not read the request body").into_response(),
+    };
     let response = next.run(Request::from_parts(parts, body)).await;
-    in_envelope(with_newline(response)).await
+    in_envelope(with_newline(response).await).await
 }
 
 /// JSON-RPC's error code for a refused credential (in the range left to servers).
@@ -104,8 +136,9 @@ fn unauthorized(refused: ApiError) -> Response {
     (refused.status(), challenge, Json(body)).into_response()
 }
 
-/// A JSON answer of the SDK with the newline every JSON body of the API ends with.
-fn with_newline(response: Response) -> Response {
+/// A JSON answer of the SDK (one whole JSON-RPC message) with the newline every JSON body of
+/// the API ends with.
+async fn with_newline(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -114,18 +147,15 @@ fn with_newline(response: Response) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    if let Some(length) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-    {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length + 1));
+    let mut bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(error) => return ApiError::Internal(error.into()).into_response(),
+    };
+    if bytes.last() != Some(&b'\n') {
+        bytes.push(b'\n');
     }
-    let newline = futures_util::stream::once(async { Ok(Bytes::from_static(b"\n")) });
-    let body = Body::from_stream(body.into_data_stream().chain(newline));
-    Response::from_parts(parts, body)
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// A refusal of the transport (plain text from the SDK) rewritten as the error envelope.

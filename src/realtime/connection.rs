@@ -46,8 +46,8 @@ const WRITE_BATCH: usize = 64;
     params(
         ("token" = Option<String>, Query, description = "A token from `POST /v1/tokens` or signed by a backend (HS256, `kid` = key id)"),
         ("key" = Option<String>, Query, description = "A publishable key (`pk_live_…`), checked against `Origin`"),
-        ("Connection" = String, Header, pattern = "^[Uu]pgrade$", description = "`Upgrade`: this endpoint only upgrades to a WebSocket (RFC 6455)"),
-        ("Upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`"),
+        ("Connection" = String, Header, pattern = "^([ -~]*, *)?[Uu][Pp][Gg][Rr][Aa][Dd][Ee]( *,[ -~]*)?$", description = "Holds the token `Upgrade` (any case): this endpoint only upgrades to a WebSocket (RFC 6455)"),
+        ("Upgrade" = String, Header, pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$", description = "`websocket` (any case)"),
         ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
         ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes, base64-encoded (RFC 6455 §4.1)"),
     ),

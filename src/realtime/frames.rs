@@ -15,6 +15,7 @@ use crate::{
     channels::{ChannelState, channel_state},
     cluster::SubscribeFailure,
     delivery::Follow,
+    error::ApiError,
     messages::{count_after, id_before_newest},
     state::AppState,
 };
@@ -113,7 +114,10 @@ impl Connection {
         if !self.session.key_scopes.contains(scope) {
             return Err((
                 ErrorCode::ChannelNotAuthorized,
-                format!("persistent channels need the key scope {scope}"),
+                format!(
+                    "the live stream of persistent channel {id} needs the {scope} scope on the \
+                     key behind this connection"
+                ),
             ));
         }
         match channel_state(&self.state.db, id).await {
@@ -121,11 +125,11 @@ impl Connection {
             Ok(Some(ChannelState::Archived)) if !writing => Ok(()),
             Ok(Some(ChannelState::Archived)) => Err((
                 ErrorCode::InvalidChannel,
-                format!("channel {id} is archived"),
+                ApiError::ChannelArchived(id).to_string(),
             )),
             Ok(None) => Err((
                 ErrorCode::InvalidChannel,
-                format!("channel {id} does not exist"),
+                ApiError::channel_not_found(id).to_string(),
             )),
             Err(error) => {
                 tracing::warn!(%error, "checking a persistent channel failed");

@@ -21,13 +21,16 @@ impl NameError {
     /// What to tell the client.
     pub fn message(self) -> &'static str {
         match self {
-            Self::Invalid => "channel names are 1-256 characters without control characters",
+            Self::Invalid => {
+                "realtime channel names are 1-256 characters without control characters"
+            }
             Self::Reserved => {
-                "channel names starting with _metered/, _internal/ or _system/ are reserved"
+                "realtime channel names starting with _metered/, _internal/ or _system/ are reserved"
             }
             Self::NotCanonical => {
-                "an all-digit channel name is a persistent channel's id and must be written as \
-                 the API returns it: a positive integer without leading zeros (42, not 042)"
+                "an all-digit realtime channel name is a persistent channel's id and must be \
+                 written as the API returns it: a positive integer without leading zeros (42, \
+                 not 042)"
             }
         }
     }
