@@ -43,8 +43,12 @@ async fn posted_messages_have_the_documented_shape(db: PgPool) {
             "content",
             "created_at",
             "id",
+            "mentions",
+            "metadata",
             "pod_key",
-            "sender_type"
+            "reply_to",
+            "sender_type",
+            "thread_id"
         ]
     );
     assert_eq!(message["channel_id"], channel);

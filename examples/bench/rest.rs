@@ -61,10 +61,15 @@ pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
             let insert = find_query(sqlx_dir, |q| {
                 q.contains("INSERT INTO messages") && !q.contains("idempotency_key")
             })?;
-            // channel id, content, sender_type, pod_key, idempotency key
+            // channel id, content, sender_type, pod_key, mentions, metadata, reply_to, thread
             script += &format!(
                 "{};\n",
-                bind(&insert, &[":cid", ":content", "'api'", "NULL", "NULL"])
+                bind(
+                    &insert,
+                    &[
+                        ":cid", ":content", "'api'", "NULL", "'{}'", "NULL", "NULL", "NULL"
+                    ]
+                )
             );
         }
         Op::Get => {
@@ -333,7 +338,10 @@ mod tests {
             "{post}"
         );
         assert!(
-            post.contains("SELECT last_message_id, id, :content, 'api', NULL, now() FROM channel"),
+            post.contains(
+                "SELECT last_message_id, id, :content, 'api', NULL, now(), '{}', NULL, NULL, NULL \
+                 FROM channel"
+            ),
             "{post}"
         );
         let get = pgbench_script(&sqlx_dir(), Op::Get).expect("get script");

@@ -152,7 +152,13 @@ function messageItem(message) {
   const item = element("li", message.sender_type, message.content);
   item.dataset.id = message.id;
   const who = message.pod_key || message.sender_type;
-  item.prepend(element("span", "meta", `#${message.id} · ${who} · ${when(message.created_at)}`));
+  let meta = `#${message.id} · ${who} · ${when(message.created_at)}`;
+  // A reply says what it answers; mentions say who is addressed (all as text, never markup).
+  if (message.reply_to != null) meta += ` · reply to #${message.reply_to}`;
+  item.prepend(element("span", "meta", meta));
+  if (message.mentions && message.mentions.length) {
+    item.append(element("span", "mentions", message.mentions.map((name) => `@${name}`).join(" ")));
+  }
   return item;
 }
 

@@ -28,10 +28,13 @@ pub async fn newer_than(
         Message,
         r#"
         SELECT m.id AS "id!", m.channel_id AS "channel_id!", m.content AS "content!",
-               m.sender_type AS "sender_type!", m.pod_key AS "pod_key?", m.created_at AS "created_at!"
+               m.sender_type AS "sender_type!", m.pod_key AS "pod_key?", m.created_at AS "created_at!",
+               m.mentions AS "mentions!", m.metadata AS "metadata?", m.reply_to AS "reply_to?",
+               m.thread_id AS "thread_id!"
         FROM unnest($1::bigint[], $2::bigint[]) AS f (channel_id, cursor)
         CROSS JOIN LATERAL (
-            SELECT id, channel_id, content, sender_type, pod_key, created_at
+            SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                   mentions, metadata, reply_to, COALESCE(thread_id, id) AS thread_id
             FROM messages
             WHERE messages.channel_id = f.channel_id AND messages.id > f.cursor
             ORDER BY id

@@ -213,6 +213,16 @@ struct PostMessageArgs {
     /// Your agent's pod key (1-100 printable ASCII characters): shown as the sender, and marks
     /// the message as from an agent.
     pod_key: Option<String>,
+    /// Who the message is addressed to: up to 32 distinct pod keys or names (each 1-100
+    /// printable ASCII characters). An agent waiting for messages that mention it is woken.
+    mentions: Option<Vec<String>>,
+    /// Machine-readable data for other agents: a JSON object of at most 16 KiB, e.g.
+    /// `{"kind": "status", "progress": 0.4}`.
+    metadata: Option<serde_json::Map<String, Value>>,
+    /// The id of an earlier message of this channel that this one answers: the reply joins
+    /// that message's thread.
+    #[schemars(range(min = 1))]
+    reply_to: Option<i64>,
     /// A key you choose for this message (1-255 printable ASCII characters, e.g. a UUID). If the
     /// call fails or times out, retry with the SAME key: the message is stored once, and the
     /// retry returns it with `replayed: true`.
@@ -498,6 +508,9 @@ impl Tools {
                 let new = validated(CreateMessage {
                     content: args.content,
                     pod_key: args.pod_key,
+                    mentions: args.mentions,
+                    metadata: args.metadata,
+                    reply_to: args.reply_to,
                 })?;
                 let (stored, message) =
                     messages::store(state, args.channel_id, new, args.idempotency_key).await?;

@@ -9,26 +9,64 @@
 //!   lock and evaluates it again, so the id kept was drawn after every earlier writer committed.
 //! - `insert_once` locks the row (`FOR UPDATE`) before its insert draws the id.
 
+use serde_json::Value;
 use sqlx::PgExecutor;
 
 use super::model::Message;
 
+/// What a new message carries besides its text and sender.
+#[derive(Debug, Clone, Copy)]
+pub struct Addressing<'a> {
+    pub mentions: &'a [String],
+    pub metadata: Option<&'a Value>,
+    /// The message it answers, and that message's thread (stored as `thread_id`; a message
+    /// that answers nothing stores NULL there and reads as its own thread).
+    pub reply: Option<(i64, i64)>,
+}
+
 /// Stores a message on an active channel and, in the same statement, brings the channel up to
-/// date: `updated_at`, `message_count` and the last message. `None` when nothing was stored: the
-/// channel is missing or archived, or `idempotency_key` was already used on this channel (then
-/// the channel is left as it was).
+/// date (`updated_at`, `message_count` and the last message) and records its mentions. `None`
+/// when nothing was stored: the channel is missing or archived, or `idempotency_key` was already
+/// used on this channel (then the channel is left as it was).
 pub async fn insert(
     db: impl PgExecutor<'_>,
     channel_id: i64,
     content: &str,
     sender_type: &str,
     pod_key: Option<&str>,
+    addressing: Addressing<'_>,
     idempotency_key: Option<&str>,
 ) -> Result<Option<Message>, sqlx::Error> {
     match idempotency_key {
-        None => insert_plain(db, channel_id, content, sender_type, pod_key).await,
-        Some(key) => insert_once(db, channel_id, content, sender_type, pod_key, key).await,
+        None => insert_plain(db, channel_id, content, sender_type, pod_key, addressing).await,
+        Some(key) => {
+            insert_once(
+                db,
+                channel_id,
+                content,
+                sender_type,
+                pod_key,
+                addressing,
+                key,
+            )
+            .await
+        }
     }
+}
+
+/// The thread of message `id` of this channel, if the channel has such a message.
+pub async fn thread_of(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    id: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT COALESCE(thread_id, id) AS "thread!" FROM messages WHERE id = $1 AND channel_id = $2"#,
+        id,
+        channel_id,
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// Without an idempotency key nothing can conflict: one `UPDATE` of the channel draws the id
@@ -41,7 +79,9 @@ async fn insert_plain(
     content: &str,
     sender_type: &str,
     pod_key: Option<&str>,
+    addressing: Addressing<'_>,
 ) -> Result<Option<Message>, sqlx::Error> {
+    let (reply_to, thread) = addressing.reply.unzip();
     sqlx::query_as!(
         Message,
         r#"
@@ -56,16 +96,30 @@ async fn insert_plain(
                 last_content     = left($2, 200)
             WHERE id = $1 AND NOT archived
             RETURNING id, last_message_id
+        ), stored AS (
+            INSERT INTO messages (id, channel_id, content, sender_type, pod_key, created_at,
+                                  mentions, metadata, reply_to, thread_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT last_message_id, id, $2, $3, $4, now(), $5, $6, $7, $8 FROM channel
+            RETURNING id, channel_id, content, sender_type, pod_key, created_at,
+                      mentions, metadata, reply_to, COALESCE(thread_id, id) AS thread_id
+        ), mentioned AS (
+            INSERT INTO message_mentions (channel_id, name, message_id)
+            SELECT channel_id, unnest(mentions), id FROM stored
         )
-        INSERT INTO messages (id, channel_id, content, sender_type, pod_key, created_at)
-        OVERRIDING SYSTEM VALUE
-        SELECT last_message_id, id, $2, $3, $4, now() FROM channel
-        RETURNING id, channel_id, content, sender_type, pod_key, created_at
+        SELECT id AS "id!", channel_id AS "channel_id!", content AS "content!",
+               sender_type AS "sender_type!", pod_key, created_at AS "created_at!",
+               mentions AS "mentions!", metadata, reply_to, thread_id AS "thread_id!"
+        FROM stored
         "#,
         channel_id,
         content,
         sender_type,
         pod_key,
+        addressing.mentions,
+        addressing.metadata,
+        reply_to,
+        thread,
     )
     .fetch_optional(db)
     .await
@@ -74,24 +128,32 @@ async fn insert_plain(
 /// With an idempotency key the insert may find the key taken and store nothing, so the channel
 /// is updated from what the insert returned: the row is locked first (`FOR UPDATE`), the message
 /// inserted (its id drawn under the lock), and the row updated only if a message was stored.
+#[allow(clippy::too_many_arguments)]
 async fn insert_once(
     db: impl PgExecutor<'_>,
     channel_id: i64,
     content: &str,
     sender_type: &str,
     pod_key: Option<&str>,
+    addressing: Addressing<'_>,
     idempotency_key: &str,
 ) -> Result<Option<Message>, sqlx::Error> {
+    let (reply_to, thread) = addressing.reply.unzip();
     sqlx::query_as!(
         Message,
         r#"
         WITH channel AS (
             SELECT id FROM channels WHERE id = $1 AND NOT archived FOR UPDATE
         ), stored AS (
-            INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key)
-            SELECT id, $2, $3, $4, $5 FROM channel
+            INSERT INTO messages (channel_id, content, sender_type, pod_key, idempotency_key,
+                                  mentions, metadata, reply_to, thread_id)
+            SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM channel
             ON CONFLICT (channel_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, channel_id, content, sender_type, pod_key, created_at
+            RETURNING id, channel_id, content, sender_type, pod_key, created_at,
+                      mentions, metadata, reply_to, COALESCE(thread_id, id) AS thread_id
+        ), mentioned AS (
+            INSERT INTO message_mentions (channel_id, name, message_id)
+            SELECT channel_id, unnest(mentions), id FROM stored
         ), counted AS (
             UPDATE channels SET
                 updated_at       = now(),
@@ -104,7 +166,8 @@ async fn insert_once(
             FROM stored WHERE channels.id = stored.channel_id
         )
         SELECT id AS "id!", channel_id AS "channel_id!", content AS "content!",
-               sender_type AS "sender_type!", pod_key, created_at AS "created_at!"
+               sender_type AS "sender_type!", pod_key, created_at AS "created_at!",
+               mentions AS "mentions!", metadata, reply_to, thread_id AS "thread_id!"
         FROM stored
         "#,
         channel_id,
@@ -112,6 +175,10 @@ async fn insert_once(
         sender_type,
         pod_key,
         idempotency_key,
+        addressing.mentions,
+        addressing.metadata,
+        reply_to,
+        thread,
     )
     .fetch_optional(db)
     .await
@@ -126,7 +193,8 @@ pub async fn find_by_idempotency_key(
     sqlx::query_as!(
         Message,
         r#"
-        SELECT id, channel_id, content, sender_type, pod_key, created_at
+        SELECT id, channel_id, content, sender_type, pod_key, created_at,
+               mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
         FROM messages WHERE channel_id = $1 AND idempotency_key = $2
         "#,
         channel_id,
@@ -161,7 +229,8 @@ pub async fn page(
             sqlx::query_as!(
                 Message,
                 r#"
-                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                       mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
                 FROM messages WHERE channel_id = $1
                 ORDER BY id DESC LIMIT $2
                 "#,
@@ -175,7 +244,8 @@ pub async fn page(
             sqlx::query_as!(
                 Message,
                 r#"
-                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                       mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
                 FROM messages WHERE channel_id = $1 AND id < $2
                 ORDER BY id DESC LIMIT $3
                 "#,
@@ -190,7 +260,8 @@ pub async fn page(
             sqlx::query_as!(
                 Message,
                 r#"
-                SELECT id, channel_id, content, sender_type, pod_key, created_at
+                SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                       mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
                 FROM messages WHERE channel_id = $1 AND id > $2
                 ORDER BY id ASC LIMIT $3
                 "#,

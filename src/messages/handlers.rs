@@ -229,6 +229,26 @@ pub async fn store(
     new: CreateMessage,
     idempotency_key: Option<String>,
 ) -> Result<(Stored, Message), ApiError> {
+    // A reply joins the thread of the message it answers, which must be of this channel.
+    let reply = match new.reply_to {
+        Some(reply_to) => match db::thread_of(&state.db, channel_id, reply_to).await? {
+            Some(thread) => Some((reply_to, thread)),
+            None if channel_state(&state.db, channel_id).await?.is_none() => {
+                return Err(ApiError::channel_not_found(channel_id));
+            }
+            None => {
+                return Err(ApiError::invalid_field(
+                    "reply_to",
+                    "not_found",
+                    format!(
+                        "reply_to must be an earlier message of this channel: message \
+                         {reply_to} not found in channel {channel_id}"
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
     // The insert and its doorbell run in a task of their own: a client that hangs up cancels this
     // handler, never a commit's doorbell. (Were the process to die between the two, the readers'
     // sweep would still find the message.)
@@ -236,12 +256,20 @@ pub async fn store(
         let (db, delivery) = (state.db.clone(), state.delivery.clone());
         let idempotency_key = idempotency_key.clone();
         async move {
+            let sender_type = new.sender_type();
+            let metadata = new.metadata.map(serde_json::Value::Object);
+            let addressing = db::Addressing {
+                mentions: new.mentions.as_deref().unwrap_or_default(),
+                metadata: metadata.as_ref(),
+                reply,
+            };
             let stored = db::insert(
                 &db,
                 channel_id,
                 &new.content,
-                new.sender_type(),
+                sender_type,
                 new.pod_key.as_deref(),
+                addressing,
                 idempotency_key.as_deref(),
             )
             .await?;

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
@@ -16,9 +17,22 @@ pub struct Message {
     #[serde(serialize_with = "crate::timestamp::serialize")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
+    /// The names it addresses (pod keys or peer ids), in the order given; `[]` when none.
+    pub mentions: Vec<String>,
+    /// A JSON object the poster attached, or `null`.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// The earlier message of the same channel it answers, or `null`.
+    pub reply_to: Option<i64>,
+    /// The id of its thread's first message: its own id when it replies to nothing.
+    pub thread_id: i64,
 }
 
 pub const CONTENT_MAX_BYTES: usize = 65_536;
+/// Most names one message may mention.
+pub const MENTIONS_MAX: usize = 32;
+/// Largest `metadata`, encoded as JSON.
+pub const METADATA_MAX_BYTES: usize = 16 * 1024;
 
 /// `POST /v1/channels/{id}/messages`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -32,9 +46,32 @@ pub struct CreateMessage {
     #[validate(custom(function = "valid_pod_key"))]
     #[schema(pattern = "^[ -~]{1,100}$")]
     pub pod_key: Option<String>,
+    /// Names addressed: up to 32 distinct ones, each 1-100 printable ASCII characters.
+    #[validate(custom(function = "valid_mentions"))]
+    #[schema(max_items = 32)]
+    pub mentions: Option<Vec<String>>,
+    /// A JSON object of at most 16 KiB encoded, e.g. `{"kind": "status", "progress": 0.4}`.
+    #[validate(custom(function = "valid_metadata"))]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// The id of an earlier message of the same channel that this one answers.
+    #[validate(range(min = 1, message = "reply_to must be a message id (at least 1)"))]
+    #[schema(minimum = 1)]
+    pub reply_to: Option<i64>,
 }
 
 impl CreateMessage {
+    /// Content alone, as most posts are.
+    pub fn plain(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            pod_key: None,
+            mentions: None,
+            metadata: None,
+            reply_to: None,
+        }
+    }
+
     /// `agent` when the poster names its pod, `api` otherwise.
     pub fn sender_type(&self) -> &'static str {
         if self.pod_key.is_some() {
@@ -69,6 +106,35 @@ pub fn is_printable_ascii(value: &str, max: usize) -> bool {
     (1..=max).contains(&value.len()) && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
+fn valid_mentions(mentions: &[String]) -> Result<(), ValidationError> {
+    if mentions.len() > MENTIONS_MAX {
+        return Err(ValidationError::new("length")
+            .with_message(format!("mentions holds at most {MENTIONS_MAX} names").into()));
+    }
+    if !mentions.iter().all(|name| is_printable_ascii(name, 100)) {
+        return Err(ValidationError::new("format").with_message(
+            "each name in mentions must be 1-100 printable ASCII characters".into(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = mentions.iter().find(|name| !seen.insert(name.as_str())) {
+        return Err(ValidationError::new("duplicate")
+            .with_message(format!("mentions names `{twice}` twice; each name once").into()));
+    }
+    Ok(())
+}
+
+fn valid_metadata(metadata: &Map<String, Value>) -> Result<(), ValidationError> {
+    let bytes = serde_json::to_vec(metadata).map_or(usize::MAX, |encoded| encoded.len());
+    if bytes > METADATA_MAX_BYTES {
+        return Err(ValidationError::new("length").with_message(
+            format!("metadata must be at most {METADATA_MAX_BYTES} bytes encoded (got {bytes})")
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn valid_pod_key(pod_key: &str) -> Result<(), ValidationError> {
     if is_printable_ascii(pod_key, 100) {
         Ok(())
@@ -87,6 +153,7 @@ mod tests {
         let make = |content: String, pod_key: Option<&str>| CreateMessage {
             content,
             pod_key: pod_key.map(str::to_owned),
+            ..CreateMessage::plain("")
         };
         assert!(make("x".into(), None).validate().is_ok());
         assert!(
@@ -114,13 +181,10 @@ mod tests {
 
     #[test]
     fn sender_type_follows_pod_key() {
-        let api = CreateMessage {
-            content: "x".into(),
-            pod_key: None,
-        };
+        let api = CreateMessage::plain("x");
         let agent = CreateMessage {
-            content: "x".into(),
             pod_key: Some("pod-1".into()),
+            ..CreateMessage::plain("x")
         };
         assert_eq!(api.sender_type(), "api");
         assert_eq!(agent.sender_type(), "agent");
