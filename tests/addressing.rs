@@ -264,3 +264,284 @@ async fn mcp_posts_and_reads_the_fields(db: PgPool) {
         json!({"mentions": ["duplicate"]})
     );
 }
+
+/// Waits (with a deadline) until `count` long polls or MCP waits are waiting on `app`.
+async fn waiters_reach(app: &TestApp, count: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app
+        .state
+        .metrics
+        .waiters
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < count
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiters never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn ids(page: &Value) -> Vec<i64> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[sqlx::test]
+async fn filtered_paging_with_interleaved_writers_yields_each_match_once_in_order(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "interleaved").await;
+    // Four writers post 40 messages each; one of them addresses pod-7 seven times.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+            tokio::spawn(async move {
+                for n in 0..40 {
+                    let mut body = json!({"content": format!("{w}-{n}")});
+                    if w == 1 && n % 6 == 0 && n < 42 {
+                        body["mentions"] = json!(["pod-3", "pod-7"]);
+                    } else if n % 5 == 0 {
+                        body["mentions"] = json!(["pod-9"]);
+                    }
+                    let (status, answer) = common::call(
+                        http.post(format!("{base}/v1/channels/{channel}/messages"))
+                            .bearer_auth(&key)
+                            .json(&body),
+                    )
+                    .await;
+                    assert_eq!(status, StatusCode::CREATED, "{answer}");
+                }
+            })
+        })
+        .collect();
+    // Meanwhile a reader pages forward two at a time over the filter, as an agent follows.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < 7 {
+        assert!(std::time::Instant::now() < deadline, "saw only {seen:?}");
+        let (status, page) = app
+            .get(
+                &format!("/v1/channels/{channel}/messages?after={after}&mentions=pod-7&limit=2"),
+                &key,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for message in page["messages"].as_array().unwrap() {
+            assert!(
+                message["mentions"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("pod-7")),
+                "{message}"
+            );
+            after = message["id"].as_i64().unwrap();
+            seen.push(after);
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let expected: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM messages WHERE channel_id = $1 AND 'pod-7' = ANY (mentions) ORDER BY id",
+    )
+    .bind(channel)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(expected.len(), 7);
+    assert_eq!(seen, expected, "each match once, in id order");
+
+    // Newest first, and paging back with before, over the same filter.
+    let (_, newest) = app
+        .get(
+            &format!("/v1/channels/{channel}/messages?mentions=pod-7&limit=4"),
+            &key,
+        )
+        .await;
+    let mut backwards: Vec<i64> = expected.iter().rev().copied().collect();
+    assert_eq!(ids(&newest), backwards[..4]);
+    assert_eq!(newest["has_more"], true);
+    let (_, older) = app
+        .get(
+            &format!(
+                "/v1/channels/{channel}/messages?mentions=pod-7&limit=4&before={}",
+                backwards[3]
+            ),
+            &key,
+        )
+        .await;
+    assert_eq!(ids(&older), backwards.split_off(4));
+    assert_eq!(older["has_more"], false);
+
+    for bad in ["mentions=", "mentions=tab%09here", "thread=0", "thread=x"] {
+        let (status, body) = app
+            .get(&format!("/v1/channels/{channel}/messages?{bad}"), &key)
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+}
+
+#[sqlx::test]
+async fn a_filtered_long_poll_sleeps_through_other_posts_and_wakes_for_a_match(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "long-poll").await;
+    let start = app.message(&key, channel, "before anyone waits").await;
+    let poll = |query: String| {
+        let request = app.request(
+            Method::GET,
+            &format!("/v1/channels/{channel}/messages?after={start}&wait=20{query}"),
+            &key,
+        );
+        tokio::spawn(common::call(request))
+    };
+    let filtered = poll("&mentions=pod-7".into());
+    let everyone = poll(String::new());
+    waiters_reach(&app, 2).await;
+
+    // Messages for others: the unfiltered poll wakes with the first; the filtered one sleeps on.
+    let mut others = Vec::new();
+    for name in ["pod-3", "pod-9"] {
+        let (status, body) = post(
+            &app,
+            &key,
+            channel,
+            json!({"content": format!("for {name}"), "mentions": [name]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        others.push(body["message"]["id"].as_i64().unwrap());
+    }
+    let (status, woke) = everyone.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&woke)[0], others[0]);
+    assert!(
+        !filtered.is_finished(),
+        "woken by a message for someone else"
+    );
+    waiters_reach(&app, 1).await;
+
+    let (_, body) = post(
+        &app,
+        &key,
+        channel,
+        json!({"content": "pod-7: your turn", "mentions": ["pod-9", "pod-7"]}),
+    )
+    .await;
+    let matched = body["message"]["id"].as_i64().unwrap();
+    let (status, page) = filtered.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // Only the match: had it woken for the others, they would be here too.
+    assert_eq!(ids(&page), [matched]);
+}
+
+#[sqlx::test]
+async fn threads_sse_and_mcp_waits_filter_alike(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "threads").await;
+    let root = app.message(&key, channel, "root").await;
+    let mut events = Events::open(
+        &app,
+        &format!("/v1/channels/{channel}/events?since={root}&mentions=pod-7"),
+        &key,
+        None,
+    )
+    .await;
+    let mcp_wait = {
+        let request = app
+            .request(Method::POST, "/v1/mcp", &key)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "wait_for_messages",
+                "arguments": {"channel_id": channel, "after": root, "wait_seconds": 20, "mentions": "pod-7"},
+            }}));
+        tokio::spawn(common::call(request))
+    };
+    waiters_reach(&app, 1).await;
+
+    // A thread three deep, and unrelated messages around it.
+    let mut thread = vec![root];
+    let mut parent = root;
+    let mut for_pod_7 = Vec::new();
+    for depth in 1..=3 {
+        app.message(&key, channel, "unrelated").await;
+        let mentions = if depth == 2 {
+            json!(["pod-7"])
+        } else {
+            json!([])
+        };
+        let (_, body) = post(
+            &app,
+            &key,
+            channel,
+            json!({"content": format!("depth {depth}"), "reply_to": parent, "mentions": mentions}),
+        )
+        .await;
+        parent = body["message"]["id"].as_i64().unwrap();
+        thread.push(parent);
+        if depth == 2 {
+            for_pod_7.push(parent);
+        }
+    }
+    let (_, body) = post(
+        &app,
+        &key,
+        channel,
+        json!({"content": "new topic for pod-7", "mentions": ["pod-7"]}),
+    )
+    .await;
+    for_pod_7.push(body["message"]["id"].as_i64().unwrap());
+
+    let (_, page) = app
+        .get(
+            &format!("/v1/channels/{channel}/messages?thread={root}&after=0"),
+            &key,
+        )
+        .await;
+    assert_eq!(ids(&page), thread);
+    let (_, page) = app
+        .get(
+            &format!("/v1/channels/{channel}/messages?thread={root}&limit=2"),
+            &key,
+        )
+        .await;
+    assert_eq!(ids(&page), [thread[3], thread[2]]);
+    let (_, page) = app
+        .get(
+            &format!("/v1/channels/{channel}/messages?thread={root}&mentions=pod-7"),
+            &key,
+        )
+        .await;
+    assert_eq!(ids(&page), [for_pod_7[0]]);
+
+    // SSE: only the messages for pod-7, in order.
+    for expected in &for_pod_7 {
+        let (id, data) = events.next_message().await;
+        assert_eq!(id, *expected);
+        assert_eq!(data["mentions"], json!(["pod-7"]));
+    }
+    // MCP: the wait ended with the first message for pod-7, nothing else.
+    let (status, body) = mcp_wait.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let result = &body["result"]["structuredContent"];
+    assert_eq!(result["timed_out"], false, "{body}");
+    let first = result["messages"][0]["id"].as_i64().unwrap();
+    assert_eq!(first, for_pod_7[0]);
+    assert!(
+        result["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["mentions"] == json!(["pod-7"])),
+        "{body}"
+    );
+}

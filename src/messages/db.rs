@@ -314,3 +314,143 @@ pub async fn id_before_newest(
     .fetch_optional(db)
     .await
 }
+
+/// Which messages of a channel a reader wants: those that mention a name, those of one thread,
+/// or both. The default wants them all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only messages whose `mentions` hold this name exactly.
+    pub mentions: Option<String>,
+    /// Only messages of this thread (its first message's id).
+    pub thread: Option<i64>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.mentions.is_none() && self.thread.is_none()
+    }
+
+    /// Whether `message` is one this filter wants: what a waiter checks on each new message.
+    pub fn matches(&self, message: &Message) -> bool {
+        self.mentions
+            .as_ref()
+            .is_none_or(|name| message.mentions.contains(name))
+            && self.thread.is_none_or(|thread| message.thread_id == thread)
+    }
+}
+
+/// [`page`] of only the messages `filter` wants. A mentions filter walks `message_mentions`
+/// (channel, name, id) and a thread filter `messages_thread_idx` (channel, thread, id) as
+/// ranges, so a page costs what its rows cost however rare the matches are in a long channel.
+pub async fn page_filtered(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    page_of: Page,
+    limit: i64,
+    filter: &Filter,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let (before, after) = match page_of {
+        Page::Latest => (i64::MAX, None),
+        Page::Before(before) => (before, None),
+        Page::After(after) => (i64::MAX, Some(after)),
+    };
+    match (&filter.mentions, filter.thread, after) {
+        (None, None, _) => page(db, channel_id, page_of, limit).await,
+        (Some(name), thread, None) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT m.id, m.channel_id, m.content, m.sender_type, m.pod_key, m.created_at,
+                       m.mentions, m.metadata, m.reply_to,
+                       COALESCE(m.thread_id, m.id) AS "thread_id!"
+                FROM message_mentions mm JOIN messages m ON m.id = mm.message_id
+                WHERE mm.channel_id = $1 AND mm.name = $2 AND mm.message_id < $3
+                  AND ($4::bigint IS NULL OR COALESCE(m.thread_id, m.id) = $4)
+                ORDER BY mm.message_id DESC LIMIT $5
+                "#,
+                channel_id,
+                name,
+                before,
+                thread,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+        (Some(name), thread, Some(after)) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT m.id, m.channel_id, m.content, m.sender_type, m.pod_key, m.created_at,
+                       m.mentions, m.metadata, m.reply_to,
+                       COALESCE(m.thread_id, m.id) AS "thread_id!"
+                FROM message_mentions mm JOIN messages m ON m.id = mm.message_id
+                WHERE mm.channel_id = $1 AND mm.name = $2 AND mm.message_id > $3
+                  AND ($4::bigint IS NULL OR COALESCE(m.thread_id, m.id) = $4)
+                ORDER BY mm.message_id ASC LIMIT $5
+                "#,
+                channel_id,
+                name,
+                after,
+                thread,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+        (None, Some(thread), None) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT id AS "id!", channel_id AS "channel_id!", content AS "content!",
+                       sender_type AS "sender_type!", pod_key, created_at AS "created_at!",
+                       mentions AS "mentions!", metadata, reply_to, thread_id AS "thread_id!"
+                FROM (
+                    SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                           mentions, metadata, reply_to, thread_id
+                    FROM messages WHERE channel_id = $1 AND thread_id = $2 AND id < $3
+                    UNION ALL
+                    SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                           mentions, metadata, reply_to, id
+                    FROM messages
+                    WHERE id = $2 AND channel_id = $1 AND thread_id IS NULL AND id < $3
+                ) thread
+                ORDER BY id DESC LIMIT $4
+                "#,
+                channel_id,
+                thread,
+                before,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+        (None, Some(thread), Some(after)) => {
+            sqlx::query_as!(
+                Message,
+                r#"
+                SELECT id AS "id!", channel_id AS "channel_id!", content AS "content!",
+                       sender_type AS "sender_type!", pod_key, created_at AS "created_at!",
+                       mentions AS "mentions!", metadata, reply_to, thread_id AS "thread_id!"
+                FROM (
+                    SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                           mentions, metadata, reply_to, thread_id
+                    FROM messages WHERE channel_id = $1 AND thread_id = $2 AND id > $3
+                    UNION ALL
+                    SELECT id, channel_id, content, sender_type, pod_key, created_at,
+                           mentions, metadata, reply_to, id
+                    FROM messages
+                    WHERE id = $2 AND channel_id = $1 AND thread_id IS NULL AND id > $3
+                ) thread
+                ORDER BY id ASC LIMIT $4
+                "#,
+                channel_id,
+                thread,
+                after,
+                limit,
+            )
+            .fetch_all(db)
+            .await
+        }
+    }
+}

@@ -23,7 +23,7 @@ use utoipa::openapi::{
 };
 
 use super::{
-    db::{Page, page},
+    db::{Filter, Page, page, page_filtered},
     model::Message,
 };
 use crate::{
@@ -86,6 +86,8 @@ const CATCH_UP_PAGE: i64 = 100;
         ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
         ("lastEventId" = Option<i64>, Query, minimum = 0, description = "The same as `Last-Event-ID`, as EventSource polyfills send it when reconnecting"),
+        ("mentions" = Option<String>, Query, pattern = "^[ -~]{1,100}$", description = "Only messages whose `mentions` hold this name"),
+        ("thread" = Option<i64>, Query, minimum = 1, description = "Only the messages of this thread: its first message's id (`thread_id`)"),
     ),
     responses(
         (status = 200, description = "`event: message`, `id: <message id>`, `data: <the message as JSON>`; comment lines keep the stream open", content_type = "text/event-stream", body = MessageEvent),
@@ -113,7 +115,8 @@ pub async fn events(
                 .ok_or(())
         });
     // `lastEventId` is what EventSource polyfills that can send headers add when they reconnect.
-    query.accept(&["since", "lastEventId"], &mut errors);
+    query.accept(&["since", "lastEventId", "mentions", "thread"], &mut errors);
+    let filter = super::handlers::filter(&query, &mut errors);
     // `since` is checked even when `Last-Event-ID` wins over it: a bad parameter is never ignored.
     let since_query = query.int("since", 0, i64::MAX, &mut errors);
     let since = match last_event_id {
@@ -149,6 +152,7 @@ pub async fn events(
         db: state.db.clone(),
         channel_id,
         cursor,
+        filter,
         pending: VecDeque::new(),
         catching_up: true,
         feed,
@@ -174,6 +178,8 @@ struct Follower {
     channel_id: i64,
     /// The last message id sent.
     cursor: i64,
+    /// The messages this stream sends: a stream filtered by `mentions` skips the others.
+    filter: Filter,
     pending: VecDeque<Message>,
     catching_up: bool,
     feed: broadcast::Receiver<Arc<Message>>,
@@ -190,11 +196,12 @@ impl Follower {
                 return Some(message);
             }
             if self.catching_up {
-                let batch = match page(
+                let batch = match page_filtered(
                     &self.db,
                     self.channel_id,
                     Page::After(self.cursor),
                     CATCH_UP_PAGE,
+                    &self.filter,
                 )
                 .await
                 {
@@ -210,7 +217,9 @@ impl Follower {
             }
             tokio::select! {
                 received = self.feed.recv() => match received {
-                    Ok(message) if message.id > self.cursor => self.pending.push_back((*message).clone()),
+                    Ok(message) if message.id > self.cursor && self.filter.matches(&message) => {
+                        self.pending.push_back((*message).clone())
+                    }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
                     Err(broadcast::error::RecvError::Closed) => return None,

@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{
-    db::{self, Page},
+    db::{self, Filter, Page},
     model::{CreateMessage, Message, is_printable_ascii},
 };
 use crate::{
@@ -56,7 +56,9 @@ const MAX_WAIT_SECS: i64 = 30;
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size (default 50)"),
         ("before" = Option<i64>, Query, minimum = 1, description = "Messages older than this id, newest first"),
         ("after" = Option<i64>, Query, minimum = 0, description = "Messages newer than this id, oldest first"),
-        ("wait" = Option<i64>, Query, minimum = 0, maximum = 30, description = "With `after`: hold an empty answer up to this many seconds for a new message"),
+        ("wait" = Option<i64>, Query, minimum = 0, maximum = 30, description = "With `after`: hold an empty answer up to this many seconds for a new message (one the filters below want)"),
+        ("mentions" = Option<String>, Query, pattern = "^[ -~]{1,100}$", description = "Only messages whose `mentions` hold this name"),
+        ("thread" = Option<i64>, Query, minimum = 1, description = "Only the messages of this thread: its first message's id (`thread_id`)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
     ),
     responses(
@@ -73,7 +75,11 @@ pub async fn list(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
-    query.accept(&["limit", "before", "after", "wait"], &mut errors);
+    query.accept(
+        &["limit", "before", "after", "wait", "mentions", "thread"],
+        &mut errors,
+    );
+    let filter = filter(&query, &mut errors);
     let limit = query.int("limit", 1, 100, &mut errors).unwrap_or(50);
     let before = query.int("before", 1, i64::MAX, &mut errors);
     let after = query.int("after", 0, i64::MAX, &mut errors);
@@ -100,20 +106,42 @@ pub async fn list(
     };
 
     let wait = Duration::from_secs(wait.unsigned_abs());
-    let page = read(&state, channel_id, page, limit, wait).await?;
+    let page = read(&state, channel_id, page, limit, wait, &filter).await?;
     json_with_etag(&headers, &page)
 }
 
-/// A page of a channel's history, `limit` long at most; 404 when the channel does not exist.
+/// `mentions=<name>` and `thread=<message id>`, as `GET …/messages` and `…/events` take them.
+pub fn filter(query: &QueryParams, errors: &mut FieldErrors) -> Filter {
+    let mentions = query.get("mentions").map(str::to_owned);
+    if let Some(name) = &mentions
+        && !is_printable_ascii(name, 100)
+    {
+        errors.add_with(
+            "mentions",
+            "format",
+            "mentions must be a name of 1-100 printable ASCII characters",
+        );
+    }
+    Filter {
+        mentions,
+        thread: query.int("thread", 1, i64::MAX, errors),
+    }
+}
+
+/// A page of a channel's history, `limit` long at most, of the messages `filter` wants; 404 when
+/// the channel does not exist.
 ///
-/// With a non-zero `wait` (meant with [`Page::After`]), an empty page is held until a message is
-/// committed or the wait ends: the long poll of REST and MCP's `wait_for_messages`.
+/// With a non-zero `wait` (meant with [`Page::After`]), an empty page is held until a message
+/// the filter wants is committed or the wait ends: the long poll of REST and MCP's
+/// `wait_for_messages`. Messages the filter does not want never end the wait, and cost the
+/// waiter no query.
 pub async fn read(
     state: &AppState,
     channel_id: i64,
     page: Page,
     limit: i64,
     wait: Duration,
+    filter: &Filter,
 ) -> Result<MessagePage, ApiError> {
     // Followed before reading: whatever commits after this read still wakes the waiter.
     let follow = match wait.is_zero() {
@@ -123,7 +151,7 @@ pub async fn read(
     let mut feed = follow
         .as_ref()
         .map(|_| state.delivery.feeds().subscribe(channel_id));
-    let mut messages = db::page(&state.db, channel_id, page, limit + 1).await?;
+    let mut messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::channel_not_found(channel_id));
     }
@@ -140,7 +168,7 @@ pub async fn read(
                     // order: the answer needs no query, however many waiters wake at once.
                     Ok(Ok(first)) => {
                         if let Page::After(after) = page {
-                            messages = from_feed(first, feed, after, limit + 1);
+                            messages = from_feed(first, feed, after, limit + 1, filter);
                             continue;
                         }
                     }
@@ -150,7 +178,7 @@ pub async fn read(
                 },
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
             }
-            messages = db::page(&state.db, channel_id, page, limit + 1).await?;
+            messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
         }
     }
     let has_more = messages.len() as i64 > limit;
@@ -158,18 +186,20 @@ pub async fn read(
     Ok(MessagePage { messages, has_more })
 }
 
-/// The messages after `after` that a woken waiter's feed holds: `first`, then whatever else has
-/// arrived, up to `max`. Empty when the feed lagged (the caller reads the database instead).
+/// The messages after `after` that `filter` wants among what a woken waiter's feed holds:
+/// `first`, then whatever else has arrived, up to `max`. Empty when none is wanted (the waiter
+/// sleeps on) or the feed lagged (the caller reads the database instead).
 fn from_feed(
     first: Arc<Message>,
     feed: &mut broadcast::Receiver<Arc<Message>>,
     after: i64,
     max: i64,
+    filter: &Filter,
 ) -> Vec<Message> {
     let mut messages = Vec::new();
     let mut next = Ok(first);
     while let Ok(message) = next {
-        if message.id > after {
+        if message.id > after && filter.matches(&message) {
             messages.push(Message::clone(&message));
             if messages.len() as i64 >= max {
                 break;

@@ -7,7 +7,7 @@ pub mod model;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub use db::{Page, count_after, id_before_newest, page};
+pub use db::{Filter, Page, count_after, id_before_newest, page, page_filtered};
 
 use crate::state::AppState;
 
