@@ -545,3 +545,104 @@ async fn threads_sse_and_mcp_waits_filter_alike(db: PgPool) {
         "{body}"
     );
 }
+
+/// The ids of the next `count` stored-message frames, each of which must mention pod-7.
+async fn pod_7_ids(ws: &mut common::Ws, count: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let frame = ws.recv().await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert!(
+            frame["data"]["mentions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("pod-7")),
+            "{frame}"
+        );
+        ids.push(frame["messageId"].as_i64().unwrap());
+    }
+    ids
+}
+
+#[sqlx::test]
+async fn a_websocket_subscription_filtered_by_mentions_gets_only_those(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key(&[Scope::ChannelsWrite, Scope::Subscribe, Scope::Publish])
+        .await;
+    let channel = app.channel(&key, "ws-filter").await;
+    let start = app.message(&key, channel, "start").await;
+    let mut history = Vec::new();
+    for n in 0..6 {
+        let mentions = if n % 3 == 0 {
+            json!(["pod-7"])
+        } else {
+            json!(["pod-1"])
+        };
+        let (_, body) = post(
+            &app,
+            &key,
+            channel,
+            json!({"content": format!("old {n}"), "mentions": mentions}),
+        )
+        .await;
+        if n % 3 == 0 {
+            history.push(body["message"]["id"].as_i64().unwrap());
+        }
+    }
+    let mut ws = app
+        .peer(&key, "pod-7", json!({"permissions": ["subscribe"]}))
+        .await;
+    // Live only, and resumed from `since` on a second connection.
+    let ack = ws
+        .request(json!({"type": "subscribe", "channel": channel.to_string(), "mentions": "pod-7", "requestId": "s"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let mut resumed = app
+        .peer(&key, "pod-7b", json!({"permissions": ["subscribe"]}))
+        .await;
+    let ack = resumed
+        .request(json!({"type": "subscribe", "channel": channel.to_string(), "mentions": "pod-7", "since": start, "requestId": "r"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["recovered"], true, "{ack}");
+
+    let mut live = Vec::new();
+    for n in 0..6 {
+        let mentions = if n % 2 == 0 {
+            json!(["pod-7", "pod-2"])
+        } else {
+            json!([])
+        };
+        let (_, body) = post(
+            &app,
+            &key,
+            channel,
+            json!({"content": format!("new {n}"), "mentions": mentions}),
+        )
+        .await;
+        if n % 2 == 0 {
+            live.push(body["message"]["id"].as_i64().unwrap());
+        }
+    }
+    // A last unfiltered marker for pod-7 proves nothing else was queued before it.
+    let (_, body) = post(
+        &app,
+        &key,
+        channel,
+        json!({"content": "last", "mentions": ["pod-7"]}),
+    )
+    .await;
+    live.push(body["message"]["id"].as_i64().unwrap());
+
+    assert_eq!(pod_7_ids(&mut ws, live.len()).await, live);
+    let everything: Vec<i64> = history.iter().chain(live.iter()).copied().collect();
+    assert_eq!(pod_7_ids(&mut resumed, everything.len()).await, everything);
+
+    // A realtime channel name that stores nothing has nothing to filter.
+    let refused = ws
+        .request(json!({"type": "subscribe", "channel": "app_abc/room-1", "mentions": "pod-7", "requestId": "e"}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "invalid_channel", "{refused}");
+}

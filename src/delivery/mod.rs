@@ -320,6 +320,7 @@ pub fn stored_frame(message: &Message) -> Outbound {
         stored: Some(Arc::new(StoredRef {
             channel_id: message.channel_id,
             message_id: message.id,
+            mentions: message.mentions.clone().into_boxed_slice(),
         })),
     }
 }

@@ -120,6 +120,8 @@ pub(super) struct Persistent {
     pub(super) replay: Option<Replay>,
     /// Resumed with `since`: the last message id already replayed, whose live copies are skipped.
     pub(super) replayed: Option<i64>,
+    /// Subscribed with `mentions`: only stored messages that mention this name are sent.
+    pub(super) mentions: Option<String>,
 }
 
 /// What ends a connection's loop.
@@ -383,23 +385,28 @@ impl Connection {
     }
 
     /// Writes queued frames with one flush for the whole batch, skipping stored messages that a
-    /// resumed subscription already replayed or is still replaying.
+    /// resumed subscription already replayed or is still replaying, and those a subscription
+    /// filtered by `mentions` does not want.
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Option<End> {
         let bytes: usize = batch.iter().map(|item| item.frame.len()).sum();
         let write_timeout = self.write_timeout();
         let (sink, persistent) = (&mut self.socket, &mut self.persistent);
         let write = async move {
             for item in batch.drain(..) {
-                let seen = item.stored.is_some_and(|s| {
+                let seen = item.stored.as_deref().is_some_and(|s| {
                     let Some(entry) = persistent.get_mut(&s.channel_id) else {
                         return false;
                     };
+                    let unwanted = entry
+                        .mentions
+                        .as_ref()
+                        .is_some_and(|name| !s.mentions.contains(name));
                     if let Some(replay) = entry.replay.as_mut() {
                         // The replay will reach it: remember how far it must go.
                         replay.live_max = replay.live_max.max(s.message_id);
                         return true;
                     }
-                    entry.replayed.is_some_and(|upto| s.message_id <= upto)
+                    unwanted || entry.replayed.is_some_and(|upto| s.message_id <= upto)
                 });
                 if !seen {
                     sink.feed(Message::Text(item.frame)).await?;

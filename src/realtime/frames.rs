@@ -16,7 +16,7 @@ use crate::{
     cluster::SubscribeFailure,
     delivery::Follow,
     error::ApiError,
-    messages::{count_after, id_before_newest},
+    messages::{count_after, id_before_newest, model::is_printable_ascii},
     state::AppState,
 };
 
@@ -156,6 +156,22 @@ impl Connection {
                 "`since` must be a message id (0 or more)".to_owned(),
             ));
         }
+        if let Some(name) = &frame.mentions {
+            if !is_printable_ascii(name, 100) {
+                return Err((
+                    ErrorCode::MalformedMessage,
+                    "`mentions` must be a name of 1-100 printable ASCII characters".to_owned(),
+                ));
+            }
+            if kind == ChannelKind::Ephemeral {
+                return Err((
+                    ErrorCode::InvalidChannel,
+                    "`mentions` filters the live stream of a persistent channel (an all-digit \
+                     realtime channel name); this one stores no messages"
+                        .to_owned(),
+                ));
+            }
+        }
         // A persistent channel is followed before the hub subscription and the history read:
         // every message the read cannot see then reaches the hub.
         let follow = match kind {
@@ -234,13 +250,15 @@ impl Connection {
                     }
                 };
                 // The replay itself runs from the connection's loop, a page at a time.
-                self.followed(id, follow).replay = Some(Replay::starting_after(start));
+                let entry = self.followed(id, follow);
+                entry.replay = Some(Replay::starting_after(start));
+                entry.mentions = frame.mentions.clone();
                 reply.recovered = Some(recovered);
             }
             // Ephemeral channels keep no history to recover.
             (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
             (None, ChannelKind::Persistent(id)) => {
-                self.followed(id, follow);
+                self.followed(id, follow).mentions = frame.mentions.clone();
             }
             (None, ChannelKind::Ephemeral) => {}
         }
@@ -254,6 +272,7 @@ impl Connection {
             _follow: follow.expect("persistent channels are followed before subscribing"),
             replay: None,
             replayed: None,
+            mentions: None,
         })
     }
 

@@ -23,6 +23,8 @@ pub struct ClientFrame {
     #[serde(rename = "includeSenderMetadata", default)]
     pub include_sender_metadata: bool,
     pub since: Option<i64>,
+    /// On a persistent channel's live stream: only the stored messages that mention this name.
+    pub mentions: Option<String>,
 }
 
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {

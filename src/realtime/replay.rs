@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     delivery::stored_frame,
-    messages::{Page, page},
+    messages::{Filter, Page, page_filtered},
 };
 
 /// Messages read and written per replay step: at most 16 × 64 KiB in memory at once.
@@ -65,7 +65,15 @@ impl Connection {
             // Live messages come faster than this client reads them: a slow consumer.
             return Some(End::Close(close::POLICY, "slow consumer"));
         }
-        let rows = match page(&self.state.db, channel_id, Page::After(replay.after), PAGE).await {
+        let filter = Filter {
+            mentions: self
+                .persistent
+                .get(&channel_id)
+                .and_then(|entry| entry.mentions.clone()),
+            thread: None,
+        };
+        let page = Page::After(replay.after);
+        let rows = match page_filtered(&self.state.db, channel_id, page, PAGE, &filter).await {
             Ok(rows) => rows,
             Err(error) => {
                 // The ack promised a replay it cannot finish: the client reconnects and resumes
@@ -74,8 +82,14 @@ impl Connection {
                 return Some(End::Close(close::INTERNAL, "could not replay history"));
             }
         };
-        let after = rows.last().map_or(replay.after, |m| m.id);
-        let caught_up = (rows.len() as i64) < PAGE && after >= replay.live_max;
+        let mut after = rows.last().map_or(replay.after, |m| m.id);
+        let mut caught_up = (rows.len() as i64) < PAGE && after >= replay.live_max;
+        if !filter.is_empty() && (rows.len() as i64) < PAGE {
+            // Every message held back (up to `live_max`) had committed before this read, which
+            // found all it wants among them: the others need not be waited for.
+            after = after.max(replay.live_max);
+            caught_up = true;
+        }
         if let Some(entry) = self.persistent.get_mut(&channel_id) {
             if caught_up {
                 entry.replay = None;

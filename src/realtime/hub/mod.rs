@@ -40,10 +40,12 @@ pub struct Outbound {
     pub stored: Option<Arc<StoredRef>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRef {
     pub channel_id: i64,
     pub message_id: i64,
+    /// The names the message mentions, for subscriptions filtered by `mentions`.
+    pub mentions: Box<[String]>,
 }
 
 impl From<Utf8Bytes> for Outbound {
