@@ -646,3 +646,196 @@ async fn a_websocket_subscription_filtered_by_mentions_gets_only_those(db: PgPoo
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "invalid_channel", "{refused}");
 }
+
+#[sqlx::test]
+async fn read_state_moves_forward_only_and_unread_counts_are_exact(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let reader_key = app.key(&[Scope::ChannelsRead]).await;
+    let channel = app.channel(&key, "unread").await;
+    let quiet = app.channel(&key, "quiet").await;
+
+    // Four writers at once; one in three messages mentions ana.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+            tokio::spawn(async move {
+                for n in 0..15 {
+                    let mentions = if n % 3 == 0 {
+                        json!(["ana", "bo"])
+                    } else {
+                        json!(["bo"])
+                    };
+                    let (status, body) = common::call(
+                        http.post(format!("{base}/v1/channels/{channel}/messages"))
+                            .bearer_auth(&key)
+                            .json(&json!({"content": format!("{w}-{n}"), "mentions": mentions})),
+                    )
+                    .await;
+                    assert_eq!(status, StatusCode::CREATED, "{body}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let truth = |after: i64| {
+        let db = app.db.clone();
+        async move {
+            let (all, ana): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE 'ana' = ANY (mentions)) \
+                 FROM messages WHERE channel_id = $1 AND id > $2",
+            )
+            .bind(channel)
+            .bind(after)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (all, ana)
+        }
+    };
+    let unread = |path: String| {
+        let (app, reader_key) = (&app, &reader_key);
+        async move {
+            let (status, body) = app.get(&path, reader_key).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+
+    // No state yet: everything is unread, in the list and on the channel.
+    let (all, ana) = truth(0).await;
+    assert_eq!((all, ana), (60, 20));
+    let list = unread("/v1/channels?reader=ana".into()).await;
+    let row = |list: &Value, id: i64| {
+        list["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&list, channel)["unread_count"], 60);
+    assert_eq!(row(&list, channel)["unread_mentions"], 20);
+    assert_eq!(row(&list, quiet)["unread_count"], 0);
+    assert_eq!(row(&list, quiet)["unread_mentions"], 0);
+    // Without ?reader= the fields are absent.
+    let plain = unread("/v1/channels".into()).await;
+    assert!(row(&plain, channel).get("unread_count").is_none());
+
+    // Read up to the 25th message: forward, then an older id changes nothing.
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM messages WHERE channel_id = $1 ORDER BY id")
+            .bind(channel)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let read_path = format!("/v1/channels/{channel}/read");
+    let (status, body) = app
+        .put(
+            &read_path,
+            &reader_key,
+            json!({"reader": "ana", "last_read_id": ids[24]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"reader": "ana", "last_read_id": ids[24]}));
+    let (status, body) = app
+        .put(
+            &read_path,
+            &reader_key,
+            json!({"reader": "ana", "last_read_id": ids[3]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["last_read_id"], ids[24], "never backwards");
+    let (all, ana) = truth(ids[24]).await;
+    let one = unread(format!("/v1/channels/{channel}?reader=ana")).await;
+    assert_eq!(one["channel"]["unread_count"], all);
+    assert_eq!(one["channel"]["unread_mentions"], ana);
+    assert_eq!(all, 35);
+    // Another reader's state is its own.
+    let bo = unread(format!("/v1/channels/{channel}?reader=bo")).await;
+    assert_eq!(bo["channel"]["unread_count"], 60);
+    assert_eq!(bo["channel"]["unread_mentions"], 60);
+
+    // Past the newest message counts as the newest; then nothing is unread.
+    let (_, body) = app
+        .put(
+            &read_path,
+            &reader_key,
+            json!({"reader": "ana", "last_read_id": i64::MAX}),
+        )
+        .await;
+    assert_eq!(body["last_read_id"], *ids.last().unwrap());
+    let one = unread(format!("/v1/channels/{channel}?reader=ana")).await;
+    assert_eq!(one["channel"]["unread_count"], 0);
+    assert_eq!(one["channel"]["unread_mentions"], 0);
+
+    // Refusals.
+    let (status, body) = app
+        .put(
+            "/v1/channels/999999/read",
+            &reader_key,
+            json!({"reader": "ana", "last_read_id": 1}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    for (bad, field) in [
+        (json!({"reader": "", "last_read_id": 1}), "reader"),
+        (json!({"reader": "ana", "last_read_id": -1}), "last_read_id"),
+        (json!({"reader": "ana"}), "last_read_id"),
+    ] {
+        let (status, body) = app.put(&read_path, &reader_key, bad.clone()).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(body["details"].get(field).is_some(), "{bad}: {body}");
+    }
+    let (status, body) = app.get("/v1/channels?reader=tab%09here", &reader_key).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // A read never creates state.
+    let states: i64 = sqlx::query_scalar("SELECT count(*) FROM read_states")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(states, 1);
+}
+
+#[sqlx::test]
+async fn mcp_marks_read_and_lists_unread(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "mcp-unread").await;
+    let first = app.message(&key, channel, "one").await;
+    post(
+        &app,
+        &key,
+        channel,
+        json!({"content": "two", "mentions": ["pod-7"]}),
+    )
+    .await;
+    let call = |name: &str, arguments: Value| {
+        common::call(
+            app.request(Method::POST, "/v1/mcp", &key)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                              "params": {"name": name, "arguments": arguments}})),
+        )
+    };
+    let (_, body) = call(
+        "mark_read",
+        json!({"channel_id": channel, "reader": "pod-7", "last_read_id": first}),
+    )
+    .await;
+    assert_eq!(
+        body["result"]["structuredContent"],
+        json!({"reader": "pod-7", "last_read_id": first}),
+        "{body}"
+    );
+    let (_, body) = call("list_channels", json!({"reader": "pod-7"})).await;
+    let listed = &body["result"]["structuredContent"]["channels"][0];
+    assert_eq!(listed["unread_count"], 1, "{body}");
+    assert_eq!(listed["unread_mentions"], 1, "{body}");
+}

@@ -534,6 +534,7 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it(db: PgPoo
         ("/v1/channels/{id}", vec!["get", "put"]),
         ("/v1/channels/{id}/messages", vec!["get", "post"]),
         ("/v1/channels/{id}/events", vec!["get"]),
+        ("/v1/channels/{id}/read", vec!["put"]),
         ("/v1/channels/{channel}/peers", vec!["get"]),
         ("/v1/channels/{channel}/publish", vec!["post"]),
         ("/v1/peers/{peer_id}", vec!["delete"]),

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use super::model::{
-    Channel, ChannelSummary, CreateChannel, LastMessage, UpdateChannel, normalize_name,
+    Channel, ChannelSummary, CreateChannel, LastMessage, ReadState, UpdateChannel, normalize_name,
 };
 
 /// One full row, as the compile-time checked queries return it.
@@ -56,6 +56,8 @@ impl From<ChannelRow> for Channel {
                 updated_at: row.updated_at,
                 message_count: row.message_count,
                 last_message,
+                unread_count: None,
+                unread_mentions: None,
             },
             document: row.document,
         }
@@ -111,6 +113,8 @@ pub struct ListFilter {
     pub after: Option<After>,
     pub limit: i64,
     pub offset: i64,
+    /// Adds each channel's unread counts for this reader.
+    pub reader: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, description, repository_id, ticket_slug, archived, created_at, \
@@ -318,4 +322,68 @@ pub async fn channel_state(
             ChannelState::Active
         }
     }))
+}
+
+/// Records that `reader` has read persistent channel `channel_id` up to `last_read_id` (at most
+/// its newest message), never moving backwards. `None` when there is no such channel.
+pub async fn mark_read(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+    reader: &str,
+    last_read_id: i64,
+) -> Result<Option<ReadState>, sqlx::Error> {
+    sqlx::query_as!(
+        ReadState,
+        r#"
+        INSERT INTO read_states (channel_id, reader, last_read_id)
+        SELECT id, $2, LEAST($3, COALESCE(last_message_id, 0)) FROM channels WHERE id = $1
+        ON CONFLICT (channel_id, reader) DO UPDATE SET
+            last_read_id = GREATEST(read_states.last_read_id, EXCLUDED.last_read_id),
+            updated_at   = now()
+        RETURNING reader, last_read_id
+        "#,
+        channel_id,
+        reader,
+        last_read_id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Adds `unread_count` and `unread_mentions` for `reader` to every channel given, in one
+/// statement: each count is an index range after the reader's `last_read_id` (messages by
+/// `(channel_id, id)`, mentions by `(channel_id, name, message_id)`), and a reader with no state
+/// has every message unread, which `message_count` already says.
+pub async fn add_unread(
+    db: impl PgExecutor<'_>,
+    channels: &mut [ChannelSummary],
+    reader: &str,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = channels.iter().map(|c| c.id).collect();
+    let rows = sqlx::query!(
+        r#"
+        SELECT c.id AS "id!",
+               CASE WHEN r.last_read_id IS NULL THEN c.message_count
+                    ELSE (SELECT count(*) FROM messages m
+                          WHERE m.channel_id = c.id AND m.id > r.last_read_id)
+               END AS "unread_count!",
+               (SELECT count(*) FROM message_mentions mm
+                WHERE mm.channel_id = c.id AND mm.name = $2
+                  AND mm.message_id > COALESCE(r.last_read_id, 0)) AS "unread_mentions!"
+        FROM channels c
+        LEFT JOIN read_states r ON r.channel_id = c.id AND r.reader = $2
+        WHERE c.id = ANY($1)
+        "#,
+        &ids,
+        reader,
+    )
+    .fetch_all(db)
+    .await?;
+    for row in rows {
+        if let Some(channel) = channels.iter_mut().find(|c| c.id == row.id) {
+            channel.unread_count = Some(row.unread_count);
+            channel.unread_mentions = Some(row.unread_mentions);
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{
     cursor::Cursor,
     db::{self, ListFilter},
-    model::{Channel, ChannelSummary, CreateChannel, UpdateChannel, is_ticket_slug},
+    model::{Channel, ChannelSummary, CreateChannel, ReadState, UpdateChannel, is_ticket_slug},
 };
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
@@ -18,6 +18,7 @@ use crate::{
     etag::json_with_etag,
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
+    messages::model::is_printable_ascii,
     state::AppState,
 };
 
@@ -36,7 +37,7 @@ pub struct ChannelList {
 }
 
 /// The parameters `GET /v1/channels` accepts.
-const LIST_PARAMETERS: [&str; 10] = [
+const LIST_PARAMETERS: [&str; 11] = [
     "repository_id",
     "ticket_slug",
     "archived",
@@ -47,6 +48,7 @@ const LIST_PARAMETERS: [&str; 10] = [
     "cursor",
     "limit",
     "offset",
+    "reader",
 ];
 
 /// `GET /v1/channels`: filtered, searched, sorted, paged by offset or by cursor.
@@ -62,6 +64,7 @@ const LIST_PARAMETERS: [&str; 10] = [
         ("cursor" = Option<String>, Query, description = "A `next_cursor` from an earlier page: continues right after its last channel, in its sort and order. Not with `offset`"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)"),
         ("offset" = Option<i64>, Query, minimum = 0, description = "Channels to skip (default 0)"),
+        ("reader" = Option<String>, Query, pattern = "^[ -~]{1,100}$", description = "Adds `unread_count` and `unread_mentions` for this reader to every channel"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer: 304 while unchanged"),
     ),
     responses(
@@ -142,6 +145,7 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
             );
         })
     });
+    let reader = reader(query, &mut errors);
     let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
     let offset = query.int("offset", 0, i64::MAX, &mut errors);
     let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
@@ -192,8 +196,22 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
         // One more than the page, to know whether another follows.
         limit: limit + 1,
         offset: offset.unwrap_or(0),
+        reader,
     };
     Ok((filter, limit))
+}
+
+/// `?reader=<name>`: 1-100 printable ASCII characters.
+fn reader(query: &QueryParams, errors: &mut FieldErrors) -> Option<String> {
+    let reader = query.get("reader")?;
+    if !is_printable_ascii(reader, 100) {
+        errors.add_with(
+            "reader",
+            "format",
+            "reader must be 1-100 printable ASCII characters",
+        );
+    }
+    Some(reader.to_owned())
 }
 
 /// One page of channels and the cursor to the next.
@@ -211,6 +229,11 @@ pub async fn list_page(
     } else {
         None
     };
+    if let Some(reader) = &filter.reader
+        && !channels.is_empty()
+    {
+        db::add_unread(&state.db, &mut channels, reader).await?;
+    }
     Ok(ChannelList {
         channels,
         total,
@@ -220,7 +243,11 @@ pub async fn list_page(
 
 /// `GET /v1/channels/{id}`.
 #[utoipa::path(get, path = "/v1/channels/{id}", operation_id = "getChannel", tag = "channels", security(("bearer" = []), ("api_key" = [])),
-    params(("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"), ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
+        ("reader" = Option<String>, Query, pattern = "^[ -~]{1,100}$", description = "Adds `unread_count` and `unread_mentions` for this reader"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
     responses(
         (status = 200, description = "The channel, with its document", body = ChannelBody, headers(("ETag" = String))),
         (status = 304, description = "Unchanged since the given ETag"),
@@ -229,15 +256,58 @@ pub async fn list_page(
     ))]
 pub async fn get(
     _: Scoped<ChannelsRead>,
-    _: NoQuery,
+    query: QueryParams,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let channel = db::find(&state.db, id)
+    let mut errors = FieldErrors::default();
+    query.accept(&["reader"], &mut errors);
+    let reader = reader(&query, &mut errors);
+    errors.into_result()?;
+    let mut channel = db::find(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::channel_not_found(id))?;
+    if let Some(reader) = &reader {
+        db::add_unread(
+            &state.db,
+            std::slice::from_mut(&mut channel.summary),
+            reader,
+        )
+        .await?;
+    }
     json_with_etag(&headers, &ChannelBody { channel })
+}
+
+/// `PUT /v1/channels/{id}/read`: moves `reader`'s `last_read_id` forward, never back; answers
+/// the state as it now is, whether it was created, moved or kept.
+#[utoipa::path(put, path = "/v1/channels/{id}/read", operation_id = "markRead", tag = "channels", security(("bearer" = []), ("api_key" = [])),
+    params(("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)")),
+    request_body = ReadState,
+    responses(
+        (status = 200, description = "The reader's state now: an older `last_read_id` leaves it as it was", body = ReadState),
+        (status = 400, description = "Malformed JSON or an invalid field", body = Envelope),
+        (status = 404, description = "No such channel", body = Envelope),
+    ))]
+pub async fn mark_read(
+    _: Scoped<ChannelsRead>,
+    _: NoQuery,
+    State(state): State<AppState>,
+    ChannelId(id): ChannelId,
+    ValidatedJson(read): ValidatedJson<ReadState>,
+) -> Result<Json<ReadState>, ApiError> {
+    Ok(Json(record_read(&state, id, &read).await?))
+}
+
+/// What `PUT …/read` and MCP's `mark_read` do.
+pub async fn record_read(
+    state: &AppState,
+    channel_id: i64,
+    read: &ReadState,
+) -> Result<ReadState, ApiError> {
+    db::mark_read(&state.db, channel_id, &read.reader, read.last_read_id)
+        .await?
+        .ok_or_else(|| ApiError::channel_not_found(channel_id))
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.

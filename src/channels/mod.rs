@@ -15,4 +15,5 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(handlers::list, handlers::create))
         .routes(routes!(handlers::get, handlers::update))
+        .routes(routes!(handlers::mark_read))
 }

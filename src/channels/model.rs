@@ -26,6 +26,37 @@ pub struct ChannelSummary {
     pub message_count: i64,
     /// The newest message, `null` while there is none.
     pub last_message: Option<LastMessage>,
+    /// With `?reader=`: the messages after the reader's `last_read_id` (all of them while the
+    /// reader has recorded none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread_count: Option<i64>,
+    /// With `?reader=`: those of the unread messages whose `mentions` hold the reader's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread_mentions: Option<i64>,
+}
+
+/// `PUT /v1/channels/{id}/read`, and its answer: how far `reader` has read.
+#[derive(Debug, Clone, Deserialize, Serialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadState {
+    /// Who read: a person or a pod, 1-100 printable ASCII characters.
+    #[validate(custom(function = "valid_reader"))]
+    #[schema(pattern = "^[ -~]{1,100}$")]
+    pub reader: String,
+    /// The id of the newest message read. Moves forward only; beyond the channel's newest
+    /// message it counts as that one.
+    #[validate(range(min = 0, message = "last_read_id must be a message id (0 or more)"))]
+    #[schema(minimum = 0)]
+    pub last_read_id: i64,
+}
+
+fn valid_reader(reader: &str) -> Result<(), ValidationError> {
+    if crate::messages::model::is_printable_ascii(reader, 100) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("format")
+            .with_message("reader must be 1-100 printable ASCII characters".into()))
+    }
 }
 
 /// The newest message of a channel, as a dashboard shows it beside the channel.

@@ -31,7 +31,7 @@ use crate::{
     auth::{Principal, Scope},
     channels::{
         self,
-        model::{Channel, CreateChannel, UpdateChannel},
+        model::{Channel, CreateChannel, ReadState, UpdateChannel},
     },
     error::{ApiError, FieldErrors, insufficient_scope_message},
     extract::{QueryParams, from_json_value, in_range, validated},
@@ -69,10 +69,11 @@ enum Name {
     PostMessage,
     CreateChannel,
     UpdateChannelDocument,
+    MarkRead,
 }
 
 /// The tools' names, in the order `tools/list` gives them.
-const TOOL_NAMES: [&str; 7] = [
+const TOOL_NAMES: [&str; 8] = [
     "list_channels",
     "get_channel",
     "read_messages",
@@ -80,10 +81,11 @@ const TOOL_NAMES: [&str; 7] = [
     "post_message",
     "create_channel",
     "update_channel_document",
+    "mark_read",
 ];
 
 impl Name {
-    const ALL: [Name; 7] = [
+    const ALL: [Name; 8] = [
         Name::ListChannels,
         Name::GetChannel,
         Name::ReadMessages,
@@ -91,6 +93,7 @@ impl Name {
         Name::PostMessage,
         Name::CreateChannel,
         Name::UpdateChannelDocument,
+        Name::MarkRead,
     ];
 
     fn as_str(self) -> &'static str {
@@ -104,9 +107,11 @@ impl Name {
     /// The scope the tool's REST route needs.
     fn scope(self) -> Scope {
         match self {
-            Name::ListChannels | Name::GetChannel | Name::ReadMessages | Name::WaitForMessages => {
-                Scope::ChannelsRead
-            }
+            Name::ListChannels
+            | Name::GetChannel
+            | Name::ReadMessages
+            | Name::WaitForMessages
+            | Name::MarkRead => Scope::ChannelsRead,
             Name::PostMessage | Name::CreateChannel | Name::UpdateChannelDocument => {
                 Scope::ChannelsWrite
             }
@@ -144,6 +149,22 @@ struct ListChannelsArgs {
     /// Channels to skip (not with cursor).
     #[schemars(range(min = 0))]
     offset: Option<i64>,
+    /// Your name as a reader (e.g. your pod key): adds unread_count and unread_mentions (the
+    /// unread messages that mention you) to every channel.
+    reader: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MarkReadArgs {
+    /// The channel's id.
+    #[schemars(range(min = 1))]
+    channel_id: i64,
+    /// Your name as a reader (e.g. your pod key), 1-100 printable ASCII characters.
+    reader: String,
+    /// The id of the newest message you have read (a next_after); moves forward only.
+    #[schemars(range(min = 0))]
+    last_read_id: i64,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -436,6 +457,16 @@ impl Tools {
                 schema_for_type::<UpdateDocumentArgs>(),
                 write(true, true),
             ),
+            tool(
+                Name::MarkRead,
+                "Mark messages read",
+                "Record that you have read a channel up to last_read_id (the next_after of your \
+                 last read or wait). It only moves forward. list_channels with reader = your \
+                 name then counts what is unread, and what mentions you."
+                    .into(),
+                schema_for_type::<MarkReadArgs>(),
+                write(true, false),
+            ),
         ])
     }
 
@@ -595,6 +626,19 @@ impl Tools {
                 };
                 Ok(answer(summary, &ChannelAnswer { channel }))
             }
+            Name::MarkRead => {
+                let args: MarkReadArgs = parse(args)?;
+                let read = validated(ReadState {
+                    reader: args.reader,
+                    last_read_id: args.last_read_id,
+                })?;
+                let read = channels::handlers::record_read(state, args.channel_id, &read).await?;
+                let summary = format!(
+                    "{} has read channel {} up to message {}",
+                    read.reader, args.channel_id, read.last_read_id
+                );
+                Ok(answer(summary, &read))
+            }
         }
     }
 }
@@ -710,6 +754,7 @@ fn list_query(args: ListChannelsArgs) -> QueryParams {
         Some(args.limit.unwrap_or(DEFAULT_CHANNEL_LIMIT).to_string()),
     );
     put("offset", args.offset.map(|v| v.to_string()));
+    put("reader", args.reader);
     QueryParams::from(pairs)
 }
 

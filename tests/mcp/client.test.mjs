@@ -67,6 +67,7 @@ test("tools/list names every tool with its schema and annotations", async () => 
       "create_channel",
       "get_channel",
       "list_channels",
+      "mark_read",
       "post_message",
       "read_messages",
       "update_channel_document",

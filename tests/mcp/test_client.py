@@ -109,6 +109,7 @@ class McpTest(unittest.IsolatedAsyncioTestCase):
             "post_message",
             "create_channel",
             "update_channel_document",
+            "mark_read",
         }
         for mode, version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
             with self.subTest(mode=mode):
