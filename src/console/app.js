@@ -180,9 +180,21 @@ function addMessages(messages, { atTop = false, announce = false } = {}) {
 
 // Messages shown for the first time that the channel's `message_count` did not include yet (posted
 // after the channel was read): the header and the channel's row in the list count them.
+// The name the channel view is filtered by (`mentions=`), or "" for every message.
+function mentionFilter() {
+  return $("mentions").value.trim();
+}
+
+function withFilter(params) {
+  const query = new URLSearchParams(params);
+  if (mentionFilter()) query.set("mentions", mentionFilter());
+  return query;
+}
+
 function count(fresh) {
   const channel = state.channel;
-  if (!channel) return;
+  // A filtered view sees only some of the new messages: the count stays the channel's, as read.
+  if (!channel || mentionFilter()) return;
   let changed = false;
   for (const message of fresh) {
     if (message.id <= state.counted) continue;
@@ -241,7 +253,7 @@ async function openChannel(id) {
     state.newest = 0;
     showChannel(channel);
     $("messages").replaceChildren();
-    const page = await (await api(`/v1/channels/${id}/messages?limit=50`)).json();
+    const page = await (await api(`/v1/channels/${id}/messages?${withFilter({ limit: "50" })}`)).json();
     if (!current()) return;
     addMessages(page.messages.slice().reverse());
     state.oldest = page.messages.length ? page.messages[page.messages.length - 1].id : null;
@@ -262,7 +274,7 @@ async function openChannel(id) {
 async function loadOlder() {
   const generation = state.generation;
   try {
-    const params = new URLSearchParams({ before: state.oldest, limit: "50" });
+    const params = withFilter({ before: state.oldest, limit: "50" });
     const page = await (await api(`/v1/channels/${state.channel.id}/messages?${params}`)).json();
     if (generation !== state.generation) return;
     addMessages(page.messages.slice().reverse(), { atTop: true });
@@ -281,7 +293,7 @@ async function follow(id, generation) {
   let attempt = 0;
   while (!controller.signal.aborted && generation === state.generation) {
     try {
-      const response = await api(`/v1/channels/${id}/events`, {
+      const response = await api(`/v1/channels/${id}/events?${withFilter({})}`, {
         headers: { Accept: "text/event-stream", "Last-Event-ID": String(state.newest) },
         signal: controller.signal,
       });
@@ -379,6 +391,8 @@ function route() {
   }
   const match = location.hash.match(/^#\/channels\/(\d+)$/);
   if (match) {
+    // A filter belongs to the channel it was set on.
+    if (String(state.channel?.id) !== match[1]) $("mentions").value = "";
     openChannel(match[1]);
   } else {
     stopFollowing();
@@ -409,6 +423,11 @@ $("key-form").addEventListener("submit", async (event) => {
 });
 
 // Forgetting the key removes it from the tab and everything read with it from the page.
+$("mention-filter").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (state.channel) openChannel(state.channel.id);
+});
+
 $("forget").addEventListener("click", () => {
   sessionStorage.removeItem(KEY);
   stopFollowing();

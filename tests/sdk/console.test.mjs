@@ -3,7 +3,8 @@
 // opened, a message posted through the API appearing live, presence of the channel's live
 // stream, and a phone-sized screen; a channel's description and document, its message count
 // following live messages (in its header and its row in the list), an archived channel saying so
-// with no live indicator, and the key kept for the tab (shown by its id) until forgotten.
+// with no live indicator, and the key kept for the tab (shown by its id) until forgotten; the
+// mentions and replies of messages, and a channel filtered to the messages that mention one name.
 // Assertions read what a user sees; every wait is on an element or a condition, with a deadline.
 // Screenshots are kept in target/test-artifacts/.
 import { test, before, after } from "node:test";
@@ -272,6 +273,48 @@ test("a channel shows its description and document, and its count follows live m
     { timeout: DEADLINE_MS },
   );
   assert.match(await rowOf(page, "Runbook AM-3").innerText(), /3 messages.*api: All steps done/s);
+  await context.close();
+});
+
+test("mentions and replies show, and a channel can be filtered to one name, live too", async () => {
+  const created = await server.call("POST", "/v1/channels", key, { name: "Handoffs AM-5" });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const id = created.body.channel.id;
+  const say = async (body) => {
+    const { status, body: answer } = await server.call("POST", `/v1/channels/${id}/messages`, key, body);
+    assert.equal(status, 201, JSON.stringify(answer));
+    return answer.message.id;
+  };
+  const root = await say({ content: "Who takes the canary?" });
+  await say({ content: "pod-7, yours", mentions: ["pod-7", "pod-9"], reply_to: root });
+  await say({ content: "pod-3 watches the logs", mentions: ["pod-3"] });
+
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  await useKey(page);
+  await rowOf(page, "Handoffs AM-5").getByRole("button").click();
+  await shows(page, "#live", /^Live/);
+  const reply = await shows(page, "#messages li:nth-child(2)", /pod-7, yours/);
+  assert.match(reply, new RegExp(`reply to #${root}`));
+  assert.match(reply, /@pod-7 @pod-9/);
+
+  // Only what mentions pod-7: the history, then live messages that mention it, and no other.
+  await page.fill("#mentions", "pod-7");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForFunction(
+    () => document.querySelectorAll("#messages li").length === 1,
+    undefined,
+    { timeout: DEADLINE_MS },
+  );
+  await shows(page, "#live", /^Live/);
+  await say({ content: "not for pod-7", mentions: ["pod-3"] });
+  await say({ content: "pod-7: ship it", mentions: ["pod-7"] });
+  await shows(page, "#messages li:last-child", /pod-7: ship it/);
+  const shown = await page.$$eval("#messages li", (items) => items.map((item) => item.textContent));
+  assert.equal(shown.length, 2, shown.join(" | "));
+  assert.ok(shown.every((text) => text.includes("@pod-7")), shown.join(" | "));
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: `${ARTIFACTS}/console-mentions.png`, fullPage: true });
   await context.close();
 });
 
