@@ -129,3 +129,11 @@ target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid
 if [ -z "${BENCH_NO_LIST:-}" ]; then
   env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/list-bench.sh
 fi
+
+# Addressed messages: mentions pages on 1,000,000 messages, 1,000 filtered long polls, the list
+# with ?reader= on 100,000 channels (BENCH_NO_ADDRESSING=1 skips it); then posting with mentions
+# against posting without, the statement alone under pgbench.
+if [ -z "${BENCH_NO_ADDRESSING:-}" ]; then
+  env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/addressing-bench.sh
+  CHANNELD_BIN=target/release/channeld bench/mentions-ab/run.sh
+fi
