@@ -2,6 +2,7 @@
 -- replies and threads. Additive only, so binaries that predate it keep working during a rolling
 -- deploy, and no existing row is rewritten (a column with a constant default is metadata-only):
 -- thread_id is set on replies only (the thread's first message); NULL reads as the message's own id.
+SET LOCAL lock_timeout = '5s';
 ALTER TABLE messages
     ADD COLUMN mentions  TEXT[] NOT NULL DEFAULT '{}',
     ADD COLUMN metadata  JSONB,
@@ -18,6 +19,5 @@ CREATE TABLE message_mentions (
     CONSTRAINT message_mentions_pkey PRIMARY KEY (channel_id, name, message_id)
 );
 
--- The replies of a thread in id order (its first message has thread_id NULL: it is its own thread).
-CREATE INDEX messages_thread_idx ON messages (channel_id, thread_id, id)
-    WHERE thread_id IS NOT NULL;
+-- The index of threads is built by the next migration, concurrently: this one holds the table's
+-- lock only for the metadata changes above.

@@ -164,6 +164,11 @@ async fn bad_fields_are_400_naming_the_field_and_store_nothing(db: PgPool) {
         (json!({"metadata": [1, 2]}), "metadata", "type"),
         (json!({"metadata": "text"}), "metadata", "type"),
         (
+            json!({"metadata": {"note": "nul\u{0}byte"}}),
+            "metadata",
+            "null_character",
+        ),
+        (
             json!({"metadata": {"blob": "x".repeat(16 * 1024)}}),
             "metadata",
             "length",
@@ -297,14 +302,15 @@ async fn filtered_paging_with_interleaved_writers_yields_each_match_once_in_orde
     let app = TestApp::spawn(db).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "interleaved").await;
-    // Four writers post 40 messages each; one of them addresses pod-7 seven times.
+    // Four writers post 40 messages each; pod-7 is addressed seven times among them.
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
             tokio::spawn(async move {
                 for n in 0..40 {
                     let mut body = json!({"content": format!("{w}-{n}")});
-                    if w == 1 && n % 6 == 0 && n < 42 {
+                    // Seven matches spread over the writers, so two may be in flight at once.
+                    if (w * 40 + n) % 23 == 0 {
                         body["mentions"] = json!(["pod-3", "pod-7"]);
                     } else if n % 5 == 0 {
                         body["mentions"] = json!(["pod-9"]);

@@ -178,11 +178,10 @@ function addMessages(messages, { atTop = false, announce = false } = {}) {
   else $("messages").append(...items);
 }
 
-// Messages shown for the first time that the channel's `message_count` did not include yet (posted
-// after the channel was read): the header and the channel's row in the list count them.
-// The name the channel view is filtered by (`mentions=`), or "" for every message.
+// The name the channel view is filtered by (`mentions=`), or "" for every message: the one
+// applied when the channel was opened, not what the box holds before it is submitted.
 function mentionFilter() {
-  return $("mentions").value.trim();
+  return state.mentions || "";
 }
 
 function withFilter(params) {
@@ -191,6 +190,8 @@ function withFilter(params) {
   return query;
 }
 
+// Messages shown for the first time that the channel's `message_count` did not include yet (posted
+// after the channel was read): the header and the channel's row in the list count them.
 function count(fresh) {
   const channel = state.channel;
   // A filtered view sees only some of the new messages: the count stays the channel's, as read.
@@ -248,6 +249,7 @@ async function openChannel(id) {
     const { channel } = await (await api(`/v1/channels/${id}`)).json();
     if (!current()) return;
     state.channel = channel;
+    state.mentions = $("mentions").value.trim();
     state.counted = channel.last_message ? channel.last_message.id : 0;
     state.seen = new Set();
     state.newest = 0;

@@ -168,8 +168,13 @@ pub async fn read(
                     // order: the answer needs no query, however many waiters wake at once.
                     Ok(Ok(first)) => {
                         if let Page::After(after) = page {
-                            messages = from_feed(first, feed, after, limit + 1, filter);
-                            continue;
+                            let lagged;
+                            (messages, lagged) = from_feed(first, feed, after, limit + 1, filter);
+                            // Messages were dropped from the feed while none matched: one of
+                            // them may have; the database knows.
+                            if !(lagged && messages.is_empty()) {
+                                continue;
+                            }
                         }
                     }
                     // So many messages that this waiter lagged: read them from the database.
@@ -187,27 +192,32 @@ pub async fn read(
 }
 
 /// The messages after `after` that `filter` wants among what a woken waiter's feed holds:
-/// `first`, then whatever else has arrived, up to `max`. Empty when none is wanted (the waiter
-/// sleeps on) or the feed lagged (the caller reads the database instead).
+/// `first`, then whatever else has arrived, up to `max`; and whether the feed lagged (dropped
+/// messages) after them. Empty and not lagged when none is wanted: the waiter sleeps on.
 fn from_feed(
     first: Arc<Message>,
     feed: &mut broadcast::Receiver<Arc<Message>>,
     after: i64,
     max: i64,
     filter: &Filter,
-) -> Vec<Message> {
+) -> (Vec<Message>, bool) {
     let mut messages = Vec::new();
     let mut next = Ok(first);
-    while let Ok(message) = next {
-        if message.id > after && filter.matches(&message) {
-            messages.push(Message::clone(&message));
-            if messages.len() as i64 >= max {
-                break;
+    loop {
+        match next {
+            Ok(message) => {
+                if message.id > after && filter.matches(&message) {
+                    messages.push(Message::clone(&message));
+                    if messages.len() as i64 >= max {
+                        return (messages, false);
+                    }
+                }
             }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return (messages, true),
+            Err(_) => return (messages, false),
         }
         next = feed.try_recv();
     }
-    messages
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
@@ -259,6 +269,13 @@ pub async fn store(
     new: CreateMessage,
     idempotency_key: Option<String>,
 ) -> Result<(Stored, Message), ApiError> {
+    // A retry of a stored reply answers the stored message, whatever its reply_to says now.
+    if new.reply_to.is_some()
+        && let Some(key) = idempotency_key.as_deref()
+        && let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await?
+    {
+        return Ok((Stored::Earlier, original));
+    }
     // A reply joins the thread of the message it answers, which must be of this channel.
     let reply = match new.reply_to {
         Some(reply_to) => match db::thread_of(&state.db, channel_id, reply_to).await? {

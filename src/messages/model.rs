@@ -124,7 +124,26 @@ fn valid_mentions(mentions: &[String]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Whether a key or string anywhere in `value` holds U+0000, which PostgreSQL's jsonb refuses.
+fn holds_null_character(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_null_character),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_null_character(value)),
+        _ => false,
+    }
+}
+
 fn valid_metadata(metadata: &Map<String, Value>) -> Result<(), ValidationError> {
+    if metadata
+        .iter()
+        .any(|(key, value)| key.contains('\0') || holds_null_character(value))
+    {
+        return Err(ValidationError::new("null_character")
+            .with_message("metadata must not contain U+0000".into()));
+    }
     let bytes = serde_json::to_vec(metadata).map_or(usize::MAX, |encoded| encoded.len());
     if bytes > METADATA_MAX_BYTES {
         return Err(ValidationError::new("length").with_message(
