@@ -192,6 +192,37 @@ class McpTest(unittest.IsolatedAsyncioTestCase):
         )
 
     @in_one_task
+    async def test_a_wait_for_mentions_wakes_only_for_a_mention_posted_on_another_instance(self):
+        client = await self.connect(base=A)
+        other = await self.connect(base=B)
+        channel = await self.new_channel(client)
+        waiting = asyncio.create_task(
+            client.call_tool(
+                "wait_for_messages",
+                {"channel_id": channel, "after": 0, "wait_seconds": 20, "mentions": "pod-7"},
+            )
+        )
+        await self.waiters(A, 1)
+        # For someone else, on the other instance: the waiter sleeps on.
+        await self.rest(
+            "POST",
+            f"/v1/channels/{channel}/messages",
+            {"content": "for pod-3", "mentions": ["pod-3"]},
+            base=B,
+        )
+        posted = await other.call_tool(
+            "post_message",
+            {"channel_id": channel, "content": "pod-7: yours", "mentions": ["pod-7"],
+             "pod_key": "lead"},
+        )
+        self.assertFalse(posted.is_error, posted.content)
+        result = await asyncio.wait_for(waiting, DEADLINE)
+        self.assertFalse(result.structured_content["timed_out"])
+        messages = result.structured_content["messages"]
+        self.assertEqual([m["id"] for m in messages], [posted.structured_content["message"]["id"]])
+        self.assertEqual(messages[0]["mentions"], ["pod-7"])
+
+    @in_one_task
     async def test_read_only_key_cannot_post(self):
         writer = await self.connect()
         reader = await self.connect(key=READ_KEY)
