@@ -28,8 +28,8 @@ where
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge("request body is too large".into())
-            } else if crate::limits::is_body_timeout(&rejection) {
-                crate::limits::body_timed_out()
+            } else if is_body_timeout(&rejection) {
+                body_timed_out()
             } else {
                 ApiError::invalid("could not read the request body")
             }
@@ -308,6 +308,32 @@ fn parse_channel_id(raw: &str) -> Result<ChannelId, ApiError> {
                  realtime channel names go to /v1/channels/{{channel}}/peers and /publish"
             ),
         )),
+    }
+}
+
+/// The request body did not arrive within `--http-body-timeout`, or the server began shutting
+/// down while waiting for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimedOut;
+
+/// Whether reading a body failed because it did not arrive in time.
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<BodyTimedOut>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// 408: the body was being read and had not all arrived.
+pub fn body_timed_out() -> ApiError {
+    ApiError::RequestRejected {
+        status: StatusCode::REQUEST_TIMEOUT,
+        message: "the request body did not arrive in time".into(),
     }
 }
 

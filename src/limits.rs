@@ -30,7 +30,7 @@ use axum::{
 
 use http_body::{Frame, SizeHint};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, extract::BodyTimedOut, state::AppState};
 
 pub async fn limits(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let config = &state.config;
@@ -119,14 +119,6 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     }
 }
 
-/// 408: the body was being read and had not all arrived.
-pub fn body_timed_out() -> ApiError {
-    ApiError::RequestRejected {
-        status: StatusCode::REQUEST_TIMEOUT,
-        message: "the request body did not arrive in time".into(),
-    }
-}
-
 fn rejected(status: StatusCode, message: String) -> Response {
     ApiError::RequestRejected { status, message }.into_response()
 }
@@ -143,24 +135,6 @@ fn long_poll_wait(query: Option<&str>) -> Duration {
         .filter(|secs| *secs <= 30)
         .unwrap_or(0);
     Duration::from_secs(wait)
-}
-
-/// The request body did not arrive within `--http-body-timeout`, or the server began shutting
-/// down while waiting for it.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive in time")]
-pub struct BodyTimedOut;
-
-/// Whether reading a body failed because it did not arrive in time.
-pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.is::<BodyTimedOut>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// A request body with a deadline for all of it, that also ends at shutdown.

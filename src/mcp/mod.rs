@@ -105,8 +105,8 @@ async fn checked(state: AppState, request: Request, next: Next) -> Response {
         .await
     {
         Ok(collected) => Body::from(collected.to_bytes()),
-        Err(error) if crate::limits::is_body_timeout(&*error) => {
-            return crate::limits::body_timed_out().into_response();
+        Err(error) if crate::extract::is_body_timeout(&*error) => {
+            return crate::extract::body_timed_out().into_response();
         }
         Err(error) if error.is::<LengthLimitError>() => {
             return ApiError::PayloadTooLarge("request body is too large".into()).into_response();
