@@ -94,13 +94,16 @@ pub struct CreateChannel {
     /// The schema states no maxLength: surrounding white space does not count, so a longer raw
     /// string can be valid.
     #[validate(custom(function = "valid_name"))]
-    #[schema(min_length = 2)]
+    #[schema(
+        min_length = 2,
+        pattern = r"^[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\u0000-\u001F\u007F-\u009F]*[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$"
+    )]
     pub name: String,
     #[validate(
         length(max = 1000, message = "description must be at most 1000 characters"),
         custom(function = "valid_description")
     )]
-    #[schema(max_length = 1000)]
+    #[schema(max_length = 1000, pattern = r"^[^\u0000]*$")]
     pub description: Option<String>,
     #[validate(range(min = 1, message = "repository_id must be a positive integer"))]
     #[schema(minimum = 1)]
@@ -109,6 +112,7 @@ pub struct CreateChannel {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub ticket_slug: Option<String>,
     #[validate(custom(function = "valid_document"))]
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub document: Option<String>,
 }
 
@@ -119,7 +123,11 @@ pub struct UpdateChannel {
     #[serde(default, deserialize_with = "present_non_null")]
     /// 2-100 characters after trimming, no control characters.
     #[validate(custom(function = "valid_name"))]
-    #[schema(min_length = 2, nullable = false)]
+    #[schema(
+        min_length = 2,
+        nullable = false,
+        pattern = r"^[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\u0000-\u001F\u007F-\u009F]*[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$"
+    )]
     pub name: Option<String>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "present")]
@@ -127,10 +135,11 @@ pub struct UpdateChannel {
         length(max = 1000, message = "description must be at most 1000 characters"),
         custom(function = "valid_description")
     )]
-    #[schema(max_length = 1000)]
+    #[schema(max_length = 1000, pattern = r"^[^\u0000]*$")]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[validate(custom(function = "valid_document"))]
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub document: Option<Option<String>>,
     /// `true` archives, `false` unarchives.
     #[serde(default, deserialize_with = "present_non_null")]
