@@ -53,4 +53,9 @@ checks=${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_co
   --request-timeout 40 \
   --workers 2 \
   --seed "${FUZZ_SEED:-42}" \
-  --suppress-health-check all
+  --suppress-health-check all | tee .data/fuzz-output.log
+# FUZZ_STRICT=1: an operation that refused most of what its schema allows fails the run.
+if [ -n "${FUZZ_STRICT:-}" ] && grep -q 'Schema validation mismatch' .data/fuzz-output.log; then
+  echo "fuzz: an operation refused most of what its schema allows (above)" >&2
+  exit 1
+fi
