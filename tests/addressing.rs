@@ -169,6 +169,11 @@ async fn bad_fields_are_400_naming_the_field_and_store_nothing(db: PgPool) {
             "null_character",
         ),
         (
+            json!({"metadata": {"n": [-1.797_693_134_862_315_7e308]}}),
+            "metadata",
+            "range",
+        ),
+        (
             json!({"metadata": {"blob": "x".repeat(16 * 1024)}}),
             "metadata",
             "length",

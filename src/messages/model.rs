@@ -136,6 +136,17 @@ fn holds_null_character(value: &Value) -> bool {
     }
 }
 
+/// Whether a number in `value` is too large to read back once PostgreSQL has written it out in
+/// full decimal digits.
+fn holds_huge_number(value: &Value) -> bool {
+    match value {
+        Value::Number(number) => number.as_f64().is_none_or(|n| n.abs() >= 1e300),
+        Value::Array(items) => items.iter().any(holds_huge_number),
+        Value::Object(map) => map.values().any(holds_huge_number),
+        _ => false,
+    }
+}
+
 fn valid_metadata(metadata: &Map<String, Value>) -> Result<(), ValidationError> {
     if metadata
         .iter()
@@ -143,6 +154,11 @@ fn valid_metadata(metadata: &Map<String, Value>) -> Result<(), ValidationError> 
     {
         return Err(ValidationError::new("null_character")
             .with_message("metadata must not contain U+0000".into()));
+    }
+    if holds_huge_number(&Value::Object(metadata.clone())) {
+        return Err(ValidationError::new("range").with_message(
+            "metadata numbers must lie within ±1e300 (PostgreSQL writes them out in full)".into(),
+        ));
     }
     let bytes = serde_json::to_vec(metadata).map_or(usize::MAX, |encoded| encoded.len());
     if bytes > METADATA_MAX_BYTES {
