@@ -7,7 +7,7 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{auth::MasterKey, cluster::ClusterSettings, ratelimit::Limit};
+use crate::{auth::MasterKey, ratelimit::Limit};
 
 /// channeld: collaboration channels with persistent history and live delivery.
 #[derive(Debug, Parser)]
@@ -149,6 +149,16 @@ impl ClusterArgs {
             node_ttl: self.node_ttl,
         })
     }
+}
+
+/// How to reach Redis, and how long a silent instance counts as alive.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    /// Prefix of every key and pub/sub channel, so that several clusters can share one Redis.
+    pub prefix: String,
+    /// An instance whose heartbeat is older than this is reaped.
+    pub node_ttl: Duration,
 }
 
 fn parse_redis_url(input: &str) -> Result<Secret, String> {

@@ -361,8 +361,8 @@ pub struct Envelope<'a> {
     required_scopes: Option<Vec<&'static str>>,
 }
 
-impl From<crate::cluster::ClusterError> for ApiError {
-    fn from(_: crate::cluster::ClusterError) -> Self {
+impl From<crate::realtime::engine::Unavailable> for ApiError {
+    fn from(_: crate::realtime::engine::Unavailable) -> Self {
         Self::RealtimeUnavailable
     }
 }

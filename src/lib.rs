@@ -34,7 +34,6 @@
 pub mod auth;
 pub mod channels;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod db;
@@ -53,6 +52,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
 pub mod server;
+pub mod shutdown;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

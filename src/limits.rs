@@ -82,7 +82,7 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     let body = if body.size_hint().exact() == Some(0) {
         body
     } else {
-        let mut stopping = state.realtime.shutdown.subscribe();
+        let mut stopping = state.shutdown.subscribe();
         Body::new(DeadlineBody {
             inner: body,
             deadline: Box::pin(tokio::time::sleep(config.http.body_timeout)),

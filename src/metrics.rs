@@ -157,46 +157,15 @@ pub async fn render(State(state): State<AppState>) -> Response {
             );
         }
     }
-    let hub = &state.realtime.hub;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let pool = &state.db;
     let delivery = state.delivery.stats();
-    let samples: [(&str, &str, &str, u64); 24] = [
-        (
-            "channeld_websocket_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            hub.connection_count() as u64,
-        ),
-        (
-            "channeld_websocket_subscriptions",
-            "gauge",
-            "Channel subscriptions across connections.",
-            hub.subscription_count() as u64,
-        ),
+    let samples: [(&str, &str, &str, u64); 19] = [
         (
             "channeld_websocket_frames_in_total",
             "counter",
             "Frames received from WebSocket clients.",
             load(&metrics.frames_in),
-        ),
-        (
-            "channeld_websocket_frames_out_total",
-            "counter",
-            "Frames queued to WebSocket clients.",
-            load(&hub.stats.frames_out),
-        ),
-        (
-            "channeld_websocket_queued_bytes",
-            "gauge",
-            "Bytes queued to WebSocket connections, not yet written.",
-            hub.queued_bytes(),
-        ),
-        (
-            "channeld_websocket_slow_consumer_disconnects_total",
-            "counter",
-            "Connections dropped for not keeping up.",
-            load(&hub.stats.slow_consumer_disconnects),
         ),
         (
             "channeld_rate_limited_requests_total",
@@ -308,54 +277,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         ),
     ];
     write_samples(&mut out, &samples);
-    if let Some(cluster) = &state.realtime.cluster {
-        let stats = cluster.stats();
-        let cluster_samples: [(&str, &str, &str, u64); 7] = [
-            (
-                "channeld_redis_up",
-                "gauge",
-                "1 when this instance is connected and subscribed to Redis (cluster mode).",
-                u64::from(cluster.is_up()),
-            ),
-            (
-                "channeld_redis_errors_total",
-                "counter",
-                "Redis commands and connections that failed.",
-                load(&stats.redis_errors),
-            ),
-            (
-                "channeld_redis_pubsub_connects_total",
-                "counter",
-                "Times the Redis pub/sub connection was made and subscribed (1 plus reconnects).",
-                load(&stats.pubsub_reconnects),
-            ),
-            (
-                "channeld_cluster_roster_reads_total",
-                "counter",
-                "Rosters read again from Redis after a gap in presence events or a reconnect.",
-                load(&stats.resyncs),
-            ),
-            (
-                "channeld_cluster_instances_reaped_total",
-                "counter",
-                "Instances this one removed from the cluster after their heartbeat lapsed.",
-                load(&stats.nodes_reaped),
-            ),
-            (
-                "channeld_cluster_publishes_lost_total",
-                "counter",
-                "WebSocket publishes lost because Redis failed while they were on their way.",
-                load(&stats.publishes_lost),
-            ),
-            (
-                "channeld_cluster_messages_in_total",
-                "counter",
-                "Payloads received from Redis pub/sub.",
-                load(&stats.messages_in),
-            ),
-        ];
-        write_samples(&mut out, &cluster_samples);
-    }
+    write_samples(&mut out, &state.realtime.engine.samples());
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, content_type)], out).into_response()
 }

@@ -137,17 +137,16 @@ pub async fn serve(
     let key_watch = tokio::spawn(realtime::watch_keys(state.clone()));
     // Stored messages reach this instance's followers through the reader, whoever posted them.
     let delivery = state.delivery.start();
-    // Cluster mode: the Redis pub/sub connection, heartbeat and reaper.
-    let cluster_tasks = state.realtime.cluster.as_ref().map(|c| c.start());
-    let realtime = state.realtime.clone();
+    // With Redis: the pub/sub connection, heartbeat and reaper.
+    let engine = state.realtime.engine.clone();
+    let engine_tasks = engine.start();
+    let signal = state.shutdown.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        realtime.shutdown.send_replace(true);
+        signal.begin();
         stop.send_replace(true);
     });
-    let hub = state.realtime.hub.clone();
-    let realtime_for_stop = state.realtime.cluster.clone();
     let header_timeout = state.config.http.header_timeout;
     let metrics = state.metrics.clone();
     server::run(listener, router(state), header_timeout, metrics, stopped).await;
@@ -155,15 +154,12 @@ pub async fn serve(
     drop(delivery);
     // Upgraded connections outlive the HTTP server; give them time to say goodbye.
     let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
-    while hub.task_count() > 0 && tokio::time::Instant::now() < deadline {
+    while engine.task_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // This instance's peers leave the cluster now rather than when its heartbeat lapses; the
+    // With Redis, this instance's peers leave now rather than when its heartbeat lapses; the
     // heartbeat stops first, so it cannot register the instance again after it left.
-    drop(cluster_tasks);
-    if let Some(cluster) = &realtime_for_stop {
-        cluster.stop().await;
-    }
+    engine.stop(engine_tasks).await;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::KeyCache, config::Config, delivery::Delivery, metrics::Metrics, ratelimit::RateLimiter,
-    realtime::Realtime,
+    realtime::Realtime, shutdown::Shutdown,
 };
 
 #[derive(Clone)]
@@ -23,12 +23,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Key lookups of the last second, shared by REST requests and WebSocket upgrades.
     pub keys: Arc<KeyCache>,
+    /// Set once the server is shutting down.
+    pub shutdown: Shutdown,
 }
 
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         let realtime = Realtime::new(&config);
-        let delivery = Delivery::new(db.clone(), realtime.hub.clone(), &config);
+        let delivery = Delivery::new(db.clone(), realtime.engine.clone(), &config);
         Self {
             db,
             realtime,
@@ -36,6 +38,7 @@ impl AppState {
             rate_limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
+            shutdown: Shutdown::default(),
             config: Arc::new(config),
         }
     }

@@ -56,11 +56,12 @@ async fn a_connection_whose_task_panics_leaves_its_channels(db: PgPool) {
         json!({"type": "presence", "channel": "room", "joined": [], "left": [{"peerId": "victim"}]}),
         "the peer whose task died leaves"
     );
-    assert_eq!(app.state.realtime.hub.connection_count(), 1);
+    assert_eq!(app.state.realtime.engine.hub().connection_count(), 1);
     assert!(
         app.state
             .realtime
-            .hub
+            .engine
+            .hub()
             .peers("room")
             .iter()
             .all(|(peer, _)| &**peer != "victim")
@@ -143,13 +144,13 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
     // ~60 KB frames: far under the 4,096-frame bound, far over 1 MiB in bytes. The stalled
     // client reads nothing from here on.
     let data = "x".repeat(60_000);
-    let stats = &app.state.realtime.hub.stats;
+    let stats = &app.state.realtime.engine.hub().stats;
     let mut most_queued = 0;
     for _ in 0..600 {
         publisher
             .send(json!({"type": "publish", "channel": "firehose", "data": data}))
             .await;
-        most_queued = most_queued.max(app.state.realtime.hub.queued_bytes());
+        most_queued = most_queued.max(app.state.realtime.engine.hub().queued_bytes());
         if stats.slow_consumer_disconnects.load(Ordering::Relaxed) > 0 {
             break;
         }
@@ -167,7 +168,7 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
         "at most the bound (and one frame) was queued: {most_queued} bytes"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while app.state.realtime.hub.queued_bytes() > 0 {
+    while app.state.realtime.engine.hub().queued_bytes() > 0 {
         assert!(
             Instant::now() < deadline,
             "queued bytes are forgotten with the connection"
@@ -229,7 +230,7 @@ async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(d
     }
     let mut peak = before;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while app.state.realtime.hub.connection_count() > 0 {
+    while app.state.realtime.engine.hub().connection_count() > 0 {
         peak = peak.max(rss_kib());
         if Instant::now() > deadline {
             let busy: Vec<(String, Option<String>)> = sqlx::query_as(
@@ -240,7 +241,7 @@ async fn resumed_subscriptions_that_never_read_hold_little_memory_and_time_out(d
             .unwrap_or_default();
             panic!(
                 "{} stalled replays still open after the idle timeout (server pool: {} open, {} idle; database sessions: {busy:?})",
-                app.state.realtime.hub.connection_count(),
+                app.state.realtime.engine.hub().connection_count(),
                 app.state.db.size(),
                 app.state.db.num_idle(),
             );

@@ -502,7 +502,7 @@ async fn a_stalled_reader_is_disconnected_without_slowing_the_others(db: PgPool)
         MESSAGES,
         "the fast subscriber got every message"
     );
-    let hub = &app.state.realtime.hub;
+    let hub = &app.state.realtime.engine.hub();
     assert_eq!(
         hub.stats
             .slow_consumer_disconnects

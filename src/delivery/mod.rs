@@ -37,22 +37,13 @@ use std::{
     time::Duration,
 };
 
-use serde_json::value::to_raw_value;
 use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinHandle};
 
 pub use doorbell::{CHANNEL as NOTIFY_CHANNEL, LISTENER_APPLICATION_NAME};
 pub use feeds::Feeds;
 
-use crate::{
-    config::Config,
-    messages::model::Message,
-    realtime::{
-        Hub,
-        hub::{Outbound, StoredRef},
-        protocol::ServerFrame,
-    },
-};
+use crate::{config::Config, realtime::engine::Engine};
 
 /// Stored-message delivery for this instance. Cheap to clone.
 #[derive(Clone)]
@@ -62,7 +53,7 @@ pub struct Delivery {
 
 struct Shared {
     db: PgPool,
-    hub: Hub,
+    engine: Engine,
     feeds: Feeds,
     followed: Mutex<HashMap<i64, Cursor>>,
     generations: AtomicU64,
@@ -159,11 +150,11 @@ impl Drop for Tasks {
 }
 
 impl Delivery {
-    pub fn new(db: PgPool, hub: Hub, config: &Config) -> Self {
+    pub fn new(db: PgPool, engine: Engine, config: &Config) -> Self {
         Self {
             shared: Arc::new(Shared {
                 db,
-                hub,
+                engine,
                 feeds: Feeds::default(),
                 followed: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
@@ -297,31 +288,6 @@ impl Shared {
         }
         drop(followed);
         self.wake.notify_one();
-    }
-}
-
-/// The `message` frame of a stored message on its live channel `"<id>"`: `from` is the
-/// `pod_key` (or `"api"`), `data` the message exactly as REST returns it, and `messageId` its id,
-/// a field only the server sets.
-pub fn stored_frame(message: &Message) -> Outbound {
-    let data = to_raw_value(message).expect("stored messages serialize");
-    let channel = message.channel_id.to_string();
-    let from = message.pod_key.as_deref().unwrap_or("api");
-    let frame = ServerFrame::Message {
-        channel: &channel,
-        from,
-        data: &data,
-        from_metadata: None,
-        message_id: Some(message.id),
-    }
-    .encode();
-    Outbound {
-        frame,
-        stored: Some(Arc::new(StoredRef {
-            channel_id: message.channel_id,
-            message_id: message.id,
-            mentions: message.mentions.clone().into_boxed_slice(),
-        })),
     }
 }
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::MissedTickBehavior;
 
-use super::{Shared, count, db, stored_frame};
+use super::{Shared, count, db};
 use crate::messages::model::Message;
 
 /// Channels covered by one read.
@@ -125,12 +125,7 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
     count(&shared.stats.delivered, fresh.len());
     for message in fresh {
         let message = Arc::new(message);
-        shared.hub.publish(
-            &message.channel_id.to_string(),
-            None,
-            &stored_frame(&message),
-            None,
-        );
+        shared.engine.publish_stored(&message);
         shared.feeds.publish(&message);
     }
 }
@@ -140,13 +135,17 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::{config::Config, delivery::Delivery, realtime::Hub};
+    use crate::{
+        config::Config,
+        delivery::Delivery,
+        realtime::engine::{Engine, hub::Hub},
+    };
 
     fn delivery() -> Delivery {
         let db = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("a lazy pool");
-        Delivery::new(db, Hub::default(), &Config::default())
+        Delivery::new(db, Engine::Memory(Hub::default()), &Config::default())
     }
 
     fn follow_at(delivery: &Delivery, channel_id: i64, last: i64) {

@@ -156,7 +156,7 @@ pub async fn events(
         pending: VecDeque::new(),
         catching_up: true,
         feed,
-        shutdown: state.realtime.shutdown.subscribe(),
+        shutdown: state.shutdown.subscribe(),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
         let message = follower.next().await?;

@@ -160,7 +160,7 @@ pub async fn read(
     {
         let _waiting = Waiting::new(&state.metrics);
         let deadline = Instant::now() + wait;
-        let mut shutdown = state.realtime.shutdown.subscribe();
+        let mut shutdown = state.shutdown.subscribe();
         while messages.is_empty() {
             tokio::select! {
                 woken = tokio::time::timeout_at(deadline, feed.recv()) => match woken {

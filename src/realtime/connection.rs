@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    hub::{CloseSignal, ConnId, Hub, Member, Outbound},
+    engine::hub::fanout::{CloseSignal, ConnId, Member, Outbound},
     limits::FrameBucket,
     protocol::{ErrorCode, ServerFrame, close},
     replay::Replay,
@@ -101,7 +101,6 @@ pub async fn upgrade(
 
 pub(super) struct Connection {
     pub(super) state: AppState,
-    pub(super) hub: Hub,
     pub(super) session: Session,
     pub(super) conn: ConnId,
     /// Read and written by this one task: no lock between a reading and a writing half.
@@ -141,33 +140,28 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn run(socket: WebSocket, state: AppState, session: Session) {
     // Counted until this task ends, closing handshake included, so shutdown waits for it.
-    let _task = state.realtime.hub.task();
+    let _task = state.realtime.engine.task();
     let limits = state.config.realtime.clone();
     let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
     let signal = Arc::new(CloseSignal::new(limits.outbound_bytes));
-    let hub = state.realtime.hub.clone();
-    let conn = hub.register(Member {
-        peer_id: session.peer_id.clone(),
-        key_id: session.key_id.clone(),
-        presence: session.permissions.contains(Scope::Presence),
-        peer_metadata: session.peer_metadata.clone(),
-        tx,
-        signal: signal.clone(),
-    });
-    // Unregisters on every way out of this task, a panic included: a connection that is gone
+    // Unregistered on every way out of this task, a panic included: a connection that is gone
     // must not stay subscribed or present.
-    let _registered = Registered {
-        realtime: state.realtime.clone(),
-        conn,
-    };
-    if let Some(cluster) = &state.realtime.cluster {
-        // Boxed: inline, this Redis round trip's future would grow every connection's task.
-        Box::pin(cluster.connect(conn, &session.peer_id)).await;
-    }
-    let mut shutdown = state.realtime.shutdown.subscribe();
+    let registration = state
+        .realtime
+        .engine
+        .connect(Member {
+            peer_id: session.peer_id.clone(),
+            key_id: session.key_id.clone(),
+            presence: session.permissions.contains(Scope::Presence),
+            peer_metadata: session.peer_metadata.clone(),
+            tx,
+            signal: signal.clone(),
+        })
+        .await;
+    let conn = registration.conn();
+    let mut shutdown = state.shutdown.subscribe();
     let mut connection = Connection {
         state,
-        hub: hub.clone(),
         session,
         conn,
         socket,
@@ -249,7 +243,7 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         };
     }
 
-    connection.state.realtime.unregister(conn);
+    drop(registration);
     let closing = match end {
         Some(End::Close(code, reason)) => Some((code, reason)),
         Some(End::Stuck(code)) => Some((code, close_reason(code))),
@@ -281,18 +275,6 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
         }
     })
     .await;
-}
-
-/// Removes a connection from the hub (and, in cluster mode, from Redis) when dropped.
-struct Registered {
-    realtime: super::Realtime,
-    conn: ConnId,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.realtime.unregister(self.conn);
-    }
 }
 
 /// The close code and reason that tell a WebSocket client why its credential was refused.

@@ -5,7 +5,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 
 use super::{
     connection::{Connection, End, Persistent},
-    hub::{Outbound, SubscribeError},
+    engine::{SubscribeFailure, Subscription, hub::fanout::Outbound},
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
     replay::Replay,
@@ -13,7 +13,6 @@ use super::{
 use crate::{
     auth::Scope,
     channels::{ChannelState, channel_state},
-    cluster::SubscribeFailure,
     delivery::Follow,
     error::ApiError,
     messages::{count_after, id_before_newest, model::is_printable_ascii},
@@ -195,27 +194,23 @@ impl Connection {
                 format!("at most {max} subscriptions per connection"),
             )
         };
-        let roster = match self.state.realtime.cluster.clone() {
-            // Boxed, here and below: a Redis round trip's future is large, and inline it would
-            // grow every connection's task, cluster mode or not.
-            Some(cluster) => Box::pin(cluster.subscribe(
-                self.conn,
-                name,
-                frame.include_sender_metadata,
-                max,
-                &self.session.peer_id,
-                self.session.peer_metadata.as_ref(),
-            ))
+        let roster = self
+            .state
+            .realtime
+            .engine
+            .subscribe(Subscription {
+                conn: self.conn,
+                channel: name,
+                include_sender_metadata: frame.include_sender_metadata,
+                max_subscriptions: max,
+                peer: &self.session.peer_id,
+                peer_metadata: self.session.peer_metadata.as_ref(),
+            })
             .await
             .map_err(|failure| match failure {
                 SubscribeFailure::LimitExceeded => limit_exceeded(),
                 SubscribeFailure::Unavailable => realtime_unavailable(),
-            })?,
-            None => self
-                .hub
-                .subscribe(self.conn, name, frame.include_sender_metadata, max)
-                .map_err(|SubscribeError::LimitExceeded| limit_exceeded())?,
-        };
+            })?;
         let mut reply = Reply::default();
         if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
         {
@@ -276,13 +271,13 @@ impl Connection {
         })
     }
 
-    /// Ends this connection's subscription to `name`, cluster-wide in cluster mode.
+    /// Ends this connection's subscription to `name`.
     async fn leave(&mut self, name: &str) {
-        if self.hub.unsubscribe(self.conn, name)
-            && let Some(cluster) = &self.state.realtime.cluster
-        {
-            Box::pin(cluster.unsubscribe(self.conn, name)).await;
-        }
+        self.state
+            .realtime
+            .engine
+            .unsubscribe(self.conn, name)
+            .await;
     }
 
     async fn unsubscribe(&mut self, frame: &ClientFrame) -> Outcome {
@@ -326,20 +321,11 @@ impl Connection {
                 .encode()
                 .into()
             });
-        match &self.state.realtime.cluster {
-            Some(cluster) => cluster
-                .publish(
-                    name,
-                    self.conn,
-                    &plain.frame,
-                    with_metadata.as_ref().map(|f| f.frame.as_str()),
-                )
-                .map_err(|_| realtime_unavailable())?,
-            None => {
-                self.hub
-                    .publish(name, Some(self.conn), &plain, with_metadata.as_ref());
-            }
-        }
+        self.state
+            .realtime
+            .engine
+            .publish(name, self.conn, &plain, with_metadata.as_ref())
+            .map_err(|_| realtime_unavailable())?;
         Ok(Reply::default())
     }
 
@@ -360,14 +346,13 @@ impl Connection {
         }
         .encode()
         .into();
-        let reached = match &self.state.realtime.cluster {
-            Some(cluster) => Box::pin(cluster.send(to, &direct.frame))
-                .await
-                .map_err(|_| realtime_unavailable())?,
-            None => {
-                usize::from(self.hub.send_to_peer(to, &direct) > 0 || self.hub.is_connected(to))
-            }
-        };
+        let reached = self
+            .state
+            .realtime
+            .engine
+            .send(to, &direct)
+            .await
+            .map_err(|_| realtime_unavailable())?;
         if reached == 0 {
             return Err((
                 ErrorCode::PeerNotFound,
@@ -396,7 +381,7 @@ async fn replay_start(state: &AppState, id: i64, since: i64) -> Result<(i64, boo
 
 type Failure = (ErrorCode, String);
 
-/// Cluster mode, Redis out of reach: the action failed, the connection stays open.
+/// The engine is out of reach (Redis): the action failed, the connection stays open.
 fn realtime_unavailable() -> Failure {
     (
         ErrorCode::InternalError,

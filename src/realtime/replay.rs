@@ -9,14 +9,12 @@
 
 use axum::extract::ws::Utf8Bytes;
 
+use super::stored::stored_frame;
 use super::{
     connection::{Connection, End},
     protocol::close,
 };
-use crate::{
-    delivery::stored_frame,
-    messages::{Filter, Page, page_filtered},
-};
+use crate::messages::{Filter, Page, page_filtered};
 
 /// Messages read and written per replay step: at most 16 × 64 KiB in memory at once.
 const PAGE: i64 = 16;

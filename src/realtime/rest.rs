@@ -10,9 +10,9 @@ use serde_json::{Map, Value, value::RawValue};
 use validator::{Validate, ValidationError};
 
 use super::{
-    hub::Outbound,
+    engine::hub::fanout::Outbound,
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
-    protocol::{ServerFrame, close},
+    protocol::ServerFrame,
     session::MAX_PEER_METADATA,
 };
 use crate::{
@@ -93,10 +93,7 @@ async fn peers_of(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Presence)?;
     authorize_channel(state, principal, channel, Scope::ChannelsRead, false).await?;
-    let roster = match &state.realtime.cluster {
-        Some(cluster) => cluster.roster(channel).await?,
-        None => state.realtime.hub.peers(channel),
-    };
+    let roster = state.realtime.engine.roster(channel).await?;
     let peers: Vec<PeerInfo<'_>> = roster
         .iter()
         .map(|(peer_id, metadata)| PeerInfo {
@@ -223,21 +220,11 @@ async fn publish_to(
         .encode()
         .into()
     });
-    let delivered = match &state.realtime.cluster {
-        Some(cluster) => {
-            cluster
-                .publish_counted(
-                    channel,
-                    &plain.frame,
-                    with_metadata.as_ref().map(|f| f.frame.as_str()),
-                )
-                .await?
-        }
-        None => state
-            .realtime
-            .hub
-            .publish(channel, None, &plain, with_metadata.as_ref()),
-    };
+    let delivered = state
+        .realtime
+        .engine
+        .publish_counted(channel, &plain, with_metadata.as_ref())
+        .await?;
     Ok(Json(Delivered { channel, delivered }).into_response())
 }
 
@@ -268,10 +255,7 @@ pub async fn kick(
             "peer ids are 1-128 printable ASCII characters",
         ));
     }
-    let closed = match &state.realtime.cluster {
-        Some(cluster) => cluster.kick(&peer_id).await?,
-        None => state.realtime.hub.close_peer(&peer_id, close::KICKED),
-    };
+    let closed = state.realtime.engine.kick(&peer_id).await?;
     Ok(Json(Kicked { peer_id, closed }))
 }
 

@@ -6,7 +6,10 @@
 
 use std::{collections::BTreeMap, collections::BTreeSet, time::Duration};
 
-use channeld::{auth::Scope, cluster::ClusterSettings, config::Config};
+use channeld::{
+    auth::Scope,
+    config::{ClusterSettings, Config},
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;

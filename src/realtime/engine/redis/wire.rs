@@ -15,34 +15,8 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::realtime::hub::{ConnId, Metadata};
-
-/// A presence event's place in its channel's history: versions count up by one within an epoch,
-/// and a channel gets a new epoch each time it is created again after emptying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Version {
-    pub epoch: u64,
-    pub seq: u64,
-}
-
-impl Version {
-    /// Parses `<epoch>.<seq>` as the scripts write it (`0.0` for a channel nobody is in).
-    pub fn parse(text: &str) -> Option<Self> {
-        let (epoch, seq) = text.split_once('.')?;
-        Some(Self {
-            epoch: epoch.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-}
-
-/// A roster change decided by a script.
-#[derive(Debug, Clone)]
-pub struct PresenceEvent {
-    pub version: Version,
-    pub joined: Vec<(std::sync::Arc<str>, Option<Metadata>)>,
-    pub left: Vec<std::sync::Arc<str>>,
-}
+use super::roster::{PresenceEvent, Version};
+use crate::realtime::engine::hub::fanout::{ConnId, Metadata};
 
 /// One payload of a channel's pub/sub channel.
 #[derive(Debug)]

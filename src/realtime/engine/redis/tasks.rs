@@ -11,7 +11,7 @@ use futures_util::{StreamExt, future::join_all};
 use tokio::{task::JoinHandle, time::Instant};
 
 use super::{
-    Cluster, ClusterError, REDIS_TIMEOUT,
+    REDIS_TIMEOUT, Redis, Unavailable,
     wire::{self, ChannelPayload, NodePayload},
 };
 use crate::realtime::protocol::close;
@@ -39,9 +39,9 @@ fn give_back<T: Eq + std::hash::Hash + Clone>(set: &std::sync::Mutex<HashSet<T>>
 }
 
 /// The running background tasks; dropping it stops them.
-pub struct ClusterTasks(Vec<JoinHandle<()>>);
+pub struct RedisTasks(Vec<JoinHandle<()>>);
 
-impl Drop for ClusterTasks {
+impl Drop for RedisTasks {
     fn drop(&mut self) {
         for task in &self.0 {
             task.abort();
@@ -49,9 +49,9 @@ impl Drop for ClusterTasks {
     }
 }
 
-impl Cluster {
-    pub fn start(&self) -> ClusterTasks {
-        ClusterTasks(vec![
+impl Redis {
+    pub fn start(&self) -> RedisTasks {
+        RedisTasks(vec![
             tokio::spawn(self.clone().pubsub_loop()),
             tokio::spawn(self.clone().beat_loop()),
             tokio::spawn(self.clone().maintain_loop()),
@@ -83,10 +83,10 @@ impl Cluster {
         }
     }
 
-    async fn pubsub_session(&self) -> Result<(), ClusterError> {
+    async fn pubsub_session(&self) -> Result<(), Unavailable> {
         let pubsub = tokio::time::timeout(REDIS_TIMEOUT, self.inner.client.get_async_pubsub())
             .await
-            .map_err(|_| ClusterError::Unavailable)?;
+            .map_err(|_| Unavailable)?;
         let pubsub = match pubsub {
             Ok(pubsub) => pubsub,
             Err(error) => return Err(self.failed(&error).await),
@@ -103,7 +103,7 @@ impl Cluster {
                 match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(batch)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => return Err(self.failed(&error).await),
-                    Err(_) => return Err(ClusterError::Unavailable),
+                    Err(_) => return Err(Unavailable),
                 }
             }
             *self
@@ -223,7 +223,7 @@ impl Cluster {
     /// Registers, under the current node id, every connection and subscription held here, after
     /// taking back the leaves and registrations that could not be written. Every step may be
     /// repeated safely; what ended while this ran is taken back at the end.
-    async fn reconcile(&self) -> Result<(), ClusterError> {
+    async fn reconcile(&self) -> Result<(), Unavailable> {
         self.inner.dirty.store(false, Ordering::Release);
         let result = self.reconcile_steps().await;
         if result.is_err() {
@@ -232,7 +232,7 @@ impl Cluster {
         result
     }
 
-    async fn reconcile_steps(&self) -> Result<(), ClusterError> {
+    async fn reconcile_steps(&self) -> Result<(), Unavailable> {
         let hub = &self.inner.hub;
         {
             // No subscribe is between its reservation and its attachment meanwhile.
@@ -298,7 +298,7 @@ impl Cluster {
     }
 
     /// The connection a key names, if it is of this node's current generation.
-    fn local_conn(&self, key: &str) -> Option<crate::realtime::hub::ConnId> {
+    fn local_conn(&self, key: &str) -> Option<crate::realtime::engine::hub::fanout::ConnId> {
         let (node, conn) = key.rsplit_once('/')?;
         (*node == *self.node()).then(|| conn.parse().ok()).flatten()
     }
@@ -352,7 +352,7 @@ impl Cluster {
     }
 
     /// `Ok(false)` when this node's beat key is gone although it was registered.
-    async fn beat(&self, registered: bool) -> Result<bool, ClusterError> {
+    async fn beat(&self, registered: bool) -> Result<bool, Unavailable> {
         let node = self.node();
         let ttl = u64::try_from(self.inner.settings.node_ttl.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = super::scripts::BEAT_SCRIPT.prepare_invoke();
@@ -366,7 +366,7 @@ impl Cluster {
         Ok(self.run::<i64>(invocation).await? == 1)
     }
 
-    async fn reap_dead(&self) -> Result<(), ClusterError> {
+    async fn reap_dead(&self) -> Result<(), Unavailable> {
         let nodes: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(self.nodes_key()))
             .await?;

@@ -1,6 +1,6 @@
-//! Cluster mode: several instances share realtime (publish, presence, direct messages, kicks)
-//! through Redis. Stored messages do not pass through here: every instance reads them from
-//! PostgreSQL (see [`crate::delivery`]).
+//! The Redis engine: several instances share realtime (publish, presence, direct messages,
+//! kicks) through Redis. Stored messages do not pass through Redis: every instance reads them
+//! from PostgreSQL (see [`crate::delivery`]) and hands them to its engine.
 //!
 //! - Presence is decided by Lua scripts ([`scripts`]), which publish each `joined`/`left` in the
 //!   channel's pub/sub channel, so every instance sees one order of messages and presence.
@@ -8,13 +8,14 @@
 //!   and to its own channel (direct messages, kicks, its heartbeat's echo); see [`tasks`].
 //! - Each instance beats every fifth of `--node-ttl`; one whose beat lapses is reaped by the
 //!   others: its connections leave every channel with a `left` for each peer gone with it.
-//! - Redis unreachable: everything that needs it fails closed ([`ClusterError::Unavailable`]),
+//! - Redis unreachable: everything that needs it fails closed ([`Unavailable`]),
 //!   open sockets stay open, and when Redis returns the instance subscribes again, registers its
 //!   connections again and re-reads every roster it mirrors.
 
+pub mod mirror;
+pub mod roster;
 pub mod scripts;
-mod tasks;
-pub use tasks::ClusterTasks;
+pub mod tasks;
 pub mod wire;
 
 use std::{
@@ -28,22 +29,22 @@ use std::{
 
 use redis::{AsyncConnectionConfig, FromRedisValue, aio::MultiplexedConnection};
 
-use crate::realtime::hub::{ConnId, Departure, Hub, Metadata, Roster};
+use crate::{
+    config::ClusterSettings,
+    realtime::engine::{
+        api::{Sample, SubscribeFailure, Subscription, Unavailable},
+        hub::{
+            Departure, Hub,
+            fanout::{ConnId, Outbound, Roster},
+        },
+    },
+};
+use mirror::Reservation;
+use roster::Version;
 use scripts::{
     JOIN_SCRIPT, LEAVE_SCRIPT, PUBLISH_SCRIPT, REAP_PEER_SCRIPT, REAP_SCRIPT, REGISTER_SCRIPT,
     ROSTER_SCRIPT, TO_PEER_SCRIPT,
 };
-use wire::Version;
-
-/// How to reach Redis, and how long a silent instance counts as alive.
-#[derive(Debug, Clone)]
-pub struct ClusterSettings {
-    pub redis_url: String,
-    /// Prefix of every key and pub/sub channel, so that several clusters can share one Redis.
-    pub prefix: String,
-    /// An instance whose heartbeat is older than this is reaped.
-    pub node_ttl: Duration,
-}
 
 /// A queued publish: the pub/sub channel and the payload.
 type Publish = (String, Vec<u8>);
@@ -54,15 +55,9 @@ const PUBLISH_QUEUE: usize = 65_536;
 /// How long one Redis round trip may take before Redis counts as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("Redis is unreachable")]
-    Unavailable,
-}
-
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
-pub struct ClusterStats {
+pub struct RedisStats {
     pub redis_errors: AtomicU64,
     pub pubsub_reconnects: AtomicU64,
     pub resyncs: AtomicU64,
@@ -73,7 +68,7 @@ pub struct ClusterStats {
 }
 
 #[derive(Clone)]
-pub struct Cluster {
+pub struct Redis {
     inner: Arc<Shared>,
 }
 
@@ -103,16 +98,16 @@ struct Shared {
     reconciling: tokio::sync::RwLock<()>,
     /// Wakes the pub/sub task to rebuild its connection (its heartbeat echo stopped).
     rebuild: tokio::sync::Notify,
-    /// WebSocket publishes on their way to Redis, in order; see [`Cluster::publish`].
+    /// WebSocket publishes on their way to Redis, in order; see [`Redis::publish`].
     publishes: tokio::sync::mpsc::Sender<Publish>,
     publish_queue: Mutex<Option<tokio::sync::mpsc::Receiver<Publish>>>,
     /// When this instance last heard its own heartbeat through pub/sub.
     last_echo: Mutex<tokio::time::Instant>,
-    stats: ClusterStats,
+    stats: RedisStats,
 }
 
-impl Cluster {
-    /// A cluster handle; nothing is connected until [`Cluster::start`].
+impl Redis {
+    /// A cluster handle; nothing is connected until [`Redis::start`].
     pub fn new(settings: ClusterSettings, hub: Hub) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(settings.redis_url.as_str())?;
         let instance = rand::random::<u64>() >> 1;
@@ -137,13 +132,64 @@ impl Cluster {
                 last_echo: Mutex::new(tokio::time::Instant::now()),
                 publishes,
                 publish_queue: Mutex::new(Some(publish_queue)),
-                stats: ClusterStats::default(),
+                stats: RedisStats::default(),
             }),
         })
     }
 
-    pub fn stats(&self) -> &ClusterStats {
-        &self.inner.stats
+    /// This instance's connections, with a mirror of each served channel's roster.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The Redis engine's own metric samples.
+    pub fn samples(&self) -> Vec<Sample> {
+        let stats = &self.inner.stats;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            (
+                "channeld_redis_up",
+                "gauge",
+                "1 when this instance is connected and subscribed to Redis (cluster mode).",
+                u64::from(self.is_up()),
+            ),
+            (
+                "channeld_redis_errors_total",
+                "counter",
+                "Redis commands and connections that failed.",
+                load(&stats.redis_errors),
+            ),
+            (
+                "channeld_redis_pubsub_connects_total",
+                "counter",
+                "Times the Redis pub/sub connection was made and subscribed (1 plus reconnects).",
+                load(&stats.pubsub_reconnects),
+            ),
+            (
+                "channeld_cluster_roster_reads_total",
+                "counter",
+                "Rosters read again from Redis after a gap in presence events or a reconnect.",
+                load(&stats.resyncs),
+            ),
+            (
+                "channeld_cluster_instances_reaped_total",
+                "counter",
+                "Instances this one removed from the cluster after their heartbeat lapsed.",
+                load(&stats.nodes_reaped),
+            ),
+            (
+                "channeld_cluster_publishes_lost_total",
+                "counter",
+                "WebSocket publishes lost because Redis failed while they were on their way.",
+                load(&stats.publishes_lost),
+            ),
+            (
+                "channeld_cluster_messages_in_total",
+                "counter",
+                "Payloads received from Redis pub/sub.",
+                load(&stats.messages_in),
+            ),
+        ]
     }
 
     /// Redis is reachable and this instance is subscribed.
@@ -215,7 +261,7 @@ impl Cluster {
     }
 
     /// The command connection, made on first use and again after a failure.
-    async fn connection(&self) -> Result<MultiplexedConnection, ClusterError> {
+    async fn connection(&self) -> Result<MultiplexedConnection, Unavailable> {
         let mut guard = self.inner.commands.lock().await;
         if let Some(connection) = guard.as_ref() {
             return Ok(connection.clone());
@@ -239,13 +285,13 @@ impl Cluster {
                     .redis_errors
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "connecting to Redis failed");
-                Err(ClusterError::Unavailable)
+                Err(Unavailable)
             }
         }
     }
 
     /// Counts a failed command; a broken connection is dropped so the next use makes a new one.
-    async fn failed(&self, error: &redis::RedisError) -> ClusterError {
+    async fn failed(&self, error: &redis::RedisError) -> Unavailable {
         self.inner
             .stats
             .redis_errors
@@ -254,14 +300,14 @@ impl Cluster {
         if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
             *self.inner.commands.lock().await = None;
         }
-        ClusterError::Unavailable
+        Unavailable
     }
 
     /// Runs a script, failing closed when the instance is cut off from Redis.
     async fn run<T: FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, ClusterError> {
+    ) -> Result<T, Unavailable> {
         let mut connection = self.connection().await?;
         match invocation.invoke_async(&mut connection).await {
             Ok(value) => Ok(value),
@@ -269,7 +315,7 @@ impl Cluster {
         }
     }
 
-    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, ClusterError> {
+    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Unavailable> {
         let mut connection = self.connection().await?;
         match command.query_async(&mut connection).await {
             Ok(value) => Ok(value),
@@ -277,7 +323,7 @@ impl Cluster {
         }
     }
 
-    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, ClusterError> {
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, Unavailable> {
         let mut connection = self.connection().await?;
         match pipe.query_async(&mut connection).await {
             Ok(value) => Ok(value),
@@ -285,11 +331,11 @@ impl Cluster {
         }
     }
 
-    fn require_up(&self) -> Result<(), ClusterError> {
+    fn require_up(&self) -> Result<(), Unavailable> {
         if self.is_up() {
             Ok(())
         } else {
-            Err(ClusterError::Unavailable)
+            Err(Unavailable)
         }
     }
 
@@ -303,13 +349,13 @@ impl Cluster {
     }
 
     /// Subscribes this instance to `channel` in Redis, if it is not already.
-    async fn ensure_subscribed(&self, channel: &str) -> Result<(), ClusterError> {
+    async fn ensure_subscribed(&self, channel: &str) -> Result<(), Unavailable> {
         let mut interest = self.inner.interest.lock().await;
         self.require_up()?;
         if interest.contains(channel) {
             return Ok(());
         }
-        let mut sink = self.sink().ok_or(ClusterError::Unavailable)?;
+        let mut sink = self.sink().ok_or(Unavailable)?;
         match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(self.channel_topic(channel))).await
         {
             Ok(Ok(())) => {
@@ -317,7 +363,7 @@ impl Cluster {
                 Ok(())
             }
             Ok(Err(error)) => Err(self.failed(&error).await),
-            Err(_) => Err(ClusterError::Unavailable),
+            Err(_) => Err(Unavailable),
         }
     }
 
@@ -329,7 +375,7 @@ impl Cluster {
         }
     }
 
-    async fn register(&self, conn: ConnId, peer: &str) -> Result<(), ClusterError> {
+    async fn register(&self, conn: ConnId, peer: &str) -> Result<(), Unavailable> {
         let node = self.node();
         let mut invocation = REGISTER_SCRIPT.prepare_invoke();
         invocation
@@ -340,7 +386,7 @@ impl Cluster {
             .arg(peer);
         match self.run::<i64>(invocation).await? {
             1 => Ok(()),
-            _ => Err(ClusterError::Unavailable),
+            _ => Err(Unavailable),
         }
     }
 
@@ -349,27 +395,31 @@ impl Cluster {
     /// roster for the subscriber (fresh, with nothing announced, if it was subscribed already).
     pub async fn subscribe(
         &self,
-        conn: ConnId,
-        channel: &str,
-        include_sender_metadata: bool,
-        max_subscriptions: usize,
-        peer: &str,
-        metadata: Option<&Metadata>,
+        subscription: Subscription<'_>,
     ) -> Result<Option<Roster>, SubscribeFailure> {
+        let Subscription {
+            conn,
+            channel,
+            include_sender_metadata,
+            max_subscriptions,
+            peer,
+            peer_metadata,
+        } = subscription;
         let hub = &self.inner.hub;
         let _reconciling = self.inner.reconciling.read().await;
-        let needs_roster = match hub
-            .reserve(conn, channel, include_sender_metadata, max_subscriptions)
-            .map_err(|_| SubscribeFailure::LimitExceeded)?
-        {
-            crate::realtime::hub::Reservation::Subscribed(roster) => return Ok(Some(roster)),
-            crate::realtime::hub::Reservation::Reserved { needs_roster } => needs_roster,
-        };
+        let needs_roster =
+            match hub.reserve(conn, channel, include_sender_metadata, max_subscriptions)? {
+                Reservation::Subscribed(roster) => return Ok(Some(roster)),
+                Reservation::Reserved { needs_roster } => needs_roster,
+            };
         if self.ensure_subscribed(channel).await.is_err() {
             hub.abandon(channel);
             return Err(SubscribeFailure::Unavailable);
         }
-        match self.join(conn, channel, peer, metadata, needs_roster).await {
+        match self
+            .join(conn, channel, peer, peer_metadata, needs_roster)
+            .await
+        {
             Ok(snapshot) => Ok(hub.attach(conn, channel, include_sender_metadata, snapshot)),
             Err(_) => {
                 hub.abandon(channel);
@@ -385,9 +435,9 @@ impl Cluster {
         conn: ConnId,
         channel: &str,
         peer: &str,
-        metadata: Option<&Metadata>,
+        metadata: Option<&crate::realtime::engine::hub::fanout::Metadata>,
         with_roster: bool,
-    ) -> Result<Option<(Version, Roster)>, ClusterError> {
+    ) -> Result<Option<(Version, Roster)>, Unavailable> {
         let node = self.node();
         let keys = self.channel_keys(channel, &node);
         let mut invocation = JOIN_SCRIPT.prepare_invoke();
@@ -407,7 +457,7 @@ impl Cluster {
         if version == "gone" {
             // Reaped: the heartbeat registers a new generation and everything held here again.
             self.inner.dirty.store(true, Ordering::Release);
-            return Err(ClusterError::Unavailable);
+            return Err(Unavailable);
         }
         Ok(with_roster.then(|| roster_reply(&version, roster)))
     }
@@ -420,7 +470,7 @@ impl Cluster {
         }
     }
 
-    async fn leave(&self, channel: &str, conn_key: &str) -> Result<(), ClusterError> {
+    async fn leave(&self, channel: &str, conn_key: &str) -> Result<(), Unavailable> {
         let node = conn_key.split('/').next().unwrap_or_default();
         let keys = self.channel_keys(channel, node);
         let mut invocation = LEAVE_SCRIPT.prepare_invoke();
@@ -485,26 +535,36 @@ impl Cluster {
         &self,
         channel: &str,
         sender: ConnId,
-        plain: &str,
-        with_metadata: Option<&str>,
-    ) -> Result<(), ClusterError> {
+        plain: &Outbound,
+        with_metadata: Option<&Outbound>,
+    ) -> Result<(), Unavailable> {
         self.require_up()?;
-        let payload = wire::encode_message(self.inner.instance, sender, plain, with_metadata);
+        let payload = wire::encode_message(
+            self.inner.instance,
+            sender,
+            &plain.frame,
+            with_metadata.map(|f| f.frame.as_str()),
+        );
         self.inner
             .publishes
             .try_send((self.channel_topic(channel), payload))
-            .map_err(|_| ClusterError::Unavailable)
+            .map_err(|_| Unavailable)
     }
 
     /// Publishes from REST and answers how many subscribers the cluster has in the channel.
     pub async fn publish_counted(
         &self,
         channel: &str,
-        plain: &str,
-        with_metadata: Option<&str>,
-    ) -> Result<usize, ClusterError> {
+        plain: &Outbound,
+        with_metadata: Option<&Outbound>,
+    ) -> Result<usize, Unavailable> {
         self.require_up()?;
-        let payload = wire::encode_message(self.inner.instance, 0, plain, with_metadata);
+        let payload = wire::encode_message(
+            self.inner.instance,
+            0,
+            &plain.frame,
+            with_metadata.map(|f| f.frame.as_str()),
+        );
         let keys = self.channel_keys(channel, "");
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
@@ -516,16 +576,17 @@ impl Cluster {
     }
 
     /// Sends a direct frame to every connection of `peer`; answers how many it has.
-    pub async fn send(&self, peer: &str, frame: &str) -> Result<usize, ClusterError> {
-        self.to_peer(peer, wire::encode_direct(peer, frame)).await
+    pub async fn send(&self, peer: &str, frame: &Outbound) -> Result<usize, Unavailable> {
+        self.to_peer(peer, wire::encode_direct(peer, &frame.frame))
+            .await
     }
 
     /// Closes every connection of `peer` with 4020; answers how many it had.
-    pub async fn kick(&self, peer: &str) -> Result<usize, ClusterError> {
+    pub async fn kick(&self, peer: &str) -> Result<usize, Unavailable> {
         self.to_peer(peer, wire::encode_kick(peer)).await
     }
 
-    async fn to_peer(&self, peer: &str, payload: Vec<u8>) -> Result<usize, ClusterError> {
+    async fn to_peer(&self, peer: &str, payload: Vec<u8>) -> Result<usize, Unavailable> {
         self.require_up()?;
         let mut invocation = TO_PEER_SCRIPT.prepare_invoke();
         invocation
@@ -538,12 +599,12 @@ impl Cluster {
     }
 
     /// The cluster's roster of `channel`.
-    pub async fn roster(&self, channel: &str) -> Result<Roster, ClusterError> {
+    pub async fn roster(&self, channel: &str) -> Result<Roster, Unavailable> {
         self.require_up()?;
         Ok(self.read_roster(channel).await?.1)
     }
 
-    async fn read_roster(&self, channel: &str) -> Result<(Version, Roster), ClusterError> {
+    async fn read_roster(&self, channel: &str) -> Result<(Version, Roster), Unavailable> {
         let keys = self.channel_keys(channel, "");
         let mut invocation = ROSTER_SCRIPT.prepare_invoke();
         for key in &keys {
@@ -555,7 +616,7 @@ impl Cluster {
 
     /// Removes a dead (or stopping) node from every peer and channel it was in; peers first, so
     /// that once a `left` is seen, sends to that peer already answer `peer_not_found`.
-    async fn reap(&self, node: &str) -> Result<usize, ClusterError> {
+    async fn reap(&self, node: &str) -> Result<usize, Unavailable> {
         let peers: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(self.node_peers_key(node)))
             .await?;
@@ -598,13 +659,6 @@ impl Cluster {
             Err(error) => tracing::warn!(%error, "leaving the cluster failed; others will reap it"),
         }
     }
-}
-
-/// Why a cluster-mode subscribe failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SubscribeFailure {
-    LimitExceeded,
-    Unavailable,
 }
 
 /// `(version, [peer, metadata, …])` from a script → version and roster.

@@ -1,47 +1,31 @@
-//! Cluster mode: each channel served here mirrors the cluster's roster, kept by Redis.
+//! Each channel served here mirrors the cluster's roster, kept by Redis.
 //!
-//! Redis decides every join and leave (see `cluster::scripts`) and publishes it as a versioned
+//! Redis decides every join and leave (see [`super::scripts`]) and publishes it as a versioned
 //! event in the channel's one order. The mirror applies event `v` only right after `v - 1`; on
 //! a gap it is read again whole and the difference is sent as presence frames. Local
 //! subscribers only ever see the mirror change: a new subscriber gets the mirror as its roster
 //! and every later change as frames, under the same lock, so it sees no duplicate and no hole.
-//! A peer is never told about itself, as in local mode.
+//! A peer is never told about itself, as in memory.
+//!
+//! Messages from Redis, and stored messages from PostgreSQL, are held back with the presence
+//! events while a mirror is read, so that subscribers see one order of messages and presence.
 
 use std::sync::Arc;
 
-use super::{
-    Channel, ConnId, Hub, HubStats, Metadata, Outbound, Presence, Roster, SubscribeError,
-    Subscriber, deliver,
-};
-use crate::{
-    cluster::wire::{PresenceEvent, Version},
-    realtime::protocol::{PeerEntry, ServerFrame},
+use super::roster::{Mirror, Pending, PresenceEvent, Version};
+use crate::realtime::{
+    engine::hub::{
+        Channel, ChannelPresence, Hub, SubscribeError,
+        fanout::{ConnId, HubStats, Metadata, Outbound, Roster, Subscriber, deliver, deliver_to},
+    },
+    protocol::{PeerEntry, ServerFrame},
 };
 
 /// Events held while a mirror is read; past this, later ones are dropped and the gap they leave
 /// is found (and read again) when the next event arrives.
 const MAX_PENDING_EVENTS: usize = 10_000;
 
-/// Held while a mirror is read, and then applied or delivered in the order they came.
-pub(super) enum Pending {
-    Presence(PresenceEvent),
-    Message {
-        sender: Option<ConnId>,
-        plain: Outbound,
-        with_metadata: Option<Outbound>,
-    },
-}
-
-/// What a connection was subscribed to when it unregistered.
-#[derive(Debug)]
-pub struct Departure {
-    pub peer: Arc<str>,
-    pub channels: Vec<Arc<str>>,
-    /// No other connection of the peer remains on this instance.
-    pub last_of_peer: bool,
-}
-
-/// The first step of a cluster-mode subscribe.
+/// The first step of a subscribe.
 #[derive(Debug)]
 pub enum Reservation {
     /// Already subscribed: only its options changed; the roster as it is now.
@@ -65,21 +49,25 @@ impl Hub {
         let Some(connection) = inner.connections.get(&conn) else {
             return Ok(Reservation::Subscribed(Roster::new()));
         };
-        if let Some(existing) = inner.channels.get_mut(channel)
-            && let Some(sub) = existing.subscribers.iter_mut().find(|s| s.conn == conn)
-        {
-            sub.include_sender_metadata = include_sender_metadata;
-            return Ok(Reservation::Subscribed(
-                existing.roster_for(&connection.member.peer_id),
-            ));
+        if let Some(roster) = inner.channels.get_mut(channel).and_then(|existing| {
+            existing.resubscribe(conn, &connection.member.peer_id, include_sender_metadata)
+        }) {
+            return Ok(Reservation::Subscribed(roster));
         }
         if connection.channels.len() >= max_subscriptions {
             return Err(SubscribeError::LimitExceeded);
         }
-        let entry = inner.channels.entry(Arc::from(channel)).or_default();
-        entry.reserved += 1;
+        let entry = inner
+            .channels
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Channel {
+                subscribers: Vec::new(),
+                presence: ChannelPresence::Mirrored(Mirror::default()),
+            });
+        let mirror = mirror_of(entry);
+        mirror.reserved += 1;
         Ok(Reservation::Reserved {
-            needs_roster: entry.version.is_none(),
+            needs_roster: mirror.version.is_none(),
         })
     }
 
@@ -97,12 +85,19 @@ impl Hub {
         let inner = &mut *guard;
         let name = inner.channels.get_key_value(channel)?.0.clone();
         let entry = inner.channels.get_mut(channel)?;
-        entry.reserved = entry.reserved.saturating_sub(1);
-        if let Some((version, roster)) = snapshot {
-            entry.resync(&name, version, roster, &self.stats);
+        {
+            let Channel {
+                subscribers,
+                presence,
+            } = &mut *entry;
+            let mirror = mirrored(presence);
+            mirror.reserved = mirror.reserved.saturating_sub(1);
+            if let Some((version, roster)) = snapshot {
+                mirror.resync(subscribers, &name, version, roster, &self.stats);
+            }
         }
         let Some(connection) = inner.connections.get_mut(&conn) else {
-            if entry.subscribers.is_empty() && entry.reserved == 0 {
+            if entry.is_unused() {
                 inner.channels.remove(channel);
             }
             return None;
@@ -112,22 +107,16 @@ impl Hub {
         entry
             .subscribers
             .push(Subscriber::of(conn, member, include_sender_metadata));
-        Some(
-            entry
-                .peers
-                .iter()
-                .filter(|(peer, _)| ***peer != *member.peer_id)
-                .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
-                .collect(),
-        )
+        Some(entry.roster_for(&member.peer_id))
     }
 
     /// Gives back a reservation whose join failed.
     pub fn abandon(&self, channel: &str) {
         let mut inner = self.write();
         if let Some(entry) = inner.channels.get_mut(channel) {
-            entry.reserved = entry.reserved.saturating_sub(1);
-            if entry.subscribers.is_empty() && entry.reserved == 0 {
+            let mirror = mirror_of(entry);
+            mirror.reserved = mirror.reserved.saturating_sub(1);
+            if entry.is_unused() {
                 inner.channels.remove(channel);
             }
         }
@@ -141,12 +130,16 @@ impl Hub {
             return false;
         };
         let name = name.clone();
-        let entry = inner.channels.get_mut(channel).expect("looked up above");
-        entry.apply(&name, event, &self.stats)
+        let Channel {
+            subscribers,
+            presence,
+        } = inner.channels.get_mut(channel).expect("looked up above");
+        mirrored(presence).apply(subscribers, &name, event, &self.stats)
     }
 
-    /// Delivers a message from Redis: at once, or after the presence events before it when the
-    /// mirror is being read, so that subscribers see one order of messages and presence.
+    /// Delivers a message (from Redis, or a stored one): at once, or after the presence events
+    /// before it when the mirror is being read, so that subscribers see one order of messages
+    /// and presence.
     pub fn deliver_message(
         &self,
         channel: &str,
@@ -159,7 +152,7 @@ impl Hub {
             let Some(entry) = inner.channels.get(channel) else {
                 return;
             };
-            if entry.version.is_some() {
+            if is_current(entry) {
                 entry.deliver(sender, &plain, with_metadata.as_ref(), &self.stats);
                 return;
             }
@@ -168,10 +161,13 @@ impl Hub {
         let Some(entry) = inner.channels.get_mut(channel) else {
             return;
         };
-        if entry.version.is_some() {
+        if is_current(entry) {
             entry.deliver(sender, &plain, with_metadata.as_ref(), &self.stats);
-        } else if entry.pending_events.len() < MAX_PENDING_EVENTS {
-            entry.pending_events.push(Pending::Message {
+            return;
+        }
+        let mirror = mirror_of(entry);
+        if mirror.pending.len() < MAX_PENDING_EVENTS {
+            mirror.pending.push(Pending::Message {
                 sender,
                 plain,
                 with_metadata,
@@ -187,8 +183,11 @@ impl Hub {
             return false;
         };
         let name = name.clone();
-        let entry = inner.channels.get_mut(channel).expect("looked up above");
-        entry.resync(&name, version, roster, &self.stats)
+        let Channel {
+            subscribers,
+            presence,
+        } = inner.channels.get_mut(channel).expect("looked up above");
+        mirrored(presence).resync(subscribers, &name, version, roster, &self.stats)
     }
 
     /// Marks every mirror as behind, e.g. after the pub/sub connection was lost: events from
@@ -199,7 +198,7 @@ impl Hub {
             .channels
             .iter_mut()
             .map(|(name, entry)| {
-                entry.version = None;
+                mirror_of(entry).version = None;
                 name.clone()
             })
             .collect()
@@ -250,11 +249,41 @@ pub struct LocalState {
     pub subscriptions: Vec<(Arc<str>, ConnId, Arc<str>, Option<Metadata>)>,
 }
 
-impl Channel {
-    fn apply(&mut self, name: &str, event: PresenceEvent, stats: &HubStats) -> bool {
+/// A channel of the Redis engine's hub mirrors the cluster; one that counted presence here
+/// would be a channel the in-memory engine made, which this hub never holds.
+fn mirror_of(entry: &mut Channel) -> &mut Mirror {
+    mirrored(&mut entry.presence)
+}
+
+fn mirrored(presence: &mut ChannelPresence) -> &mut Mirror {
+    if let ChannelPresence::Counted(_) = presence {
+        *presence = ChannelPresence::Mirrored(Mirror::default());
+    }
+    match presence {
+        ChannelPresence::Mirrored(mirror) => mirror,
+        ChannelPresence::Counted(_) => unreachable!("replaced above"),
+    }
+}
+
+/// The mirror is at a known version: messages go out at once rather than being held.
+fn is_current(entry: &Channel) -> bool {
+    match &entry.presence {
+        ChannelPresence::Mirrored(mirror) => mirror.version.is_some(),
+        ChannelPresence::Counted(_) => true,
+    }
+}
+
+impl Mirror {
+    fn apply(
+        &mut self,
+        subscribers: &[Subscriber],
+        name: &str,
+        event: PresenceEvent,
+        stats: &HubStats,
+    ) -> bool {
         let Some(current) = self.version else {
-            if self.pending_events.len() < MAX_PENDING_EVENTS {
-                self.pending_events.push(Pending::Presence(event));
+            if self.pending.len() < MAX_PENDING_EVENTS {
+                self.pending.push(Pending::Presence(event));
             }
             return false;
         };
@@ -272,27 +301,34 @@ impl Channel {
                 .left
                 .into_iter()
                 .filter_map(|peer| {
-                    let presence = self.peers.remove(&peer)?;
-                    Some((peer, presence.metadata))
+                    let metadata = self.peers.remove(&peer)?;
+                    Some((peer, metadata))
                 })
                 .collect();
-            self.mirror_joined(&joined);
+            self.peers.extend(joined.iter().cloned());
             self.version = Some(next);
-            self.announce(name, &joined, &left, stats);
+            announce(subscribers, name, &joined, &left, stats);
             return false;
         }
         if next.epoch > current.epoch && next.seq == 1 {
             // The channel emptied and started again: before this event nobody was in it.
             let roster: Roster = event.joined;
-            return self.resync(name, next, roster, stats);
+            return self.resync(subscribers, name, next, roster, stats);
         }
         // A gap: read the roster again; hold this and later events until then.
         self.version = None;
-        self.pending_events.push(Pending::Presence(event));
+        self.pending.push(Pending::Presence(event));
         true
     }
 
-    fn resync(&mut self, name: &str, version: Version, roster: Roster, stats: &HubStats) -> bool {
+    fn resync(
+        &mut self,
+        subscribers: &[Subscriber],
+        name: &str,
+        version: Version,
+        roster: Roster,
+        stats: &HubStats,
+    ) -> bool {
         if self.version.is_some_and(|current| current >= version) {
             return false;
         }
@@ -300,7 +336,7 @@ impl Channel {
             .peers
             .iter()
             .filter(|(peer, _)| !roster.iter().any(|(p, _)| p == *peer))
-            .map(|(peer, presence)| (peer.clone(), presence.metadata.clone()))
+            .map(|(peer, metadata)| (peer.clone(), metadata.clone()))
             .collect();
         for (peer, _) in &left {
             self.peers.remove(peer);
@@ -309,97 +345,67 @@ impl Channel {
             .into_iter()
             .filter(|(peer, _)| !self.peers.contains_key(peer))
             .collect();
-        self.mirror_joined(&joined);
+        self.peers.extend(joined.iter().cloned());
         self.version = Some(version);
-        self.announce(name, &joined, &left, stats);
+        announce(subscribers, name, &joined, &left, stats);
         let mut again = false;
-        let mut held = std::mem::take(&mut self.pending_events).into_iter();
+        let mut held = std::mem::take(&mut self.pending).into_iter();
         for item in held.by_ref() {
             match item {
-                Pending::Presence(event) => again |= self.apply(name, event, stats),
+                Pending::Presence(event) => again |= self.apply(subscribers, name, event, stats),
                 Pending::Message {
                     sender,
                     plain,
                     with_metadata,
-                } => {
-                    if self.version.is_some() {
-                        self.deliver(sender, &plain, with_metadata.as_ref(), stats);
-                    } else {
-                        self.pending_events.push(Pending::Message {
-                            sender,
-                            plain,
-                            with_metadata,
-                        });
-                    }
+                } if self.version.is_some() => {
+                    deliver_to(subscribers, sender, &plain, with_metadata.as_ref(), stats);
                 }
+                message @ Pending::Message { .. } => self.pending.push(message),
             }
         }
         again
     }
+}
 
-    fn mirror_joined(&mut self, joined: &Roster) {
-        for (peer, metadata) in joined {
-            self.peers.insert(
-                peer.clone(),
-                Presence {
-                    connections: 0,
-                    metadata: metadata.clone(),
-                },
-            );
-        }
+/// Sends a mirror change to the local presence subscribers, leaving out each subscriber's own
+/// peer.
+fn announce(
+    subscribers: &[Subscriber],
+    name: &str,
+    joined: &Roster,
+    left: &Roster,
+    stats: &HubStats,
+) {
+    if joined.is_empty() && left.is_empty() {
+        return;
     }
-
-    /// Delivers a message to every subscriber but `sender`, as [`Hub::publish`] does.
-    fn deliver(
-        &self,
-        sender: Option<ConnId>,
-        plain: &Outbound,
-        with_metadata: Option<&Outbound>,
-        stats: &HubStats,
-    ) {
-        for sub in self.subscribers.iter().filter(|s| Some(s.conn) != sender) {
-            let frame = match with_metadata {
-                Some(frame) if sub.include_sender_metadata => frame,
-                _ => plain,
-            };
-            deliver(&sub.tx, &sub.signal, frame, stats);
-        }
-    }
-
-    /// Sends a mirror change to the local presence subscribers, leaving out each subscriber's
-    /// own peer.
-    fn announce(&self, name: &str, joined: &Roster, left: &Roster, stats: &HubStats) {
+    let encode = |skip: Option<&str>| -> Option<Outbound> {
+        let joined: Vec<PeerEntry<'_>> = joined.iter().filter_map(|e| entry(e, skip)).collect();
+        let left: Vec<PeerEntry<'_>> = left.iter().filter_map(|e| entry(e, skip)).collect();
         if joined.is_empty() && left.is_empty() {
-            return;
+            return None;
         }
-        let encode = |skip: Option<&str>| -> Option<Outbound> {
-            let joined: Vec<PeerEntry<'_>> = joined.iter().filter_map(|e| entry(e, skip)).collect();
-            let left: Vec<PeerEntry<'_>> = left.iter().filter_map(|e| entry(e, skip)).collect();
-            if joined.is_empty() && left.is_empty() {
-                return None;
+        Some(
+            ServerFrame::Presence {
+                channel: name,
+                joined: &joined,
+                left: &left,
             }
-            Some(
-                ServerFrame::Presence {
-                    channel: name,
-                    joined: &joined,
-                    left: &left,
-                }
-                .encode()
-                .into(),
-            )
-        };
-        let Some(shared) = encode(None) else {
-            return;
-        };
-        let mentions = |peer: &str| joined.iter().chain(left.iter()).any(|(p, _)| &**p == peer);
-        for sub in self.subscribers.iter().filter(|s| s.presence) {
-            if mentions(&sub.peer) {
-                if let Some(own) = encode(Some(&sub.peer)) {
-                    deliver(&sub.tx, &sub.signal, &own, stats);
-                }
-            } else {
-                deliver(&sub.tx, &sub.signal, &shared, stats);
+            .encode()
+            .into(),
+        )
+    };
+    let Some(shared) = encode(None) else {
+        return;
+    };
+    let mentions = |peer: &str| joined.iter().chain(left.iter()).any(|(p, _)| &**p == peer);
+    for sub in subscribers.iter().filter(|s| s.presence) {
+        if mentions(&sub.peer) {
+            if let Some(own) = encode(Some(&sub.peer)) {
+                deliver(&sub.tx, &sub.signal, &own, stats);
             }
+        } else {
+            deliver(&sub.tx, &sub.signal, &shared, stats);
         }
     }
 }
@@ -424,7 +430,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::realtime::hub::{CloseSignal, Member};
+    use crate::realtime::engine::hub::fanout::{CloseSignal, Member};
 
     fn version(epoch: u64, seq: u64) -> Version {
         Version { epoch, seq }
@@ -445,7 +451,7 @@ mod tests {
     /// A clustered hub with one subscriber, peer `me`, attached to `room` with a mirror at 1.1
     /// holding `a`; returns the hub and what the subscriber receives.
     fn subscribed() -> (Hub, mpsc::Receiver<Outbound>) {
-        let hub = Hub::clustered();
+        let hub = Hub::default();
         let (tx, rx) = mpsc::channel(64);
         let conn = hub.register(Member {
             peer_id: Arc::from("me"),
