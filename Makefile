@@ -5,6 +5,10 @@ LISTEN ?= 0.0.0.0:8080
 # Queries are checked against the committed .sqlx/ data, so building needs no database.
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
+# The suites that exercise realtime through real sockets; `make test` runs them on both engines.
+REALTIME_SUITES := --test realtime --test realtime_connections --test realtime_rest \
+  --test stored_delivery --test delivery --test addressing --test abuse --test observability \
+  --test mcp
 
 .PHONY: run test sdk-test mcp-test build key migrate prepare fuzz bench fmt lint ci readme-test openapi-check db-stop cluster redis-stop
 
@@ -15,11 +19,15 @@ run: build
 	  DATABASE_URL=$$url CHANNELD_MASTER_KEY=$$(scripts/dev-master-key.sh) CHANNELD_LISTEN=$(LISTEN) $(BIN) serve
 
 ## Bootstrap PostgreSQL (and Redis, for the cluster tests) if needed, then run the whole test suite:
-## the Rust tests, then Metered's JavaScript SDK in Node and in headless Chromium, then the official
-## MCP clients (npm and PyPI) against two instances.
+## the Rust tests (the realtime suites twice: on the in-memory engine, then on the Redis engine),
+## then Metered's JavaScript SDK in Node and in headless Chromium, then the official MCP clients
+## (npm and PyPI) against two instances.
 test:
 	@url=$$(scripts/dev-db.sh postgres) && redis=$$(scripts/dev-redis.sh) && \
-	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis $(CARGO) test --all-targets
+	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis $(CARGO) test --all-targets && \
+	  echo "== the realtime suites again, on the Redis engine" && \
+	  DATABASE_URL=$$url CHANNELD_TEST_REDIS_URL=$$redis CHANNELD_TEST_ENGINE=redis \
+	    $(CARGO) test $(REALTIME_SUITES)
 	@$(CARGO) build --quiet
 	@scripts/sdk-test.sh
 	@scripts/mcp-test.sh

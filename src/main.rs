@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use channeld::{
     cli,
     config::{Cli, Command, Config},
-    db, server, startup, state, telemetry,
+    db,
+    startup::{self, Addresses, Application},
+    telemetry,
 };
 use clap::Parser;
 
@@ -55,19 +57,12 @@ async fn run(command: Command) -> cli::CliResult {
             if !args.no_migrate {
                 db::migrate(&args.database).await?;
             }
-            if let Some(limit) = server::raise_open_file_limit() {
-                tracing::info!(limit, "open-file limit");
-            }
             let pool = db::pool(&args.database, args.db_timeout)?;
-            let listener = tokio::net::TcpListener::bind(args.listen).await?;
-            tracing::info!(address = %listener.local_addr()?, "channeld listening");
-            let state = state::AppState::new(pool, Config::from(&args));
-            if let Some(address) = args.metrics_listen {
-                let metrics_listener = tokio::net::TcpListener::bind(address).await?;
-                tracing::info!(address = %metrics_listener.local_addr()?, "metrics listening");
-                let metrics = startup::metrics_router(state.clone());
-                tokio::spawn(async move { axum::serve(metrics_listener, metrics).await });
-            }
+            let addresses = Addresses {
+                listen: args.listen,
+                metrics: args.metrics_listen,
+            };
+            let app = Application::build(pool, Config::from(&args), addresses).await?;
             let grace = args.shutdown_timeout;
             let shutdown = async move {
                 startup::shutdown_signal().await;
@@ -78,7 +73,7 @@ async fn run(command: Command) -> cli::CliResult {
                     std::process::exit(0);
                 });
             };
-            startup::serve(listener, state, shutdown).await?;
+            app.run_until(shutdown).await?;
             tracing::info!("stopped");
             Ok(())
         }

@@ -1,6 +1,7 @@
-//! The router with its middleware stack, and serving with graceful shutdown.
+//! The application: built once ([`Application::build`]) by `channeld serve` and the tests alike,
+//! with the router and its middleware stack, its background tasks, and graceful shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
@@ -10,7 +11,8 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::net::TcpListener;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -22,8 +24,17 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    channels, console, error::ApiError, health, limits, mcp, messages, metrics, openapi, ratelimit,
-    realtime, server, state::AppState,
+    channels,
+    config::Config,
+    console, delivery,
+    error::ApiError,
+    health, limits, mcp, messages, metrics, openapi, ratelimit,
+    realtime::{
+        self,
+        engine::{Engine, EngineTasks},
+    },
+    server,
+    state::AppState,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -127,40 +138,144 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
 /// How long WebSocket clients get to receive `going_away` and close after shutdown begins.
 const WEBSOCKET_DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown` resolves: then stops accepting, tells WebSocket clients `going_away`
-/// (close 1001), closes idle connections, and lets requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
+/// Where the server listens: the API, and `/metrics` on a listener of its own when set.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The server, built and bound but not yet serving: `channeld serve` and the tests both start
+/// it this way (on port 0 in the tests), so they run what operators run.
+pub struct Application {
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let key_watch = tokio::spawn(realtime::watch_keys(state.clone()));
-    // Stored messages reach this instance's followers through the reader, whoever posted them.
-    let delivery = state.delivery.start();
-    // With Redis: the pub/sub connection, heartbeat and reaper.
-    let engine = state.realtime.engine.clone();
-    let engine_tasks = engine.start();
-    let signal = state.shutdown.clone();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        signal.begin();
-        stop.send_replace(true);
-    });
-    let header_timeout = state.config.http.header_timeout;
-    let metrics = state.metrics.clone();
-    server::run(listener, router(state), header_timeout, metrics, stopped).await;
-    key_watch.abort();
-    drop(delivery);
-    // Upgraded connections outlive the HTTP server; give them time to say goodbye.
-    let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
-    while engine.task_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Application {
+    /// Raises the open-file limit, builds the state on `pool` and binds the listeners.
+    /// Migrations are the caller's: `channeld serve` applies them first (unless
+    /// `--no-migrate`), the tests' databases are created migrated.
+    pub async fn build(
+        pool: PgPool,
+        config: Config,
+        addresses: Addresses,
+    ) -> std::io::Result<Self> {
+        if let Some(limit) = server::raise_open_file_limit() {
+            tracing::info!(limit, "open-file limit");
+        }
+        let listener = TcpListener::bind(addresses.listen).await?;
+        tracing::info!(address = %listener.local_addr()?, "channeld listening");
+        let metrics_listener = match addresses.metrics {
+            Some(address) => {
+                let listener = TcpListener::bind(address).await?;
+                tracing::info!(address = %listener.local_addr()?, "metrics listening");
+                Some(listener)
+            }
+            None => None,
+        };
+        let mut config = config;
+        config.metrics_on_main = metrics_listener.is_none();
+        Ok(Self {
+            state: AppState::new(pool, config),
+            listener,
+            metrics_listener,
+        })
     }
-    // With Redis, this instance's peers leave now rather than when its heartbeat lapses; the
-    // heartbeat stops first, so it cannot register the instance again after it left.
-    engine.stop(engine_tasks).await;
-    Ok(())
+
+    /// The API's address (the port the OS chose, for port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// `/metrics`'s own address, when it has one.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves: then stops accepting, tells WebSocket clients
+    /// `going_away` (close 1001), closes idle connections, lets requests in flight finish, and
+    /// stops every background task. This is the one owner of the server's background tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            state,
+            listener,
+            metrics_listener,
+        } = self;
+        let tasks = Background::start(&state, metrics_listener);
+        let signal = state.shutdown.clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            signal.begin();
+            stop.send_replace(true);
+        });
+        let engine = state.realtime.engine.clone();
+        let header_timeout = state.config.http.header_timeout;
+        let stats = state.metrics.clone();
+        server::run(listener, router(state), header_timeout, stats, stopped).await;
+        // Upgraded connections outlive the HTTP server; give them time to say goodbye.
+        let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
+        while engine.task_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tasks.stop(&engine).await;
+        Ok(())
+    }
+}
+
+/// Every background task of a running server, stopped together.
+struct Background {
+    /// Closes connections whose key was revoked or expired.
+    key_watch: JoinHandle<()>,
+    /// Stored messages reach this instance's followers through the reader, whoever posted them.
+    delivery: delivery::Tasks,
+    /// With Redis: the pub/sub connection, heartbeat and reaper.
+    engine: EngineTasks,
+    /// `/metrics` on its own listener.
+    metrics: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(state: &AppState, metrics_listener: Option<TcpListener>) -> Self {
+        let metrics = metrics_listener.map(|listener| {
+            let router = metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            })
+        });
+        Self {
+            key_watch: tokio::spawn(realtime::watch_keys(state.clone())),
+            delivery: state.delivery.start(),
+            engine: state.realtime.engine.start(),
+            metrics,
+        }
+    }
+
+    /// Stops everything; with Redis, this instance's peers then leave at once rather than when
+    /// its heartbeat lapses (the heartbeat stops first, so it cannot register it again).
+    async fn stop(self, engine: &Engine) {
+        self.key_watch.abort();
+        if let Some(metrics) = &self.metrics {
+            metrics.abort();
+        }
+        drop(self.delivery);
+        engine.stop(self.engine).await;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

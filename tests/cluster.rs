@@ -309,15 +309,6 @@ async fn a_graceful_stop_removes_its_peers_at_once(db: PgPool) {
     );
 }
 
-/// A free port on loopback for a child process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A real `channeld serve` process in the cluster; killed when dropped.
 struct Process {
     child: std::process::Child,
@@ -332,20 +323,21 @@ impl Drop for Process {
 }
 
 async fn process(db: &PgPool, prefix: &str, ttl: &str) -> Process {
-    let port = free_port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
         .env("DATABASE_URL", common::database_url(db))
         .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .env("CHANNELD_REDIS_URL", redis_url())
         .env("CHANNELD_REDIS_PREFIX", prefix)
         .env("CHANNELD_NODE_TTL", ttl)
         .env("CHANNELD_CONNECTS_PER_IP", "100000")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,channeld::startup=info")
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start channeld");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // It listens on a port the OS chose and says which.
+    let addr: SocketAddr = common::listening_address(&mut child).await;
     // A client of the process: the test's own TestApp helpers, pointed at its port.
     // (An in-memory server, stopped at once: only its client side is used.)
     let mut app = TestApp::spawn_instance(db.clone(), common::test_config()).await;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use channeld::{
     auth::{NewKey, Scope, create_key},
     ratelimit::Limit,
-    startup::metrics_router,
 };
 use common::{TestApp, assert_error};
 use reqwest::{Method, StatusCode};
@@ -190,20 +189,18 @@ async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
 #[sqlx::test]
 async fn metrics_can_move_to_their_own_listener(db: PgPool) {
     let mut config = common::test_config();
-    config.metrics_on_main = false;
     config.rate_limit = Limit { rate: 1, burst: 1 };
-    let app = TestApp::spawn_config(db, config).await;
+    // As `--metrics-listen 127.0.0.1:0` does.
+    let own = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let app = TestApp::spawn_at(db.clone(), db, config, own).await;
     let (status, _) = common::call(app.http.get(format!("{}/metrics", app.base))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let metrics = metrics_router(app.state.clone());
-    tokio::spawn(async move { axum::serve(listener, metrics).await });
     let key = app.key(&[Scope::ChannelsRead]).await;
     app.get("/v1/channels", &key).await;
     app.get("/v1/channels", &key).await;
-    let text = scrape(&format!("http://{address}/metrics")).await;
+    let metrics_base = app.metrics_base.as_deref().expect("a metrics listener");
+    let text = scrape(&format!("{metrics_base}/metrics")).await;
     assert_eq!(
         sample(&text, "channeld_rate_limited_requests_total"),
         Some(1.0),

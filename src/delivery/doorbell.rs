@@ -17,7 +17,7 @@ use std::{
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
-use super::{Shared, count};
+use super::shared::{Shared, count};
 
 /// The PostgreSQL notification channel every instance listens on.
 pub const CHANNEL: &str = "channeld_messages";

@@ -27,11 +27,12 @@ mod db;
 mod doorbell;
 pub mod feeds;
 mod reader;
+mod shared;
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -42,6 +43,8 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 pub use doorbell::{CHANNEL as NOTIFY_CHANNEL, LISTENER_APPLICATION_NAME};
 pub use feeds::Feeds;
+pub use shared::DeliveryStats;
+use shared::{Cursor, Shared};
 
 use crate::{config::Config, realtime::engine::Engine};
 
@@ -49,66 +52,6 @@ use crate::{config::Config, realtime::engine::Engine};
 #[derive(Clone)]
 pub struct Delivery {
     shared: Arc<Shared>,
-}
-
-struct Shared {
-    db: PgPool,
-    engine: Engine,
-    feeds: Feeds,
-    followed: Mutex<HashMap<i64, Cursor>>,
-    generations: AtomicU64,
-    /// Wakes the reader: some followed channel has something to read.
-    wake: Notify,
-    /// Hints not yet sent to other instances: channel → newest message id.
-    outgoing: Mutex<HashMap<i64, i64>>,
-    /// Wakes the task that sends `outgoing`.
-    send_hints: Notify,
-    /// Names this instance in its `hello`/`here` announcements, so it can ignore its own.
-    node: String,
-    /// Another instance listens on the same database: hints are worth sending.
-    others_listen: AtomicBool,
-    sweep_interval: Duration,
-    post_commit_pause: Duration,
-    stats: DeliveryStats,
-}
-
-/// Where one followed channel stands on this instance.
-struct Cursor {
-    /// Tells this cursor from an earlier one of the same channel (unfollowed, then followed
-    /// again while a read was in flight), whose read must not settle this one's hints.
-    generation: u64,
-    /// The newest message id handed to followers.
-    last: i64,
-    followers: usize,
-    /// Bumped by each hint newer than `last` (and by a full page: more is waiting).
-    hint_seq: u64,
-    /// The `hint_seq` that the last complete read began after.
-    read_seq: u64,
-    /// Re-read although no hint came: a sweep, or the listener reconnected.
-    check: bool,
-}
-
-impl Cursor {
-    fn pending(&self) -> bool {
-        self.hint_seq != self.read_seq || self.check
-    }
-}
-
-/// Counters for operators (`/metrics`).
-#[derive(Debug, Default)]
-pub struct DeliveryStats {
-    /// Reads of followed channels' new messages.
-    pub reads: AtomicU64,
-    /// Stored messages handed to live followers.
-    pub delivered: AtomicU64,
-    /// Of those, the ones no hint announced: found by a sweep or after the listener reconnected.
-    pub unhinted: AtomicU64,
-    /// Hints received from PostgreSQL (other instances' posts, and this one's own).
-    pub hints_received: AtomicU64,
-    /// Hint notifications sent after commits (several hints share one).
-    pub notifications_sent: AtomicU64,
-    /// Times the listener connection was lost and re-established.
-    pub listener_reconnects: AtomicU64,
 }
 
 /// One follower of a persistent channel on this instance; dropping it stops following.
@@ -252,45 +195,4 @@ impl Delivery {
     pub fn stats(&self) -> &DeliveryStats {
         &self.shared.stats
     }
-}
-
-impl Shared {
-    fn followed(&self) -> MutexGuard<'_, HashMap<i64, Cursor>> {
-        self.followed.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn outgoing(&self) -> MutexGuard<'_, HashMap<i64, i64>> {
-        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Message `message_id` of `channel_id` is committed: if it is followed here and newer than
-    /// what was delivered, the reader looks.
-    fn hint(&self, channel_id: i64, message_id: i64) {
-        let mut followed = self.followed();
-        let Some(cursor) = followed.get_mut(&channel_id) else {
-            return;
-        };
-        if message_id > cursor.last {
-            cursor.hint_seq += 1;
-            drop(followed);
-            self.wake.notify_one();
-        }
-    }
-
-    /// Every followed channel is re-read from its cursor (a sweep, or hints may have been lost).
-    fn check_all(&self) {
-        let mut followed = self.followed();
-        if followed.is_empty() {
-            return;
-        }
-        for cursor in followed.values_mut() {
-            cursor.check = true;
-        }
-        drop(followed);
-        self.wake.notify_one();
-    }
-}
-
-fn count(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(n as u64, Ordering::Relaxed);
 }

@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::MissedTickBehavior;
 
-use super::{Shared, count, db};
+use super::{
+    db,
+    shared::{Shared, count},
+};
 use crate::messages::model::Message;
 
 /// Channels covered by one read.

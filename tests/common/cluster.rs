@@ -36,7 +36,7 @@ pub fn fresh_prefix() -> String {
 }
 
 pub fn cluster_config(prefix: &str, redis_url: &str, node_ttl: Duration) -> Config {
-    let mut config = super::test_config();
+    let mut config = super::base_config();
     config.master_key = MASTER_KEY.parse().expect("master key");
     config.realtime.key_check_interval = Duration::from_millis(200);
     config.realtime.connects_per_ip = 100_000;

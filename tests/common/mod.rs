@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc};
 use channeld::{
     auth::{NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, tokens},
     config::Config,
-    startup::serve,
+    startup::{Addresses, Application},
     state::AppState,
 };
 use chrono::{DateTime, Utc};
@@ -27,6 +27,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 pub struct TestApp {
     pub base: String,
     pub ws_base: String,
+    /// `/metrics` on its own listener, when the test asked for one.
+    pub metrics_base: Option<String>,
     pub db: PgPool,
     pub http: reqwest::Client,
     pub config: Config,
@@ -62,23 +64,55 @@ impl TestApp {
     }
 
     pub async fn spawn_full(db: PgPool, server_pool: PgPool, config: Config) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let state = AppState::new(server_pool, config.clone());
+        Self::spawn_at(db, server_pool, config, None).await
+    }
+
+    /// Builds the application as `channeld serve` does, on port 0 (and `/metrics` on a port of
+    /// its own when `metrics` is set), and serves it until the test shuts it down.
+    pub async fn spawn_at(
+        db: PgPool,
+        server_pool: PgPool,
+        config: Config,
+        metrics: Option<SocketAddr>,
+    ) -> Self {
+        let addresses = Addresses {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics,
+        };
+        let app = Application::build(server_pool, config, addresses)
+            .await
+            .expect("the application builds");
+        let addr = app.address();
+        let metrics_address = app.metrics_address();
+        let state = app.state().clone();
+        let config = state.config.as_ref().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, state.clone(), async {
+        let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Self {
+        let test_app = Self {
             base: format!("http://{addr}"),
             ws_base: format!("ws://{addr}"),
+            metrics_base: metrics_address.map(|a| format!("http://{a}")),
             db,
             http: reqwest::Client::new(),
             config,
             state,
             stop: Some(stop),
             server: Some(server),
-        }
+        };
+        test_app.engine_ready().await;
+        test_app
+    }
+
+    /// Waits until the realtime engine can serve (with Redis: connected and subscribed).
+    pub async fn engine_ready(&self) {
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the realtime engine is ready",
+            || async { self.state.realtime.engine.is_ready() },
+        )
+        .await;
     }
 
     /// Begins graceful shutdown, as SIGTERM does.
@@ -410,7 +444,84 @@ async fn pump(
 
 /// The server's defaults, but with per-key limits high enough that tests generating load measure
 /// delivery rather than rate limiting. Tests about limits set their own.
+/// The address a `channeld serve --listen 127.0.0.1:0 --log-format text` child reports in its
+/// "channeld listening" line on stderr; the rest of its stderr is drained in the background so
+/// that the child never blocks on a full pipe.
+pub async fn listening_address(child: &mut std::process::Child) -> SocketAddr {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("the child's stderr is piped");
+    let (found, address) = oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("channeld listening")
+                && let Some(address) = line.split("address=").nth(1)
+                && let Some(found) = found.take()
+            {
+                let _ = found.send(address.trim().parse::<SocketAddr>());
+            }
+        }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), address)
+        .await
+        .expect("the child reports its address within 30 s")
+        .expect("the child reports its address before its stderr ends")
+        .expect("a socket address")
+}
+
+/// Polls `check` every 10 ms until it answers `Some`, and returns that; fails the test, naming
+/// `what`, once `within` has passed. For waiting on an observable state (a row, a metric, a
+/// count) rather than sleeping.
+pub async fn wait_for<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// [`wait_for`] a condition.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(within, what, || {
+        let ready = check();
+        async move { ready.await.then_some(()) }
+    })
+    .await;
+}
+
+/// The settings every test server starts from. With `CHANNELD_TEST_ENGINE=redis` the realtime
+/// engine is Redis (the one `CHANNELD_TEST_REDIS_URL` names), under a key prefix of this
+/// server's own, so that the realtime suites run once per engine (`make test` does both).
 pub fn test_config() -> Config {
+    let config = base_config();
+    match std::env::var("CHANNELD_TEST_ENGINE").as_deref() {
+        Ok("redis") => cluster::cluster_config(
+            &cluster::fresh_prefix(),
+            &cluster::redis_url(),
+            std::time::Duration::from_secs(2),
+        ),
+        Ok("memory") | Err(_) => config,
+        Ok(other) => panic!("CHANNELD_TEST_ENGINE is `memory` or `redis`, not `{other}`"),
+    }
+}
+
+/// [`test_config`] with the in-memory engine, whatever `CHANNELD_TEST_ENGINE` says.
+pub fn base_config() -> Config {
     Config {
         rate_limit: channeld::ratelimit::Limit {
             rate: 1_000_000,

@@ -89,6 +89,15 @@ impl Engine {
         }
     }
 
+    /// The engine can serve: always in memory; with Redis, while this instance is connected
+    /// and subscribed to Redis.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Self::Memory(_) => true,
+            Self::Redis(redis) => redis.is_up(),
+        }
+    }
+
     /// Registers a new connection (with Redis, cluster-wide, so that `send` and kicks on
     /// another instance find it). It stays registered until the answer is dropped, and is
     /// unregistered even if this future is dropped halfway.
