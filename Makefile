@@ -105,6 +105,7 @@ fmt:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 scripts/import-cycles.py
 
 ci:
 	bash .ci/run

@@ -7,19 +7,26 @@
 //! # Layout
 //! - [`config`]: command line and environment settings (`clap`), secrets that never print.
 //! - [`state`]: [`state::AppState`], what every handler may use (a leaf: it imports no handler).
-//! - [`startup`]: the router and middleware stack, graceful serving.
+//! - [`startup`]: [`startup::Application`], built once by `channeld serve` and the tests alike;
+//!   the router (assembled here, and only here) and its middleware stack; graceful serving and
+//!   the one owner of every background task.
+//! - [`shutdown`]: the one server-wide stop signal.
 //! - [`error`]: the one [`error::ApiError`] and its JSON envelope.
 //! - [`etag`]: conditional GET (`ETag`, `If-None-Match` → 304).
 //! - [`json`]: JSON response bodies (each ends with a newline).
 //! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
 //! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
-//! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`).
-//! - [`messages`]: channel history (`/v1/channels/{id}/messages`).
-//! - [`realtime`]: the WebSocket protocol (`GET /v1`), its hub, tokens, and realtime REST.
+//! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`); its `service` is
+//!   what REST and MCP both call.
+//! - [`messages`]: channel history (`/v1/channels/{id}/messages`, `…/events`); its `service` is
+//!   what REST, the event stream and MCP call.
+//! - [`realtime`]: the WebSocket protocol (`GET /v1`), tokens, realtime REST, and the
+//!   [`realtime::engine`] (in memory, or Redis for several instances) behind one type.
+//! - [`mcp`]: the MCP endpoint (`/v1/mcp`), its tools calling the features' services.
 //! - [`delivery`]: stored messages to live followers, driven by what PostgreSQL committed
 //!   (cursors per followed channel, the `LISTEN/NOTIFY` doorbell, the reader).
 //! - [`ratelimit`]: per-key token buckets and the `RateLimit-*` headers.
-//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`metrics`]: `/metrics` through `prometheus-client`.
 //! - [`openapi`]: the OpenAPI 3.1 document (`/v1/openapi.json`) and `/docs`.
 //! - [`console`]: `/console`, the built-in web page for watching channels.
 //! - [`health`]: `/healthz` and `/readyz`.

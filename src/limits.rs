@@ -2,8 +2,9 @@
 //! (431) and a declared `Content-Length` over `--max-body-bytes` (413, at once: the body is never
 //! waited for), answered in the error envelope; the body's arrival within `--http-body-timeout`
 //! (408, answered where the body is read, after the key check); and a deadline on the request's
-//! work, `--db-timeout` plus a long poll's `wait`, past which it answers 503 `unavailable` so
-//! that a frozen database cannot hold requests without limit. Time spent waiting for the body is
+//! work, `--db-timeout` plus whatever [`WaitAllowance`] the feature that waits by design grants
+//! (a long poll's `wait`, an MCP tool's wait), past which it answers 503 `unavailable` so that a
+//! frozen database cannot hold requests without limit. Time spent waiting for the body is
 //! the client's, not the database's: while the body is still arriving the deadline moves on, so
 //! a slow upload gets its whole `--http-body-timeout` and a stalled one a 408, never a 5xx that
 //! pages an operator. Streams (SSE, WebSocket) are not bounded by the deadline: their handlers
@@ -14,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -31,6 +32,24 @@ use axum::{
 use http_body::{Frame, SizeHint};
 
 use crate::{error::ApiError, extract::BodyTimedOut, state::AppState};
+
+/// Time a request may spend waiting by design, on top of `--db-timeout`: granted by the feature
+/// that waits (the long poll grants its `wait`, MCP its maximum wait), which owns that limit.
+/// Every request carries one in its extensions.
+#[derive(Debug, Clone, Default)]
+pub struct WaitAllowance(Arc<AtomicU64>);
+
+impl WaitAllowance {
+    /// Grants up to `wait` more (the largest grant counts).
+    pub fn allow(&self, wait: Duration) {
+        let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_max(millis, Ordering::Relaxed);
+    }
+
+    fn granted(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
 
 pub async fn limits(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let config = &state.config;
@@ -93,48 +112,38 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
             ended: false,
         })
     };
-    let request = Request::from_parts(parts, body);
+    let mut request = Request::from_parts(parts, body);
 
-    let wait = match request.uri().path() {
-        // A tool call may wait for messages; the tool bounds its own work more tightly.
-        crate::mcp::PATH => config.mcp.max_wait,
-        _ => long_poll_wait(request.uri().query()),
-    };
-    let budget = config.db_timeout + wait;
+    let allowance = WaitAllowance::default();
+    request.extensions_mut().insert(allowance.clone());
     let started = tokio::time::Instant::now();
+    let mut deadline = started + config.db_timeout;
     let work = next.run(request);
     tokio::pin!(work);
     loop {
-        match tokio::time::timeout(budget, &mut work).await {
+        match tokio::time::timeout_at(deadline, &mut work).await {
             Ok(response) => return response,
+            // The handler granted itself a wait since the deadline was set.
+            Err(_) if started + config.db_timeout + allowance.granted() > deadline => {
+                deadline = started + config.db_timeout + allowance.granted();
+            }
             // Still the client's time: the body's own deadline ends it with a 408.
             Err(_)
                 if arriving.load(Ordering::Relaxed)
                     && started.elapsed() < config.http.body_timeout =>
             {
-                continue;
+                deadline = tokio::time::Instant::now() + config.db_timeout + allowance.granted();
             }
-            Err(_) => return ApiError::DeadlinePassed(budget).into_response(),
+            Err(_) => {
+                return ApiError::DeadlinePassed(config.db_timeout + allowance.granted())
+                    .into_response();
+            }
         }
     }
 }
 
 fn rejected(status: StatusCode, message: String) -> Response {
     ApiError::RequestRejected { status, message }.into_response()
-}
-
-/// The `wait` a long poll asks for (0-30 s; anything else is refused by the handler itself),
-/// decoded as the handler decodes it.
-fn long_poll_wait(query: Option<&str>) -> Duration {
-    let wait = query
-        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
-        .into_iter()
-        .flatten()
-        .find_map(|(name, value)| (name == "wait").then_some(value))
-        .and_then(|secs| secs.parse::<u64>().ok())
-        .filter(|secs| *secs <= 30)
-        .unwrap_or(0);
-    Duration::from_secs(wait)
 }
 
 /// A request body with a deadline for all of it, that also ends at shutdown.

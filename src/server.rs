@@ -26,9 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
-
-/// Counters for operators (`/metrics`), kept in [`crate::metrics::Metrics`].
+/// Counters for operators (`/metrics`).
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Connections closed because their request headers did not arrive in time (idle keep-alive
@@ -64,7 +62,7 @@ pub async fn run(
     listener: TcpListener,
     app: Router,
     header_timeout: Duration,
-    metrics: Arc<Metrics>,
+    stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut http = http1::Builder::new();
@@ -83,7 +81,7 @@ pub async fn run(
         let (tcp, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                metrics.server.accept_errors.fetch_add(1, Ordering::Relaxed);
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "accept failed; retrying shortly");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
@@ -99,7 +97,7 @@ pub async fn run(
             tcp,
             remote,
             app.clone(),
-            metrics.clone(),
+            stats.clone(),
             stop.clone(),
         ));
     }
@@ -111,27 +109,21 @@ pub async fn run(
 /// Counts one request in flight, on its connection and in all, until dropped.
 struct InFlight {
     connection: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    stats: Arc<ServerStats>,
 }
 
 impl InFlight {
-    fn new(connection: Arc<AtomicUsize>, metrics: Arc<Metrics>) -> Self {
+    fn new(connection: Arc<AtomicUsize>, stats: Arc<ServerStats>) -> Self {
         connection.fetch_add(1, Ordering::AcqRel);
-        metrics.server.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self {
-            connection,
-            metrics,
-        }
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self { connection, stats }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.connection.fetch_sub(1, Ordering::AcqRel);
-        self.metrics
-            .server
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -140,13 +132,13 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     app: Router,
-    metrics: Arc<Metrics>,
+    stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Requests of this connection being answered right now.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let counter = in_flight.clone();
-    let requests = metrics.clone();
+    let requests = stats.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         let app = app.clone();
@@ -187,7 +179,7 @@ async fn connection(
     };
     if let Err(error) = result {
         if error.is_timeout() {
-            metrics.server.timed_out.fetch_add(1, Ordering::Relaxed);
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%error, "connection ended with an error");
     }

@@ -224,7 +224,7 @@ impl Application {
         });
         let engine = state.realtime.engine.clone();
         let header_timeout = state.config.http.header_timeout;
-        let stats = state.metrics.clone();
+        let stats = state.metrics.server.clone();
         server::run(listener, router(state), header_timeout, stats, stopped).await;
         // Upgraded connections outlive the HTTP server; give them time to say goodbye.
         let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use channeld::auth::Scope;
-use common::{DbProxy, TestApp, assert_error, call};
+use common::{DbProxy, TestApp, assert_error, call, eventually};
 use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -114,15 +114,12 @@ async fn a_frozen_database_answers_503_within_the_deadline_and_recovers(db: PgPo
     }
 
     proxy.release();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _) = app.get(&path, &key).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still {status} after the thaw");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "200 again after the thaw",
+        || async { app.get(&path, &key).await.0 == StatusCode::OK },
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -155,26 +152,22 @@ async fn a_stalled_subscriber_is_dropped_once_its_queued_bytes_pass_the_bound(db
             break;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.slow_consumer_disconnects.load(Ordering::Relaxed) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled subscriber was never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the stalled subscriber is dropped",
+        || async { stats.slow_consumer_disconnects.load(Ordering::Relaxed) > 0 },
+    )
+    .await;
     assert!(
         most_queued <= 1024 * 1024 + 64 * 1024,
         "at most the bound (and one frame) was queued: {most_queued} bytes"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.state.realtime.engine.hub().queued_bytes() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "queued bytes are forgotten with the connection"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "queued bytes are forgotten with the connection",
+        || async { app.state.realtime.engine.hub().queued_bytes() == 0 },
+    )
+    .await;
     // The close frame sits behind the backlog the client never read; reading it now, the client
     // finds the connection ended rather than held open.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {

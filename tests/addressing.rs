@@ -277,20 +277,18 @@ async fn mcp_posts_and_reads_the_fields(db: PgPool) {
 
 /// Waits (with a deadline) until `count` long polls or MCP waits are waiting on `app`.
 async fn waiters_reach(app: &TestApp, count: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while app
-        .state
-        .metrics
-        .waiters
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < count
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the waiters never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        std::time::Duration::from_secs(15),
+        "the waiters wait",
+        || async {
+            app.state
+                .metrics
+                .waiters
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= count
+        },
+    )
+    .await;
 }
 
 fn ids(page: &Value) -> Vec<i64> {

@@ -245,17 +245,13 @@ async fn until_status(
     within: std::time::Duration,
 ) -> std::time::Duration {
     let started = std::time::Instant::now();
-    loop {
-        let (got, _) = app.get("/v1/channels", key).await;
-        if got == status {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "still {got} after {within:?}, expected {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        within,
+        &format!("GET /v1/channels answers {status}"),
+        || async { app.get("/v1/channels", key).await.0 == status },
+    )
+    .await;
+    started.elapsed()
 }
 
 #[sqlx::test]

@@ -11,6 +11,7 @@ use common::{
         MASTER_KEY, REALTIME, Seen, answer, channel_keys, cluster_config, fresh_prefix, instances,
         join, next_of_type, peers_in, peers_listed, redis_up, redis_url,
     },
+    eventually,
 };
 use futures::future::join_all;
 use reqwest::StatusCode;
@@ -105,15 +106,12 @@ async fn a_hundred_peers_over_three_instances_join_and_leave_exactly_once(db: Pg
     }
 
     drop((observer_a, observer_c));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let keys = channel_keys(&prefix, channel).await;
-        if keys.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "keys left behind: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the channel's keys are removed, none left behind",
+        || async { channel_keys(&prefix, channel).await.is_empty() },
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -344,23 +342,21 @@ async fn process(db: &PgPool, prefix: &str, ttl: &str) -> Process {
     app.shutdown();
     app.base = format!("http://{addr}");
     app.ws_base = format!("ws://{addr}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = app.http.get(format!("{}/metrics", app.base)).send().await
-            && response
-                .text()
-                .await
-                .unwrap_or_default()
-                .contains("channeld_redis_up 1")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the channeld process came up within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the channeld process comes up with Redis",
+        || async {
+            match app.http.get(format!("{}/metrics", app.base)).send().await {
+                Ok(response) => response
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("channeld_redis_up 1"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
     Process { child, app }
 }
 

@@ -5,10 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{REALTIME, Seen, fresh_prefix, instances, join, redis};
+use common::{
+    cluster::{REALTIME, Seen, fresh_prefix, instances, join, redis},
+    eventually,
+};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::time::Instant;
+use tokio::sync::Mutex;
 
 #[sqlx::test]
 async fn a_killed_pubsub_connection_is_replaced_and_missed_joins_arrive(db: PgPool) {
@@ -26,22 +29,18 @@ async fn a_killed_pubsub_connection_is_replaced_and_missed_joins_arrive(db: PgPo
         .query_async(&mut redis)
         .await
         .expect("CLIENT KILL");
-    let mut joiner = apps[1].peer(&key, "joiner", json!({})).await;
+    // Behind a lock so that each attempt can borrow it mutably; held until the test ends.
+    let joiner = Mutex::new(apps[1].peer(&key, "joiner", json!({})).await);
     // The join may fail while the instance reconnects; retry until it lands.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "subscribed again", || async {
         let reply = joiner
+            .lock()
+            .await
             .request(json!({"type": "subscribe", "channel": "killed", "requestId": "s"}))
             .await;
-        if reply["type"] == "ack" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "subscribed again within 10 s: {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        reply["type"] == "ack"
+    })
+    .await;
     let mut seen = Seen::default();
     seen.until(&mut observer, Duration::from_secs(10), |s| {
         s.joined.contains_key("joiner")

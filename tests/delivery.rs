@@ -282,15 +282,12 @@ async fn long_polls_answer_at_once_wake_on_a_post_or_time_out_empty(db: PgPool) 
 }
 
 async fn wait_for_followers(app: &TestApp, channel: i64, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.state.delivery.feeds().followers(channel) < count {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} waiting",
-            app.state.delivery.feeds().followers(channel)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        &format!("{count} followers waiting"),
+        || async { app.state.delivery.feeds().followers(channel) >= count },
+    )
+    .await;
 }
 
 #[sqlx::test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use channeld::{auth::Scope, config::McpConfig};
 use common::{TestApp, assert_error, test_config};
@@ -509,17 +509,14 @@ async fn waiting_tool_calls_hold_no_database_connection(db: PgPool) {
             tokio::spawn(common::call(request))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .state
-        .metrics
-        .waiters
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < WAITERS as u64
-    {
-        assert!(Instant::now() < deadline, "the waiters never all waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(Duration::from_secs(20), "the waiters all wait", || async {
+        app.state
+            .metrics
+            .waiters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= WAITERS as u64
+    })
+    .await;
     // Two pooled connections serve 200 waiting calls, and are free for other requests.
     assert_eq!(server_pool.size() as usize - server_pool.num_idle(), 0);
     let (status, _) = app.get("/v1/channels", &key).await;

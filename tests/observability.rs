@@ -116,7 +116,7 @@ async fn scrape(url: &str) -> String {
     assert!(
         header(&response, "content-type")
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     response.text().await.unwrap()
 }
@@ -155,7 +155,7 @@ async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
         text.contains(r#"channeld_http_requests_total{route="/v1/channels/{channel}/peers",method="GET",status="403"} 1"#),
         "the literal form counts under its route:\n{text}"
     );
-    assert!(text.contains(r#"channeld_http_request_duration_seconds_bucket{route="/v1/channels",method="GET",status="200",le="+Inf"} 3"#));
+    assert!(text.contains(r#"channeld_http_request_duration_seconds_bucket{le="+Inf",route="/v1/channels",method="GET",status="200"} 3"#));
     assert_eq!(sample(&text, "channeld_websocket_connections"), Some(0.0));
     assert!(sample(&text, "channeld_db_pool_connections").is_some());
     assert!(sample(&text, "channeld_db_pool_idle").is_some());

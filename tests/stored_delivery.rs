@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use channeld::{auth::Scope, config::Config, delivery::LISTENER_APPLICATION_NAME};
-use common::{DbProxy, Events, TestApp, Ws};
+use common::{DbProxy, Events, TestApp, Ws, eventually, wait_for};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
@@ -137,46 +137,42 @@ async fn ws_follower(app: &TestApp, key: &str, peer: &str, channel: i64, since: 
 /// Waits until each instance has heard the other, and so notifies it after commits (which also
 /// means both are listening).
 async fn acquainted(a: &TestApp, b: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(a.state.delivery.other_instances() && b.state.delivery.other_instances()) {
-        assert!(
-            Instant::now() < deadline,
-            "the instances never heard of each other"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the instances hear of each other",
+        || async { a.state.delivery.other_instances() && b.state.delivery.other_instances() },
+    )
+    .await;
 }
 
 /// Waits until `count` event streams and long polls wait on the channel's feed.
 async fn wait_for_feed_followers(app: &TestApp, channel: i64, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.state.delivery.feeds().followers(channel) < count {
-        assert!(Instant::now() < deadline, "followers never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        &format!("{count} followers wait"),
+        || async { app.state.delivery.feeds().followers(channel) >= count },
+    )
+    .await;
 }
 
 /// Waits until exactly `count` listener connections are open on this test's database.
 async fn listeners_open(db: &PgPool, count: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
-             AND datname = current_database()",
-        )
-        .bind(LISTENER_APPLICATION_NAME)
-        .fetch_one(db)
-        .await
-        .unwrap();
-        if open == count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{open} of {count} listeners open"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        &format!("exactly {count} listeners open"),
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND datname = current_database()",
+            )
+            .bind(LISTENER_APPLICATION_NAME)
+            .fetch_one(db)
+            .await
+            .unwrap();
+            open == count
+        },
+    )
+    .await;
 }
 
 /// Sends a post over a raw socket, waits until it is committed, and hangs up before any answer.
@@ -191,19 +187,18 @@ async fn post_and_hang_up(db: &PgPool, addr: &str, key: &str, channel: i64, cont
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(request.as_bytes()).await.unwrap();
     // Committed: the row is there...
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stored: Option<i64> = sqlx::query_scalar("SELECT id FROM messages WHERE content = $1")
-            .bind(content)
-            .fetch_optional(db)
-            .await
-            .unwrap();
-        if stored.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{content} never committed");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_for(
+        Duration::from_secs(5),
+        &format!("{content} is committed"),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM messages WHERE content = $1")
+                .bind(content)
+                .fetch_optional(db)
+                .await
+                .unwrap()
+        },
+    )
+    .await;
     // ...and no answer yet: the client hangs up before reading one.
     let mut byte = [0u8; 1];
     assert!(
@@ -378,11 +373,10 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
         })
         .collect();
     // Followers join while the writers post: each one's history read overlaps live delivery.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::ids_after(&a.db, channel, seed[4]).await.len() < WRITERS * PER_WRITER / 4 {
-        assert!(Instant::now() < deadline, "the writers never got going");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually(Duration::from_secs(10), "the writers get going", || async {
+        common::ids_after(&a.db, channel, seed[4]).await.len() >= WRITERS * PER_WRITER / 4
+    })
+    .await;
     let mut wss = Vec::new();
     let mut streams = Vec::new();
     let mut polls = Vec::new();
@@ -425,11 +419,12 @@ async fn two_instances_under_concurrent_writers(db: PgPool, kill_listeners: bool
             .await
             .unwrap();
             assert!(killed >= 2, "both instances' listeners terminated");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while reconnects(&a) < round || reconnects(&b) < round {
-                assert!(Instant::now() < deadline, "listeners did not come back");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            eventually(
+                Duration::from_secs(10),
+                "the listeners come back",
+                || async { reconnects(&a) >= round && reconnects(&b) >= round },
+            )
+            .await;
             listeners_open(&a.db, 2).await;
             acquainted(&a, &b).await;
         }

@@ -1,4 +1,4 @@
-//! HTTP handlers for `/v1/channels`.
+//! HTTP handlers for `/v1/channels`: each parses its request and calls [`super::service`].
 
 use axum::{
     extract::State,
@@ -8,9 +8,8 @@ use axum::{
 use serde::Serialize;
 
 use super::{
-    cursor::Cursor,
-    db::{self, ListFilter},
-    model::{Channel, ChannelSummary, CreateChannel, ReadState, UpdateChannel, is_ticket_slug},
+    model::{Channel, CreateChannel, ReadState, UpdateChannel},
+    service::{self, ChannelList},
 };
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
@@ -18,7 +17,6 @@ use crate::{
     etag::json_with_etag,
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
-    messages::model::is_printable_ascii,
     state::AppState,
 };
 
@@ -26,30 +24,6 @@ use crate::{
 pub struct ChannelBody {
     pub channel: Channel,
 }
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ChannelList {
-    pub channels: Vec<ChannelSummary>,
-    /// Channels matching the filters, over every page.
-    pub total: i64,
-    /// Pass as `cursor` for the page after this one; `null` when this is the last.
-    pub next_cursor: Option<String>,
-}
-
-/// The parameters `GET /v1/channels` accepts.
-const LIST_PARAMETERS: [&str; 11] = [
-    "repository_id",
-    "ticket_slug",
-    "archived",
-    "include_archived",
-    "q",
-    "sort",
-    "order",
-    "cursor",
-    "limit",
-    "offset",
-    "reader",
-];
 
 /// `GET /v1/channels`: filtered, searched, sorted, paged by offset or by cursor.
 #[utoipa::path(get, path = "/v1/channels", operation_id = "listChannels", tag = "channels", security(("bearer" = []), ("api_key" = [])),
@@ -78,167 +52,9 @@ pub async fn list(
     headers: HeaderMap,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let (filter, limit) = list_filter(&query)?;
-    let page = list_page(&state, &filter, limit).await?;
+    let (filter, limit) = service::list_filter(&query)?;
+    let page = service::list_page(&state, &filter, limit).await?;
     json_with_etag(&headers, &page)
-}
-
-/// The filter and page size `GET /v1/channels`'s parameters ask for (MCP's `list_channels` passes
-/// its arguments the same way); 400 naming every bad one.
-pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
-    let mut errors = FieldErrors::default();
-    query.accept(&LIST_PARAMETERS, &mut errors);
-    let ticket_slug = query.get("ticket_slug").map(str::to_owned);
-    if ticket_slug
-        .as_deref()
-        .is_some_and(|slug| !is_ticket_slug(slug))
-    {
-        errors.add("ticket_slug", "format");
-    }
-    let archived = match (
-        query.bool("archived", &mut errors),
-        query.bool("include_archived", &mut errors),
-    ) {
-        (Some(_), Some(_)) => {
-            let note = "pass `archived` (only archived, or only active) or `include_archived` (both), not both";
-            errors.add_with("archived", "conflict", note);
-            errors.add_with("include_archived", "conflict", note);
-            None
-        }
-        (Some(archived), None) => Some(archived),
-        (None, Some(true)) => None,
-        (None, Some(false) | None) => Some(false),
-    };
-    let name_contains = query.get("q").map(str::to_owned);
-    if let Some(q) = &name_contains
-        && (!(1..=100).contains(&q.chars().count()) || q.chars().any(char::is_control))
-    {
-        errors.add_with(
-            "q",
-            "format",
-            "q must be 1-100 characters without control characters",
-        );
-    }
-    let sort = query.get("sort").map(|raw| {
-        db::Sort::parse(raw).ok_or(()).map_err(|()| {
-            errors.add_with(
-                "sort",
-                "format",
-                "sort must be updated_at, created_at or name",
-            );
-        })
-    });
-    let order = query.get("order").map(|raw| match raw {
-        "desc" => Ok(true),
-        "asc" => Ok(false),
-        _ => {
-            errors.add_with("order", "format", "order must be asc or desc");
-            Err(())
-        }
-    });
-    let cursor = query.get("cursor").map(|raw| {
-        Cursor::decode(raw).ok_or(()).map_err(|()| {
-            errors.add_with(
-                "cursor",
-                "format",
-                "cursor must be a next_cursor this server returned",
-            );
-        })
-    });
-    let reader = reader(query, &mut errors);
-    let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
-    let offset = query.int("offset", 0, i64::MAX, &mut errors);
-    let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
-    // A cursor carries its sort and order; given again, they must agree with it.
-    let (sort, descending, after) = match cursor {
-        Some(Ok(cursor)) => {
-            let sort_differs = matches!(sort, Some(Ok(s)) if s != cursor.sort);
-            let order_differs = matches!(order, Some(Ok(d)) if d != cursor.descending);
-            if sort_differs || order_differs {
-                errors.add_with(
-                    "cursor",
-                    "conflict",
-                    format!(
-                        "this cursor continues a list sorted by {} {}: pass that sort and order, or none",
-                        cursor.sort.as_str(),
-                        if cursor.descending { "desc" } else { "asc" }
-                    ),
-                );
-            }
-            if offset.is_some() {
-                let note = "pass `cursor` or `offset`, not both";
-                errors.add_with("cursor", "conflict", note);
-                errors.add_with("offset", "conflict", note);
-            }
-            (cursor.sort, cursor.descending, Some(cursor.after))
-        }
-        _ => {
-            let sort = match sort {
-                Some(Ok(sort)) => sort,
-                _ => db::Sort::default(),
-            };
-            let descending = match order {
-                Some(Ok(descending)) => descending,
-                _ => sort != db::Sort::Name,
-            };
-            (sort, descending, None)
-        }
-    };
-    errors.into_result()?;
-    let filter = ListFilter {
-        repository_id,
-        ticket_slug,
-        archived,
-        name_contains,
-        sort,
-        descending,
-        after,
-        // One more than the page, to know whether another follows.
-        limit: limit + 1,
-        offset: offset.unwrap_or(0),
-        reader,
-    };
-    Ok((filter, limit))
-}
-
-/// `?reader=<name>`: 1-100 printable ASCII characters.
-fn reader(query: &QueryParams, errors: &mut FieldErrors) -> Option<String> {
-    let reader = query.get("reader")?;
-    if !is_printable_ascii(reader, 100) {
-        errors.add_with(
-            "reader",
-            "format",
-            "reader must be 1-100 printable ASCII characters",
-        );
-    }
-    Some(reader.to_owned())
-}
-
-/// One page of channels and the cursor to the next.
-pub async fn list_page(
-    state: &AppState,
-    filter: &ListFilter,
-    limit: i64,
-) -> Result<ChannelList, ApiError> {
-    let (mut channels, total) = db::list(&state.db, filter).await?;
-    let next_cursor = if channels.len() as i64 > limit {
-        channels.truncate(limit as usize);
-        channels
-            .last()
-            .map(|last| Cursor::after(last, filter.sort, filter.descending).encode())
-    } else {
-        None
-    };
-    if let Some(reader) = &filter.reader
-        && !channels.is_empty()
-    {
-        db::add_unread(&state.db, &mut channels, reader).await?;
-    }
-    Ok(ChannelList {
-        channels,
-        total,
-        next_cursor,
-    })
 }
 
 /// `GET /v1/channels/{id}`.
@@ -263,19 +79,9 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
     query.accept(&["reader"], &mut errors);
-    let reader = reader(&query, &mut errors);
+    let reader = service::reader(&query, &mut errors);
     errors.into_result()?;
-    let mut channel = db::find(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::channel_not_found(id))?;
-    if let Some(reader) = &reader {
-        db::add_unread(
-            &state.db,
-            std::slice::from_mut(&mut channel.summary),
-            reader,
-        )
-        .await?;
-    }
+    let channel = service::get(&state, id, reader.as_deref()).await?;
     json_with_etag(&headers, &ChannelBody { channel })
 }
 
@@ -296,18 +102,7 @@ pub async fn mark_read(
     ChannelId(id): ChannelId,
     ValidatedJson(read): ValidatedJson<ReadState>,
 ) -> Result<Json<ReadState>, ApiError> {
-    Ok(Json(record_read(&state, id, &read).await?))
-}
-
-/// What `PUT …/read` and MCP's `mark_read` do.
-pub async fn record_read(
-    state: &AppState,
-    channel_id: i64,
-    read: &ReadState,
-) -> Result<ReadState, ApiError> {
-    db::mark_read(&state.db, channel_id, &read.reader, read.last_read_id)
-        .await?
-        .ok_or_else(|| ApiError::channel_not_found(channel_id))
+    Ok(Json(service::record_read(&state, id, &read).await?))
 }
 
 /// `POST /v1/channels`: 201, or 409 `channel_name_taken` when an active channel has the name.
@@ -325,7 +120,7 @@ pub async fn create(
     State(state): State<AppState>,
     ValidatedJson(new): ValidatedJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelBody>), ApiError> {
-    let channel = db::insert(&state.db, &new).await?;
+    let channel = service::create(&state, &new).await?;
     Ok((StatusCode::CREATED, Json(ChannelBody { channel })))
 }
 
@@ -347,11 +142,6 @@ pub async fn update(
     ChannelId(id): ChannelId,
     ValidatedJson(change): ValidatedJson<UpdateChannel>,
 ) -> Result<Json<ChannelBody>, ApiError> {
-    let channel = if change.is_empty() {
-        db::find(&state.db, id).await?
-    } else {
-        db::update(&state.db, id, &change).await?
-    };
-    let channel = channel.ok_or_else(|| ApiError::channel_not_found(id))?;
+    let channel = service::update(&state, id, &change).await?;
     Ok(Json(ChannelBody { channel }))
 }

@@ -1,9 +1,12 @@
 //! Persistent channels: create, read, list, update and archive.
+//!
+//! - `service`: what REST and MCP both do; `handlers`: the HTTP routes over it; `db`: the SQL.
 
 pub(crate) mod cursor;
 pub(crate) mod db;
 pub(crate) mod handlers;
 pub mod model;
+pub mod service;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 

@@ -42,7 +42,10 @@ use rmcp::transport::streamable_http_server::{
 
 use serde_json::json;
 
-use crate::{auth::Principal, config::McpConfig, error::ApiError, json::Json, state::AppState};
+use crate::{
+    auth::Principal, config::McpConfig, error::ApiError, json::Json, limits::WaitAllowance,
+    state::AppState,
+};
 
 /// The MCP endpoint's path.
 pub const PATH: &str = "/v1/mcp";
@@ -98,6 +101,11 @@ async fn checked(state: AppState, request: Request, next: Next) -> Response {
         Err(refused) => return refused.into_response(),
     };
     parts.extensions.insert(principal);
+    // A tool call may wait for messages, up to the configured maximum (the tool bounds its own
+    // work more tightly): the request's deadline makes room for it (see `limits`).
+    if let Some(allowance) = parts.extensions.get::<WaitAllowance>() {
+        allowance.allow(state.config.mcp.max_wait);
+    }
     // Read here, so that a body too slow or too large is answered as on every route (408, 413)
     // rather than as the SDK's own failure to read it.
     let body = match Limited::new(body, state.config.max_body_bytes)

@@ -37,8 +37,8 @@ use crate::{
     extract::{QueryParams, from_json_value, in_range, validated},
     messages::{
         Page,
-        handlers::{self as messages, Stored},
         model::{CreateMessage, Message, is_printable_ascii},
+        service::{self as messages, Stored},
     },
     state::AppState,
 };
@@ -475,8 +475,8 @@ impl Tools {
         match name {
             Name::ListChannels => {
                 let args: ListChannelsArgs = parse(args)?;
-                let (filter, limit) = channels::handlers::list_filter(&list_query(args))?;
-                let page = channels::handlers::list_page(state, &filter, limit).await?;
+                let (filter, limit) = channels::service::list_filter(&list_query(args))?;
+                let page = channels::service::list_page(state, &filter, limit).await?;
                 let mut summary = format!(
                     "{} of {} matching channels",
                     page.channels.len(),
@@ -489,9 +489,7 @@ impl Tools {
             }
             Name::GetChannel => {
                 let args: ChannelArgs = parse(args)?;
-                let channel = channels::db::find(&state.db, args.channel_id)
-                    .await?
-                    .ok_or_else(|| ApiError::channel_not_found(args.channel_id))?;
+                let channel = channels::service::get(state, args.channel_id, None).await?;
                 let summary = format!("channel {} `{}`", channel.summary.id, channel.summary.name);
                 Ok(answer(summary, &ChannelAnswer { channel }))
             }
@@ -598,7 +596,7 @@ impl Tools {
                     ticket_slug: args.ticket_slug,
                     document: args.document,
                 })?;
-                let channel = channels::db::insert(&state.db, &new).await?;
+                let channel = channels::service::create(state, &new).await?;
                 let summary = format!(
                     "created channel {} `{}`",
                     channel.summary.id, channel.summary.name
@@ -613,9 +611,7 @@ impl Tools {
                     document: Some(args.document),
                     archived: None,
                 })?;
-                let channel = channels::db::update(&state.db, args.channel_id, &change)
-                    .await?
-                    .ok_or_else(|| ApiError::channel_not_found(args.channel_id))?;
+                let channel = channels::service::update(state, args.channel_id, &change).await?;
                 let summary = match &channel.document {
                     Some(document) => format!(
                         "channel {}'s document is now {} bytes",
@@ -632,7 +628,7 @@ impl Tools {
                     reader: args.reader,
                     last_read_id: args.last_read_id,
                 })?;
-                let read = channels::handlers::record_read(state, args.channel_id, &read).await?;
+                let read = channels::service::record_read(state, args.channel_id, &read).await?;
                 let summary = format!(
                     "{} has read channel {} up to message {}",
                     read.reader, args.channel_id, read.last_read_id

@@ -116,7 +116,7 @@ pub async fn events(
         });
     // `lastEventId` is what EventSource polyfills that can send headers add when they reconnect.
     query.accept(&["since", "lastEventId", "mentions", "thread"], &mut errors);
-    let filter = super::handlers::filter(&query, &mut errors);
+    let filter = super::service::filter(&query, &mut errors);
     // `since` is checked even when `Last-Event-ID` wins over it: a bad parameter is never ignored.
     let since_query = query.int("since", 0, i64::MAX, &mut errors);
     let since = match last_event_id {

@@ -1,9 +1,13 @@
 //! Messages of persistent channels: posting (idempotent, gap-free ordering) and reading history.
+//!
+//! - `service`: what REST, the event stream and MCP all do; `handlers` and `events`: the HTTP
+//!   routes over it; `db`: the SQL.
 
 mod db;
 pub(crate) mod events;
 pub(crate) mod handlers;
 pub mod model;
+pub mod service;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 

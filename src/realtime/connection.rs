@@ -19,7 +19,6 @@ use super::{
     engine::hub::fanout::{CloseSignal, ConnId, Member, Outbound},
     limits::FrameBucket,
     protocol::{ErrorCode, ServerFrame, close},
-    replay::Replay,
     session::{Session, authenticate},
 };
 use crate::{
@@ -121,6 +120,27 @@ pub(super) struct Persistent {
     pub(super) replayed: Option<i64>,
     /// Subscribed with `mentions`: only stored messages that mention this name are sent.
     pub(super) mentions: Option<String>,
+}
+
+/// Where a channel's replay stands (see `replay`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replay {
+    /// The last message id replayed.
+    pub(super) after: i64,
+    /// The newest live stored message seen (and not written) while replaying.
+    pub(super) live_max: i64,
+    /// Pages replayed so far.
+    pub(super) pages: u32,
+}
+
+impl Replay {
+    pub(super) fn starting_after(after: i64) -> Self {
+        Self {
+            after,
+            live_max: after,
+            pages: 0,
+        }
+    }
 }
 
 /// What ends a connection's loop.

@@ -4,11 +4,10 @@
 use axum::extract::ws::{Message, Utf8Bytes};
 
 use super::{
-    connection::{Connection, End, Persistent},
+    connection::{Connection, End, Persistent, Replay},
     engine::{SubscribeFailure, Subscription, hub::fanout::Outbound},
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
-    replay::Replay,
 };
 use crate::{
     auth::Scope,

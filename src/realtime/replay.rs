@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::stored::stored_frame;
 use super::{
-    connection::{Connection, End},
+    connection::{Connection, End, Replay},
     protocol::close,
 };
 use crate::messages::{Filter, Page, page_filtered};
@@ -21,27 +21,6 @@ const PAGE: i64 = 16;
 /// Pages a replay may take before it counts as a slow consumer: four times what the largest
 /// backlog needs, the rest being live messages that kept arriving while it ran.
 const MAX_PAGES: u32 = 4 * (1000 / PAGE as u32 + 1);
-
-/// Where a channel's replay stands.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Replay {
-    /// The last message id replayed.
-    pub(super) after: i64,
-    /// The newest live stored message seen (and not written) while replaying.
-    pub(super) live_max: i64,
-    /// Pages replayed so far.
-    pages: u32,
-}
-
-impl Replay {
-    pub(super) fn starting_after(after: i64) -> Self {
-        Self {
-            after,
-            live_max: after,
-            pages: 0,
-        }
-    }
-}
 
 impl Connection {
     /// Whether some subscription still replays history.

@@ -34,6 +34,3 @@ pub struct Subscription<'a> {
     pub peer: &'a str,
     pub peer_metadata: Option<&'a Metadata>,
 }
-
-/// One metric sample: name, type, help text, value.
-pub type Sample = (&'static str, &'static str, &'static str, u64);

@@ -31,8 +31,10 @@ pub mod redis;
 
 use std::collections::HashSet;
 
-use crate::{config::Config, messages::model::Message, realtime::stored::stored_frame};
-pub use api::{Sample, SubscribeFailure, Subscription, Unavailable};
+use crate::{
+    config::Config, messages::model::Message, metrics::Sample, realtime::stored::stored_frame,
+};
+pub use api::{SubscribeFailure, Subscription, Unavailable};
 use hub::{
     Hub,
     fanout::{ConnId, Member, Outbound, Roster, TaskGuard},
@@ -267,33 +269,28 @@ impl Engine {
             counter.load(std::sync::atomic::Ordering::Relaxed)
         };
         let mut samples = vec![
-            (
+            Sample::gauge(
                 "channeld_websocket_connections",
-                "gauge",
                 "Open WebSocket connections.",
                 hub.connection_count() as u64,
             ),
-            (
+            Sample::gauge(
                 "channeld_websocket_subscriptions",
-                "gauge",
                 "Channel subscriptions across connections.",
                 hub.subscription_count() as u64,
             ),
-            (
-                "channeld_websocket_frames_out_total",
-                "counter",
+            Sample::counter(
+                "channeld_websocket_frames_out",
                 "Frames queued to WebSocket clients.",
                 load(&hub.stats.frames_out),
             ),
-            (
+            Sample::gauge(
                 "channeld_websocket_queued_bytes",
-                "gauge",
                 "Bytes queued to WebSocket connections, not yet written.",
                 hub.queued_bytes(),
             ),
-            (
-                "channeld_websocket_slow_consumer_disconnects_total",
-                "counter",
+            Sample::counter(
+                "channeld_websocket_slow_consumer_disconnects",
                 "Connections dropped for not keeping up.",
                 load(&hub.stats.slow_consumer_disconnects),
             ),

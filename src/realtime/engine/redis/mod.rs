@@ -31,8 +31,9 @@ use redis::{AsyncConnectionConfig, FromRedisValue, aio::MultiplexedConnection};
 
 use crate::{
     config::ClusterSettings,
+    metrics::Sample,
     realtime::engine::{
-        api::{Sample, SubscribeFailure, Subscription, Unavailable},
+        api::{SubscribeFailure, Subscription, Unavailable},
         hub::{
             Departure, Hub,
             fanout::{ConnId, Outbound, Roster},
@@ -147,45 +148,38 @@ impl Redis {
         let stats = &self.inner.stats;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         vec![
-            (
+            Sample::gauge(
                 "channeld_redis_up",
-                "gauge",
                 "1 when this instance is connected and subscribed to Redis (cluster mode).",
                 u64::from(self.is_up()),
             ),
-            (
-                "channeld_redis_errors_total",
-                "counter",
+            Sample::counter(
+                "channeld_redis_errors",
                 "Redis commands and connections that failed.",
                 load(&stats.redis_errors),
             ),
-            (
-                "channeld_redis_pubsub_connects_total",
-                "counter",
+            Sample::counter(
+                "channeld_redis_pubsub_connects",
                 "Times the Redis pub/sub connection was made and subscribed (1 plus reconnects).",
                 load(&stats.pubsub_reconnects),
             ),
-            (
-                "channeld_cluster_roster_reads_total",
-                "counter",
+            Sample::counter(
+                "channeld_cluster_roster_reads",
                 "Rosters read again from Redis after a gap in presence events or a reconnect.",
                 load(&stats.resyncs),
             ),
-            (
-                "channeld_cluster_instances_reaped_total",
-                "counter",
+            Sample::counter(
+                "channeld_cluster_instances_reaped",
                 "Instances this one removed from the cluster after their heartbeat lapsed.",
                 load(&stats.nodes_reaped),
             ),
-            (
-                "channeld_cluster_publishes_lost_total",
-                "counter",
+            Sample::counter(
+                "channeld_cluster_publishes_lost",
                 "WebSocket publishes lost because Redis failed while they were on their way.",
                 load(&stats.publishes_lost),
             ),
-            (
-                "channeld_cluster_messages_in_total",
-                "counter",
+            Sample::counter(
+                "channeld_cluster_messages_in",
                 "Payloads received from Redis pub/sub.",
                 load(&stats.messages_in),
             ),

@@ -1,0 +1,244 @@
+//! What the channel routes and MCP's channel tools do, behind the transport: the handlers and
+//! the tools parse their input and call these.
+
+use serde::Serialize;
+
+use super::{
+    cursor::Cursor,
+    db::{self, ListFilter},
+    model::{Channel, ChannelSummary, CreateChannel, ReadState, UpdateChannel, is_ticket_slug},
+};
+use crate::{
+    error::{ApiError, FieldErrors},
+    extract::QueryParams,
+    messages::model::is_printable_ascii,
+    state::AppState,
+};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelSummary>,
+    /// Channels matching the filters, over every page.
+    pub total: i64,
+    /// Pass as `cursor` for the page after this one; `null` when this is the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The parameters `GET /v1/channels` accepts.
+const LIST_PARAMETERS: [&str; 11] = [
+    "repository_id",
+    "ticket_slug",
+    "archived",
+    "include_archived",
+    "q",
+    "sort",
+    "order",
+    "cursor",
+    "limit",
+    "offset",
+    "reader",
+];
+
+/// The filter and page size `GET /v1/channels`'s parameters ask for (MCP's `list_channels` passes
+/// its arguments the same way); 400 naming every bad one.
+pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
+    let mut errors = FieldErrors::default();
+    query.accept(&LIST_PARAMETERS, &mut errors);
+    let ticket_slug = query.get("ticket_slug").map(str::to_owned);
+    if ticket_slug
+        .as_deref()
+        .is_some_and(|slug| !is_ticket_slug(slug))
+    {
+        errors.add("ticket_slug", "format");
+    }
+    let archived = match (
+        query.bool("archived", &mut errors),
+        query.bool("include_archived", &mut errors),
+    ) {
+        (Some(_), Some(_)) => {
+            let note = "pass `archived` (only archived, or only active) or `include_archived` (both), not both";
+            errors.add_with("archived", "conflict", note);
+            errors.add_with("include_archived", "conflict", note);
+            None
+        }
+        (Some(archived), None) => Some(archived),
+        (None, Some(true)) => None,
+        (None, Some(false) | None) => Some(false),
+    };
+    let name_contains = query.get("q").map(str::to_owned);
+    if let Some(q) = &name_contains
+        && (!(1..=100).contains(&q.chars().count()) || q.chars().any(char::is_control))
+    {
+        errors.add_with(
+            "q",
+            "format",
+            "q must be 1-100 characters without control characters",
+        );
+    }
+    let sort = query.get("sort").map(|raw| {
+        db::Sort::parse(raw).ok_or(()).map_err(|()| {
+            errors.add_with(
+                "sort",
+                "format",
+                "sort must be updated_at, created_at or name",
+            );
+        })
+    });
+    let order = query.get("order").map(|raw| match raw {
+        "desc" => Ok(true),
+        "asc" => Ok(false),
+        _ => {
+            errors.add_with("order", "format", "order must be asc or desc");
+            Err(())
+        }
+    });
+    let cursor = query.get("cursor").map(|raw| {
+        Cursor::decode(raw).ok_or(()).map_err(|()| {
+            errors.add_with(
+                "cursor",
+                "format",
+                "cursor must be a next_cursor this server returned",
+            );
+        })
+    });
+    let reader = reader(query, &mut errors);
+    let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
+    let offset = query.int("offset", 0, i64::MAX, &mut errors);
+    let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
+    // A cursor carries its sort and order; given again, they must agree with it.
+    let (sort, descending, after) = match cursor {
+        Some(Ok(cursor)) => {
+            let sort_differs = matches!(sort, Some(Ok(s)) if s != cursor.sort);
+            let order_differs = matches!(order, Some(Ok(d)) if d != cursor.descending);
+            if sort_differs || order_differs {
+                errors.add_with(
+                    "cursor",
+                    "conflict",
+                    format!(
+                        "this cursor continues a list sorted by {} {}: pass that sort and order, or none",
+                        cursor.sort.as_str(),
+                        if cursor.descending { "desc" } else { "asc" }
+                    ),
+                );
+            }
+            if offset.is_some() {
+                let note = "pass `cursor` or `offset`, not both";
+                errors.add_with("cursor", "conflict", note);
+                errors.add_with("offset", "conflict", note);
+            }
+            (cursor.sort, cursor.descending, Some(cursor.after))
+        }
+        _ => {
+            let sort = match sort {
+                Some(Ok(sort)) => sort,
+                _ => db::Sort::default(),
+            };
+            let descending = match order {
+                Some(Ok(descending)) => descending,
+                _ => sort != db::Sort::Name,
+            };
+            (sort, descending, None)
+        }
+    };
+    errors.into_result()?;
+    let filter = ListFilter {
+        repository_id,
+        ticket_slug,
+        archived,
+        name_contains,
+        sort,
+        descending,
+        after,
+        // One more than the page, to know whether another follows.
+        limit: limit + 1,
+        offset: offset.unwrap_or(0),
+        reader,
+    };
+    Ok((filter, limit))
+}
+
+/// `?reader=<name>`: 1-100 printable ASCII characters.
+pub fn reader(query: &QueryParams, errors: &mut FieldErrors) -> Option<String> {
+    let reader = query.get("reader")?;
+    if !is_printable_ascii(reader, 100) {
+        errors.add_with(
+            "reader",
+            "format",
+            "reader must be 1-100 printable ASCII characters",
+        );
+    }
+    Some(reader.to_owned())
+}
+
+/// One page of channels and the cursor to the next.
+pub async fn list_page(
+    state: &AppState,
+    filter: &ListFilter,
+    limit: i64,
+) -> Result<ChannelList, ApiError> {
+    let (mut channels, total) = db::list(&state.db, filter).await?;
+    let next_cursor = if channels.len() as i64 > limit {
+        channels.truncate(limit as usize);
+        channels
+            .last()
+            .map(|last| Cursor::after(last, filter.sort, filter.descending).encode())
+    } else {
+        None
+    };
+    if let Some(reader) = &filter.reader
+        && !channels.is_empty()
+    {
+        db::add_unread(&state.db, &mut channels, reader).await?;
+    }
+    Ok(ChannelList {
+        channels,
+        total,
+        next_cursor,
+    })
+}
+
+/// One channel, with `reader`'s unread counts when asked; 404 when there is none.
+pub async fn get(state: &AppState, id: i64, reader: Option<&str>) -> Result<Channel, ApiError> {
+    let mut channel = db::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::channel_not_found(id))?;
+    if let Some(reader) = reader {
+        db::add_unread(
+            &state.db,
+            std::slice::from_mut(&mut channel.summary),
+            reader,
+        )
+        .await?;
+    }
+    Ok(channel)
+}
+
+/// Creates a channel; 409 `channel_name_taken` when an active channel has the name.
+pub async fn create(state: &AppState, new: &CreateChannel) -> Result<Channel, ApiError> {
+    Ok(db::insert(&state.db, new).await?)
+}
+
+/// Changes the fields `change` holds (none: the channel as it is); 404 when there is none.
+pub async fn update(
+    state: &AppState,
+    id: i64,
+    change: &UpdateChannel,
+) -> Result<Channel, ApiError> {
+    let channel = if change.is_empty() {
+        db::find(&state.db, id).await?
+    } else {
+        db::update(&state.db, id, change).await?
+    };
+    channel.ok_or_else(|| ApiError::channel_not_found(id))
+}
+
+/// Moves `read.reader`'s `last_read_id` forward (`PUT …/read`, MCP's `mark_read`).
+pub async fn record_read(
+    state: &AppState,
+    channel_id: i64,
+    read: &ReadState,
+) -> Result<ReadState, ApiError> {
+    db::mark_read(&state.db, channel_id, &read.reader, read.last_read_id)
+        .await?
+        .ok_or_else(|| ApiError::channel_not_found(channel_id))
+}

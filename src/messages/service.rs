@@ -1,0 +1,241 @@
+//! What the message routes, the event stream and MCP's message tools do, behind the transport:
+//! reading a page (and long-polling for the next), and storing a message.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::{
+    sync::broadcast::{self, error::RecvError},
+    time::Instant,
+};
+
+use super::{
+    db::{self, Filter, Page},
+    model::{CreateMessage, Message, is_printable_ascii},
+};
+use crate::{
+    channels::{ChannelState, channel_state},
+    error::{ApiError, FieldErrors},
+    extract::QueryParams,
+    metrics::Waiting,
+    state::AppState,
+};
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// Longest `wait` of a long poll, in seconds.
+pub const MAX_WAIT_SECS: i64 = 30;
+
+/// `mentions=<name>` and `thread=<message id>`, as `GET …/messages` and `…/events` take them.
+pub fn filter(query: &QueryParams, errors: &mut FieldErrors) -> Filter {
+    let mentions = query.get("mentions").map(str::to_owned);
+    if let Some(name) = &mentions
+        && !is_printable_ascii(name, 100)
+    {
+        errors.add_with(
+            "mentions",
+            "format",
+            "mentions must be a name of 1-100 printable ASCII characters",
+        );
+    }
+    Filter {
+        mentions,
+        thread: query.int("thread", 1, i64::MAX, errors),
+    }
+}
+
+/// A page of a channel's history, `limit` long at most, of the messages `filter` wants; 404 when
+/// the channel does not exist.
+///
+/// With a non-zero `wait` (meant with [`Page::After`]), an empty page is held until a message
+/// the filter wants is committed or the wait ends: the long poll of REST and MCP's
+/// `wait_for_messages`. Messages the filter does not want never end the wait, and cost the
+/// waiter no query.
+pub async fn read(
+    state: &AppState,
+    channel_id: i64,
+    page: Page,
+    limit: i64,
+    wait: Duration,
+    filter: &Filter,
+) -> Result<MessagePage, ApiError> {
+    // Followed before reading: whatever commits after this read still wakes the waiter.
+    let follow = match wait.is_zero() {
+        false => Some(state.delivery.follow(channel_id).await?),
+        true => None,
+    };
+    let mut feed = follow
+        .as_ref()
+        .map(|_| state.delivery.feeds().subscribe(channel_id));
+    let mut messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
+    if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
+        return Err(ApiError::channel_not_found(channel_id));
+    }
+    if let Some(feed) = feed.as_mut()
+        && messages.is_empty()
+    {
+        let _waiting = Waiting::new(&state.metrics);
+        let deadline = Instant::now() + wait;
+        let mut shutdown = state.shutdown.subscribe();
+        while messages.is_empty() {
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, feed.recv()) => match woken {
+                    // The feed carries every message newer than what the read above saw, in id
+                    // order: the answer needs no query, however many waiters wake at once.
+                    Ok(Ok(first)) => {
+                        if let Page::After(after) = page {
+                            let lagged;
+                            (messages, lagged) = from_feed(first, feed, after, limit + 1, filter);
+                            // Messages were dropped from the feed while none matched: one of
+                            // them may have; the database knows.
+                            if !(lagged && messages.is_empty()) {
+                                continue;
+                            }
+                        }
+                    }
+                    // So many messages that this waiter lagged: read them from the database.
+                    Ok(Err(RecvError::Lagged(_))) => {}
+                    Ok(Err(RecvError::Closed)) | Err(_) => break,
+                },
+                _ = shutdown.wait_for(|stopping| *stopping) => break,
+            }
+            messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
+        }
+    }
+    let has_more = messages.len() as i64 > limit;
+    messages.truncate(limit as usize);
+    Ok(MessagePage { messages, has_more })
+}
+
+/// The messages after `after` that `filter` wants among what a woken waiter's feed holds:
+/// `first`, then whatever else has arrived, up to `max`; and whether the feed lagged (dropped
+/// messages) after them. Empty and not lagged when none is wanted: the waiter sleeps on.
+fn from_feed(
+    first: Arc<Message>,
+    feed: &mut broadcast::Receiver<Arc<Message>>,
+    after: i64,
+    max: i64,
+    filter: &Filter,
+) -> (Vec<Message>, bool) {
+    let mut messages = Vec::new();
+    let mut next = Ok(first);
+    loop {
+        match next {
+            Ok(message) => {
+                if message.id > after && filter.matches(&message) {
+                    messages.push(Message::clone(&message));
+                    if messages.len() as i64 >= max {
+                        return (messages, false);
+                    }
+                }
+            }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return (messages, true),
+            Err(_) => return (messages, false),
+        }
+        next = feed.try_recv();
+    }
+}
+
+/// Whether [`store`] stored the message, or found the one an earlier request stored under the
+/// same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Earlier,
+}
+
+/// Stores a message (REST's `POST …/messages` and MCP's `post_message`). With an idempotency key
+/// already used on this channel, stores nothing and returns the message first stored under it.
+pub async fn store(
+    state: &AppState,
+    channel_id: i64,
+    new: CreateMessage,
+    idempotency_key: Option<String>,
+) -> Result<(Stored, Message), ApiError> {
+    // A retry of a stored reply answers the stored message, whatever its reply_to says now.
+    if new.reply_to.is_some()
+        && let Some(key) = idempotency_key.as_deref()
+        && let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await?
+    {
+        return Ok((Stored::Earlier, original));
+    }
+    // A reply joins the thread of the message it answers, which must be of this channel.
+    let reply = match new.reply_to {
+        Some(reply_to) => match db::thread_of(&state.db, channel_id, reply_to).await? {
+            Some(thread) => Some((reply_to, thread)),
+            None if channel_state(&state.db, channel_id).await?.is_none() => {
+                return Err(ApiError::channel_not_found(channel_id));
+            }
+            None => {
+                return Err(ApiError::invalid_field(
+                    "reply_to",
+                    "not_found",
+                    format!(
+                        "reply_to must be an earlier message of this channel: message \
+                         {reply_to} not found in channel {channel_id}"
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
+    // The insert and its doorbell run in a task of their own: a client that hangs up cancels this
+    // handler, never a commit's doorbell. (Were the process to die between the two, the readers'
+    // sweep would still find the message.)
+    let insert = {
+        let (db, delivery) = (state.db.clone(), state.delivery.clone());
+        let idempotency_key = idempotency_key.clone();
+        async move {
+            let sender_type = new.sender_type();
+            let metadata = new.metadata.map(serde_json::Value::Object);
+            let addressing = db::Addressing {
+                mentions: new.mentions.as_deref().unwrap_or_default(),
+                metadata: metadata.as_ref(),
+                reply,
+            };
+            let stored = db::insert(
+                &db,
+                channel_id,
+                &new.content,
+                sender_type,
+                new.pod_key.as_deref(),
+                addressing,
+                idempotency_key.as_deref(),
+            )
+            .await?;
+            if let Some(message) = &stored {
+                let pause = delivery.post_commit_pause();
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                delivery.ring(channel_id, message.id);
+            }
+            Ok::<_, sqlx::Error>(stored)
+        }
+    };
+    let stored = tokio::spawn(insert)
+        .await
+        .map_err(|error| ApiError::Internal(Box::new(error)))??;
+    if let Some(message) = stored {
+        return Ok((Stored::New, message));
+    }
+
+    // Nothing stored: an earlier request with this key, or a missing or archived channel.
+    if let Some(key) = idempotency_key.as_deref()
+        && let Some(original) = db::find_by_idempotency_key(&state.db, channel_id, key).await?
+    {
+        // Rung again: the first attempt's poster may have died between commit and doorbell.
+        state.delivery.ring(channel_id, original.id);
+        return Ok((Stored::Earlier, original));
+    }
+    match channel_state(&state.db, channel_id).await? {
+        None => Err(ApiError::channel_not_found(channel_id)),
+        Some(ChannelState::Archived) => Err(ApiError::ChannelArchived(channel_id)),
+        // Archived when the insert ran, unarchived since: the post was refused as archived.
+        Some(ChannelState::Active) => Err(ApiError::ChannelArchived(channel_id)),
+    }
+}

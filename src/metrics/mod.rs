@@ -1,0 +1,262 @@
+//! Prometheus metrics at `/metrics`, through `prometheus-client`.
+//!
+//! A registry owned by the application state rather than a process-global recorder, so that
+//! several servers in one process (as in the tests) each count their own. Requests are counted
+//! into label families as they are answered; everything else (the engine, delivery, the pool)
+//! is read at scrape time, as [`Sample`]s.
+
+mod registry;
+mod sample;
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+pub use registry::{BUCKETS, HttpLabels, Metrics, Waiting};
+pub use sample::{Kind, Sample};
+
+use crate::{error::ApiError, state::AppState};
+
+fn method_name(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+/// Middleware: counts every request by matched route, method and status, with its latency.
+/// Unmatched paths share one `route="unmatched"` label so that clients cannot grow the series;
+/// the literal form of channel names with `/` counts under the route it answers to.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(matched) => matched.as_str().to_owned(),
+        None => crate::realtime::rest::literal_route(request.uri().path())
+            .unwrap_or("unmatched")
+            .to_owned(),
+    };
+    let method = method_name(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    if status == 503 {
+        state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+    state.metrics.observe(
+        HttpLabels {
+            route,
+            method,
+            status,
+        },
+        seconds,
+    );
+    response
+}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text format (Prometheus scrapes it as such)", content_type = "application/openmetrics-text", body = String)))]
+pub async fn render(State(state): State<AppState>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape::of(&state)));
+    let mut out = String::with_capacity(8192);
+    if let Err(error) = text::encode(&mut out, &registry) {
+        return ApiError::Internal(format!("encoding metrics failed: {error}").into())
+            .into_response();
+    }
+    let content_type =
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], out).into_response()
+}
+
+/// Everything `/metrics` shows, read at one scrape.
+#[derive(Debug)]
+struct Scrape {
+    http_requests: prometheus_client::metrics::family::Family<
+        HttpLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    http_latency: registry::Latencies,
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    fn of(state: &AppState) -> Self {
+        Self {
+            http_requests: state.metrics.http_requests.clone(),
+            http_latency: state.metrics.http_latency.clone(),
+            samples: samples(state),
+        }
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let requests = encoder.encode_descriptor(
+            "channeld_http_requests",
+            "HTTP requests by matched route, method and status.",
+            None,
+            MetricType::Counter,
+        )?;
+        self.http_requests.encode(requests)?;
+        let latency = encoder.encode_descriptor(
+            "channeld_http_request_duration_seconds",
+            "HTTP request latency.",
+            None,
+            MetricType::Histogram,
+        )?;
+        self.http_latency.encode(latency)?;
+        for sample in &self.samples {
+            match sample.kind {
+                Kind::Counter => {
+                    let metric = encoder.encode_descriptor(
+                        sample.name,
+                        sample.help,
+                        None,
+                        MetricType::Counter,
+                    )?;
+                    ConstCounter::new(sample.value).encode(metric)?;
+                }
+                Kind::Gauge => {
+                    let metric = encoder.encode_descriptor(
+                        sample.name,
+                        sample.help,
+                        None,
+                        MetricType::Gauge,
+                    )?;
+                    ConstGauge::new(sample.value).encode(metric)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values read at scrape time: this module's counters, the pool, delivery and the engine.
+fn samples(state: &AppState) -> Vec<Sample> {
+    let metrics = &state.metrics;
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let pool = &state.db;
+    let delivery = state.delivery.stats();
+    let samples = [
+        Sample::counter(
+            "channeld_websocket_frames_in",
+            "Frames received from WebSocket clients.",
+            load(&metrics.frames_in),
+        ),
+        Sample::counter(
+            "channeld_rate_limited_requests",
+            "Requests refused with 429 by per-key limits.",
+            load(&metrics.rate_limited),
+        ),
+        Sample::gauge(
+            "channeld_db_pool_connections",
+            "Open database connections in the pool.",
+            u64::from(pool.size()),
+        ),
+        Sample::gauge(
+            "channeld_db_pool_idle",
+            "Idle database connections in the pool.",
+            pool.num_idle() as u64,
+        ),
+        Sample::gauge(
+            "channeld_db_pool_max",
+            "Largest pool size allowed.",
+            u64::from(pool.options().get_max_connections()),
+        ),
+        Sample::gauge(
+            "channeld_db_pool_in_use",
+            "Database connections checked out right now.",
+            u64::from(pool.size()).saturating_sub(pool.num_idle() as u64),
+        ),
+        Sample::counter(
+            "channeld_db_unavailable",
+            "Requests answered 503: database unreachable or no pooled connection within the acquire timeout.",
+            load(&metrics.db_unavailable),
+        ),
+        Sample::counter(
+            "channeld_http_connections_timed_out",
+            "HTTP connections closed because request headers did not arrive in time (idle keep-alive connections included).",
+            load(&metrics.server.timed_out),
+        ),
+        Sample::gauge(
+            "channeld_http_requests_in_flight",
+            "HTTP requests being answered, streaming responses included.",
+            load(&metrics.server.in_flight),
+        ),
+        Sample::gauge(
+            "channeld_message_waiters",
+            "Long polls and MCP wait_for_messages calls waiting for a message (none holds a database connection).",
+            load(&metrics.waiters),
+        ),
+        Sample::counter(
+            "channeld_http_accept_errors",
+            "Failed accepts (e.g. out of file descriptors); the server pauses briefly and goes on.",
+            load(&metrics.server.accept_errors),
+        ),
+        Sample::gauge(
+            "channeld_delivery_followed_channels",
+            "Persistent channels followed through this instance (WebSocket, SSE, long poll).",
+            state.delivery.followed_channels() as u64,
+        ),
+        Sample::counter(
+            "channeld_delivery_reads",
+            "Reads of followed channels' new stored messages.",
+            load(&delivery.reads),
+        ),
+        Sample::counter(
+            "channeld_delivery_messages",
+            "Stored messages handed to this instance's live followers.",
+            load(&delivery.delivered),
+        ),
+        Sample::counter(
+            "channeld_delivery_unhinted_messages",
+            "Stored messages no hint announced, found by the sweep or after the listener reconnected.",
+            load(&delivery.unhinted),
+        ),
+        Sample::counter(
+            "channeld_delivery_hints_received",
+            "Hints received through PostgreSQL LISTEN (every instance's posts, this one's included).",
+            load(&delivery.hints_received),
+        ),
+        Sample::counter(
+            "channeld_delivery_notifications_sent",
+            "NOTIFY payloads sent after commits (hints coalesce into them).",
+            load(&delivery.notifications_sent),
+        ),
+        Sample::gauge(
+            "channeld_delivery_other_instances",
+            "1 once another instance was heard on this database (hints are then sent after commits).",
+            u64::from(state.delivery.other_instances()),
+        ),
+        Sample::counter(
+            "channeld_delivery_listener_reconnects",
+            "Times the LISTEN connection was lost and made anew.",
+            load(&delivery.listener_reconnects),
+        ),
+    ];
+    let mut all = samples.to_vec();
+    all.extend(state.realtime.engine.samples());
+    all
+}

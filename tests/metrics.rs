@@ -1,0 +1,266 @@
+//! `/metrics` as dashboards read it: every metric family with its type and help text, pinned, on
+//! both engines, and every family carrying a sample once there was traffic.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use channeld::auth::Scope;
+use common::{TestApp, base_config, cluster};
+use serde_json::json;
+use sqlx::PgPool;
+
+/// Every family on every instance: (family, type, help). A counter's samples are named
+/// `<family>_total`; a histogram's `<family>_bucket`, `_sum` and `_count`.
+const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "channeld_http_requests",
+        "counter",
+        "HTTP requests by matched route, method and status.",
+    ),
+    (
+        "channeld_http_request_duration_seconds",
+        "histogram",
+        "HTTP request latency.",
+    ),
+    (
+        "channeld_websocket_frames_in",
+        "counter",
+        "Frames received from WebSocket clients.",
+    ),
+    (
+        "channeld_rate_limited_requests",
+        "counter",
+        "Requests refused with 429 by per-key limits.",
+    ),
+    (
+        "channeld_db_pool_connections",
+        "gauge",
+        "Open database connections in the pool.",
+    ),
+    (
+        "channeld_db_pool_idle",
+        "gauge",
+        "Idle database connections in the pool.",
+    ),
+    (
+        "channeld_db_pool_max",
+        "gauge",
+        "Largest pool size allowed.",
+    ),
+    (
+        "channeld_db_pool_in_use",
+        "gauge",
+        "Database connections checked out right now.",
+    ),
+    (
+        "channeld_db_unavailable",
+        "counter",
+        "Requests answered 503: database unreachable or no pooled connection within the acquire timeout.",
+    ),
+    (
+        "channeld_http_connections_timed_out",
+        "counter",
+        "HTTP connections closed because request headers did not arrive in time (idle keep-alive connections included).",
+    ),
+    (
+        "channeld_http_requests_in_flight",
+        "gauge",
+        "HTTP requests being answered, streaming responses included.",
+    ),
+    (
+        "channeld_message_waiters",
+        "gauge",
+        "Long polls and MCP wait_for_messages calls waiting for a message (none holds a database connection).",
+    ),
+    (
+        "channeld_http_accept_errors",
+        "counter",
+        "Failed accepts (e.g. out of file descriptors); the server pauses briefly and goes on.",
+    ),
+    (
+        "channeld_delivery_followed_channels",
+        "gauge",
+        "Persistent channels followed through this instance (WebSocket, SSE, long poll).",
+    ),
+    (
+        "channeld_delivery_reads",
+        "counter",
+        "Reads of followed channels' new stored messages.",
+    ),
+    (
+        "channeld_delivery_messages",
+        "counter",
+        "Stored messages handed to this instance's live followers.",
+    ),
+    (
+        "channeld_delivery_unhinted_messages",
+        "counter",
+        "Stored messages no hint announced, found by the sweep or after the listener reconnected.",
+    ),
+    (
+        "channeld_delivery_hints_received",
+        "counter",
+        "Hints received through PostgreSQL LISTEN (every instance's posts, this one's included).",
+    ),
+    (
+        "channeld_delivery_notifications_sent",
+        "counter",
+        "NOTIFY payloads sent after commits (hints coalesce into them).",
+    ),
+    (
+        "channeld_delivery_other_instances",
+        "gauge",
+        "1 once another instance was heard on this database (hints are then sent after commits).",
+    ),
+    (
+        "channeld_delivery_listener_reconnects",
+        "counter",
+        "Times the LISTEN connection was lost and made anew.",
+    ),
+    (
+        "channeld_websocket_connections",
+        "gauge",
+        "Open WebSocket connections.",
+    ),
+    (
+        "channeld_websocket_subscriptions",
+        "gauge",
+        "Channel subscriptions across connections.",
+    ),
+    (
+        "channeld_websocket_frames_out",
+        "counter",
+        "Frames queued to WebSocket clients.",
+    ),
+    (
+        "channeld_websocket_queued_bytes",
+        "gauge",
+        "Bytes queued to WebSocket connections, not yet written.",
+    ),
+    (
+        "channeld_websocket_slow_consumer_disconnects",
+        "counter",
+        "Connections dropped for not keeping up.",
+    ),
+];
+
+/// The Redis engine's own families, on top of [`FAMILIES`].
+const REDIS_FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "channeld_redis_up",
+        "gauge",
+        "1 when this instance is connected and subscribed to Redis (cluster mode).",
+    ),
+    (
+        "channeld_redis_errors",
+        "counter",
+        "Redis commands and connections that failed.",
+    ),
+    (
+        "channeld_redis_pubsub_connects",
+        "counter",
+        "Times the Redis pub/sub connection was made and subscribed (1 plus reconnects).",
+    ),
+    (
+        "channeld_cluster_roster_reads",
+        "counter",
+        "Rosters read again from Redis after a gap in presence events or a reconnect.",
+    ),
+    (
+        "channeld_cluster_instances_reaped",
+        "counter",
+        "Instances this one removed from the cluster after their heartbeat lapsed.",
+    ),
+    (
+        "channeld_cluster_publishes_lost",
+        "counter",
+        "WebSocket publishes lost because Redis failed while they were on their way.",
+    ),
+    (
+        "channeld_cluster_messages_in",
+        "counter",
+        "Payloads received from Redis pub/sub.",
+    ),
+];
+
+/// (family, type, help) from the `# HELP` and `# TYPE` lines of an exposition.
+fn families(text: &str) -> BTreeSet<(String, String, String)> {
+    let mut found = BTreeSet::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(help) = line.strip_prefix("# HELP ") else {
+            continue;
+        };
+        let (name, help) = help.split_once(' ').expect("a name and a help text");
+        let kind = lines
+            .next()
+            .and_then(|l| l.strip_prefix(&format!("# TYPE {name} ")))
+            .unwrap_or_else(|| panic!("a TYPE line after HELP for {name}"));
+        found.insert((name.to_owned(), kind.to_owned(), help.to_owned()));
+    }
+    found
+}
+
+fn pinned(lists: &[&[(&str, &str, &str)]]) -> BTreeSet<(String, String, String)> {
+    lists
+        .iter()
+        .flat_map(|list| list.iter())
+        .map(|(n, k, h)| ((*n).to_owned(), (*k).to_owned(), (*h).to_owned()))
+        .collect()
+}
+
+/// Each family has a sample line once a request, a WebSocket frame and a post went through.
+fn assert_every_family_has_a_sample(text: &str, families: &BTreeSet<(String, String, String)>) {
+    for (name, kind, _) in families {
+        let sample = match kind.as_str() {
+            "counter" => format!("{name}_total"),
+            "histogram" => format!("{name}_count"),
+            _ => name.clone(),
+        };
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{sample} "))
+                    || l.starts_with(&format!("{sample}{{"))),
+            "no sample of {name} ({kind}):\n{text}"
+        );
+    }
+}
+
+async fn scrape_after_traffic(app: &TestApp) -> String {
+    let key = app
+        .key(&[Scope::ChannelsRead, Scope::ChannelsWrite, Scope::Subscribe])
+        .await;
+    let mut ws = app.peer(&key, "watcher", json!({})).await;
+    let frame = ws
+        .request(json!({"type": "subscribe", "channel": "room", "requestId": "s"}))
+        .await;
+    assert_eq!(frame["type"], "ack", "{frame}");
+    let channel = app.channel(&key, "metrics").await;
+    app.message(&key, channel, "hello").await;
+    app.metrics_text().await
+}
+
+#[sqlx::test]
+async fn the_exposition_is_pinned_on_the_in_memory_engine(db: PgPool) {
+    let app = TestApp::spawn_config(db, base_config()).await;
+    let text = scrape_after_traffic(&app).await;
+    assert!(text.ends_with("# EOF\n"), "a whole OpenMetrics exposition");
+    let found = families(&text);
+    assert_eq!(found, pinned(&[FAMILIES]));
+    assert_every_family_has_a_sample(&text, &found);
+}
+
+#[sqlx::test]
+async fn the_exposition_is_pinned_on_the_redis_engine(db: PgPool) {
+    let config = cluster::cluster_config(
+        &cluster::fresh_prefix(),
+        &cluster::redis_url(),
+        std::time::Duration::from_secs(2),
+    );
+    let app = TestApp::spawn_config(db, config).await;
+    let text = scrape_after_traffic(&app).await;
+    let found = families(&text);
+    assert_eq!(found, pinned(&[FAMILIES, REDIS_FAMILIES]));
+    assert_every_family_has_a_sample(&text, &found);
+}
