@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{
     cursor::Cursor,
-    db::{self, ListFilter},
+    db::{self, After, ListFilter},
     model::{Channel, ChannelSummary, CreateChannel, ReadState, UpdateChannel, is_ticket_slug},
 };
 use crate::{
@@ -51,9 +51,35 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
     {
         errors.add("ticket_slug", "format");
     }
-    let archived = match (
-        query.bool("archived", &mut errors),
-        query.bool("include_archived", &mut errors),
+    let archived = archived(query, &mut errors);
+    let name_contains = name_contains(query, &mut errors);
+    let reader = reader(query, &mut errors);
+    let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
+    let offset = query.int("offset", 0, i64::MAX, &mut errors);
+    let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
+    let (sort, descending, after) = ordering(query, offset.is_some(), &mut errors);
+    errors.into_result()?;
+    let filter = ListFilter {
+        repository_id,
+        ticket_slug,
+        archived,
+        name_contains,
+        sort,
+        descending,
+        after,
+        // One more than the page, to know whether another follows.
+        limit: limit + 1,
+        offset: offset.unwrap_or(0),
+        reader,
+    };
+    Ok((filter, limit))
+}
+
+/// `archived` (only archived, or only active) or `include_archived` (both); active by default.
+fn archived(query: &QueryParams, errors: &mut FieldErrors) -> Option<bool> {
+    match (
+        query.bool("archived", errors),
+        query.bool("include_archived", errors),
     ) {
         (Some(_), Some(_)) => {
             let note = "pass `archived` (only archived, or only active) or `include_archived` (both), not both";
@@ -64,19 +90,31 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
         (Some(archived), None) => Some(archived),
         (None, Some(true)) => None,
         (None, Some(false) | None) => Some(false),
-    };
-    let name_contains = query.get("q").map(str::to_owned);
-    if let Some(q) = &name_contains
-        && (!(1..=100).contains(&q.chars().count()) || q.chars().any(char::is_control))
-    {
+    }
+}
+
+/// `q`: 1-100 characters without control characters.
+fn name_contains(query: &QueryParams, errors: &mut FieldErrors) -> Option<String> {
+    let q = query.get("q")?;
+    if !(1..=100).contains(&q.chars().count()) || q.chars().any(char::is_control) {
         errors.add_with(
             "q",
             "format",
             "q must be 1-100 characters without control characters",
         );
     }
+    Some(q.to_owned())
+}
+
+/// The sort, its direction and where the page starts: from `cursor` (which carries its sort
+/// and order; given again, they must agree with it), else from `sort` and `order`.
+fn ordering(
+    query: &QueryParams,
+    has_offset: bool,
+    errors: &mut FieldErrors,
+) -> (db::Sort, bool, Option<After>) {
     let sort = query.get("sort").map(|raw| {
-        db::Sort::parse(raw).ok_or(()).map_err(|()| {
+        db::Sort::parse(raw).ok_or_else(|| {
             errors.add_with(
                 "sort",
                 "format",
@@ -93,7 +131,7 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
         }
     });
     let cursor = query.get("cursor").map(|raw| {
-        Cursor::decode(raw).ok_or(()).map_err(|()| {
+        Cursor::decode(raw).ok_or_else(|| {
             errors.add_with(
                 "cursor",
                 "format",
@@ -101,60 +139,36 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
             );
         })
     });
-    let reader = reader(query, &mut errors);
-    let repository_id = query.int("repository_id", 1, i64::MAX, &mut errors);
-    let offset = query.int("offset", 0, i64::MAX, &mut errors);
-    let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
-    // A cursor carries its sort and order; given again, they must agree with it.
-    let (sort, descending, after) = match cursor {
-        Some(Ok(cursor)) => {
-            let sort_differs = matches!(sort, Some(Ok(s)) if s != cursor.sort);
-            let order_differs = matches!(order, Some(Ok(d)) if d != cursor.descending);
-            if sort_differs || order_differs {
-                errors.add_with(
-                    "cursor",
-                    "conflict",
-                    format!(
-                        "this cursor continues a list sorted by {} {}: pass that sort and order, or none",
-                        cursor.sort.as_str(),
-                        if cursor.descending { "desc" } else { "asc" }
-                    ),
-                );
-            }
-            if offset.is_some() {
-                let note = "pass `cursor` or `offset`, not both";
-                errors.add_with("cursor", "conflict", note);
-                errors.add_with("offset", "conflict", note);
-            }
-            (cursor.sort, cursor.descending, Some(cursor.after))
-        }
-        _ => {
-            let sort = match sort {
-                Some(Ok(sort)) => sort,
-                _ => db::Sort::default(),
-            };
-            let descending = match order {
-                Some(Ok(descending)) => descending,
-                _ => sort != db::Sort::Name,
-            };
-            (sort, descending, None)
-        }
+    let Some(Ok(cursor)) = cursor else {
+        let sort = match sort {
+            Some(Ok(sort)) => sort,
+            _ => db::Sort::default(),
+        };
+        let descending = match order {
+            Some(Ok(descending)) => descending,
+            _ => sort != db::Sort::Name,
+        };
+        return (sort, descending, None);
     };
-    errors.into_result()?;
-    let filter = ListFilter {
-        repository_id,
-        ticket_slug,
-        archived,
-        name_contains,
-        sort,
-        descending,
-        after,
-        // One more than the page, to know whether another follows.
-        limit: limit + 1,
-        offset: offset.unwrap_or(0),
-        reader,
-    };
-    Ok((filter, limit))
+    let sort_differs = matches!(sort, Some(Ok(s)) if s != cursor.sort);
+    let order_differs = matches!(order, Some(Ok(d)) if d != cursor.descending);
+    if sort_differs || order_differs {
+        errors.add_with(
+            "cursor",
+            "conflict",
+            format!(
+                "this cursor continues a list sorted by {} {}: pass that sort and order, or none",
+                cursor.sort.as_str(),
+                if cursor.descending { "desc" } else { "asc" }
+            ),
+        );
+    }
+    if has_offset {
+        let note = "pass `cursor` or `offset`, not both";
+        errors.add_with("cursor", "conflict", note);
+        errors.add_with("offset", "conflict", note);
+    }
+    (cursor.sort, cursor.descending, Some(cursor.after))
 }
 
 /// `?reader=<name>`: 1-100 printable ASCII characters.

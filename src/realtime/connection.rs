@@ -16,13 +16,17 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    engine::hub::fanout::{CloseSignal, ConnId, Member, Outbound},
+    engine::{
+        Registration,
+        hub::fanout::{CloseSignal, ConnId, Member, Outbound},
+    },
     limits::FrameBucket,
     protocol::{ErrorCode, ServerFrame, close},
     session::{Session, authenticate},
 };
 use crate::{
     auth::Scope,
+    config::RealtimeConfig,
     delivery::Follow,
     error::{ApiError, Envelope},
     extract::QueryParams,
@@ -162,11 +166,36 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
     // Counted until this task ends, closing handshake included, so shutdown waits for it.
     let _task = state.realtime.engine.task();
     let limits = state.config.realtime.clone();
-    let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
+    let (tx, rx) = mpsc::channel(limits.outbound_queue);
     let signal = Arc::new(CloseSignal::new(limits.outbound_bytes));
     // Unregistered on every way out of this task, a panic included: a connection that is gone
     // must not stay subscribed or present.
-    let registration = state
+    let registration = register(&state, &session, tx, signal.clone()).await;
+    let mut connection = Connection {
+        state,
+        session,
+        conn: registration.conn(),
+        socket,
+        signal,
+        persistent: HashMap::new(),
+        replay_turn: 0,
+    };
+    let end = match connection.welcome(limits.max_frame_bytes).await {
+        Some(end) => end,
+        None => connection.serve(rx, &limits).await,
+    };
+    drop(registration);
+    connection.close(end).await;
+}
+
+/// Registers the connection with the engine, which delivers to `tx` from then on.
+async fn register(
+    state: &AppState,
+    session: &Session,
+    tx: mpsc::Sender<Outbound>,
+    signal: Arc<CloseSignal>,
+) -> Registration {
+    state
         .realtime
         .engine
         .connect(Member {
@@ -175,126 +204,147 @@ async fn run(socket: WebSocket, state: AppState, session: Session) {
             presence: session.permissions.contains(Scope::Presence),
             peer_metadata: session.peer_metadata.clone(),
             tx,
-            signal: signal.clone(),
+            signal,
+        })
+        .await
+}
+
+impl Connection {
+    /// Sends `welcome`; `Some` when the client is already gone.
+    async fn welcome(&mut self, max_message_size: usize) -> Option<End> {
+        let welcome = ServerFrame::Welcome {
+            peer_id: &self.session.peer_id,
+            expires_at: self.session.expires_at,
+            server_time: Utc::now().timestamp(),
+            max_message_size,
+            metadata: self.session.metadata.as_deref(),
+        }
+        .encode();
+        self.socket
+            .send(Message::Text(welcome))
+            .await
+            .err()
+            .map(|_| End::Gone)
+    }
+
+    /// The connection's life: inbound frames, the outbound queue, the close signal, heartbeats,
+    /// the idle timeout, token expiry and server shutdown, until one of them ends it.
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outbound>, limits: &RealtimeConfig) -> End {
+        let mut bucket = FrameBucket::new(limits.frame_rate, limits.frame_burst);
+        // Grows on first use: an idle connection should not hold a batch buffer.
+        let mut batch = Vec::new();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+        let idle = tokio::time::sleep(limits.idle_timeout);
+        tokio::pin!(idle);
+        let expiry = tokio::time::sleep(self.time_to_expiry());
+        tokio::pin!(expiry);
+
+        // Futures that live as long as the loop, rather than being made anew on every wake-up.
+        let signal = self.signal.clone();
+        let closed = signal.closed();
+        tokio::pin!(closed);
+        let mut shutdown = self.state.shutdown.subscribe();
+        let going_away = stopping(&mut shutdown);
+        tokio::pin!(going_away);
+
+        loop {
+            // Unbiased on purpose: a queue that never quite empties must not starve inbound
+            // frames, heartbeats or the expiry close.
+            let end = tokio::select! {
+                code = &mut closed => Some(End::Close(code, close_reason(code))),
+                () = &mut going_away => {
+                    let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
+                    let _ = self.socket.send(Message::Text(frame)).await;
+                    Some(End::Close(close::GOING_AWAY, "server shutting down"))
+                }
+                received = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                    if received == 0 { Some(End::Gone) } else { self.write_batch(&mut batch).await }
+                }
+                inbound = self.socket.next() => {
+                    idle.as_mut().reset(Instant::now() + limits.idle_timeout);
+                    self.inbound(inbound, &mut bucket).await
+                }
+                () = std::future::ready(()), if self.replaying() => self.replay_step().await,
+                _ = ping.tick() => self.send(Message::Ping(Default::default())).await,
+                () = &mut idle => Some(End::Gone),
+                () = &mut expiry => Some(End::Close(close::TOKEN_EXPIRED, "token expired")),
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// One inbound WebSocket message: text frames are handled (within the frame rate), binary
+    /// ones refused; a Close or a read error ends the connection.
+    async fn inbound(
+        &mut self,
+        inbound: Option<Result<Message, axum::Error>>,
+        bucket: &mut FrameBucket,
+    ) -> Option<End> {
+        if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+            self.state
+                .metrics
+                .frames_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !bucket.take() {
+                return Some(End::Close(close::RATE_LIMITED, "over the message rate"));
+            }
+        }
+        match inbound {
+            None => Some(End::Gone),
+            Some(Ok(Message::Close(_))) => Some(End::ClientClosed),
+            Some(Err(error)) => Some(read_error(error)),
+            Some(Ok(Message::Text(text))) => self.handle(&text).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.error(
+                    ErrorCode::MalformedMessage,
+                    "frames must be JSON text",
+                    None,
+                )
+                .await
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+        }
+    }
+
+    /// The closing handshake, bounded by [`CLOSE_TIMEOUT`]: the close frame `end` calls for,
+    /// then reading until the client's own Close.
+    async fn close(mut self, end: End) {
+        let closing = match end {
+            End::Close(code, reason) => Some((code, reason)),
+            End::Stuck(code) => Some((code, close_reason(code))),
+            End::Gone | End::ClientClosed => None,
+        };
+        let socket = &mut self.socket;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
+            match (closing, end) {
+                (Some((code, reason)), _) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                        // Read until the client's Close: closing a socket with unread input
+                        // resets it, and a reset can destroy the replies and the close frame in
+                        // flight.
+                        while let Some(Ok(message)) = socket.next().await {
+                            if matches!(message, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                // The protocol queued the answer to the client's Close; send it.
+                (None, End::ClientClosed) => {
+                    let _ = socket.flush().await;
+                }
+                _ => {}
+            }
         })
         .await;
-    let conn = registration.conn();
-    let mut shutdown = state.shutdown.subscribe();
-    let mut connection = Connection {
-        state,
-        session,
-        conn,
-        socket,
-        signal: signal.clone(),
-        persistent: HashMap::new(),
-        replay_turn: 0,
-    };
-
-    let welcome = ServerFrame::Welcome {
-        peer_id: &connection.session.peer_id,
-        expires_at: connection.session.expires_at,
-        server_time: Utc::now().timestamp(),
-        max_message_size: limits.max_frame_bytes,
-        metadata: connection.session.metadata.as_deref(),
     }
-    .encode();
-    let mut end = match connection.socket.send(Message::Text(welcome)).await {
-        Ok(()) => None,
-        Err(_) => Some(End::Gone),
-    };
-
-    let mut bucket = FrameBucket::new(limits.frame_rate, limits.frame_burst);
-    // Grows on first use: an idle connection should not hold a batch buffer.
-    let mut batch = Vec::new();
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    let idle = tokio::time::sleep(limits.idle_timeout);
-    tokio::pin!(idle);
-    let expiry = tokio::time::sleep(connection.time_to_expiry());
-    tokio::pin!(expiry);
-
-    // Futures that live as long as the loop, rather than being made anew on every wake-up.
-    let closed = signal.closed();
-    tokio::pin!(closed);
-    let going_away = stopping(&mut shutdown);
-    tokio::pin!(going_away);
-
-    while end.is_none() {
-        // Unbiased on purpose: a queue that never quite empties must not starve inbound frames,
-        // heartbeats or the expiry close.
-        end = tokio::select! {
-            code = &mut closed => Some(End::Close(code, close_reason(code))),
-            () = &mut going_away => {
-                let frame = ServerFrame::GoingAway { retry_after_ms: 1000 }.encode();
-                let _ = connection.socket.send(Message::Text(frame)).await;
-                Some(End::Close(close::GOING_AWAY, "server shutting down"))
-            }
-            received = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if received == 0 { Some(End::Gone) } else { connection.write_batch(&mut batch).await }
-            }
-            inbound = connection.socket.next() => {
-                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
-                if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
-                    connection.state.metrics.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                match inbound {
-                    None => Some(End::Gone),
-                    Some(Ok(Message::Close(_))) => Some(End::ClientClosed),
-                    Some(Err(error)) => Some(read_error(error)),
-                    Some(Ok(Message::Text(text))) => {
-                        if bucket.take() { connection.handle(&text).await } else {
-                            Some(End::Close(close::RATE_LIMITED, "over the message rate"))
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        if bucket.take() {
-                            connection.error(ErrorCode::MalformedMessage, "frames must be JSON text", None).await
-                        } else {
-                            Some(End::Close(close::RATE_LIMITED, "over the message rate"))
-                        }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
-                }
-            }
-            () = std::future::ready(()), if connection.replaying() => connection.replay_step().await,
-            _ = ping.tick() => connection.send(Message::Ping(Default::default())).await,
-            () = &mut idle => Some(End::Gone),
-            () = &mut expiry => Some(End::Close(close::TOKEN_EXPIRED, "token expired")),
-        };
-    }
-
-    drop(registration);
-    let closing = match end {
-        Some(End::Close(code, reason)) => Some((code, reason)),
-        Some(End::Stuck(code)) => Some((code, close_reason(code))),
-        _ => None,
-    };
-    let socket = &mut connection.socket;
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
-        match (closing, end) {
-            (Some((code, reason)), _) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                if socket.send(Message::Close(Some(frame))).await.is_ok() {
-                    // Read until the client's Close: closing a socket with unread input resets
-                    // it, and a reset can destroy the replies and the close frame in flight.
-                    while let Some(Ok(message)) = socket.next().await {
-                        if matches!(message, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                }
-            }
-            // The protocol queued the answer to the client's Close; send it.
-            (None, Some(End::ClientClosed)) => {
-                let _ = socket.flush().await;
-            }
-            _ => {}
-        }
-    })
-    .await;
 }
 
 /// The close code and reason that tell a WebSocket client why its credential was refused.

@@ -5,7 +5,10 @@ use axum::extract::ws::{Message, Utf8Bytes};
 
 use super::{
     connection::{Connection, End, Persistent, Replay},
-    engine::{SubscribeFailure, Subscription, hub::fanout::Outbound},
+    engine::{
+        SubscribeFailure, Subscription,
+        hub::fanout::{Outbound, Roster},
+    },
     names::{ChannelKind, NameError, channel_kind, is_peer_id},
     protocol::{ClientFrame, ErrorCode, PeerEntry, ServerFrame, close, parse_client_frame},
 };
@@ -44,7 +47,10 @@ impl Connection {
             return Some(End::Close(close::TOO_BIG, "data too big"));
         }
         let request_id = frame.request_id.clone();
-        if request_id.is_some() && request_id == self.state.config.faults.panic_on_request_id {
+        // A test's fault hook: unset in production, where this is one check of a `None`.
+        if let Some(fault) = &self.state.config.faults.panic_on_request_id
+            && request_id.as_deref() == Some(fault.as_str())
+        {
             panic!("fault injected: a panic inside a connection's task");
         }
         let outcome = match frame.kind.as_deref() {
@@ -148,87 +154,73 @@ impl Connection {
     async fn subscribe(&mut self, frame: &ClientFrame) -> Outcome {
         self.require(Scope::Subscribe)?;
         let (name, kind) = self.channel(frame)?;
-        if frame.since.is_some_and(|since| since < 0) {
-            return Err((
-                ErrorCode::MalformedMessage,
-                "`since` must be a message id (0 or more)".to_owned(),
-            ));
+        subscribe_options(frame, kind)?;
+        // A persistent channel is followed before the engine subscription and the history read:
+        // every message the read cannot see then reaches the engine.
+        let follow = self.follow(kind).await?;
+        let roster = self.join(name, frame.include_sender_metadata).await?;
+        let mut reply = Reply::default();
+        if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
+        {
+            reply.then.push(roster_frame(name, &roster));
         }
-        if let Some(name) = &frame.mentions {
-            if !is_printable_ascii(name, 100) {
-                return Err((
-                    ErrorCode::MalformedMessage,
-                    "`mentions` must be a name of 1-100 printable ASCII characters".to_owned(),
-                ));
-            }
-            if kind == ChannelKind::Ephemeral {
-                return Err((
-                    ErrorCode::InvalidChannel,
-                    "`mentions` filters the live stream of a persistent channel (an all-digit \
-                     realtime channel name); this one stores no messages"
-                        .to_owned(),
-                ));
-            }
-        }
-        // A persistent channel is followed before the hub subscription and the history read:
-        // every message the read cannot see then reaches the hub.
-        let follow = match kind {
-            ChannelKind::Persistent(id) => {
-                self.persistent(id, Scope::ChannelsRead, false).await?;
-                let follow = self.state.delivery.follow(id).await.map_err(|error| {
-                    tracing::warn!(%error, "following a persistent channel failed");
-                    (
-                        ErrorCode::InternalError,
-                        "could not follow the channel; retry".to_owned(),
-                    )
-                })?;
-                Some(follow)
-            }
-            ChannelKind::Ephemeral => None,
+        reply.recovered = self.start_stream(frame, name, kind, follow).await?;
+        Ok(reply)
+    }
+
+    /// Follows a persistent channel's stored messages through this instance.
+    async fn follow(&mut self, kind: ChannelKind) -> Result<Option<Follow>, Failure> {
+        let ChannelKind::Persistent(id) = kind else {
+            return Ok(None);
         };
-        let max = self.state.config.realtime.max_subscriptions;
-        let limit_exceeded = || {
+        self.persistent(id, Scope::ChannelsRead, false).await?;
+        let follow = self.state.delivery.follow(id).await.map_err(|error| {
+            tracing::warn!(%error, "following a persistent channel failed");
             (
-                ErrorCode::ChannelLimitExceeded,
-                format!("at most {max} subscriptions per connection"),
+                ErrorCode::InternalError,
+                "could not follow the channel; retry".to_owned(),
             )
-        };
-        let roster = self
-            .state
+        })?;
+        Ok(Some(follow))
+    }
+
+    /// Subscribes through the engine; the roster of the other peers there.
+    async fn join(
+        &mut self,
+        name: &str,
+        include_sender_metadata: bool,
+    ) -> Result<Option<Roster>, Failure> {
+        let max = self.state.config.realtime.max_subscriptions;
+        self.state
             .realtime
             .engine
             .subscribe(Subscription {
                 conn: self.conn,
                 channel: name,
-                include_sender_metadata: frame.include_sender_metadata,
+                include_sender_metadata,
                 max_subscriptions: max,
                 peer: &self.session.peer_id,
                 peer_metadata: self.session.peer_metadata.as_ref(),
             })
             .await
             .map_err(|failure| match failure {
-                SubscribeFailure::LimitExceeded => limit_exceeded(),
+                SubscribeFailure::LimitExceeded => (
+                    ErrorCode::ChannelLimitExceeded,
+                    format!("at most {max} subscriptions per connection"),
+                ),
                 SubscribeFailure::Unavailable => realtime_unavailable(),
-            })?;
-        let mut reply = Reply::default();
-        if let Some(roster) = roster.filter(|_| self.session.permissions.contains(Scope::Presence))
-        {
-            let joined: Vec<PeerEntry<'_>> = roster
-                .iter()
-                .map(|(peer_id, metadata)| PeerEntry {
-                    peer_id,
-                    metadata: metadata.as_deref(),
-                })
-                .collect();
-            reply.then.push(
-                ServerFrame::Presence {
-                    channel: name,
-                    joined: &joined,
-                    left: &[],
-                }
-                .encode(),
-            );
-        }
+            })
+    }
+
+    /// Where a persistent subscription's stream starts: live, or (with `since`) after a replay of
+    /// the history newer than `since`. Answers the ack's `recovered` (`None` without `since`).
+    async fn start_stream(
+        &mut self,
+        frame: &ClientFrame,
+        name: &str,
+        kind: ChannelKind,
+        follow: Option<Follow>,
+    ) -> Result<Option<bool>, Failure> {
         match (frame.since, kind) {
             (Some(since), ChannelKind::Persistent(id)) => {
                 let (start, recovered) = match replay_start(&self.state, id, since).await {
@@ -247,16 +239,16 @@ impl Connection {
                 let entry = self.followed(id, follow);
                 entry.replay = Some(Replay::starting_after(start));
                 entry.mentions = frame.mentions.clone();
-                reply.recovered = Some(recovered);
+                Ok(Some(recovered))
             }
             // Ephemeral channels keep no history to recover.
-            (Some(_), ChannelKind::Ephemeral) => reply.recovered = Some(false),
+            (Some(_), ChannelKind::Ephemeral) => Ok(Some(false)),
             (None, ChannelKind::Persistent(id)) => {
                 self.followed(id, follow).mentions = frame.mentions.clone();
+                Ok(None)
             }
-            (None, ChannelKind::Ephemeral) => {}
+            (None, ChannelKind::Ephemeral) => Ok(None),
         }
-        Ok(reply)
     }
 
     /// The connection's record of a persistent subscription; a repeated subscribe keeps the
@@ -360,6 +352,51 @@ impl Connection {
         }
         Ok(Reply::default())
     }
+}
+
+/// `since` and `mentions`, as a subscribe may carry them.
+fn subscribe_options(frame: &ClientFrame, kind: ChannelKind) -> Result<(), Failure> {
+    if frame.since.is_some_and(|since| since < 0) {
+        return Err((
+            ErrorCode::MalformedMessage,
+            "`since` must be a message id (0 or more)".to_owned(),
+        ));
+    }
+    let Some(name) = &frame.mentions else {
+        return Ok(());
+    };
+    if !is_printable_ascii(name, 100) {
+        return Err((
+            ErrorCode::MalformedMessage,
+            "`mentions` must be a name of 1-100 printable ASCII characters".to_owned(),
+        ));
+    }
+    if kind == ChannelKind::Ephemeral {
+        return Err((
+            ErrorCode::InvalidChannel,
+            "`mentions` filters the live stream of a persistent channel (an all-digit realtime \
+             channel name); this one stores no messages"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The `presence` frame that shows a new subscriber who is already in `channel`.
+fn roster_frame(channel: &str, roster: &Roster) -> Utf8Bytes {
+    let joined: Vec<PeerEntry<'_>> = roster
+        .iter()
+        .map(|(peer_id, metadata)| PeerEntry {
+            peer_id,
+            metadata: metadata.as_deref(),
+        })
+        .collect();
+    ServerFrame::Presence {
+        channel,
+        joined: &joined,
+        left: &[],
+    }
+    .encode()
 }
 
 /// Most replayed on a resumed subscription; beyond it the newest ones are replayed and the

@@ -68,70 +68,13 @@ pub async fn mint_token(
 ) -> Result<Json<TokenBody>, ApiError> {
     let max_lifetime =
         i64::try_from(state.config.realtime.token_max_lifetime.as_secs()).unwrap_or(i64::MAX);
-    let mut errors = FieldErrors::default();
-    if !is_peer_id(&request.peer_id) {
-        errors.add("peerId", "format");
-    }
-    if request
-        .expires_in_sec
-        .is_some_and(|secs| !(1..=max_lifetime).contains(&secs))
-    {
-        errors.add("expiresInSec", "range");
-    }
-    let size = |object: &Option<Map<String, Value>>| {
-        object
-            .as_ref()
-            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |v| v.len()))
-    };
-    if size(&request.metadata) > MAX_METADATA {
-        errors.add("metadata", "length");
-    }
-    if size(&request.peer_metadata) > MAX_PEER_METADATA {
-        errors.add("peerMetadata", "length");
-    }
-    let channels = request.channels.clone().unwrap_or_default();
-    if channels
-        .iter()
-        .any(|c| c.is_empty() || c.chars().count() > 256 || c.chars().any(char::is_control))
-    {
-        errors.add("channels", "format");
-    }
-    let permissions = request.permissions.clone().unwrap_or_default();
-    let mut asked = Vec::new();
-    for name in &permissions {
-        match name.parse::<Scope>() {
-            Ok(scope) if scope.is_realtime() => asked.push(scope),
-            _ => errors.add("permissions", "unknown"),
-        }
-    }
-    errors.into_result()?;
-
-    if let Some(missing) = asked
-        .iter()
-        .find(|scope| !principal.scopes.contains(**scope))
-    {
-        return Err(ApiError::ActionNotPermitted(*missing));
-    }
-    let within_key = |pattern: &str| {
-        let pattern = Pattern::new(pattern);
-        principal
-            .channel_patterns
-            .iter()
-            .any(|outer| outer.covers(&pattern))
-    };
-    if !channels.iter().all(|c| within_key(c)) {
-        return Err(ApiError::ChannelNotAuthorized);
-    }
-    let secret = principal
-        .secret_encrypted
-        .as_deref()
-        .and_then(|blob| state.config.master_key.decrypt(&principal.key_id, blob))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "this key cannot sign tokens; create a new key with `channeld keys create`",
-            )
-        })?;
-
+    let asked = checked_request(&request, max_lifetime)?;
+    within_key(
+        &principal,
+        &asked,
+        request.channels.as_deref().unwrap_or_default(),
+    )?;
+    let secret = signing_secret(&state, &principal)?;
     let issued_at = Utc::now().timestamp();
     let expires_at = issued_at + request.expires_in_sec.unwrap_or(3600).min(max_lifetime);
     let claims = tokens::Claims {
@@ -155,4 +98,81 @@ pub async fn mint_token(
     };
     let token = tokens::sign(&principal.key_id, &secret, &claims);
     Ok(Json(TokenBody { token, expires_at }))
+}
+
+/// Every field's own rules, reported together; the realtime actions asked for.
+fn checked_request(request: &MintToken, max_lifetime: i64) -> Result<Vec<Scope>, ApiError> {
+    let mut errors = FieldErrors::default();
+    if !is_peer_id(&request.peer_id) {
+        errors.add("peerId", "format");
+    }
+    if request
+        .expires_in_sec
+        .is_some_and(|secs| !(1..=max_lifetime).contains(&secs))
+    {
+        errors.add("expiresInSec", "range");
+    }
+    let size = |object: &Option<Map<String, Value>>| {
+        object
+            .as_ref()
+            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |v| v.len()))
+    };
+    if size(&request.metadata) > MAX_METADATA {
+        errors.add("metadata", "length");
+    }
+    if size(&request.peer_metadata) > MAX_PEER_METADATA {
+        errors.add("peerMetadata", "length");
+    }
+    if request
+        .channels
+        .iter()
+        .flatten()
+        .any(|c| c.is_empty() || c.chars().count() > 256 || c.chars().any(char::is_control))
+    {
+        errors.add("channels", "format");
+    }
+    let mut asked = Vec::new();
+    for name in request.permissions.iter().flatten() {
+        match name.parse::<Scope>() {
+            Ok(scope) if scope.is_realtime() => asked.push(scope),
+            _ => errors.add("permissions", "unknown"),
+        }
+    }
+    errors.into_result()?;
+    Ok(asked)
+}
+
+/// A token is never wider than the key that mints it: each action held by the key, each channel
+/// pattern within one of the key's.
+fn within_key(principal: &Principal, asked: &[Scope], channels: &[String]) -> Result<(), ApiError> {
+    if let Some(missing) = asked
+        .iter()
+        .find(|scope| !principal.scopes.contains(**scope))
+    {
+        return Err(ApiError::ActionNotPermitted(*missing));
+    }
+    let covered = |pattern: &str| {
+        let pattern = Pattern::new(pattern);
+        principal
+            .channel_patterns
+            .iter()
+            .any(|outer| outer.covers(&pattern))
+    };
+    if !channels.iter().all(|c| covered(c)) {
+        return Err(ApiError::ChannelNotAuthorized);
+    }
+    Ok(())
+}
+
+/// The key's signing secret, kept encrypted under the master key.
+fn signing_secret(state: &AppState, principal: &Principal) -> Result<String, ApiError> {
+    principal
+        .secret_encrypted
+        .as_deref()
+        .and_then(|blob| state.config.master_key.decrypt(&principal.key_id, blob))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "this key cannot sign tokens; create a new key with `channeld keys create`",
+            )
+        })
 }
