@@ -32,6 +32,7 @@ key=$($bin keys create --name fuzz --quiet --rate-limit 1000000 --rate-burst 100
 
 port=${FUZZ_PORT:-18089}
 $bin serve --listen "127.0.0.1:$port" --no-migrate --ws-connects-per-ip 1000000 \
+  --auth-failures-per-minute 1000000 \
   --db-acquire-timeout 10s >.data/fuzz-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

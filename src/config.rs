@@ -106,6 +106,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHANNELD_RATE_BURST", default_value_t = 100)]
     pub rate_burst: u32,
 
+    /// Failed authentications one source (an IPv4 address, an IPv6 /64) may make per minute;
+    /// beyond, its credentials are refused with 429 without being looked up.
+    #[arg(long, env = "CHANNELD_AUTH_FAILURES_PER_MINUTE", default_value_t = 60)]
+    pub auth_failures_per_minute: u32,
+
     /// Serve /metrics on this separate address (e.g. 127.0.0.1:9090) instead of on --listen.
     #[arg(long, env = "CHANNELD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -478,6 +483,8 @@ pub struct Config {
     pub master_key: MasterKey,
     /// Per-key rate limit for keys without their own.
     pub rate_limit: Limit,
+    /// Failed authentications per source and minute before 429.
+    pub auth_failures_per_minute: u32,
     /// `/metrics` is served on the main listener (false when --metrics-listen moves it).
     pub metrics_on_main: bool,
     pub http: HttpConfig,
@@ -509,6 +516,7 @@ impl Default for Config {
                 rate: 50,
                 burst: 100,
             },
+            auth_failures_per_minute: 60,
             metrics_on_main: true,
             http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
@@ -529,6 +537,7 @@ impl From<&ServeArgs> for Config {
                 rate: args.rate_limit,
                 burst: args.rate_burst,
             },
+            auth_failures_per_minute: args.auth_failures_per_minute,
             metrics_on_main: args.metrics_listen.is_none(),
             http: args.http.clone(),
             realtime: args.realtime.clone(),

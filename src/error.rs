@@ -300,6 +300,8 @@ pub enum AuthFailure {
     TokenTooLong,
     /// A token whose `peerMetadata` or `metadata` is too large.
     TokenMetadataTooLarge,
+    /// A token with more than 16 `channels` patterns, or one longer than 256 characters.
+    TokenPatternsTooLarge,
     /// A publishable key that does not allow the request's `Origin`.
     OriginNotAllowed,
 }
@@ -334,6 +336,9 @@ impl AuthFailure {
             Self::TokenNotYetValid => "token not yet valid: `nbf` or `iat` is in the future",
             Self::TokenTooLong => "token lifetime exceeds the server's --token-max-lifetime",
             Self::TokenMetadataTooLarge => "token `peerMetadata` or `metadata` is too large",
+            Self::TokenPatternsTooLarge => {
+                "token `channels`: at most 16 patterns of at most 256 characters"
+            }
             Self::OriginNotAllowed => "this publishable key does not allow this Origin",
         }
     }

@@ -8,8 +8,13 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
-    auth::KeyCache, config::Config, delivery::Delivery, metrics::Metrics, ratelimit::RateLimiter,
-    realtime::Realtime, shutdown::Shutdown,
+    auth::{KeyCache, failures::AuthFailures},
+    config::Config,
+    delivery::Delivery,
+    metrics::Metrics,
+    ratelimit::RateLimiter,
+    realtime::Realtime,
+    shutdown::Shutdown,
 };
 
 #[derive(Clone)]
@@ -23,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Key lookups of the last second, shared by REST requests and WebSocket upgrades.
     pub keys: Arc<KeyCache>,
+    /// Failed authentications per source.
+    pub auth_failures: Arc<AuthFailures>,
     /// Set once the server is shutting down.
     pub shutdown: Shutdown,
 }
@@ -38,6 +45,7 @@ impl AppState {
             rate_limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
+            auth_failures: Arc::new(AuthFailures::new(config.auth_failures_per_minute)),
             shutdown: Shutdown::default(),
             config: Arc::new(config),
         }

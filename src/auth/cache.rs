@@ -4,10 +4,14 @@
 //! An entry is trusted for [`MAX_AGE`] after the read that filled it began, so a revocation or an
 //! expiry made anywhere (the CLI, another instance) takes effect on every instance within that
 //! long, with no notification to lose and no listener to keep healthy. Within it a busy key costs
-//! one lookup per second instead of one per request. Unknown ids are cached too, so repeating a
-//! well-formed but unknown credential costs nothing; distinct unknown ids each need a lookup, and
-//! at most [`MAX_CONCURRENT_LOOKUPS`] of them run at once, so such a flood never holds more of the
-//! pool than that, and keys known to exist refresh without queueing behind it.
+//! one lookup per second instead of one per request.
+//!
+//! Keys that exist and ids that do not are kept apart. Unknown ids are cached too, so repeating a
+//! well-formed but unknown credential costs nothing; distinct unknown ids each need a lookup, at
+//! most [`MAX_CONCURRENT_LOOKUPS`] of them at once, and fill only their own bounded map: a flood
+//! of random ids never evicts a key that exists, never holds more of the pool than that, and a
+//! known key refreshes without queueing behind it. (Failed authentications per source are
+//! bounded too, see [`super::failures`].)
 
 use std::{
     collections::HashMap,
@@ -24,22 +28,28 @@ use super::{ApiKey, find_key};
 
 /// How long a lookup's answer is trusted: the bound on how late a revocation takes effect.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
-/// Entries kept at most; beyond it, expired entries are dropped, and if none had expired, all.
-const CAPACITY: usize = 10_000;
+/// Unknown ids remembered at most; beyond it, expired ones are dropped, and if none had expired,
+/// all of them (never a key that exists).
+const UNKNOWN_CAPACITY: usize = 10_000;
+/// Keys that exist are as many as the database holds; past this many, the stale ones go.
+const KNOWN_CAPACITY: usize = 100_000;
 /// Lookups of ids not known to exist that may wait on the database at once.
 const MAX_CONCURRENT_LOOKUPS: usize = 4;
 /// Key ids are `sk_id_` and 16 characters; anything much longer is not looked up at all.
 const MAX_KEY_ID_LEN: usize = 64;
 
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Entries>,
     lookups: Semaphore,
     reads: AtomicU64,
 }
 
-struct Entry {
-    key: Option<Arc<ApiKey>>,
-    read_at: Instant,
+#[derive(Default)]
+struct Entries {
+    /// Keys that exist, with when the read that found them began.
+    known: HashMap<String, (Arc<ApiKey>, Instant)>,
+    /// Ids found to name no key, with when that read began.
+    unknown: HashMap<String, Instant>,
 }
 
 impl Default for KeyCache {
@@ -67,10 +77,7 @@ impl KeyCache {
         }
         // A key known to exist refreshes at once; only ids not known to exist queue for a
         // permit, so a flood of unknown ids never delays a real key's refresh.
-        let known = self
-            .lock()
-            .get(key_id)
-            .is_some_and(|entry| entry.key.is_some());
+        let known = self.lock().known.contains_key(key_id);
         let _permit = match known {
             true => None,
             false => Some(
@@ -87,26 +94,7 @@ impl KeyCache {
         let read_at = Instant::now();
         self.reads.fetch_add(1, Ordering::Relaxed);
         let key = find_key(db, key_id).await?.map(Arc::new);
-        let mut entries = self.lock();
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, entry| entry.read_at.elapsed() < MAX_AGE);
-            if entries.len() >= CAPACITY {
-                entries.clear();
-            }
-        }
-        // A read that began earlier than the cached one never replaces it.
-        if entries
-            .get(key_id)
-            .is_none_or(|entry| entry.read_at <= read_at)
-        {
-            entries.insert(
-                key_id.to_owned(),
-                Entry {
-                    key: key.clone(),
-                    read_at,
-                },
-            );
-        }
+        self.lock().store(key_id, key.clone(), read_at);
         Ok(key)
     }
 
@@ -115,14 +103,107 @@ impl KeyCache {
         self.reads.load(Ordering::Relaxed)
     }
 
-    fn fresh(&self, key_id: &str) -> Option<Option<Arc<ApiKey>>> {
-        self.lock()
-            .get(key_id)
-            .filter(|entry| entry.read_at.elapsed() < MAX_AGE)
-            .map(|entry| entry.key.clone())
+    /// Keys that exist, in the cache now.
+    pub fn known_keys(&self) -> usize {
+        self.lock().known.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn fresh(&self, key_id: &str) -> Option<Option<Arc<ApiKey>>> {
+        let entries = self.lock();
+        if let Some((key, read_at)) = entries.known.get(key_id)
+            && read_at.elapsed() < MAX_AGE
+        {
+            return Some(Some(key.clone()));
+        }
+        match entries.unknown.get(key_id) {
+            Some(read_at) if read_at.elapsed() < MAX_AGE => Some(None),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Entries {
+    /// Keeps what a read that began at `read_at` found; a read that began earlier than the one
+    /// cached never replaces it.
+    fn store(&mut self, key_id: &str, key: Option<Arc<ApiKey>>, read_at: Instant) {
+        let newer = |cached: Option<Instant>| cached.is_none_or(|cached| cached <= read_at);
+        match key {
+            Some(key) => {
+                if !newer(self.known.get(key_id).map(|(_, at)| *at)) {
+                    return;
+                }
+                if self.known.len() >= KNOWN_CAPACITY && !self.known.contains_key(key_id) {
+                    self.known.retain(|_, (_, at)| at.elapsed() < MAX_AGE);
+                }
+                self.unknown.remove(key_id);
+                self.known.insert(key_id.to_owned(), (key, read_at));
+            }
+            None => {
+                if !newer(self.unknown.get(key_id).copied())
+                    || !newer(self.known.get(key_id).map(|(_, at)| *at))
+                {
+                    return;
+                }
+                if self.unknown.len() >= UNKNOWN_CAPACITY {
+                    self.unknown.retain(|_, at| at.elapsed() < MAX_AGE);
+                    if self.unknown.len() >= UNKNOWN_CAPACITY {
+                        self.unknown.clear();
+                    }
+                }
+                self.known.remove(key_id);
+                self.unknown.insert(key_id.to_owned(), read_at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> Arc<ApiKey> {
+        Arc::new(ApiKey {
+            key_id: id.to_owned(),
+            name: "real".into(),
+            secret_sha256: Vec::new(),
+            secret_encrypted: None,
+            scopes: Vec::new(),
+            channel_patterns: Vec::new(),
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+            rate_limit: None,
+            rate_burst: None,
+        })
+    }
+
+    #[test]
+    fn unknown_ids_past_the_capacity_never_evict_a_key_that_exists() {
+        let mut entries = Entries::default();
+        let now = Instant::now();
+        entries.store("sk_id_real", Some(key("sk_id_real")), now);
+        for n in 0..UNKNOWN_CAPACITY * 3 {
+            entries.store(&format!("sk_id_{n:016}"), None, now);
+            assert!(
+                entries.known.contains_key("sk_id_real"),
+                "evicted after {n}"
+            );
+        }
+        assert!(entries.unknown.len() <= UNKNOWN_CAPACITY);
+    }
+
+    #[test]
+    fn an_older_read_never_replaces_a_newer_one() {
+        let mut entries = Entries::default();
+        let earlier = Instant::now();
+        let later = earlier + Duration::from_millis(5);
+        entries.store("sk_id_a", Some(key("sk_id_a")), later);
+        entries.store("sk_id_a", None, earlier);
+        assert!(entries.known.contains_key("sk_id_a"));
+        assert!(!entries.unknown.contains_key("sk_id_a"));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 mod db;
+pub mod failures;
 mod keys;
 pub mod patterns;
 mod principal;

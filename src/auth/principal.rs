@@ -5,8 +5,10 @@
 
 use std::{marker::PhantomData, sync::atomic::Ordering};
 
+use std::net::SocketAddr;
+
 use axum::{
-    extract::FromRequestParts,
+    extract::{ConnectInfo, FromRequestParts},
     http::{HeaderMap, header, request::Parts},
 };
 use chrono::Utc;
@@ -14,6 +16,7 @@ use chrono::Utc;
 use super::{Credential, Pattern, Scope, ScopeSet, is_publishable};
 use crate::{
     error::{ApiError, AuthFailure},
+    limits::client_ip,
     ratelimit::{DecisionSlot, Limit},
     state::AppState,
 };
@@ -61,62 +64,86 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let raw = presented_credential(&parts.headers).map_err(ApiError::Unauthorized)?;
-        let credential = Credential::parse(raw).ok_or_else(|| {
-            ApiError::Unauthorized(if is_publishable(raw) {
-                AuthFailure::PublishableOnRest
-            } else if raw.starts_with("eyJ") {
-                AuthFailure::TokenOnRest
-            } else {
-                AuthFailure::Malformed
-            })
-        })?;
-        let key = state
-            .keys
-            .find(&state.db, &credential.key_id)
-            .await?
-            .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
-        if !credential.matches(&key.secret_sha256) {
-            return Err(ApiError::Unauthorized(AuthFailure::UnknownKey));
-        }
-        if key.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(AuthFailure::Revoked));
-        }
-        if !key.is_active(Utc::now()) {
-            return Err(ApiError::Unauthorized(AuthFailure::KeyExpired));
-        }
-        let default = state.config.rate_limit;
-        let limit = Limit {
-            rate: key
-                .rate_limit
-                .and_then(|r| u32::try_from(r).ok())
-                .unwrap_or(default.rate),
-            burst: key
-                .rate_burst
-                .and_then(|b| u32::try_from(b).ok())
-                .unwrap_or(default.burst),
-        };
-        let decision = state.rate_limiter.check(&key.key_id, limit);
-        if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
-            slot.set(decision);
-        }
-        if !decision.allowed {
-            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::RateLimited {
-                retry_after_secs: decision.retry_after_secs,
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| {
+                client_ip(
+                    info.0.ip(),
+                    &parts.headers,
+                    &state.config.http.trusted_proxies,
+                )
             });
+        if let Some(source) = source
+            && let Err(retry_after_secs) = state.auth_failures.check(source)
+        {
+            return Err(ApiError::RateLimited { retry_after_secs });
         }
-        Ok(Self {
-            scopes: ScopeSet::from_stored(&key.scopes),
-            key_id: key.key_id.clone(),
-            channel_patterns: key
-                .channel_patterns
-                .iter()
-                .map(|p| Pattern::new(p))
-                .collect(),
-            secret_encrypted: key.secret_encrypted.clone(),
-        })
+        let authenticated = authenticate(parts, state).await;
+        if let (Err(ApiError::Unauthorized(_)), Some(source)) = (&authenticated, source) {
+            state.auth_failures.failed(source);
+        }
+        authenticated
     }
+}
+
+/// The key a request presents, checked and within its rate limit.
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let raw = presented_credential(&parts.headers).map_err(ApiError::Unauthorized)?;
+    let credential = Credential::parse(raw).ok_or_else(|| {
+        ApiError::Unauthorized(if is_publishable(raw) {
+            AuthFailure::PublishableOnRest
+        } else if raw.starts_with("eyJ") {
+            AuthFailure::TokenOnRest
+        } else {
+            AuthFailure::Malformed
+        })
+    })?;
+    let key = state
+        .keys
+        .find(&state.db, &credential.key_id)
+        .await?
+        .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
+    if !credential.matches(&key.secret_sha256) {
+        return Err(ApiError::Unauthorized(AuthFailure::UnknownKey));
+    }
+    if key.revoked_at.is_some() {
+        return Err(ApiError::Unauthorized(AuthFailure::Revoked));
+    }
+    if !key.is_active(Utc::now()) {
+        return Err(ApiError::Unauthorized(AuthFailure::KeyExpired));
+    }
+    let default = state.config.rate_limit;
+    let limit = Limit {
+        rate: key
+            .rate_limit
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(default.rate),
+        burst: key
+            .rate_burst
+            .and_then(|b| u32::try_from(b).ok())
+            .unwrap_or(default.burst),
+    };
+    let decision = state.rate_limiter.check(&key.key_id, limit);
+    if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
+        slot.set(decision);
+    }
+    if !decision.allowed {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::RateLimited {
+            retry_after_secs: decision.retry_after_secs,
+        });
+    }
+    Ok(Principal {
+        scopes: ScopeSet::from_stored(&key.scopes),
+        key_id: key.key_id.clone(),
+        channel_patterns: key
+            .channel_patterns
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect(),
+        secret_encrypted: key.secret_encrypted.clone(),
+    })
 }
 
 /// `Authorization: Bearer <credential>`, else `X-API-Key: <credential>`.

@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
+/// Most `channels` patterns a token may carry, and the longest one, in characters: matching a
+/// name costs up to pattern × name per frame, so both are bounded.
+pub const MAX_PATTERNS: usize = 16;
+pub const MAX_PATTERN_CHARS: usize = 256;
+
+/// Whether a token's `channels` patterns stay within [`MAX_PATTERNS`] of [`MAX_PATTERN_CHARS`].
+pub fn patterns_within_bounds(channels: &[String]) -> bool {
+    channels.len() <= MAX_PATTERNS
+        && channels
+            .iter()
+            .all(|p| p.chars().count() <= MAX_PATTERN_CHARS)
+}
+
 /// The claims channeld reads. Unknown claims are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claims {

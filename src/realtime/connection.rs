@@ -84,10 +84,20 @@ pub async fn upgrade(
             "too many connections from this address",
         );
     }
+    if state.auth_failures.check(client).is_err() {
+        return refuse(
+            ws,
+            close::CONNECT_LIMIT,
+            "too many failed authentications from this address",
+        );
+    }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     let session = match authenticate(&state, query.get("token"), query.get("key"), origin).await {
         Ok(session) => session,
         Err(error) => {
+            if matches!(error, ApiError::Unauthorized(_)) {
+                state.auth_failures.failed(client);
+            }
             let (code, reason) = refusal(&error);
             return refuse(ws, code, reason);
         }

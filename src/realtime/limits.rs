@@ -9,7 +9,9 @@ use std::{
 
 use tokio::time::Instant;
 
-/// At most `max` WebSocket connects per source IP per fixed `window`.
+/// At most `max` WebSocket connects per source per fixed `window`. A source is an IPv4 address,
+/// or an IPv6 client's /64: one host is usually given a whole /64, and counting its addresses
+/// apart would let it connect without limit.
 #[derive(Debug)]
 pub struct ConnectLimiter {
     max: u32,
@@ -28,6 +30,7 @@ impl ConnectLimiter {
 
     /// Counts one connect from `ip`. `Err(seconds)` says when to retry once over the limit.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let ip = source(ip);
         let now = Instant::now();
         let mut hits = self.hits.lock().unwrap_or_else(PoisonError::into_inner);
         if hits.len() > 10_000 {
@@ -44,6 +47,21 @@ impl ConnectLimiter {
         }
         *count += 1;
         Ok(())
+    }
+}
+
+/// What a limit per source counts: an IPv4 address (or an IPv4-mapped IPv6 one) as it is, an
+/// IPv6 address by its /64.
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -101,6 +119,31 @@ mod tests {
         assert_eq!(limiter.check(a), Err(15));
         tokio::time::advance(Duration::from_secs(15)).await;
         assert_eq!(limiter.check(a), Ok(()), "a new window starts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_client_is_counted_by_its_64() {
+        let limiter = ConnectLimiter::new(2, Duration::from_secs(60));
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(limiter.check(ip("2001:db8:1:2::1")), Ok(()));
+        assert_eq!(limiter.check(ip("2001:db8:1:2:ffff::9")), Ok(()));
+        assert_eq!(
+            limiter.check(ip("2001:db8:1:2:abcd:ef01:2345:6789")),
+            Err(60),
+            "another address of the same /64 is the same source"
+        );
+        assert_eq!(
+            limiter.check(ip("2001:db8:1:3::1")),
+            Ok(()),
+            "the next /64 is another"
+        );
+        assert_eq!(limiter.check(ip("::ffff:192.0.2.7")), Ok(()));
+        assert_eq!(limiter.check(ip("192.0.2.7")), Ok(()));
+        assert_eq!(
+            limiter.check(ip("192.0.2.7")),
+            Err(60),
+            "an IPv4-mapped address counts as its IPv4 address"
+        );
     }
 
     #[tokio::test(start_paused = true)]

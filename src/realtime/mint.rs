@@ -123,13 +123,21 @@ fn checked_request(request: &MintToken, max_lifetime: i64) -> Result<Vec<Scope>,
     if size(&request.peer_metadata) > MAX_PEER_METADATA {
         errors.add("peerMetadata", "length");
     }
-    if request
-        .channels
+    let channels = request.channels.as_deref().unwrap_or_default();
+    if channels
         .iter()
-        .flatten()
-        .any(|c| c.is_empty() || c.chars().count() > 256 || c.chars().any(char::is_control))
+        .any(|c| c.is_empty() || c.chars().any(char::is_control))
+        || !tokens::patterns_within_bounds(channels)
     {
-        errors.add("channels", "format");
+        errors.add_with(
+            "channels",
+            "format",
+            format!(
+                "channels: at most {} patterns of 1-{} characters, without control characters",
+                tokens::MAX_PATTERNS,
+                tokens::MAX_PATTERN_CHARS
+            ),
+        );
     }
     let mut asked = Vec::new();
     for name in request.permissions.iter().flatten() {

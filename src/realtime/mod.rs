@@ -15,7 +15,7 @@
 pub(crate) mod connection;
 pub mod engine;
 mod frames;
-mod limits;
+pub(crate) mod limits;
 pub(crate) mod mint;
 pub mod names;
 pub mod protocol;

@@ -101,6 +101,12 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
         }
         Err(tokens::TimeError::TooLong) => return Err(refused(AuthFailure::TokenTooLong)),
     }
+    let key_patterns: Vec<Pattern> = key
+        .channel_patterns
+        .iter()
+        .map(|p| Pattern::new(p))
+        .collect();
+    let token_patterns = token_patterns(claims.channels.as_deref(), &key_patterns)?;
     let key_scopes = ScopeSet::from_stored(&key.scopes);
     let permissions = match &claims.permissions {
         None => key_scopes.realtime(),
@@ -118,14 +124,8 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
         key_id: Arc::from(key.key_id.as_str()),
         permissions,
         key_scopes,
-        key_patterns: key
-            .channel_patterns
-            .iter()
-            .map(|p| Pattern::new(p))
-            .collect(),
-        token_patterns: claims
-            .channels
-            .map(|c| c.iter().map(|p| Pattern::new(p)).collect()),
+        key_patterns,
+        token_patterns,
         expires_at: Some(claims.exp),
         peer_metadata: raw_object(claims.peer_metadata, MAX_PEER_METADATA)?.map(Arc::from),
         metadata: raw_object(claims.metadata, MAX_METADATA)?,
@@ -165,6 +165,29 @@ async fn from_publishable(
         peer_metadata: None,
         metadata: None,
     })
+}
+
+/// A token's `channels`, bounded in number and length, and each within the key's patterns: a
+/// backend signs tokens itself, and a token can never reach further than the key that signed it
+/// (4003 at connect, as `POST /v1/tokens` refuses to mint one).
+fn token_patterns(
+    channels: Option<&[String]>,
+    key_patterns: &[Pattern],
+) -> Result<Option<Vec<Pattern>>, ApiError> {
+    let Some(channels) = channels else {
+        return Ok(None);
+    };
+    if !tokens::patterns_within_bounds(channels) {
+        return Err(refused(AuthFailure::TokenPatternsTooLarge));
+    }
+    let patterns: Vec<Pattern> = channels.iter().map(|p| Pattern::new(p)).collect();
+    if !patterns
+        .iter()
+        .all(|pattern| key_patterns.iter().any(|outer| outer.covers(pattern)))
+    {
+        return Err(ApiError::ChannelNotAuthorized);
+    }
+    Ok(Some(patterns))
 }
 
 fn refused(failure: AuthFailure) -> ApiError {

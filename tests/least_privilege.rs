@@ -1,0 +1,202 @@
+//! Credentials that reach only what they must (SPEC §3b): floods of random keys cannot evict a
+//! real one, failed authentications are bounded per source, and a token never reaches further
+//! than its key.
+
+mod common;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use channeld::auth::Scope;
+use common::{TestApp, claims, local_token, test_config};
+use futures::{StreamExt, stream};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+
+/// A well-formed key that names no stored key.
+fn random_key(n: usize) -> String {
+    format!("sk_live_{n:016}_{:032}", n.wrapping_mul(2_654_435_761))
+}
+
+#[sqlx::test]
+async fn a_flood_of_unknown_keys_never_evicts_a_real_key_or_holds_it_up(db: PgPool) {
+    let mut config = test_config();
+    // Here the flood must reach the key lookups: the per-source bound is tested below.
+    config.auth_failures_per_minute = u32::MAX;
+    let app = TestApp::spawn_config(db, config).await;
+    let real = app.key(&[Scope::ChannelsRead]).await;
+    let (status, _) = app.get("/v1/channels", &real).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // More unknown ids than the cache keeps, 32 at a time, while the real key keeps working.
+    const FLOOD: usize = 11_000;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (http, base, refused) = (app.http.clone(), app.base.clone(), refused.clone());
+        tokio::spawn(async move {
+            stream::iter(0..FLOOD)
+                .for_each_concurrent(32, |n| {
+                    let (http, base, refused) = (http.clone(), base.clone(), refused.clone());
+                    async move {
+                        let response = http
+                            .get(format!("{base}/v1/channels"))
+                            .bearer_auth(random_key(n))
+                            .send()
+                            .await
+                            .expect("the server answers");
+                        if response.status() == StatusCode::UNAUTHORIZED {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
+        })
+    };
+    let mut answers = Vec::new();
+    while !flood.is_finished() {
+        let started = std::time::Instant::now();
+        let (status, _) = app.get("/v1/channels", &real).await;
+        answers.push((status, started.elapsed()));
+        assert_eq!(
+            app.state.keys.known_keys(),
+            1,
+            "the real key stays cached through the flood"
+        );
+    }
+    flood.await.unwrap();
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        FLOOD,
+        "every unknown key is a 401"
+    );
+    assert!(
+        answers.len() > 10,
+        "the real key was used throughout the flood"
+    );
+    assert!(
+        answers.iter().all(|(status, _)| *status == StatusCode::OK),
+        "the real key was never refused nor answered 503: {:?}",
+        answers.iter().map(|(s, _)| s).collect::<Vec<_>>()
+    );
+    let mut took: Vec<_> = answers.iter().map(|(_, took)| *took).collect();
+    took.sort();
+    eprintln!(
+        "real key during a flood of {FLOOD} unknown keys: {} requests, p50 {:?}, p99 {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100]
+    );
+}
+
+#[sqlx::test]
+async fn failed_authentications_are_bounded_per_source(db: PgPool) {
+    let mut config = test_config();
+    config.auth_failures_per_minute = 5;
+    let app = TestApp::spawn_config(db, config).await;
+    let real = app.key(&[Scope::ChannelsRead, Scope::Subscribe]).await;
+    for n in 0..5 {
+        let (status, body) = app.get("/v1/channels", &random_key(n)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let response = app
+        .http
+        .get(format!("{}/v1/channels", app.base))
+        .bearer_auth(random_key(99))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // The source is refused before any lookup, whatever it presents, until its minute is over.
+    let (status, _) = app.get("/v1/channels", &real).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (code, reason) = app.refusal("token=not-a-token", None).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4010, "too many failed authentications from this address")
+    );
+}
+
+#[sqlx::test]
+async fn websocket_failures_count_toward_the_same_bound(db: PgPool) {
+    let mut config = test_config();
+    config.auth_failures_per_minute = 3;
+    let app = TestApp::spawn_config(db, config).await;
+    for _ in 0..3 {
+        assert_eq!(app.refused("token=eyJnot.a.token", None).await, 4001);
+    }
+    assert_eq!(app.refused("token=eyJnot.a.token", None).await, 4010);
+    let (status, _) = app.get("/v1/channels", &random_key(1)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[sqlx::test]
+async fn a_token_never_reaches_further_than_its_key(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app
+        .key_with_patterns(&[Scope::Subscribe, Scope::Publish], &["tenant_a/**"])
+        .await;
+    let exp = chrono::Utc::now().timestamp() + 600;
+
+    // Signed by a backend with the key's own secret, but naming channels beyond the key's.
+    let mut wide = claims("bob", exp);
+    wide.channels = Some(vec!["tenant_a/**".into(), "tenant_b/**".into()]);
+    let (code, reason) = app
+        .refusal(&format!("token={}", local_token(&key, &wide)), None)
+        .await;
+    assert_eq!((code, reason.as_str()), (4003, "not authorized"));
+
+    // Within the key: accepted.
+    let mut narrow = claims("bob", exp);
+    narrow.channels = Some(vec!["tenant_a/room-*".into()]);
+    let mut ws = app
+        .ws_raw(&format!("token={}", local_token(&key, &narrow)))
+        .await
+        .expect("upgraded");
+    assert_eq!(ws.recv().await["type"], "welcome");
+
+    // At most 16 patterns of at most 256 characters, minted or signed locally.
+    let mut many = claims("bob", exp);
+    many.channels = Some((0..17).map(|n| format!("tenant_a/{n}")).collect());
+    let (code, reason) = app
+        .refusal(&format!("token={}", local_token(&key, &many)), None)
+        .await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (
+            4001,
+            "token `channels`: at most 16 patterns of at most 256 characters"
+        )
+    );
+    let mut long = claims("bob", exp);
+    long.channels = Some(vec![format!("tenant_a/{}", "x".repeat(256))]);
+    assert_eq!(
+        app.refused(&format!("token={}", local_token(&key, &long)), None)
+            .await,
+        4001
+    );
+    for channels in [
+        json!((0..17).map(|n| format!("tenant_a/{n}")).collect::<Vec<_>>()),
+        json!([format!("tenant_a/{}", "x".repeat(256))]),
+    ] {
+        let (status, body) = app
+            .post(
+                "/v1/tokens",
+                &key,
+                json!({"peerId": "bob", "channels": channels}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["details"]["channels"], json!(["format"]), "{body}");
+    }
+}
