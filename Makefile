@@ -8,7 +8,7 @@ BIN := target/debug/channeld
 # The suites that exercise realtime through real sockets; `make test` runs them on both engines.
 REALTIME_SUITES := --test realtime --test realtime_connections --test realtime_rest \
   --test stored_delivery --test delivery --test addressing --test abuse --test observability \
-  --test mcp
+  --test mcp --test least_privilege --test revocation
 
 .PHONY: run test sdk-test mcp-test build key migrate prepare fuzz bench fmt lint ci readme-test openapi-check db-stop cluster redis-stop
 

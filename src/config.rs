@@ -111,6 +111,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHANNELD_AUTH_FAILURES_PER_MINUTE", default_value_t = 60)]
     pub auth_failures_per_minute: u32,
 
+    /// Server-Sent Events streams, long polls and MCP waits one key may have open at once;
+    /// beyond, 429 with `Retry-After`.
+    #[arg(long, env = "CHANNELD_MAX_STREAMS_PER_KEY", default_value_t = 100)]
+    pub max_streams_per_key: usize,
+
     /// Serve /metrics on this separate address (e.g. 127.0.0.1:9090) instead of on --listen.
     #[arg(long, env = "CHANNELD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -390,8 +395,9 @@ pub struct RealtimeConfig {
     #[arg(long = "token-max-lifetime", env = "CHANNELD_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = parse_interval)]
     pub token_max_lifetime: Duration,
 
-    /// How often connections are checked against revoked or expired keys.
-    #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    /// How often open connections, streams, long polls and MCP waits are checked against revoked
+    /// or expired keys: revocation ends them within this long.
+    #[arg(long = "key-check-interval", env = "CHANNELD_KEY_CHECK_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub key_check_interval: Duration,
 
     /// How often every followed persistent channel is re-read from its cursor, catching messages
@@ -413,7 +419,7 @@ impl Default for RealtimeConfig {
             connect_window: Duration::from_secs(60),
             outbound_queue: 4096,
             outbound_bytes: 4 * 1024 * 1024,
-            key_check_interval: Duration::from_secs(5),
+            key_check_interval: Duration::from_secs(1),
             token_max_lifetime: Duration::from_secs(86_400),
             sse_keep_alive: Duration::from_secs(15),
             delivery_sweep_interval: Duration::from_secs(2),
@@ -485,6 +491,8 @@ pub struct Config {
     pub rate_limit: Limit,
     /// Failed authentications per source and minute before 429.
     pub auth_failures_per_minute: u32,
+    /// Long-lived requests (SSE, long polls, MCP waits) per key.
+    pub max_streams_per_key: usize,
     /// `/metrics` is served on the main listener (false when --metrics-listen moves it).
     pub metrics_on_main: bool,
     pub http: HttpConfig,
@@ -517,6 +525,7 @@ impl Default for Config {
                 burst: 100,
             },
             auth_failures_per_minute: 60,
+            max_streams_per_key: 100,
             metrics_on_main: true,
             http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
@@ -538,6 +547,7 @@ impl From<&ServeArgs> for Config {
                 burst: args.rate_burst,
             },
             auth_failures_per_minute: args.auth_failures_per_minute,
+            max_streams_per_key: args.max_streams_per_key,
             metrics_on_main: args.metrics_listen.is_none(),
             http: args.http.clone(),
             realtime: args.realtime.clone(),

@@ -302,6 +302,8 @@ pub enum AuthFailure {
     TokenMetadataTooLarge,
     /// A token with more than 16 `channels` patterns, or one longer than 256 characters.
     TokenPatternsTooLarge,
+    /// The key behind an open stream, long poll or wait was revoked or has expired since.
+    KeyInactive,
     /// A publishable key that does not allow the request's `Origin`.
     OriginNotAllowed,
 }
@@ -336,6 +338,7 @@ impl AuthFailure {
             Self::TokenNotYetValid => "token not yet valid: `nbf` or `iat` is in the future",
             Self::TokenTooLong => "token lifetime exceeds the server's --token-max-lifetime",
             Self::TokenMetadataTooLarge => "token `peerMetadata` or `metadata` is too large",
+            Self::KeyInactive => "this key was revoked or has expired",
             Self::TokenPatternsTooLarge => {
                 "token `channels`: at most 16 patterns of at most 256 characters"
             }

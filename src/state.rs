@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
-    auth::{KeyCache, failures::AuthFailures},
+    auth::{KeyCache, failures::AuthFailures, streams::Streams},
     config::Config,
     delivery::Delivery,
     metrics::Metrics,
@@ -30,6 +30,8 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Failed authentications per source.
     pub auth_failures: Arc<AuthFailures>,
+    /// Long-lived requests (SSE, long polls, MCP waits) per key.
+    pub streams: Arc<Streams>,
     /// Set once the server is shutting down.
     pub shutdown: Shutdown,
 }
@@ -46,6 +48,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
             auth_failures: Arc::new(AuthFailures::new(config.auth_failures_per_minute)),
+            streams: Arc::new(Streams::new(config.max_streams_per_key)),
             shutdown: Shutdown::default(),
             config: Arc::new(config),
         }

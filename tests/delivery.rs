@@ -299,7 +299,10 @@ async fn a_thousand_long_pollers_wake_on_one_post_while_the_pool_stays_small(db:
         .connect_with((*db.connect_options()).clone())
         .await
         .unwrap();
-    let app = TestApp::spawn_with(db, server_pool.clone()).await;
+    // One key holds every waiter here: its bound on long-lived requests is raised.
+    let mut config = common::test_config();
+    config.max_streams_per_key = 10_000;
+    let app = TestApp::spawn_full(db, server_pool.clone(), config).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "crowd").await;
     let path = format!("/v1/channels/{channel}/messages?after=0&wait=30");

@@ -200,3 +200,207 @@ async fn a_token_never_reaches_further_than_its_key(db: PgPool) {
         assert_eq!(body["details"]["channels"], json!(["format"]), "{body}");
     }
 }
+
+#[sqlx::test]
+async fn idempotency_keys_are_scoped_to_the_api_key(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let a = app.writer().await;
+    let b = app.writer().await;
+    let channel = app.channel(&a, "idempotent").await;
+    let post = |key: &str, content: &str| {
+        app.request(
+            reqwest::Method::POST,
+            &format!("/v1/channels/{channel}/messages"),
+            key,
+        )
+        .header("idempotency-key", "deploy-42-done")
+        .json(&json!({"content": content}))
+    };
+    let (status, first) = common::call(post(&a, "from a")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, other) = common::call(post(&b, "from b")).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "another key's same Idempotency-Key is another post: {other}"
+    );
+    assert_ne!(first["message"]["id"], other["message"]["id"]);
+    assert_eq!(other["message"]["content"], "from b");
+    let (status, retry) = common::call(post(&a, "from a, retried")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        retry["message"], first["message"],
+        "a's retry answers a's message"
+    );
+
+    // MCP's post_message shares the scope of the key that calls it.
+    let (status, body) = common::call(
+        app.request(reqwest::Method::POST, "/v1/mcp", &b)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "post_message",
+                "arguments": {"channel_id": channel, "content": "from b, retried",
+                              "idempotency_key": "deploy-42-done"}}}),
+            ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = &body["result"]["structuredContent"];
+    assert_eq!(answer["replayed"], true, "{body}");
+    assert_eq!(answer["message"]["id"], other["message"]["id"], "{body}");
+}
+
+/// `(status, error code)` of a request (an event stream is not read past its headers).
+async fn outcome(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+) -> (StatusCode, String) {
+    let body = match (&method, path.rsplit('/').next()) {
+        (&reqwest::Method::POST, Some("messages")) => Some(json!({"content": "x"})),
+        (&reqwest::Method::PUT, Some("read")) => Some(json!({"reader": "r", "last_read_id": 1})),
+        (&reqwest::Method::PUT, _) => Some(json!({"description": "d"})),
+        _ => None,
+    };
+    let mut request = app.request(method, path, key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status();
+    if status.is_success() {
+        return (status, String::new());
+    }
+    let body: serde_json::Value = response.json().await.expect("an error envelope");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[sqlx::test]
+async fn patterns_bind_persistent_channels_on_every_route(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let owner = app.writer().await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(app.channel(&owner, &format!("channel {n}")).await);
+    }
+    let mine = ids[0];
+    let other = ids[1];
+    let pod = app
+        .key_with_patterns(&[Scope::ChannelsWrite], &[&mine.to_string(), "tenant_a/**"])
+        .await;
+
+    // The list shows only the covered channel, with an exact total.
+    let (status, list) = app.get("/v1/channels", &pod).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["channels"][0]["id"], mine);
+
+    // Every route answers another channel exactly as it answers an unknown one.
+    let unknown = 999_999;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/channels/{}"),
+        (reqwest::Method::PUT, "/v1/channels/{}"),
+        (reqwest::Method::GET, "/v1/channels/{}/messages"),
+        (reqwest::Method::POST, "/v1/channels/{}/messages"),
+        (reqwest::Method::GET, "/v1/channels/{}/events"),
+        (reqwest::Method::PUT, "/v1/channels/{}/read"),
+    ] {
+        let covered = outcome(
+            &app,
+            method.clone(),
+            &path.replace("{}", &mine.to_string()),
+            &pod,
+        )
+        .await;
+        assert!(
+            covered.0.is_success(),
+            "{method} {path} on the covered channel: {covered:?}"
+        );
+        let hidden = outcome(
+            &app,
+            method.clone(),
+            &path.replace("{}", &other.to_string()),
+            &pod,
+        )
+        .await;
+        let missing = outcome(
+            &app,
+            method.clone(),
+            &path.replace("{}", &unknown.to_string()),
+            &pod,
+        )
+        .await;
+        assert_eq!(
+            hidden,
+            (StatusCode::NOT_FOUND, "not_found".to_owned()),
+            "{method} {path}"
+        );
+        assert_eq!(hidden, missing, "{method} {path}");
+    }
+    // So do MCP's tools.
+    for (tool, arguments) in [
+        ("get_channel", json!({"channel_id": other})),
+        ("read_messages", json!({"channel_id": other})),
+        ("post_message", json!({"channel_id": other, "content": "x"})),
+        (
+            "mark_read",
+            json!({"channel_id": other, "reader": "r", "last_read_id": 1}),
+        ),
+    ] {
+        let (_, body) = common::call(
+            app.request(reqwest::Method::POST, "/v1/mcp", &pod)
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                              "params": {"name": tool, "arguments": arguments}})),
+        )
+        .await;
+        assert_eq!(
+            body["result"]["structuredContent"]["error"], "not_found",
+            "{tool}: {body}"
+        );
+    }
+    // A key limited to some channels cannot make new ones.
+    let (status, body) = app
+        .post("/v1/channels", &pod, json!({"name": "not mine to make"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("channel_not_authorized"))
+    );
+
+    // A wildcard over digits: ids 1 and 10-12 of the 12 (a fresh database numbers from 1).
+    assert_eq!(ids, (1..=12).collect::<Vec<i64>>(), "a fresh database");
+    let ones = app.key_with_patterns(&[Scope::ChannelsRead], &["1*"]).await;
+    let mut seen = Vec::new();
+    let mut path = "/v1/channels?limit=2&sort=name&order=asc".to_owned();
+    loop {
+        let (status, page) = app.get(&path, &ones).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 4, "{page}");
+        seen.extend(
+            page["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/channels?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 10, 11, 12]);
+    let (_, page) = app.get("/v1/channels?limit=2&offset=2", &ones).await;
+    assert_eq!(page["total"], 4);
+    assert_eq!(page["channels"].as_array().unwrap().len(), 2);
+    let (_, page) = app.get("/v1/channels?limit=2&offset=10", &ones).await;
+    assert_eq!(page["total"], 4, "a page past the end still counts: {page}");
+}

@@ -493,7 +493,10 @@ async fn waiting_tool_calls_hold_no_database_connection(db: PgPool) {
         .connect_with((*db.connect_options()).clone())
         .await
         .unwrap();
-    let app = TestApp::spawn_with(db, server_pool.clone()).await;
+    // One key holds every waiter here: its bound on long-lived requests is raised.
+    let mut config = common::test_config();
+    config.max_streams_per_key = 10_000;
+    let app = TestApp::spawn_full(db, server_pool.clone(), config).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "many waiters").await;
 

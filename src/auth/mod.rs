@@ -9,6 +9,7 @@ pub mod patterns;
 mod principal;
 mod scopes;
 mod secrets;
+pub mod streams;
 pub mod tokens;
 
 pub use cache::KeyCache;

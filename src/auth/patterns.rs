@@ -105,6 +105,68 @@ impl fmt::Debug for Pattern {
     }
 }
 
+/// The all-digit names a key's patterns cover: the realtime names of persistent channels, `"42"`
+/// for channel 42. What the channel list filters `id::text` by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DigitNames {
+    /// Every one (a pattern covers `*`, or `**`).
+    #[default]
+    All,
+    /// Only these: exact ids, and the names a regular expression over digits matches.
+    Some {
+        ids: Vec<i64>,
+        regex: Option<String>,
+    },
+}
+
+impl DigitNames {
+    pub fn of(patterns: &[Pattern]) -> Self {
+        let star = Pattern::new("*");
+        if patterns.iter().any(|p| p.covers(&star)) {
+            return Self::All;
+        }
+        let mut ids = Vec::new();
+        let mut alternatives = Vec::new();
+        for pattern in patterns {
+            // A literal other than a digit (`/`, a letter, an escaped star) matches no digit name.
+            let digits_only = pattern
+                .tokens
+                .iter()
+                .all(|t| !matches!(t, Token::Literal(c) if !c.is_ascii_digit()));
+            if !digits_only {
+                continue;
+            }
+            if pattern
+                .tokens
+                .iter()
+                .all(|t| matches!(t, Token::Literal(_)))
+            {
+                // Channel names have no leading zero: `007` names no channel.
+                if let Ok(id) = pattern.source.parse::<i64>()
+                    && id.to_string() == pattern.source
+                {
+                    ids.push(id);
+                }
+                continue;
+            }
+            let regex: String = pattern
+                .tokens
+                .iter()
+                .map(|t| match t {
+                    Token::Literal(c) => c.to_string(),
+                    // Within a digit name, `*` and `**` both stand for any run of digits.
+                    Token::Star | Token::DoubleStar => "[0-9]*".to_owned(),
+                })
+                .collect();
+            alternatives.push(regex);
+        }
+        Self::Some {
+            ids,
+            regex: (!alternatives.is_empty()).then(|| format!("^(?:{})$", alternatives.join("|"))),
+        }
+    }
+}
+
 /// Whether any of `patterns` matches `name`.
 pub fn any_matches(patterns: &[Pattern], name: &str) -> bool {
     patterns.iter().any(|p| p.matches(name))
@@ -113,6 +175,34 @@ pub fn any_matches(patterns: &[Pattern], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digit_names_are_what_the_patterns_say_of_persistent_channels() {
+        let of = |patterns: &[&str]| {
+            DigitNames::of(&patterns.iter().map(|p| Pattern::new(p)).collect::<Vec<_>>())
+        };
+        assert_eq!(of(&["**"]), DigitNames::All);
+        assert_eq!(of(&["tenant_a/**", "*"]), DigitNames::All);
+        assert_eq!(
+            of(&["tenant_a/**", "42", "007", "4*2", "app_*"]),
+            DigitNames::Some {
+                ids: vec![42],
+                regex: Some("^(?:4[0-9]*2)$".into())
+            }
+        );
+        assert_eq!(
+            of(&["tenant_b/**"]),
+            DigitNames::Some {
+                ids: vec![],
+                regex: None
+            }
+        );
+        let regex = match of(&["1*", "2**"]) {
+            DigitNames::Some { regex, .. } => regex.unwrap(),
+            DigitNames::All => panic!("not all"),
+        };
+        assert_eq!(regex, "^(?:1[0-9]*|2[0-9]*)$");
+    }
 
     #[test]
     fn single_star_stops_at_slashes_and_double_star_crosses_them() {

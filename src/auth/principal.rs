@@ -47,6 +47,25 @@ impl Principal {
         }
     }
 
+    /// Persistent channel `id` as this key sees it: its patterns cover the channel's name
+    /// `"<id>"`, or the channel is 404 `not_found`, exactly like an unknown id.
+    pub fn may_use_channel(&self, id: i64) -> Result<(), ApiError> {
+        if super::patterns::any_matches(&self.channel_patterns, &id.to_string()) {
+            Ok(())
+        } else {
+            Err(ApiError::channel_not_found(id))
+        }
+    }
+
+    /// Creating a persistent channel needs patterns that cover every all-digit name (`*`, `**`):
+    /// a key limited to some channels cannot make new ones. 403 `channel_not_authorized`.
+    pub fn may_create_channels(&self) -> Result<(), ApiError> {
+        match super::patterns::DigitNames::of(&self.channel_patterns) {
+            super::patterns::DigitNames::All => Ok(()),
+            super::patterns::DigitNames::Some { .. } => Err(ApiError::ChannelNotAuthorized),
+        }
+    }
+
     /// 403 `channel_not_authorized` unless one of the key's patterns matches `channel`.
     pub fn require_channel(&self, channel: &str) -> Result<(), ApiError> {
         if super::patterns::any_matches(&self.channel_patterns, channel) {

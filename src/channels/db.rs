@@ -6,6 +6,7 @@ use sqlx::{PgExecutor, PgPool};
 use super::model::{
     Channel, ChannelSummary, CreateChannel, LastMessage, ReadState, UpdateChannel, normalize_name,
 };
+use crate::auth::patterns::DigitNames;
 
 /// One full row, as the compile-time checked queries return it.
 #[derive(sqlx::FromRow)]
@@ -115,6 +116,8 @@ pub struct ListFilter {
     pub offset: i64,
     /// Adds each channel's unread counts for this reader.
     pub reader: Option<String>,
+    /// Only the channels the caller's key patterns cover (by their all-digit names).
+    pub covered: DigitNames,
 }
 
 const COLUMNS: &str = "id, name, description, repository_id, ticket_slug, archived, created_at, \
@@ -149,27 +152,46 @@ struct ListedRow {
 }
 
 /// How many channels match the filters, ignoring paging.
-async fn count(
-    db: &PgPool,
-    filter: &ListFilter,
-    pattern: Option<&str>,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"
-        SELECT count(*) AS "total!"
-        FROM channels
-        WHERE ($1::bigint IS NULL OR repository_id = $1)
-          AND ($2::text IS NULL OR ticket_slug = $2)
-          AND ($3::boolean IS NULL OR archived = $3)
-          AND ($4::text IS NULL OR name ILIKE $4)
-        "#,
-        filter.repository_id,
-        filter.ticket_slug,
-        filter.archived,
-        pattern,
-    )
-    .fetch_one(db)
-    .await
+async fn count(db: &PgPool, filter: &ListFilter) -> Result<i64, sqlx::Error> {
+    let sql = format!(
+        "SELECT count(*) FROM channels WHERE {}",
+        conditions(filter, 5)
+    );
+    let query = sqlx::query_scalar::<_, i64>(&sql)
+        .bind(filter.repository_id)
+        .bind(filter.ticket_slug.as_deref())
+        .bind(filter.archived)
+        .bind(pattern_of(filter));
+    bind_covered(query, &filter.covered).fetch_one(db).await
+}
+
+/// The list's conditions; the key patterns' ids and regular expression, when they restrict it,
+/// are parameters `$first` and `$first + 1`.
+fn conditions(filter: &ListFilter, first: usize) -> String {
+    let mut conditions = "($1::bigint IS NULL OR repository_id = $1) \
+        AND ($2::text IS NULL OR ticket_slug = $2) \
+        AND ($3::boolean IS NULL OR archived = $3) \
+        AND ($4::text IS NULL OR name ILIKE $4)"
+        .to_owned();
+    if let DigitNames::Some { .. } = filter.covered {
+        let regex = first + 1;
+        conditions.push_str(&format!(
+            " AND (id = ANY(${first}::bigint[]) \
+               OR (${regex}::text IS NOT NULL AND id::text ~ ${regex}))"
+        ));
+    }
+    conditions
+}
+
+/// Binds what [`conditions`] asks for the key patterns, in order.
+fn bind_covered<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    covered: &'q DigitNames,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    match covered {
+        DigitNames::All => query,
+        DigitNames::Some { ids, regex } => query.bind(ids.as_slice()).bind(regex.as_deref()),
+    }
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, new: &CreateChannel) -> Result<Channel, sqlx::Error> {
@@ -223,10 +245,8 @@ pub async fn list(
 ) -> Result<(Vec<ChannelSummary>, i64), sqlx::Error> {
     let column = filter.sort.as_str();
     let direction = if filter.descending { "DESC" } else { "ASC" };
-    let filters = "($1::bigint IS NULL OR repository_id = $1) \
-        AND ($2::text IS NULL OR ticket_slug = $2) \
-        AND ($3::boolean IS NULL OR archived = $3) \
-        AND ($4::text IS NULL OR name ILIKE $4)";
+    // $5 and $6 page; a keyset takes $7 and $8; the key patterns come next.
+    let filters = conditions(filter, if filter.after.is_some() { 9 } else { 7 });
     let keyset = match (&filter.after, filter.descending) {
         (None, _) => String::new(),
         (Some(After::Time(..)), true) => format!(" AND ({column}, id) < ($7::timestamptz, $8)"),
@@ -253,13 +273,17 @@ pub async fn list(
         Some(After::Time(at, id)) => query.bind(*at).bind(*id),
         Some(After::Name(name, id)) => query.bind(name.clone()).bind(*id),
     };
+    query = match &filter.covered {
+        DigitNames::All => query,
+        DigitNames::Some { ids, regex } => query.bind(ids.as_slice()).bind(regex.as_deref()),
+    };
     let rows = query.fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.total,
         // An empty first page means nothing matches.
         None if filter.after.is_none() && filter.offset == 0 => 0,
         // A page past the end has no row to carry the total.
-        None => count(db, filter, pattern_of(filter).as_deref()).await?,
+        None => count(db, filter).await?,
     };
     Ok((
         rows.into_iter()

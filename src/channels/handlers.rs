@@ -47,12 +47,12 @@ pub struct ChannelBody {
         (status = 400, description = "A bad, conflicting or unknown query parameter", body = Envelope),
     ))]
 pub async fn list(
-    _: Scoped<ChannelsRead>,
+    caller: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     headers: HeaderMap,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let (filter, limit) = service::list_filter(&query)?;
+    let (filter, limit) = service::list_filter(&query, &caller.principal)?;
     let page = service::list_page(&state, &filter, limit).await?;
     json_with_etag(&headers, &page)
 }
@@ -71,12 +71,13 @@ pub async fn list(
         (status = 404, description = "No such channel (`not_found`)", body = Envelope),
     ))]
 pub async fn get(
-    _: Scoped<ChannelsRead>,
+    caller: Scoped<ChannelsRead>,
     query: QueryParams,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.principal.may_use_channel(id)?;
     let mut errors = FieldErrors::default();
     query.accept(&["reader"], &mut errors);
     let reader = service::reader(&query, &mut errors);
@@ -96,12 +97,13 @@ pub async fn get(
         (status = 404, description = "No such channel", body = Envelope),
     ))]
 pub async fn mark_read(
-    _: Scoped<ChannelsRead>,
+    caller: Scoped<ChannelsRead>,
     _: NoQuery,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     ValidatedJson(read): ValidatedJson<ReadState>,
 ) -> Result<Json<ReadState>, ApiError> {
+    caller.principal.may_use_channel(id)?;
     Ok(Json(service::record_read(&state, id, &read).await?))
 }
 
@@ -115,11 +117,12 @@ pub async fn mark_read(
         (status = 413, description = "Body over 1 MiB", body = Envelope),
     ))]
 pub async fn create(
-    _: Scoped<ChannelsWrite>,
+    caller: Scoped<ChannelsWrite>,
     _: NoQuery,
     State(state): State<AppState>,
     ValidatedJson(new): ValidatedJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelBody>), ApiError> {
+    caller.principal.may_create_channels()?;
     let channel = service::create(&state, &new).await?;
     Ok((StatusCode::CREATED, Json(ChannelBody { channel })))
 }
@@ -136,12 +139,13 @@ pub async fn create(
         (status = 413, description = "Body over 1 MiB", body = Envelope),
     ))]
 pub async fn update(
-    _: Scoped<ChannelsWrite>,
+    caller: Scoped<ChannelsWrite>,
     _: NoQuery,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
     ValidatedJson(change): ValidatedJson<UpdateChannel>,
 ) -> Result<Json<ChannelBody>, ApiError> {
+    caller.principal.may_use_channel(id)?;
     let channel = service::update(&state, id, &change).await?;
     Ok(Json(ChannelBody { channel }))
 }

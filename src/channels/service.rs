@@ -9,6 +9,7 @@ use super::{
     model::{Channel, ChannelSummary, CreateChannel, ReadState, UpdateChannel, is_ticket_slug},
 };
 use crate::{
+    auth::{Principal, patterns::DigitNames},
     error::{ApiError, FieldErrors},
     extract::QueryParams,
     messages::model::is_printable_ascii,
@@ -41,7 +42,7 @@ const LIST_PARAMETERS: [&str; 11] = [
 
 /// The filter and page size `GET /v1/channels`'s parameters ask for (MCP's `list_channels` passes
 /// its arguments the same way); 400 naming every bad one.
-pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
+pub fn list_filter(query: &QueryParams, caller: &Principal) -> Result<(ListFilter, i64), ApiError> {
     let mut errors = FieldErrors::default();
     query.accept(&LIST_PARAMETERS, &mut errors);
     let ticket_slug = query.get("ticket_slug").map(str::to_owned);
@@ -71,6 +72,7 @@ pub fn list_filter(query: &QueryParams) -> Result<(ListFilter, i64), ApiError> {
         limit: limit + 1,
         offset: offset.unwrap_or(0),
         reader,
+        covered: DigitNames::of(&caller.channel_patterns),
     };
     Ok((filter, limit))
 }

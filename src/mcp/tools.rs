@@ -359,23 +359,32 @@ impl Tools {
         Arc::new(tools)
     }
 
-    async fn run(&self, name: Name, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn run(
+        &self,
+        name: Name,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         match name {
-            Name::ListChannels => self.list_channels(args).await,
-            Name::GetChannel => self.get_channel(args).await,
-            Name::ReadMessages => self.read_messages(args).await,
-            Name::WaitForMessages => self.wait_for_messages(args).await,
-            Name::PostMessage => self.post_message(args).await,
-            Name::CreateChannel => self.create_channel(args).await,
-            Name::UpdateChannelDocument => self.update_channel_document(args).await,
-            Name::MarkRead => self.mark_read(args).await,
+            Name::ListChannels => self.list_channels(args, caller).await,
+            Name::GetChannel => self.get_channel(args, caller).await,
+            Name::ReadMessages => self.read_messages(args, caller).await,
+            Name::WaitForMessages => self.wait_for_messages(args, caller).await,
+            Name::PostMessage => self.post_message(args, caller).await,
+            Name::CreateChannel => self.create_channel(args, caller).await,
+            Name::UpdateChannelDocument => self.update_channel_document(args, caller).await,
+            Name::MarkRead => self.mark_read(args, caller).await,
         }
     }
 
     /// `list_channels`: a page of channels, filtered as `GET /v1/channels` filters them.
-    async fn list_channels(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn list_channels(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: ListChannelsArgs = parse(args)?;
-        let (filter, limit) = channels::service::list_filter(&list_query(args))?;
+        let (filter, limit) = channels::service::list_filter(&list_query(args), caller)?;
         let page = channels::service::list_page(&self.state, &filter, limit).await?;
         let mut summary = format!(
             "{} of {} matching channels",
@@ -389,16 +398,26 @@ impl Tools {
     }
 
     /// `get_channel`: one channel with its document.
-    async fn get_channel(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn get_channel(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: ChannelArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         let channel = channels::service::get(&self.state, args.channel_id, None).await?;
         let summary = format!("channel {} `{}`", channel.summary.id, channel.summary.name);
         Ok(answer(summary, &ChannelAnswer { channel }))
     }
 
     /// `read_messages`: a page of a channel's history, oldest first.
-    async fn read_messages(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn read_messages(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: ReadMessagesArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         let mut errors = FieldErrors::default();
         let limit = args
             .limit
@@ -436,8 +455,13 @@ impl Tools {
     }
 
     /// `wait_for_messages`: the messages after `after`, waiting up to `wait_seconds` for one.
-    async fn wait_for_messages(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn wait_for_messages(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: WaitArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         let max_wait = self.state.config.mcp.max_wait.as_secs() as i64;
         let mut errors = FieldErrors::default();
         let limit = args
@@ -467,8 +491,13 @@ impl Tools {
     }
 
     /// `post_message`: stores a message, once per idempotency key.
-    async fn post_message(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn post_message(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: PostMessageArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         if let Some(key) = &args.idempotency_key
             && !is_printable_ascii(key, 255)
         {
@@ -485,8 +514,12 @@ impl Tools {
             metadata: args.metadata,
             reply_to: args.reply_to,
         })?;
+        let idempotency_key = args
+            .idempotency_key
+            .as_deref()
+            .map(|key| messages::IdempotencyKey::of(&caller.key_id, key));
         let (stored, message) =
-            messages::store(&self.state, args.channel_id, new, args.idempotency_key).await?;
+            messages::store(&self.state, args.channel_id, new, idempotency_key).await?;
         let replayed = stored == Stored::Earlier;
         let summary = match replayed {
             true => format!(
@@ -502,7 +535,11 @@ impl Tools {
     }
 
     /// `create_channel`.
-    async fn create_channel(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn create_channel(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: CreateChannelArgs = parse(args)?;
         let new = validated(CreateChannel {
             name: args.name,
@@ -511,6 +548,7 @@ impl Tools {
             ticket_slug: args.ticket_slug,
             document: args.document,
         })?;
+        caller.may_create_channels()?;
         let channel = channels::service::create(&self.state, &new).await?;
         let summary = format!(
             "created channel {} `{}`",
@@ -520,8 +558,13 @@ impl Tools {
     }
 
     /// `update_channel_document`: replaces (or clears) the shared document.
-    async fn update_channel_document(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn update_channel_document(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: UpdateDocumentArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         let change = validated(UpdateChannel {
             name: None,
             description: None,
@@ -541,8 +584,13 @@ impl Tools {
     }
 
     /// `mark_read`: moves a reader's read state forward.
-    async fn mark_read(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
+    async fn mark_read(
+        &self,
+        args: JsonObject,
+        caller: &Principal,
+    ) -> Result<CallToolResult, ApiError> {
         let args: MarkReadArgs = parse(args)?;
+        caller.may_use_channel(args.channel_id)?;
         let read = validated(ReadState {
             reader: args.reader,
             last_read_id: args.last_read_id,
@@ -745,7 +793,18 @@ impl ServerHandler for Tools {
                 _ => Duration::ZERO,
             };
         let arguments = request.arguments.unwrap_or_default();
-        let result = match tokio::time::timeout(budget, self.run(name, arguments)).await {
+        let work = async {
+            if name != Name::WaitForMessages {
+                return self.run(name, arguments, principal).await;
+            }
+            // A wait counts toward the key's open streams, and ends with the key.
+            let mut stream = self.state.streams.open(&principal.key_id)?;
+            tokio::select! {
+                result = self.run(name, arguments, principal) => result,
+                ended = stream.ended() => Err(ended),
+            }
+        };
+        let result = match tokio::time::timeout(budget, work).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::DeadlinePassed(budget)),
         };

@@ -27,7 +27,7 @@ use super::{
     model::Message,
 };
 use crate::{
-    auth::{ChannelsRead, Scoped},
+    auth::{ChannelsRead, Scoped, streams},
     channels::channel_state,
     delivery::Follow,
     error::{ApiError, Envelope, FieldErrors},
@@ -95,7 +95,7 @@ const CATCH_UP_PAGE: i64 = 100;
         (status = 404, description = "No such channel", body = Envelope),
     ))]
 pub async fn events(
-    _: Scoped<ChannelsRead>,
+    caller: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     headers: HeaderMap,
@@ -132,10 +132,13 @@ pub async fn events(
         None => since_query,
     };
     errors.into_result()?;
+    caller.principal.may_use_channel(channel_id)?;
     if channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::channel_not_found(channel_id));
     }
 
+    // The stream counts toward the key's open streams, and ends with the key.
+    let stream = state.streams.open(&caller.principal.key_id)?;
     // Follow the channel before reading, so nothing committed in between is missed.
     let follow = state.delivery.follow(channel_id).await?;
     let feed = state.delivery.feeds().subscribe(channel_id);
@@ -157,14 +160,24 @@ pub async fn events(
         catching_up: true,
         feed,
         shutdown: state.shutdown.subscribe(),
+        stream: Some(stream),
     };
     let stream = futures_util::stream::unfold(follower, |mut follower| async move {
-        let message = follower.next().await?;
-        let event = Event::default()
-            .event("message")
-            .id(message.id.to_string())
-            .json_data(&message)
-            .unwrap_or_else(|_| Event::default().comment("unserializable message"));
+        let event = match follower.next().await? {
+            Next::Message(message) => Event::default()
+                .event("message")
+                .id(message.id.to_string())
+                .json_data(&message)
+                .unwrap_or_else(|_| Event::default().comment("unserializable message")),
+            // The key was revoked or has expired: the error, then the end of the stream.
+            Next::Ended(error) => {
+                follower.stream = None;
+                Event::default()
+                    .event("error")
+                    .json_data(error.envelope())
+                    .unwrap_or_else(|_| Event::default().comment("key no longer active"))
+            }
+        };
         Some((Ok(event), follower))
     });
     let keep_alive = KeepAlive::new().interval(state.config.realtime.sse_keep_alive);
@@ -184,16 +197,27 @@ struct Follower {
     catching_up: bool,
     feed: broadcast::Receiver<Arc<Message>>,
     shutdown: watch::Receiver<bool>,
+    /// This stream's place among its key's long-lived requests; `None` once it has ended.
+    stream: Option<streams::Stream>,
+}
+
+/// What a follower sends next.
+enum Next {
+    Message(Message),
+    /// The key was revoked or has expired.
+    Ended(ApiError),
 }
 
 impl Follower {
-    /// The next message to send, or `None` when the stream should end (shutdown, or a database
-    /// error: the client reconnects with `Last-Event-ID` and loses nothing).
-    async fn next(&mut self) -> Option<Message> {
+    /// The next message to send, or `None` when the stream should end (shutdown, a database
+    /// error: the client reconnects with `Last-Event-ID` and loses nothing; or after the error
+    /// that told it its key is no longer active).
+    async fn next(&mut self) -> Option<Next> {
+        let stream = self.stream.as_mut()?;
         loop {
             if let Some(message) = self.pending.pop_front() {
                 self.cursor = message.id;
-                return Some(message);
+                return Some(Next::Message(message));
             }
             if self.catching_up {
                 let batch = match page_filtered(
@@ -225,6 +249,7 @@ impl Follower {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
                 _ = self.shutdown.wait_for(|stopping| *stopping) => return None,
+                error = stream.ended() => return Some(Next::Ended(error)),
             }
         }
     }

@@ -57,7 +57,7 @@ pub struct MessageBody {
         (status = 404, description = "No such channel", body = Envelope),
     ))]
 pub async fn list(
-    _: Scoped<ChannelsRead>,
+    caller: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     allowance: Option<Extension<WaitAllowance>>,
@@ -95,12 +95,22 @@ pub async fn list(
         _ => Page::Latest,
     };
 
+    caller.principal.may_use_channel(channel_id)?;
     let wait = Duration::from_secs(wait.unsigned_abs());
     if let Some(Extension(allowance)) = allowance {
         // The request's deadline makes room for the wait (see `limits`).
         allowance.allow(wait);
     }
-    let page = service::read(&state, channel_id, page, limit, wait, &filter).await?;
+    let page = if wait.is_zero() {
+        service::read(&state, channel_id, page, limit, wait, &filter).await?
+    } else {
+        // A long poll counts toward the key's open streams, and ends with the key.
+        let mut stream = state.streams.open(&caller.principal.key_id)?;
+        tokio::select! {
+            read = service::read(&state, channel_id, page, limit, wait, &filter) => read?,
+            ended = stream.ended() => return Err(ended),
+        }
+    };
     json_with_etag(&headers, &page)
 }
 
@@ -121,14 +131,16 @@ pub async fn list(
         (status = 413, description = "Body over 1 MiB", body = Envelope),
     ))]
 pub async fn create(
-    _: Scoped<ChannelsWrite>,
+    caller: Scoped<ChannelsWrite>,
     _: NoQuery,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     headers: HeaderMap,
     ValidatedJson(new): ValidatedJson<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
-    let idempotency_key = idempotency_key(&headers)?.map(str::to_owned);
+    let idempotency_key = idempotency_key(&headers)?
+        .map(|key| service::IdempotencyKey::of(&caller.principal.key_id, key));
+    caller.principal.may_use_channel(channel_id)?;
     let (stored, message) = service::store(&state, channel_id, new, idempotency_key).await?;
     let status = match stored {
         Stored::New => StatusCode::CREATED,

@@ -148,14 +148,27 @@ pub enum Stored {
     Earlier,
 }
 
+/// An idempotency key as the caller's API key `key_id` sent it: keys are scoped to the API key
+/// that posts (SPEC §3b), so another key's same `Idempotency-Key` is another post. Stored as
+/// `<key_id>:<key>`, never shown.
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn of(key_id: &str, key: &str) -> Self {
+        Self(format!("{key_id}:{key}"))
+    }
+}
+
 /// Stores a message (REST's `POST …/messages` and MCP's `post_message`). With an idempotency key
-/// already used on this channel, stores nothing and returns the message first stored under it.
+/// already used on this channel by the same API key, stores nothing and returns the message
+/// first stored under it.
 pub async fn store(
     state: &AppState,
     channel_id: i64,
     new: CreateMessage,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdempotencyKey>,
 ) -> Result<(Stored, Message), ApiError> {
+    let idempotency_key = idempotency_key.map(|key| key.0);
     // A retry of a stored reply answers the stored message, whatever its reply_to says now.
     if new.reply_to.is_some()
         && let Some(key) = idempotency_key.as_deref()

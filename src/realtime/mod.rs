@@ -45,13 +45,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rest::kick))
 }
 
-/// Closes, every `key_check_interval`, the connections whose key was revoked or has expired.
+/// Ends, every `key_check_interval`, the WebSocket connections (4001), streams, long polls and
+/// MCP waits whose key was revoked or has expired.
 pub async fn watch_keys(state: AppState) {
     let mut tick = tokio::time::interval(state.config.realtime.key_check_interval);
     loop {
         tick.tick().await;
         let engine = &state.realtime.engine;
-        let keys = engine.key_ids();
+        let mut keys = engine.key_ids();
+        keys.extend(state.streams.key_ids());
+        keys.sort_unstable();
+        keys.dedup();
         if keys.is_empty() {
             continue;
         }
@@ -59,7 +63,12 @@ pub async fn watch_keys(state: AppState) {
             Ok(inactive) if !inactive.is_empty() => {
                 let inactive: HashSet<String> = inactive.into_iter().collect();
                 let closed = engine.close_keys(&inactive, close::INVALID_TOKEN);
-                tracing::info!(closed, "closed connections of revoked or expired keys");
+                let ended = state.streams.end(&inactive);
+                tracing::info!(
+                    closed,
+                    ended,
+                    "ended the connections and streams of revoked or expired keys"
+                );
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "checking keys of open connections failed"),
