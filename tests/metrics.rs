@@ -210,6 +210,36 @@ fn pinned(lists: &[&[(&str, &str, &str)]]) -> BTreeSet<(String, String, String)>
         .collect()
 }
 
+/// The value of the sample line `series`.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series}:\n{text}"))
+}
+
+/// The traffic of [`scrape_after_traffic`] moved the samples it drives.
+fn assert_traffic_counted(text: &str) {
+    for series in [
+        "channeld_websocket_frames_in_total",
+        "channeld_websocket_connections",
+        "channeld_websocket_subscriptions",
+        "channeld_delivery_followed_channels",
+        "channeld_db_pool_connections",
+    ] {
+        assert!(value(text, series) > 0.0, "{series} moved:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            r#"channeld_http_requests_total{route="/v1/channels",method="POST",status="201"} "#
+        )),
+        "the POST is counted under its route:\n{text}"
+    );
+}
+
 /// Each family has a sample line once a request, a WebSocket frame and a post went through.
 fn assert_every_family_has_a_sample(text: &str, families: &BTreeSet<(String, String, String)>) {
     for (name, kind, _) in families {
@@ -231,14 +261,17 @@ async fn scrape_after_traffic(app: &TestApp) -> String {
     let key = app
         .key(&[Scope::ChannelsRead, Scope::ChannelsWrite, Scope::Subscribe])
         .await;
+    let channel = app.channel(&key, "metrics").await;
     let mut ws = app.peer(&key, "watcher", json!({})).await;
+    // Subscribed to the channel's live stream: it is followed through this instance.
     let frame = ws
-        .request(json!({"type": "subscribe", "channel": "room", "requestId": "s"}))
+        .request(json!({"type": "subscribe", "channel": channel.to_string(), "requestId": "s"}))
         .await;
     assert_eq!(frame["type"], "ack", "{frame}");
-    let channel = app.channel(&key, "metrics").await;
     app.message(&key, channel, "hello").await;
-    app.metrics_text().await
+    let text = app.metrics_text().await;
+    assert_traffic_counted(&text);
+    text
 }
 
 #[sqlx::test]

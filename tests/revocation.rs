@@ -33,6 +33,8 @@ async fn revoking_a_key_ends_its_streams_long_polls_waits_and_sockets_on_every_i
     let channel = a.channel(&owner, "revoked").await;
     let doomed = a.key(&[Scope::ChannelsRead, Scope::Subscribe]).await;
 
+    // On instance A, where the key is revoked: an event stream too.
+    let mut on_a = Events::open(&a, &format!("/v1/channels/{channel}/events"), &doomed, None).await;
     // On instance B: an event stream, a long poll, an MCP wait and a WebSocket of the key.
     let mut events =
         Events::open(&b, &format!("/v1/channels/{channel}/events"), &doomed, None).await;
@@ -113,6 +115,10 @@ async fn revoking_a_key_ends_its_streams_long_polls_waits_and_sockets_on_every_i
 
     assert_eq!(socket.closed_with_reason().await.0, 4001);
     ended_within(started, "the WebSocket").await;
+
+    let block = on_a.next_block().await;
+    assert!(block.starts_with("event: error"), "{block}");
+    ended_within(started, "the event stream on instance A").await;
 }
 
 #[sqlx::test]

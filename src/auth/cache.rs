@@ -103,6 +103,11 @@ impl KeyCache {
         self.reads.load(Ordering::Relaxed)
     }
 
+    /// Whether `key_id` names a key this instance has found (a key in use).
+    pub fn is_known(&self, key_id: &str) -> bool {
+        self.lock().known.contains_key(key_id)
+    }
+
     /// Keys that exist, in the cache now.
     pub fn known_keys(&self) -> usize {
         self.lock().known.len()

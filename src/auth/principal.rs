@@ -83,9 +83,16 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let source = parts
+        // A guess (a credential naming no key in use here) counts toward its source's failures;
+        // see `auth::failures`.
+        let known = presented_credential(&parts.headers)
+            .ok()
+            .and_then(Credential::parse)
+            .is_some_and(|credential| state.keys.is_known(&credential.key_id));
+        let guess = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
+            .filter(|_| !known)
             .map(|info| {
                 client_ip(
                     info.0.ip(),
@@ -93,14 +100,18 @@ impl FromRequestParts<AppState> for Principal {
                     &state.config.http.trusted_proxies,
                 )
             });
-        if let Some(source) = source
-            && let Err(retry_after_secs) = state.auth_failures.check(source)
+        if let Some(source) = guess
+            && let Err(retry_after_secs) = state.auth_failures.attempt(source)
         {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
         let authenticated = authenticate(parts, state).await;
-        if let (Err(ApiError::Unauthorized(_)), Some(source)) = (&authenticated, source) {
-            state.auth_failures.failed(source);
+        let failed = matches!(
+            &authenticated,
+            Err(ApiError::Unauthorized(failure)) if *failure != AuthFailure::Missing
+        );
+        if let Some(source) = guess.filter(|_| !failed) {
+            state.auth_failures.forgive(source);
         }
         authenticated
     }

@@ -86,6 +86,11 @@ impl Streams {
 }
 
 impl Stream {
+    /// Whether the key behind this request was found revoked or expired.
+    pub fn is_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
     /// Resolves once the key behind this request was found revoked or expired.
     pub async fn ended(&mut self) -> ApiError {
         let _ = self.ended.wait_for(|ended| *ended).await;

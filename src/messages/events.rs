@@ -215,6 +215,10 @@ impl Follower {
     async fn next(&mut self) -> Option<Next> {
         let stream = self.stream.as_mut()?;
         loop {
+            // Checked at every turn, catching up included: a revoked key gets no more history.
+            if stream.is_ended() {
+                return Some(Next::Ended(stream.ended().await));
+            }
             if let Some(message) = self.pending.pop_front() {
                 self.cursor = message.id;
                 return Some(Next::Message(message));

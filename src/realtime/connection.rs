@@ -25,10 +25,10 @@ use super::{
     session::{Session, authenticate},
 };
 use crate::{
-    auth::Scope,
+    auth::{Scope, tokens},
     config::RealtimeConfig,
     delivery::Follow,
-    error::{ApiError, Envelope},
+    error::{ApiError, AuthFailure, Envelope},
     extract::QueryParams,
     state::AppState,
 };
@@ -84,7 +84,13 @@ pub async fn upgrade(
             "too many connections from this address",
         );
     }
-    if state.auth_failures.check(client).is_err() {
+    // A token of a key in use here is no guess; anything else counts toward the source's
+    // failed authentications (see `auth::failures`).
+    let guess = !query
+        .get("token")
+        .and_then(|token| tokens::parse(token).ok())
+        .is_some_and(|token| state.keys.is_known(&token.kid));
+    if guess && state.auth_failures.attempt(client).is_err() {
         return refuse(
             ws,
             close::CONNECT_LIMIT,
@@ -92,12 +98,17 @@ pub async fn upgrade(
         );
     }
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    let session = match authenticate(&state, query.get("token"), query.get("key"), origin).await {
+    let authenticated = authenticate(&state, query.get("token"), query.get("key"), origin).await;
+    let failed = matches!(
+        &authenticated,
+        Err(ApiError::Unauthorized(failure)) if *failure != AuthFailure::WsMissing
+    );
+    if guess && !failed {
+        state.auth_failures.forgive(client);
+    }
+    let session = match authenticated {
         Ok(session) => session,
         Err(error) => {
-            if matches!(error, ApiError::Unauthorized(_)) {
-                state.auth_failures.failed(client);
-            }
             let (code, reason) = refusal(&error);
             return refuse(ws, code, reason);
         }

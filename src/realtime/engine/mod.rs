@@ -15,9 +15,10 @@
 //! - REST `peers` answers the engine's authority: the hub's roster in memory, Redis's roster with
 //!   Redis (read at the call, so a join on another instance that Redis has decided is seen even
 //!   before this instance's mirror hears of it).
-//! - Stored messages ([`Engine::publish_stored`]) keep their place among presence events: in
-//!   memory both are delivered under the hub's lock in the order they happen; with Redis a
-//!   mirror being read again holds them back with the presence events.
+//! - Stored messages ([`Engine::publish_stored`]) go to local followers at once, in both engines:
+//!   they come from PostgreSQL, in id order per channel, and never wait on Redis (a mirror being
+//!   read again holds back only what came through Redis). Their order relative to presence
+//!   events is therefore the order they reach this instance, as between any two sources.
 //!
 //! Where the Redis engine must do more, and why: it registers connections so that `send` and
 //! kicks on another instance find them; it queues socket publishes for one task that pipelines
@@ -195,7 +196,11 @@ impl Engine {
             Self::Memory(hub) => {
                 hub.publish(&channel, None, &frame, None);
             }
-            Self::Redis(redis) => redis.hub().deliver_message(&channel, None, frame, None),
+            // Never held back with a mirror being re-read: stored delivery must not wait on
+            // Redis, nor lose what PostgreSQL committed to a full hold-back queue.
+            Self::Redis(redis) => {
+                redis.hub().publish(&channel, None, &frame, None);
+            }
         }
     }
 

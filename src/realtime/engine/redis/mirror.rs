@@ -7,8 +7,9 @@
 //! and every later change as frames, under the same lock, so it sees no duplicate and no hole.
 //! A peer is never told about itself, as in memory.
 //!
-//! Messages from Redis, and stored messages from PostgreSQL, are held back with the presence
-//! events while a mirror is read, so that subscribers see one order of messages and presence.
+//! Messages from Redis are held back with the presence events while a mirror is read, so that
+//! subscribers see one order of messages and presence. (Stored messages, from PostgreSQL, are
+//! never held: see `Engine::publish_stored`.)
 
 use std::sync::Arc;
 
@@ -137,9 +138,8 @@ impl Hub {
         mirrored(presence).apply(subscribers, &name, event, &self.stats)
     }
 
-    /// Delivers a message (from Redis, or a stored one): at once, or after the presence events
-    /// before it when the mirror is being read, so that subscribers see one order of messages
-    /// and presence.
+    /// Delivers a message from Redis: at once, or after the presence events before it when the
+    /// mirror is being read, so that subscribers see one order of messages and presence.
     pub fn deliver_message(
         &self,
         channel: &str,
