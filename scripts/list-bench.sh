@@ -39,6 +39,11 @@ SQL
 
 key=$("$bin" keys create --name list-bench --quiet --scopes channels:read \
   --rate-limit 1000000 --rate-burst 1000000)
+# Keys whose patterns bind persistent channels: one channel, and a wildcard over digits.
+one=$("$bin" keys create --name list-bench-one --quiet --scopes channels:read \
+  --channel-pattern 4711 --rate-limit 1000000 --rate-burst 1000000)
+wild=$("$bin" keys create --name list-bench-wild --quiet --scopes channels:read \
+  --channel-pattern '4711*' --rate-limit 1000000 --rate-burst 1000000)
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   echo "list-bench: port $port is taken" >&2
   exit 1
@@ -56,12 +61,12 @@ get() {
   curl -sf "http://127.0.0.1:$port/v1/channels?$1" -H "Authorization: Bearer $key"
 }
 
-measure() {
-  local label=$1 query=$2
-  get "$query" >/dev/null # warm
+measure() { # label query [key]
+  local label=$1 query=$2 as=${3:-$key}
+  curl -sf -o /dev/null "http://127.0.0.1:$port/v1/channels?$query" -H "Authorization: Bearer $as"
   for _ in $(seq "$runs"); do
     curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/v1/channels?$query" \
-      -H "Authorization: Bearer $key"
+      -H "Authorization: Bearer $as"
   done | sort -n | awk -v label="$label" '
     { t[NR] = $1 * 1000 }
     END { printf "  %-44s median %7.2f ms   min %7.2f   max %7.2f   (%d requests)\n",
@@ -80,3 +85,5 @@ measure "ticket_slug=AM-42" "ticket_slug=AM-42&limit=50"
 measure "q=hotfix (matches 20,000)" "q=hotfix&limit=50"
 measure "q=rollout 4711 (matches 1)" "q=rollout%204711%20&limit=50"
 measure "q=service-7 (matches 11,000, by name)" "q=service-7&sort=name&limit=50"
+measure "a key limited to channel 4711" "limit=50" "$one"
+measure "a key limited to 4711* (matches 11)" "limit=50" "$wild"

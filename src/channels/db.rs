@@ -166,19 +166,25 @@ async fn count(db: &PgPool, filter: &ListFilter) -> Result<i64, sqlx::Error> {
 }
 
 /// The list's conditions; the key patterns' ids and regular expression, when they restrict it,
-/// are parameters `$first` and `$first + 1`.
+/// are parameters `$first` and (with a wildcard) `$first + 1`.
 fn conditions(filter: &ListFilter, first: usize) -> String {
     let mut conditions = "($1::bigint IS NULL OR repository_id = $1) \
         AND ($2::text IS NULL OR ticket_slug = $2) \
         AND ($3::boolean IS NULL OR archived = $3) \
         AND ($4::text IS NULL OR name ILIKE $4)"
         .to_owned();
-    if let DigitNames::Some { .. } = filter.covered {
-        let regex = first + 1;
-        conditions.push_str(&format!(
-            " AND (id = ANY(${first}::bigint[]) \
-               OR (${regex}::text IS NOT NULL AND id::text ~ ${regex}))"
-        ));
+    // Exact ids alone ride the primary key; a wildcard over digits reads `id::text`.
+    match &filter.covered {
+        DigitNames::All => {}
+        DigitNames::Some { regex: None, .. } => {
+            conditions.push_str(&format!(" AND id = ANY(${first}::bigint[])"));
+        }
+        DigitNames::Some { regex: Some(_), .. } => {
+            let regex = first + 1;
+            conditions.push_str(&format!(
+                " AND (id = ANY(${first}::bigint[]) OR id::text ~ ${regex})"
+            ));
+        }
     }
     conditions
 }
@@ -190,7 +196,11 @@ fn bind_covered<'q, O>(
 ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
     match covered {
         DigitNames::All => query,
-        DigitNames::Some { ids, regex } => query.bind(ids.as_slice()).bind(regex.as_deref()),
+        DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
+        DigitNames::Some {
+            ids,
+            regex: Some(regex),
+        } => query.bind(ids.as_slice()).bind(regex.as_str()),
     }
 }
 
@@ -275,7 +285,11 @@ pub async fn list(
     };
     query = match &filter.covered {
         DigitNames::All => query,
-        DigitNames::Some { ids, regex } => query.bind(ids.as_slice()).bind(regex.as_deref()),
+        DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
+        DigitNames::Some {
+            ids,
+            regex: Some(regex),
+        } => query.bind(ids.as_slice()).bind(regex.as_str()),
     };
     let rows = query.fetch_all(db).await?;
     let total = match rows.first() {

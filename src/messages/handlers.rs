@@ -119,7 +119,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/channels/{id}/messages", operation_id = "postMessage", tag = "messages", security(("bearer" = []), ("api_key" = [])),
     params(
         ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable ASCII characters; retries with the same key return the original message"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; retries with the same key (from the same API key) return the original message"),
     ),
     request_body = CreateMessage,
     responses(
