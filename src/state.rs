@@ -39,7 +39,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         let realtime = Realtime::new(&config);
-        let delivery = Delivery::new(db.clone(), realtime.engine.clone(), &config);
+        let delivery = Delivery::new(db.clone(), Arc::new(realtime.engine.clone()), &config);
         Self {
             db,
             realtime,

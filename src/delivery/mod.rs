@@ -43,10 +43,10 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 pub use doorbell::{CHANNEL as NOTIFY_CHANNEL, LISTENER_APPLICATION_NAME};
 pub use feeds::Feeds;
-pub use shared::DeliveryStats;
 use shared::{Cursor, Shared};
+pub use shared::{DeliveryStats, Followers};
 
-use crate::{config::Config, realtime::engine::Engine};
+use crate::config::Config;
 
 /// Stored-message delivery for this instance. Cheap to clone.
 #[derive(Clone)]
@@ -93,11 +93,11 @@ impl Drop for Tasks {
 }
 
 impl Delivery {
-    pub fn new(db: PgPool, engine: Engine, config: &Config) -> Self {
+    pub fn new(db: PgPool, followers: Arc<dyn Followers>, config: &Config) -> Self {
         Self {
             shared: Arc::new(Shared {
                 db,
-                engine,
+                followers,
                 feeds: Feeds::default(),
                 followed: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),

@@ -128,14 +128,14 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
     count(&shared.stats.delivered, fresh.len());
     for message in fresh {
         let message = Arc::new(message);
-        shared.engine.publish_stored(&message);
+        shared.followers.stored(&message);
         shared.feeds.publish(&message);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, atomic::Ordering};
 
     use super::*;
     use crate::{
@@ -148,7 +148,11 @@ mod tests {
         let db = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("a lazy pool");
-        Delivery::new(db, Engine::Memory(Hub::default()), &Config::default())
+        Delivery::new(
+            db,
+            Arc::new(Engine::Memory(Hub::default())),
+            &Config::default(),
+        )
     }
 
     fn follow_at(delivery: &Delivery, channel_id: i64, last: i64) {

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -14,11 +14,19 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use super::feeds::Feeds;
-use crate::realtime::engine::Engine;
+use crate::messages::model::Message;
+
+/// Where stored messages go once read: the realtime engine's followers (delivery itself knows
+/// nothing of WebSockets; `realtime` implements this).
+pub trait Followers: Send + Sync {
+    /// A stored message, newer than what this instance handed over before, in id order per
+    /// channel.
+    fn stored(&self, message: &Message);
+}
 
 pub(super) struct Shared {
     pub(super) db: PgPool,
-    pub(super) engine: Engine,
+    pub(super) followers: Arc<dyn Followers>,
     pub(super) feeds: Feeds,
     pub(super) followed: Mutex<HashMap<i64, Cursor>>,
     pub(super) generations: AtomicU64,

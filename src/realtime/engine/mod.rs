@@ -49,6 +49,12 @@ pub enum Engine {
     Redis(Redis),
 }
 
+impl crate::delivery::Followers for Engine {
+    fn stored(&self, message: &Message) {
+        self.publish_stored(message);
+    }
+}
+
 /// A registered connection; dropping it disconnects the connection.
 pub struct Registration {
     engine: Engine,
