@@ -157,12 +157,13 @@ async fn count(db: &PgPool, filter: &ListFilter) -> Result<i64, sqlx::Error> {
         "SELECT count(*) FROM channels WHERE {}",
         conditions(filter, 5)
     );
-    let query = sqlx::query_scalar::<_, i64>(&sql)
+    let query = sqlx::query_as::<_, (i64,)>(&sql)
         .bind(filter.repository_id)
         .bind(filter.ticket_slug.as_deref())
         .bind(filter.archived)
         .bind(pattern_of(filter));
-    bind_covered(query, &filter.covered).fetch_one(db).await
+    let (total,) = bind_covered(query, &filter.covered).fetch_one(db).await?;
+    Ok(total)
 }
 
 /// The list's conditions; the key patterns' ids and regular expression, when they restrict it,
@@ -191,9 +192,9 @@ fn conditions(filter: &ListFilter, first: usize) -> String {
 
 /// Binds what [`conditions`] asks for the key patterns, in order.
 fn bind_covered<'q, O>(
-    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     covered: &'q DigitNames,
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
     match covered {
         DigitNames::All => query,
         DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
@@ -283,15 +284,7 @@ pub async fn list(
         Some(After::Time(at, id)) => query.bind(*at).bind(*id),
         Some(After::Name(name, id)) => query.bind(name.clone()).bind(*id),
     };
-    query = match &filter.covered {
-        DigitNames::All => query,
-        DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
-        DigitNames::Some {
-            ids,
-            regex: Some(regex),
-        } => query.bind(ids.as_slice()).bind(regex.as_str()),
-    };
-    let rows = query.fetch_all(db).await?;
+    let rows = bind_covered(query, &filter.covered).fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.total,
         // An empty first page means nothing matches.

@@ -126,6 +126,18 @@ impl Hub {
     /// Applies a presence event from Redis. Returns `true` when the mirror fell behind and must
     /// be read again (see [`Hub::resync`]).
     pub fn apply_presence(&self, channel: &str, event: PresenceEvent) -> bool {
+        self.with_mirror(channel, |mirror, subscribers, name, stats| {
+            mirror.apply(subscribers, name, event, stats)
+        })
+    }
+
+    /// Runs `f` on `channel`'s mirror and its subscribers, under the lock; `false` when this
+    /// instance does not serve the channel.
+    fn with_mirror(
+        &self,
+        channel: &str,
+        f: impl FnOnce(&mut Mirror, &[Subscriber], &str, &HubStats) -> bool,
+    ) -> bool {
         let mut inner = self.write();
         let Some((name, _)) = inner.channels.get_key_value(channel) else {
             return false;
@@ -135,7 +147,7 @@ impl Hub {
             subscribers,
             presence,
         } = inner.channels.get_mut(channel).expect("looked up above");
-        mirrored(presence).apply(subscribers, &name, event, &self.stats)
+        f(mirrored(presence), subscribers, &name, &self.stats)
     }
 
     /// Delivers a message from Redis: at once, or after the presence events before it when the
@@ -178,16 +190,9 @@ impl Hub {
     /// Replaces a mirror with the roster read from Redis at `version`, sending the difference.
     /// Returns `true` when held events show it must be read yet again.
     pub fn resync(&self, channel: &str, version: Version, roster: Roster) -> bool {
-        let mut inner = self.write();
-        let Some((name, _)) = inner.channels.get_key_value(channel) else {
-            return false;
-        };
-        let name = name.clone();
-        let Channel {
-            subscribers,
-            presence,
-        } = inner.channels.get_mut(channel).expect("looked up above");
-        mirrored(presence).resync(subscribers, &name, version, roster, &self.stats)
+        self.with_mirror(channel, |mirror, subscribers, name, stats| {
+            mirror.resync(subscribers, name, version, roster, stats)
+        })
     }
 
     /// Marks every mirror as behind, e.g. after the pub/sub connection was lost: events from
