@@ -6,7 +6,7 @@ LISTEN ?= 0.0.0.0:8080
 export SQLX_OFFLINE ?= true
 BIN := target/debug/channeld
 # The suites that exercise realtime through real sockets; `make test` runs them on both engines.
-REALTIME_SUITES := --test realtime --test realtime_connections --test realtime_rest \
+REALTIME_SUITES := --test apps --test realtime --test realtime_connections --test realtime_rest \
   --test stored_delivery --test delivery --test addressing --test abuse --test observability \
   --test mcp --test least_privilege --test revocation
 

@@ -1,4 +1,4 @@
-//! The operator's commands: `channeld keys create|list|revoke`.
+//! The operator's commands: `channeld apps create|list|update`, `channeld keys create|list|revoke`.
 
 use std::io::Write;
 
@@ -6,15 +6,101 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
+    apps::{self, App, Quotas},
     auth::{
         Credential, MasterKey, NewKey, NewPublishableKey, Scope, create_key,
         create_publishable_key, find_key, list_keys, list_publishable_keys, revoke_key,
         revoke_publishable_key,
     },
-    config::{CreateKeyArgs, KeysCommand},
+    config::{AppQuotaArgs, AppsCommand, CreateKeyArgs, KeysCommand, Quota},
 };
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+pub async fn run_apps(db: &PgPool, command: AppsCommand, out: &mut impl Write) -> CliResult {
+    match command {
+        AppsCommand::Create { name, quotas } => {
+            if !apps::is_app_name(&name) {
+                return Err(format!(
+                    "invalid app name `{name}`: 1-64 characters of a-z, 0-9, `_` and `-`"
+                )
+                .into());
+            }
+            if apps::find_app_by_name(db, &name).await?.is_some() {
+                return Err(format!(
+                    "app {name} exists (`channeld apps update {name} …` changes it)"
+                )
+                .into());
+            }
+            let app = apps::create_app(db, &name, &quotas_of(&quotas)).await?;
+            writeln!(out, "Created app {}", describe(&app))?;
+        }
+        AppsCommand::List => {
+            let mut rows: Vec<[String; 4]> =
+                vec![["APP", "MAX CHANNELS", "MAX CONNECTIONS", "RATE LIMIT"].map(String::from)];
+            for app in apps::list_apps(db).await? {
+                rows.push([
+                    app.name.clone(),
+                    limit(app.max_channels),
+                    limit(app.max_connections),
+                    app.rate_limit
+                        .map_or("unlimited".into(), |r| format!("{r}/s")),
+                ]);
+            }
+            write_table(out, &rows)?;
+        }
+        AppsCommand::Update { name, quotas } => {
+            let quotas = quotas_of(&quotas);
+            if quotas.max_channels.is_none()
+                && quotas.max_connections.is_none()
+                && quotas.rate_limit.is_none()
+            {
+                return Err(
+                    "nothing to change: give --max-channels, --max-connections or --rate-limit"
+                        .into(),
+                );
+            }
+            let app = apps::update_app(db, &name, &quotas)
+                .await?
+                .ok_or_else(|| format!("no app {name} (`channeld apps list` shows every app)"))?;
+            writeln!(out, "Updated app {}", describe(&app))?;
+        }
+    }
+    Ok(())
+}
+
+fn quotas_of(args: &AppQuotaArgs) -> Quotas {
+    // parse_quota keeps every number within i32.
+    let stored = |quota: Option<Quota>| quota.map(|Quota(n)| n.map(|n| n as i32));
+    Quotas {
+        max_channels: stored(args.max_channels),
+        max_connections: stored(args.max_connections),
+        rate_limit: stored(args.rate_limit),
+    }
+}
+
+fn limit(value: Option<i32>) -> String {
+    value.map_or("unlimited".into(), |n| n.to_string())
+}
+
+fn describe(app: &App) -> String {
+    format!(
+        "{} (max channels: {}, max connections: {}, rate limit: {})",
+        app.name,
+        limit(app.max_channels),
+        limit(app.max_connections),
+        app.rate_limit
+            .map_or("unlimited".into(), |r| format!("{r}/s")),
+    )
+}
+
+/// The id of the app named `name`, or an error that says how to find the right name.
+async fn app_id(db: &PgPool, name: &str) -> Result<i64, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(apps::find_app_by_name(db, name)
+        .await?
+        .ok_or_else(|| format!("no app {name} (`channeld apps list` shows every app; `channeld apps create {name}` makes it)"))?
+        .id)
+}
 
 pub async fn run_keys(
     db: &PgPool,
@@ -125,6 +211,7 @@ async fn create(
         None => Ok(None),
     };
     let new = NewKey {
+        app_id: app_id(db, &args.app).await?,
         name: checked.name,
         scopes: checked.scopes,
         channel_patterns: args.channel_patterns,
@@ -167,6 +254,7 @@ async fn create_publishable(db: &PgPool, args: CreateKeyArgs, out: &mut impl Wri
         );
     }
     let new = NewPublishableKey {
+        app_id: app_id(db, &args.app).await?,
         name: checked.name,
         actions: checked.scopes,
         channel_patterns: args.channel_patterns,
@@ -205,9 +293,21 @@ async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
         (false, true) => "active",
         (false, false) => "expired",
     };
-    let mut rows: Vec<[String; 6]> = vec![
+    let app_names: std::collections::HashMap<i64, String> = apps::list_apps(db)
+        .await?
+        .into_iter()
+        .map(|app| (app.id, app.name))
+        .collect();
+    let app = |id: i64| {
+        app_names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    };
+    let mut rows: Vec<[String; 7]> = vec![
         [
             "KEY",
+            "APP",
             "NAME",
             "STATUS",
             "EXPIRES",
@@ -219,6 +319,7 @@ async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
     for key in list_keys(db).await? {
         rows.push([
             key.key_id.clone(),
+            app(key.app_id),
             key.name.clone(),
             status(key.revoked_at.is_some(), key.is_active(now)).to_owned(),
             expiry(key.expires_at),
@@ -229,6 +330,7 @@ async fn list(db: &PgPool, out: &mut impl Write) -> CliResult {
     for key in list_publishable_keys(db).await? {
         rows.push([
             key.key.clone(),
+            app(key.app_id),
             key.name.clone(),
             status(key.revoked_at.is_some(), key.is_active(now)).to_owned(),
             expiry(key.expires_at),

@@ -39,6 +39,13 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Create, list and update apps: the isolated tenants of one server.
+    Apps {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
     /// Follow realtime channels over WebSocket and print every frame, one JSON object per line.
     Follow(crate::follow::FollowArgs),
     /// Print the OpenAPI document of the REST API and exit: what `GET /v1/openapi.json` serves
@@ -441,11 +448,72 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app.
+    Create {
+        /// 1-64 characters of a-z, 0-9, `_` and `-`.
+        name: String,
+        #[command(flatten)]
+        quotas: AppQuotaArgs,
+    },
+    /// List apps, one per line, name first.
+    List,
+    /// Change an app's quotas (`none` makes one unlimited again).
+    Update {
+        name: String,
+        #[command(flatten)]
+        quotas: AppQuotaArgs,
+    },
+}
+
+/// An app's quotas; each is unlimited when unset, and `none` unsets it.
+#[derive(Debug, Args)]
+pub struct AppQuotaArgs {
+    /// Active persistent channels at most (beyond: 403 quota_exceeded).
+    #[arg(long, value_parser = parse_quota)]
+    pub max_channels: Option<Quota>,
+    /// WebSocket connections at most (beyond: the upgrade closes with 4010).
+    #[arg(long, value_parser = parse_quota)]
+    pub max_connections: Option<Quota>,
+    /// Requests per second shared by all the app's keys, e.g. 500 or 500/s.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate_limit: Option<Quota>,
+}
+
+/// A quota as given: a number, or `None` for `none` (unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota(pub Option<u32>);
+
+fn parse_quota(value: &str) -> Result<Quota, String> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(Quota(None));
+    }
+    let limit = value
+        .parse::<u32>()
+        .map_err(|_| format!("`{value}` is not a whole number (or `none`)"))?;
+    if i32::try_from(limit).is_err() {
+        return Err(format!("`{value}` is too large"));
+    }
+    Ok(Quota(Some(limit)))
+}
+
+fn parse_rate(value: &str) -> Result<Quota, String> {
+    match parse_quota(value.strip_suffix("/s").unwrap_or(value))? {
+        Quota(Some(0)) => Err("a rate limit is at least 1 request per second".into()),
+        rate => Ok(rate),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CreateKeyArgs {
     /// A label for people, e.g. the orchestrator that will use the key.
     #[arg(long)]
     pub name: String,
+
+    /// The app the key acts for (`channeld apps list`).
+    #[arg(long, default_value = "default")]
+    pub app: String,
 
     /// Comma-separated scopes: channels:read, channels:write, publish, subscribe, presence, send, admin.
     #[arg(long, value_delimiter = ',', required = true)]

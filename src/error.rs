@@ -115,6 +115,9 @@ pub enum ApiError {
     ActionNotPermitted(Scope),
     #[error("this realtime channel name is outside this credential's channel patterns")]
     ChannelNotAuthorized,
+    /// An app quota is reached: `max_channels` (the only one a REST request can meet).
+    #[error("this app has reached its {quota} quota ({limit})")]
+    QuotaExceeded { quota: &'static str, limit: i64 },
     #[error("realtime channel names starting with _metered/, _internal/ or _system/ are reserved")]
     ChannelReserved,
     /// `/v1/mcp` called under a `Host`, or from a browser `Origin`, it does not accept.
@@ -194,6 +197,7 @@ impl ApiError {
             Self::InsufficientScope { .. }
             | Self::ActionNotPermitted(_)
             | Self::ChannelNotAuthorized
+            | Self::QuotaExceeded { .. }
             | Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ChannelReserved => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -216,6 +220,7 @@ impl ApiError {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ActionNotPermitted(_) => "action_not_permitted",
             Self::ChannelNotAuthorized => "channel_not_authorized",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::ChannelReserved => "channel_reserved",
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
@@ -367,6 +372,9 @@ pub struct Envelope<'a> {
     /// With `insufficient_scope`: the scopes the route needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     required_scopes: Option<Vec<&'static str>>,
+    /// With `quota_exceeded`: which quota (`max_channels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<&'static str>,
 }
 
 impl From<crate::realtime::engine::Unavailable> for ApiError {
@@ -400,6 +408,10 @@ impl ApiError {
                 Self::InsufficientScope { required, .. } => {
                     Some(required.iter().map(|s| s.as_str()).collect())
                 }
+                _ => None,
+            },
+            quota: match self {
+                Self::QuotaExceeded { quota, .. } => Some(*quota),
                 _ => None,
             },
         }

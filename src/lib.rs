@@ -15,6 +15,7 @@
 //! - [`etag`]: conditional GET (`ETag`, `If-None-Match` → 304).
 //! - [`json`]: JSON response bodies (each ends with a newline).
 //! - [`extract`]: shared extractors — validated JSON bodies, query parameters, channel ids.
+//! - [`apps`]: apps, the isolated tenants of one server, and the scoping of realtime names.
 //! - [`auth`]: API keys (generation, hashing, storage), scopes, the [`auth::Principal`] extractor.
 //! - [`channels`]: persistent channels (`/v1/channels`, `/v1/channels/{id}`); its `service` is
 //!   what REST and MCP both call.
@@ -33,11 +34,12 @@
 //! - [`server`]: the accept loop, HTTP connection timeouts, shutdown no client can hold up.
 //! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
 //! - [`db`]: connection pool and embedded migrations.
-//! - [`cli`]: the `channeld keys …` commands.
+//! - [`cli`]: the `channeld apps …` and `channeld keys …` commands.
 //! - [`follow`]: `channeld follow`, a WebSocket client that prints frames.
 //! - [`telemetry`]: logging set-up.
 //! - [`timestamp`]: the one RFC 3339 form every timestamp takes on the wire.
 
+pub mod apps;
 pub mod auth;
 pub mod channels;
 pub mod cli;

@@ -42,6 +42,13 @@ async fn run(command: Command) -> cli::CliResult {
             std::io::Write::write_all(&mut std::io::stdout(), &document)?;
             Ok(())
         }
+        Command::Apps { database, command } => {
+            let pool = db::pool_options(&database)
+                .max_connections(1)
+                .connect(database.database_url.expose())
+                .await?;
+            cli::run_apps(&pool, command, &mut std::io::stdout()).await
+        }
         Command::Keys {
             database,
             master_key,

@@ -34,6 +34,7 @@ pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
         (name = "channels", description = "Persistent channels"),
         (name = "messages", description = "Channel history and following it"),
         (name = "realtime", description = "Tokens, peers, publishing and the WebSocket endpoint"),
+        (name = "keys", description = "Keys derived from the calling one (scope `admin`)"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]

@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    channels,
+    auth, channels,
     config::Config,
     console, delivery,
     error::ApiError,
@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
 fn api_router(metrics_on_main: bool) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::router())
+        .merge(auth::router())
         .merge(channels::router())
         .merge(messages::router())
         .merge(realtime::router());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::{
+    apps::Directory,
     auth::{KeyCache, failures::AuthFailures, streams::Streams},
     config::Config,
     delivery::Delivery,
@@ -26,6 +27,8 @@ pub struct AppState {
     pub delivery: Delivery,
     pub rate_limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// Apps' quotas and persistent channels' owners, mostly from memory.
+    pub apps: Arc<Directory>,
     /// Key lookups of the last second, shared by REST requests and WebSocket upgrades.
     pub keys: Arc<KeyCache>,
     /// Failed authentications per source.
@@ -47,6 +50,7 @@ impl AppState {
             rate_limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
+            apps: Arc::new(Directory::default()),
             auth_failures: Arc::new(AuthFailures::new(config.auth_failures_per_minute)),
             streams: Arc::new(Streams::new(config.max_streams_per_key)),
             shutdown: Shutdown::default(),

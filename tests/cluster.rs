@@ -235,6 +235,68 @@ async fn publish_send_kick_and_revocation_reach_every_instance(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn apps_keep_their_boundaries_across_instances(db: PgPool) {
+    let prefix = fresh_prefix();
+    let apps = instances(&db, &prefix, 2, Duration::from_secs(2)).await;
+    let team_b = apps[0]
+        .app("team-b", channeld::apps::Quotas::default())
+        .await;
+    let mut realtime_admin = REALTIME.to_vec();
+    realtime_admin.push(channeld::auth::Scope::Admin);
+    let key_a = apps[0].key(&realtime_admin).await;
+    let key_b = apps[0].app_key(team_b, &realtime_admin, &[]).await;
+    // Peer `bob` of each app in `room`, on different instances.
+    let mut bob_a = apps[0].peer(&key_a, "bob", json!({})).await;
+    let mut bob_b = apps[1].peer(&key_b, "bob", json!({})).await;
+    join(&mut bob_a, "room").await;
+    join(&mut bob_b, "room").await;
+
+    // A publish of app A through instance 1 reaches A's bob on instance 0 only.
+    let (status, body) = apps[1]
+        .post(
+            "/v1/channels/room/publish",
+            &key_a,
+            json!({"data": "for a"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["delivered"], 1, "{body}");
+    assert_eq!(next_of_type(&mut bob_a, "message").await["data"], "for a");
+    // A send from B's carol on instance 0 reaches B's bob on instance 1 only.
+    let mut carol_b = apps[0].peer(&key_b, "carol", json!({})).await;
+    let ack = carol_b
+        .request(json!({"type": "send", "to": "bob", "data": "for b", "requestId": "s"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(next_of_type(&mut bob_b, "direct").await["data"], "for b");
+    // B's peers list shows B's bob in the room, never A's.
+    let (status, peers) = apps[1].get("/v1/channels/room/peers", &key_b).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(peers["peers"], json!([{"peerId": "bob"}]), "{peers}");
+    // A kick by A's admin through instance 1 closes A's bob only; B's bob then gets B's traffic.
+    let (status, body) =
+        common::call(apps[1].request(reqwest::Method::DELETE, "/v1/peers/bob", &key_a)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"peerId": "bob", "closed": 1}))
+    );
+    assert_eq!(bob_a.closed().await, 4020);
+    let (_, body) = apps[0]
+        .post(
+            "/v1/channels/room/publish",
+            &key_b,
+            json!({"data": "still here"}),
+        )
+        .await;
+    assert_eq!(body["delivered"], 1, "{body}");
+    let next = next_of_type(&mut bob_b, "message").await;
+    assert_eq!(
+        next["data"], "still here",
+        "B's bob saw nothing of A: {next}"
+    );
+}
+
+#[sqlx::test]
 async fn every_subscriber_sees_two_publishers_in_one_order(db: PgPool) {
     let prefix = fresh_prefix();
     let apps = instances(&db, &prefix, 3, Duration::from_secs(2)).await;

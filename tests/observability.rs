@@ -88,6 +88,7 @@ async fn a_key_can_carry_its_own_limit(db: PgPool) {
     config.rate_limit = Limit { rate: 1, burst: 1 };
     let app = TestApp::spawn_config(db, config).await;
     let new = NewKey {
+        app_id: channeld::apps::DEFAULT_APP,
         name: "batch importer".into(),
         scopes: vec![Scope::ChannelsRead],
         channel_patterns: vec![],

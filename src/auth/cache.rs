@@ -183,6 +183,7 @@ mod tests {
             revoked_at: None,
             rate_limit: None,
             rate_burst: None,
+            app_id: crate::apps::DEFAULT_APP,
         })
     }
 

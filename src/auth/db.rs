@@ -20,6 +20,8 @@ pub struct ApiKey {
     /// Requests per second and burst of this key; `None` for the server's defaults.
     pub rate_limit: Option<i32>,
     pub rate_burst: Option<i32>,
+    /// The app the key acts for.
+    pub app_id: i64,
 }
 
 impl ApiKey {
@@ -46,6 +48,7 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub rate_limit: Option<i32>,
     pub rate_burst: Option<i32>,
+    pub app_id: i64,
 }
 
 /// Stores a new key and returns it with its secret, which is never available again.
@@ -66,10 +69,10 @@ pub async fn create_key(
         ApiKey,
         r#"
         INSERT INTO api_keys (key_id, name, secret_sha256, scopes, channel_patterns, expires_at, secret_encrypted,
-                              rate_limit, rate_burst)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                              rate_limit, rate_burst, app_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         RETURNING key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
-               rate_limit, rate_burst
+               rate_limit, rate_burst, app_id
         "#,
         generated.key_id,
         new.name,
@@ -80,6 +83,7 @@ pub async fn create_key(
         encrypted,
         new.rate_limit,
         new.rate_burst,
+        new.app_id,
     )
     .fetch_one(db)
     .await?;
@@ -94,7 +98,7 @@ pub async fn find_key(
         ApiKey,
         r#"
         SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
-               rate_limit, rate_burst
+               rate_limit, rate_burst, app_id
         FROM api_keys WHERE key_id = $1
         "#,
         key_id,
@@ -108,11 +112,49 @@ pub async fn list_keys(db: impl PgExecutor<'_>) -> Result<Vec<ApiKey>, sqlx::Err
         ApiKey,
         r#"
         SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
-               rate_limit, rate_burst
+               rate_limit, rate_burst, app_id
         FROM api_keys ORDER BY created_at, key_id
         "#,
     )
     .fetch_all(db)
+    .await
+}
+
+/// The secret keys of one app, oldest first.
+pub async fn list_app_keys(
+    db: impl PgExecutor<'_>,
+    app_id: i64,
+) -> Result<Vec<ApiKey>, sqlx::Error> {
+    sqlx::query_as!(
+        ApiKey,
+        r#"
+        SELECT key_id, name, secret_sha256, secret_encrypted, scopes, channel_patterns, created_at, expires_at, revoked_at,
+               rate_limit, rate_burst, app_id
+        FROM api_keys WHERE app_id = $1 ORDER BY created_at, key_id
+        "#,
+        app_id,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Revokes a key of app `app_id`; `None` when the app has no such key (another app's key
+/// included). Revoking twice keeps the first time.
+pub async fn revoke_app_key(
+    db: impl PgExecutor<'_>,
+    app_id: i64,
+    key_id: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+        WHERE key_id = $1 AND app_id = $2
+        RETURNING revoked_at AS "revoked_at!"
+        "#,
+        key_id,
+        app_id,
+    )
+    .fetch_optional(db)
     .await
 }
 
@@ -138,6 +180,7 @@ pub struct PublishableKey {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub app_id: i64,
 }
 
 impl PublishableKey {
@@ -165,6 +208,7 @@ pub struct NewPublishableKey {
     pub channel_patterns: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub app_id: i64,
 }
 
 pub async fn create_publishable_key(
@@ -180,9 +224,9 @@ pub async fn create_publishable_key(
     sqlx::query_as!(
         PublishableKey,
         r#"
-        INSERT INTO publishable_keys (key, name, actions, channel_patterns, allowed_origins, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6)
-        RETURNING key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at
+        INSERT INTO publishable_keys (key, name, actions, channel_patterns, allowed_origins, expires_at, app_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at, app_id
         "#,
         generate_publishable(),
         new.name,
@@ -190,6 +234,7 @@ pub async fn create_publishable_key(
         &patterns,
         &new.allowed_origins,
         new.expires_at,
+        new.app_id,
     )
     .fetch_one(db)
     .await
@@ -202,7 +247,7 @@ pub async fn find_publishable_key(
     sqlx::query_as!(
         PublishableKey,
         r#"
-        SELECT key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at
+        SELECT key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at, app_id
         FROM publishable_keys WHERE key = $1
         "#,
         key,
@@ -217,7 +262,7 @@ pub async fn list_publishable_keys(
     sqlx::query_as!(
         PublishableKey,
         r#"
-        SELECT key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at
+        SELECT key, name, actions, channel_patterns, allowed_origins, created_at, expires_at, revoked_at, app_id
         FROM publishable_keys ORDER BY created_at, key
         "#,
     )

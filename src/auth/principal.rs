@@ -3,7 +3,10 @@
 //! or a token where a secret key belongs, unknown, revoked, expired); an unknown key id and a
 //! wrong secret read the same, and revoked or expired is told only once the secret matched.
 
-use std::{marker::PhantomData, sync::atomic::Ordering};
+use std::{
+    marker::PhantomData,
+    sync::{Arc, atomic::Ordering},
+};
 
 use std::net::SocketAddr;
 
@@ -15,6 +18,7 @@ use chrono::Utc;
 
 use super::{Credential, Pattern, Scope, ScopeSet, is_publishable};
 use crate::{
+    apps::App,
     error::{ApiError, AuthFailure},
     limits::client_ip,
     ratelimit::{DecisionSlot, Limit},
@@ -25,8 +29,16 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: String,
+    /// The app the key acts for: every resource it reaches is this app's.
+    pub app: Arc<App>,
     pub scopes: ScopeSet,
     pub channel_patterns: Vec<Pattern>,
+    /// The patterns as stored, for keys derived from this one.
+    pub stored_patterns: Vec<String>,
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// The key's own rate limit (`None`: the server's default), which derived keys inherit.
+    pub rate_limit: Option<i32>,
+    pub rate_burst: Option<i32>,
     /// The key's secret under the master key, for minting tokens.
     pub secret_encrypted: Option<Vec<u8>>,
 }
@@ -47,10 +59,16 @@ impl Principal {
         }
     }
 
-    /// Persistent channel `id` as this key sees it: its patterns cover the channel's name
-    /// `"<id>"`, or the channel is 404 `not_found`, exactly like an unknown id.
-    pub fn may_use_channel(&self, id: i64) -> Result<(), ApiError> {
-        if super::patterns::any_matches(&self.channel_patterns, &id.to_string()) {
+    pub fn app_id(&self) -> i64 {
+        self.app.id
+    }
+
+    /// Persistent channel `id` as this key sees it: it belongs to the key's app and the key's
+    /// patterns cover its name `"<id>"`, or it is 404 `not_found`, exactly like an unknown id.
+    pub async fn may_use_channel(&self, state: &AppState, id: i64) -> Result<(), ApiError> {
+        if super::patterns::any_matches(&self.channel_patterns, &id.to_string())
+            && state.apps.owner(&state.db, id).await? == Some(self.app.id)
+        {
             Ok(())
         } else {
             Err(ApiError::channel_not_found(id))
@@ -154,7 +172,19 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
             .and_then(|b| u32::try_from(b).ok())
             .unwrap_or(default.burst),
     };
-    let decision = state.rate_limiter.check(&key.key_id, limit);
+    let app = state.apps.app(&state.db, key.app_id).await?;
+    let mut decision = state.rate_limiter.check(&key.key_id, limit);
+    if decision.allowed
+        && let Some(rate) = app.rate_limit.and_then(|r| u32::try_from(r).ok())
+    {
+        // The app's rate, shared by all its keys; its bucket holds one second of it.
+        let shared = state
+            .rate_limiter
+            .check(&app_bucket(app.id), Limit { rate, burst: rate });
+        if !shared.allowed {
+            decision = shared;
+        }
+    }
     if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
         slot.set(decision);
     }
@@ -165,6 +195,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
         });
     }
     Ok(Principal {
+        app,
         scopes: ScopeSet::from_stored(&key.scopes),
         key_id: key.key_id.clone(),
         channel_patterns: key
@@ -172,8 +203,17 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, 
             .iter()
             .map(|p| Pattern::new(p))
             .collect(),
+        stored_patterns: key.channel_patterns.clone(),
+        expires_at: key.expires_at,
+        rate_limit: key.rate_limit,
+        rate_burst: key.rate_burst,
         secret_encrypted: key.secret_encrypted.clone(),
     })
+}
+
+/// The rate limiter's bucket of an app: no key id has this form.
+fn app_bucket(app: i64) -> String {
+    format!("app/{app}")
 }
 
 /// `Authorization: Bearer <credential>`, else `X-API-Key: <credential>`.

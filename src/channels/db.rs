@@ -116,6 +116,8 @@ pub struct ListFilter {
     pub offset: i64,
     /// Adds each channel's unread counts for this reader.
     pub reader: Option<String>,
+    /// The caller's app: no other app's channel is listed or counted.
+    pub app_id: i64,
     /// Only the channels the caller's key patterns cover (by their all-digit names).
     pub covered: DigitNames,
 }
@@ -162,18 +164,21 @@ async fn count(db: &PgPool, filter: &ListFilter) -> Result<i64, sqlx::Error> {
         .bind(filter.ticket_slug.as_deref())
         .bind(filter.archived)
         .bind(pattern_of(filter));
-    let (total,) = bind_covered(query, &filter.covered).fetch_one(db).await?;
+    let (total,) = bind_scope(query, filter).fetch_one(db).await?;
     Ok(total)
 }
 
-/// The list's conditions; the key patterns' ids and regular expression, when they restrict it,
-/// are parameters `$first` and (with a wildcard) `$first + 1`.
-fn conditions(filter: &ListFilter, first: usize) -> String {
-    let mut conditions = "($1::bigint IS NULL OR repository_id = $1) \
+/// The list's conditions; the app is parameter `$first`, and the key patterns' ids and regular
+/// expression, when they restrict the list, are `$first + 1` and (with a wildcard) `$first + 2`.
+fn conditions(filter: &ListFilter, app: usize) -> String {
+    let mut conditions = format!(
+        "app_id = ${app} \
+        AND ($1::bigint IS NULL OR repository_id = $1) \
         AND ($2::text IS NULL OR ticket_slug = $2) \
         AND ($3::boolean IS NULL OR archived = $3) \
         AND ($4::text IS NULL OR name ILIKE $4)"
-        .to_owned();
+    );
+    let first = app + 1;
     // Exact ids alone ride the primary key; a wildcard over digits reads `id::text`.
     match &filter.covered {
         DigitNames::All => {}
@@ -190,12 +195,13 @@ fn conditions(filter: &ListFilter, first: usize) -> String {
     conditions
 }
 
-/// Binds what [`conditions`] asks for the key patterns, in order.
-fn bind_covered<'q, O>(
+/// Binds what [`conditions`] asks for the app and the key patterns, in order.
+fn bind_scope<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    covered: &'q DigitNames,
+    filter: &'q ListFilter,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    match covered {
+    let query = query.bind(filter.app_id);
+    match &filter.covered {
         DigitNames::All => query,
         DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
         DigitNames::Some {
@@ -205,12 +211,16 @@ fn bind_covered<'q, O>(
     }
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, new: &CreateChannel) -> Result<Channel, sqlx::Error> {
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    app_id: i64,
+    new: &CreateChannel,
+) -> Result<Channel, sqlx::Error> {
     let row = sqlx::query_as!(
         ChannelRow,
         r#"
-        INSERT INTO channels (name, description, repository_id, ticket_slug, document)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO channels (name, description, repository_id, ticket_slug, document, app_id)
+        VALUES ($1, $2, $3, $4, $5, $6)
         RETURNING id, name, description, repository_id, ticket_slug, document, archived, created_at,
                   updated_at, message_count, last_message_id, last_message_at, last_sender_type,
                   last_pod_key, last_content
@@ -220,10 +230,31 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &CreateChannel) -> Result<Chan
         new.repository_id,
         new.ticket_slug,
         new.document,
+        app_id,
     )
     .fetch_one(db)
     .await?;
     Ok(row.into())
+}
+
+/// Takes the app's channel-creation lock until the transaction ends, then counts its active
+/// channels.
+pub async fn lock_and_count_active(
+    db: &mut sqlx::PgConnection,
+    app_id: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('channeld/channels-of-app', $1))",
+        app_id
+    )
+    .execute(&mut *db)
+    .await?;
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM channels WHERE app_id = $1 AND NOT archived"#,
+        app_id
+    )
+    .fetch_one(&mut *db)
+    .await
 }
 
 pub async fn find(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Channel>, sqlx::Error> {
@@ -256,7 +287,7 @@ pub async fn list(
 ) -> Result<(Vec<ChannelSummary>, i64), sqlx::Error> {
     let column = filter.sort.as_str();
     let direction = if filter.descending { "DESC" } else { "ASC" };
-    // $5 and $6 page; a keyset takes $7 and $8; the key patterns come next.
+    // $5 and $6 page; a keyset takes $7 and $8; the app and the key patterns come next.
     let filters = conditions(filter, if filter.after.is_some() { 9 } else { 7 });
     let keyset = match (&filter.after, filter.descending) {
         (None, _) => String::new(),
@@ -284,7 +315,7 @@ pub async fn list(
         Some(After::Time(at, id)) => query.bind(*at).bind(*id),
         Some(After::Name(name, id)) => query.bind(name.clone()).bind(*id),
     };
-    let rows = bind_covered(query, &filter.covered).fetch_all(db).await?;
+    let rows = bind_scope(query, filter).fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.total,
         // An empty first page means nothing matches.

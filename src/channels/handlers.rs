@@ -77,7 +77,7 @@ pub async fn get(
     ChannelId(id): ChannelId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.principal.may_use_channel(id)?;
+    caller.principal.may_use_channel(&state, id).await?;
     let mut errors = FieldErrors::default();
     query.accept(&["reader"], &mut errors);
     let reader = service::reader(&query, &mut errors);
@@ -103,7 +103,7 @@ pub async fn mark_read(
     ChannelId(id): ChannelId,
     ValidatedJson(read): ValidatedJson<ReadState>,
 ) -> Result<Json<ReadState>, ApiError> {
-    caller.principal.may_use_channel(id)?;
+    caller.principal.may_use_channel(&state, id).await?;
     Ok(Json(service::record_read(&state, id, &read).await?))
 }
 
@@ -123,7 +123,7 @@ pub async fn create(
     ValidatedJson(new): ValidatedJson<CreateChannel>,
 ) -> Result<(StatusCode, Json<ChannelBody>), ApiError> {
     caller.principal.may_create_channels()?;
-    let channel = service::create(&state, &new).await?;
+    let channel = service::create(&state, &caller.principal, &new).await?;
     Ok((StatusCode::CREATED, Json(ChannelBody { channel })))
 }
 
@@ -145,7 +145,7 @@ pub async fn update(
     ChannelId(id): ChannelId,
     ValidatedJson(change): ValidatedJson<UpdateChannel>,
 ) -> Result<Json<ChannelBody>, ApiError> {
-    caller.principal.may_use_channel(id)?;
+    caller.principal.may_use_channel(&state, id).await?;
     let channel = service::update(&state, id, &change).await?;
     Ok(Json(ChannelBody { channel }))
 }

@@ -72,6 +72,7 @@ pub fn list_filter(query: &QueryParams, caller: &Principal) -> Result<(ListFilte
         limit: limit + 1,
         offset: offset.unwrap_or(0),
         reader,
+        app_id: caller.app_id(),
         covered: DigitNames::of(&caller.channel_patterns),
     };
     Ok((filter, limit))
@@ -229,9 +230,33 @@ pub async fn get(state: &AppState, id: i64, reader: Option<&str>) -> Result<Chan
     Ok(channel)
 }
 
-/// Creates a channel; 409 `channel_name_taken` when an active channel has the name.
-pub async fn create(state: &AppState, new: &CreateChannel) -> Result<Channel, ApiError> {
-    Ok(db::insert(&state.db, new).await?)
+/// Creates a channel of the caller's app; 409 `channel_name_taken` when an active channel of the
+/// app has the name, 403 `quota_exceeded` when the app has `max_channels` active channels.
+pub async fn create(
+    state: &AppState,
+    caller: &Principal,
+    new: &CreateChannel,
+) -> Result<Channel, ApiError> {
+    let app = &caller.app;
+    let channel = match app.max_channels {
+        None => db::insert(&state.db, app.id, new).await?,
+        Some(max) => {
+            // One creation at a time per app counts and inserts, so the quota holds exactly.
+            let mut tx = state.db.begin().await?;
+            let active = db::lock_and_count_active(&mut tx, app.id).await?;
+            if active >= i64::from(max) {
+                return Err(ApiError::QuotaExceeded {
+                    quota: "max_channels",
+                    limit: i64::from(max),
+                });
+            }
+            let channel = db::insert(&mut *tx, app.id, new).await?;
+            tx.commit().await?;
+            channel
+        }
+    };
+    state.apps.remember(channel.summary.id, app.id);
+    Ok(channel)
 }
 
 /// Changes the fields `change` holds (none: the channel as it is); 404 when there is none.

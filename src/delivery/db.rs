@@ -5,14 +5,23 @@ use sqlx::PgExecutor;
 
 use crate::messages::model::Message;
 
-/// The newest message id of a channel, 0 when it has none: a new follower's starting cursor.
-pub async fn latest_id(db: impl PgExecutor<'_>, channel_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT COALESCE(max(id), 0) AS "id!" FROM messages WHERE channel_id = $1"#,
+/// The app that owns a channel and its newest message id (0 when it has none): a new follower's
+/// starting cursor. `None` when there is no such channel.
+pub async fn start_of(
+    db: impl PgExecutor<'_>,
+    channel_id: i64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT app_id,
+               COALESCE((SELECT max(id) FROM messages WHERE channel_id = $1), 0) AS "last!"
+        FROM channels WHERE id = $1
+        "#,
         channel_id,
     )
-    .fetch_one(db)
-    .await
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|row| (row.app_id, row.last)))
 }
 
 /// For each `(channel, cursor)` pair, up to `per_channel` messages newer than the cursor; ordered

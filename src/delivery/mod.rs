@@ -46,7 +46,7 @@ pub use feeds::Feeds;
 use shared::{Cursor, Shared};
 pub use shared::{DeliveryStats, Followers};
 
-use crate::config::Config;
+use crate::{apps::DEFAULT_APP, config::Config};
 
 /// Stored-message delivery for this instance. Cheap to clone.
 #[derive(Clone)]
@@ -140,10 +140,14 @@ impl Delivery {
         }
         // First follower here: start after what is committed now. Everything newer is read and
         // delivered; everything up to it is visible to the follower's own history read.
-        let last = db::latest_id(&self.shared.db, channel_id).await?;
+        // A channel that does not exist has nothing to deliver.
+        let (app_id, last) = db::start_of(&self.shared.db, channel_id)
+            .await?
+            .unwrap_or((DEFAULT_APP, 0));
         let mut followed = self.shared.followed();
         let cursor = followed.entry(channel_id).or_insert_with(|| Cursor {
             generation: self.shared.generations.fetch_add(1, Ordering::Relaxed),
+            app_id,
             last,
             followers: 0,
             hint_seq: 0,

@@ -122,13 +122,14 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             if t.unhinted && cursor.generation == t.generation {
                 count(&shared.stats.unhinted, rows.len() - start);
             }
-            fresh.extend(rows.into_iter().skip(start));
+            let app_id = cursor.app_id;
+            fresh.extend(rows.into_iter().skip(start).map(|row| (app_id, row)));
         }
     }
     count(&shared.stats.delivered, fresh.len());
-    for message in fresh {
+    for (app_id, message) in fresh {
         let message = Arc::new(message);
-        shared.followers.stored(&message);
+        shared.followers.stored(app_id, &message);
         shared.feeds.publish(&message);
     }
 }
@@ -162,6 +163,7 @@ mod tests {
             channel_id,
             super::super::Cursor {
                 generation,
+                app_id: crate::apps::DEFAULT_APP,
                 last,
                 followers: 1,
                 hint_seq: 0,

@@ -19,9 +19,9 @@ use crate::messages::model::Message;
 /// Where stored messages go once read: the realtime engine's followers (delivery itself knows
 /// nothing of WebSockets; `realtime` implements this).
 pub trait Followers: Send + Sync {
-    /// A stored message, newer than what this instance handed over before, in id order per
-    /// channel.
-    fn stored(&self, message: &Message);
+    /// A stored message of a channel of app `app_id`, newer than what this instance handed over
+    /// before, in id order per channel.
+    fn stored(&self, app_id: i64, message: &Message);
 }
 
 pub(super) struct Shared {
@@ -50,6 +50,8 @@ pub(super) struct Cursor {
     /// Tells this cursor from an earlier one of the same channel (unfollowed, then followed
     /// again while a read was in flight), whose read must not settle this one's hints.
     pub(super) generation: u64,
+    /// The app that owns the channel.
+    pub(super) app_id: i64,
     /// The newest message id handed to followers.
     pub(super) last: i64,
     pub(super) followers: usize,

@@ -404,7 +404,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: ChannelArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         let channel = channels::service::get(&self.state, args.channel_id, None).await?;
         let summary = format!("channel {} `{}`", channel.summary.id, channel.summary.name);
         Ok(answer(summary, &ChannelAnswer { channel }))
@@ -417,7 +417,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: ReadMessagesArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         let mut errors = FieldErrors::default();
         let limit = args
             .limit
@@ -461,7 +461,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: WaitArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         let max_wait = self.state.config.mcp.max_wait.as_secs() as i64;
         let mut errors = FieldErrors::default();
         let limit = args
@@ -497,7 +497,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: PostMessageArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         if let Some(key) = &args.idempotency_key
             && !is_printable_ascii(key, 255)
         {
@@ -549,7 +549,7 @@ impl Tools {
             document: args.document,
         })?;
         caller.may_create_channels()?;
-        let channel = channels::service::create(&self.state, &new).await?;
+        let channel = channels::service::create(&self.state, caller, &new).await?;
         let summary = format!(
             "created channel {} `{}`",
             channel.summary.id, channel.summary.name
@@ -564,7 +564,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: UpdateDocumentArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         let change = validated(UpdateChannel {
             name: None,
             description: None,
@@ -590,7 +590,7 @@ impl Tools {
         caller: &Principal,
     ) -> Result<CallToolResult, ApiError> {
         let args: MarkReadArgs = parse(args)?;
-        caller.may_use_channel(args.channel_id)?;
+        caller.may_use_channel(&self.state, args.channel_id).await?;
         let read = validated(ReadState {
             reader: args.reader,
             last_read_id: args.last_read_id,

@@ -132,7 +132,7 @@ pub async fn events(
         None => since_query,
     };
     errors.into_result()?;
-    caller.principal.may_use_channel(channel_id)?;
+    caller.principal.may_use_channel(&state, channel_id).await?;
     if channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::channel_not_found(channel_id));
     }

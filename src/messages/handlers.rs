@@ -95,7 +95,7 @@ pub async fn list(
         _ => Page::Latest,
     };
 
-    caller.principal.may_use_channel(channel_id)?;
+    caller.principal.may_use_channel(&state, channel_id).await?;
     let wait = Duration::from_secs(wait.unsigned_abs());
     if let Some(Extension(allowance)) = allowance {
         // The request's deadline makes room for the wait (see `limits`).
@@ -140,7 +140,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
     let idempotency_key = idempotency_key(&headers)?
         .map(|key| service::IdempotencyKey::of(&caller.principal.key_id, key));
-    caller.principal.may_use_channel(channel_id)?;
+    caller.principal.may_use_channel(&state, channel_id).await?;
     let (stored, message) = service::store(&state, channel_id, new, idempotency_key).await?;
     let status = match stored {
         Stored::New => StatusCode::CREATED,

@@ -113,6 +113,23 @@ pub async fn upgrade(
             return refuse(ws, code, reason);
         }
     };
+    let app = match state.apps.app(&state.db, session.app_id).await {
+        Ok(app) => app,
+        Err(error) => {
+            let (code, reason) = refusal(&ApiError::from(error));
+            return refuse(ws, code, reason);
+        }
+    };
+    let max = app
+        .max_connections
+        .map(|max| usize::try_from(max).unwrap_or(0));
+    let Some(slot) = state.realtime.app_connections.admit(app.id, max) else {
+        return refuse(
+            ws,
+            close::CONNECT_LIMIT,
+            "this app has reached its max_connections quota",
+        );
+    };
     let limits = &state.config.realtime;
     // `maxMessageSize` bounds `data`, as clients check it; the frame around it may add this.
     let largest_frame = limits.max_frame_bytes + ENVELOPE_ALLOWANCE;
@@ -120,7 +137,11 @@ pub async fn upgrade(
         .max_frame_size(largest_frame)
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| run(socket, state, session))
+        .on_upgrade(move |socket| async move {
+            // The app's connection is counted until the socket's task ends.
+            let _slot = slot;
+            run(socket, state, session).await;
+        })
 }
 
 pub(super) struct Connection {
@@ -221,6 +242,7 @@ async fn register(
         .engine
         .connect(Member {
             peer_id: session.peer_id.clone(),
+            address: session.address(),
             key_id: session.key_id.clone(),
             presence: session.permissions.contains(Scope::Presence),
             peer_metadata: session.peer_metadata.clone(),

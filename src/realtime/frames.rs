@@ -124,7 +124,13 @@ impl Connection {
                 ),
             ));
         }
-        match channel_state(&self.state.db, id).await {
+        // Another app's channel reads exactly like one that does not exist.
+        let state = match self.state.apps.owner(&self.state.db, id).await {
+            Ok(Some(app)) if app == self.session.app_id => channel_state(&self.state.db, id).await,
+            Ok(_) => Ok(None),
+            Err(error) => Err(error),
+        };
+        match state {
             Ok(Some(ChannelState::Active)) => Ok(()),
             Ok(Some(ChannelState::Archived)) if !writing => Ok(()),
             Ok(Some(ChannelState::Archived)) => Err((
@@ -191,12 +197,13 @@ impl Connection {
         include_sender_metadata: bool,
     ) -> Result<Option<Roster>, Failure> {
         let max = self.state.config.realtime.max_subscriptions;
+        let scoped = self.session.scoped(name);
         self.state
             .realtime
             .engine
             .subscribe(Subscription {
                 conn: self.conn,
-                channel: name,
+                channel: &scoped,
                 include_sender_metadata,
                 max_subscriptions: max,
                 peer: &self.session.peer_id,
@@ -264,10 +271,11 @@ impl Connection {
 
     /// Ends this connection's subscription to `name`.
     async fn leave(&mut self, name: &str) {
+        let scoped = self.session.scoped(name);
         self.state
             .realtime
             .engine
-            .unsubscribe(self.conn, name)
+            .unsubscribe(self.conn, &scoped)
             .await;
     }
 
@@ -315,7 +323,12 @@ impl Connection {
         self.state
             .realtime
             .engine
-            .publish(name, self.conn, &plain, with_metadata.as_ref())
+            .publish(
+                &self.session.scoped(name),
+                self.conn,
+                &plain,
+                with_metadata.as_ref(),
+            )
             .map_err(|_| realtime_unavailable())?;
         Ok(Reply::default())
     }
@@ -341,7 +354,7 @@ impl Connection {
             .state
             .realtime
             .engine
-            .send(to, &direct)
+            .send(&self.session.scoped(to), &direct)
             .await
             .map_err(|_| realtime_unavailable())?;
         if reached == 0 {

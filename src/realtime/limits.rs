@@ -1,9 +1,10 @@
-//! Rate limits of the realtime surface: connects per source IP, and inbound frames per connection.
+//! Limits of the realtime surface: connects per source IP, connections per app, and inbound
+//! frames per connection.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -95,6 +96,60 @@ impl FrameBucket {
         }
         self.tokens -= 1.0;
         true
+    }
+}
+
+/// WebSocket connections per app on this instance, for the apps' `max_connections` quotas.
+#[derive(Default)]
+pub struct AppConnections {
+    open: Mutex<HashMap<i64, usize>>,
+}
+
+/// One admitted connection of an app; counted until dropped.
+pub struct AppSlot {
+    connections: Arc<AppConnections>,
+    app_id: i64,
+}
+
+impl AppConnections {
+    /// A slot for one more connection of `app_id`, unless it already has `max`.
+    pub fn admit(self: &Arc<Self>, app_id: i64, max: Option<usize>) -> Option<AppSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(app_id).or_insert(0);
+        if max.is_some_and(|max| *count >= max) {
+            return None;
+        }
+        *count += 1;
+        Some(AppSlot {
+            connections: self.clone(),
+            app_id,
+        })
+    }
+
+    /// Open connections of `app_id` here.
+    pub fn open(&self, app_id: i64) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&app_id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.app_id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.app_id);
+            }
+        }
     }
 }
 

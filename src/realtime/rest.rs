@@ -16,6 +16,7 @@ use super::{
     session::MAX_PEER_METADATA,
 };
 use crate::{
+    apps::scoped,
     auth::{Admin, Principal, Scope, Scoped},
     channels::{ChannelState, channel_state},
     error::{ApiError, Envelope},
@@ -45,6 +46,7 @@ async fn authorize_channel(
     principal.require_channel(channel)?;
     if let ChannelKind::Persistent(id) = kind {
         principal.require(scope)?;
+        principal.may_use_channel(state, id).await?;
         match channel_state(&state.db, id).await? {
             None => return Err(ApiError::channel_not_found(id)),
             Some(ChannelState::Archived) if writing => return Err(ApiError::ChannelArchived(id)),
@@ -93,7 +95,11 @@ async fn peers_of(
 ) -> Result<Response, ApiError> {
     principal.require(Scope::Presence)?;
     authorize_channel(state, principal, channel, Scope::ChannelsRead, false).await?;
-    let roster = state.realtime.engine.roster(channel).await?;
+    let roster = state
+        .realtime
+        .engine
+        .roster(&scoped(principal.app_id(), channel))
+        .await?;
     let peers: Vec<PeerInfo<'_>> = roster
         .iter()
         .map(|(peer_id, metadata)| PeerInfo {
@@ -223,7 +229,11 @@ async fn publish_to(
     let delivered = state
         .realtime
         .engine
-        .publish_counted(channel, &plain, with_metadata.as_ref())
+        .publish_counted(
+            &scoped(principal.app_id(), channel),
+            &plain,
+            with_metadata.as_ref(),
+        )
         .await?;
     Ok(Json(Delivered { channel, delivered }).into_response())
 }
@@ -243,7 +253,7 @@ pub struct Kicked {
         (status = 400, description = "A malformed peer id", body = Envelope),
     ))]
 pub async fn kick(
-    _: Scoped<Admin>,
+    caller: Scoped<Admin>,
     _: NoQuery,
     State(state): State<AppState>,
     Segment(peer_id): Segment,
@@ -255,7 +265,12 @@ pub async fn kick(
             "peer ids are 1-128 printable ASCII characters",
         ));
     }
-    let closed = state.realtime.engine.kick(&peer_id).await?;
+    // An admin key reaches only its own app's peers.
+    let closed = state
+        .realtime
+        .engine
+        .kick(&scoped(caller.principal.app_id(), &peer_id))
+        .await?;
     Ok(Json(Kicked { peer_id, closed }))
 }
 

@@ -2,13 +2,14 @@
 //! `?key=pk_live_…` (a publishable key) before the upgrade. A failure is a 401 whose
 //! [`AuthFailure`] becomes the close reason, so a client learns what to fix.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use chrono::Utc;
 use serde_json::{Map, Value, value::RawValue};
 
 use super::names::is_peer_id;
 use crate::{
+    apps,
     auth::{
         Pattern, ScopeSet, find_publishable_key, is_publishable, patterns::any_matches, tokens,
     },
@@ -22,6 +23,8 @@ pub const MAX_METADATA: usize = 8 * 1024;
 /// An authenticated realtime peer on one connection.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// The app of the key behind the connection: its channels, peers and presence are the app's.
+    pub app_id: i64,
     pub peer_id: Arc<str>,
     /// The secret key that minted the token, or the publishable key.
     pub key_id: Arc<str>,
@@ -38,6 +41,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// The engine's name for this app's channel `name` (see [`apps::scoped`]).
+    pub fn scoped<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        apps::scoped(self.app_id, name)
+    }
+
+    /// The peer as `send` and `kick` reach it: its app and its id.
+    pub fn address(&self) -> Arc<str> {
+        match apps::scoped(self.app_id, &self.peer_id) {
+            Cow::Borrowed(_) => self.peer_id.clone(),
+            Cow::Owned(scoped) => Arc::from(scoped),
+        }
+    }
+
     /// Whether `channel` lies within the key's patterns and, if the token names any, the token's.
     pub fn may_use(&self, channel: &str) -> bool {
         any_matches(&self.key_patterns, channel)
@@ -120,6 +136,7 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
         }
     };
     Ok(Session {
+        app_id: key.app_id,
         peer_id: Arc::from(claims.sub.as_str()),
         key_id: Arc::from(key.key_id.as_str()),
         permissions,
@@ -151,6 +168,7 @@ async fn from_publishable(
     }
     let actions = ScopeSet::from_stored(&stored.actions).realtime();
     Ok(Session {
+        app_id: stored.app_id,
         peer_id: Arc::from(uuid::Uuid::new_v4().to_string().as_str()),
         key_id: Arc::from(stored.key.as_str()),
         permissions: actions,

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{engine::Engine, limits::ConnectLimiter};
+use super::{
+    engine::Engine,
+    limits::{AppConnections, ConnectLimiter},
+};
 use crate::config::Config;
 
 /// Realtime state shared by every request and connection.
@@ -11,6 +14,8 @@ use crate::config::Config;
 pub struct Realtime {
     pub engine: Engine,
     pub connects: Arc<ConnectLimiter>,
+    /// Open connections per app, for `max_connections`.
+    pub app_connections: Arc<AppConnections>,
 }
 
 impl Realtime {
@@ -22,6 +27,7 @@ impl Realtime {
                 limits.connects_per_ip,
                 limits.connect_window,
             )),
+            app_connections: Arc::default(),
         }
     }
 }

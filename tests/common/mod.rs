@@ -7,6 +7,7 @@ pub mod cluster;
 use std::{net::SocketAddr, sync::Arc};
 
 use channeld::{
+    apps::{DEFAULT_APP, Quotas, create_app},
     auth::{NewKey, NewPublishableKey, Scope, create_key, create_publishable_key, tokens},
     config::Config,
     startup::{Addresses, Application},
@@ -156,6 +157,7 @@ impl TestApp {
         expires_at: Option<DateTime<Utc>>,
     ) -> String {
         let new = NewKey {
+            app_id: DEFAULT_APP,
             name: "test".into(),
             scopes: scopes.to_vec(),
             channel_patterns: vec![],
@@ -171,7 +173,21 @@ impl TestApp {
 
     /// A key limited to `patterns`.
     pub async fn key_with_patterns(&self, scopes: &[Scope], patterns: &[&str]) -> String {
+        self.app_key(DEFAULT_APP, scopes, patterns).await
+    }
+
+    /// A new app with these quotas; its id.
+    pub async fn app(&self, name: &str, quotas: Quotas) -> i64 {
+        create_app(&self.db, name, &quotas)
+            .await
+            .expect("create app")
+            .id
+    }
+
+    /// A key of app `app_id` limited to `patterns` (`[]` for every name).
+    pub async fn app_key(&self, app_id: i64, scopes: &[Scope], patterns: &[&str]) -> String {
         let new = NewKey {
+            app_id,
             name: "test".into(),
             scopes: scopes.to_vec(),
             channel_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
@@ -193,6 +209,7 @@ impl TestApp {
         origins: &[&str],
     ) -> String {
         let new = NewPublishableKey {
+            app_id: DEFAULT_APP,
             name: "browser".into(),
             actions: actions.to_vec(),
             channel_patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),

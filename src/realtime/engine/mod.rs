@@ -33,7 +33,8 @@ pub mod redis;
 use std::collections::HashSet;
 
 use crate::{
-    config::Config, messages::model::Message, metrics::Sample, realtime::stored::stored_frame,
+    apps::scoped, config::Config, messages::model::Message, metrics::Sample,
+    realtime::stored::stored_frame,
 };
 pub use api::{SubscribeFailure, Subscription, Unavailable};
 use hub::{
@@ -50,8 +51,8 @@ pub enum Engine {
 }
 
 impl crate::delivery::Followers for Engine {
-    fn stored(&self, message: &Message) {
-        self.publish_stored(message);
+    fn stored(&self, app_id: i64, message: &Message) {
+        self.publish_stored(app_id, message);
     }
 }
 
@@ -111,7 +112,7 @@ impl Engine {
     /// another instance find it). It stays registered until the answer is dropped, and is
     /// unregistered even if this future is dropped halfway.
     pub async fn connect(&self, member: Member) -> Registration {
-        let peer = member.peer_id.clone();
+        let peer = member.address.clone();
         let registration = Registration {
             engine: self.clone(),
             conn: self.hub().register(member),
@@ -193,10 +194,11 @@ impl Engine {
         }
     }
 
-    /// Delivers a stored message, read from PostgreSQL, to this instance's followers of its
-    /// channel (every instance reads the stored messages itself).
-    pub fn publish_stored(&self, message: &Message) {
-        let channel = message.channel_id.to_string();
+    /// Delivers a stored message of a channel of app `app_id`, read from PostgreSQL, to this
+    /// instance's followers of its channel (every instance reads the stored messages itself).
+    pub fn publish_stored(&self, app_id: i64, message: &Message) {
+        let id = message.channel_id.to_string();
+        let channel = scoped(app_id, &id);
         let frame = stored_frame(message);
         match self {
             Self::Memory(hub) => {

@@ -120,6 +120,8 @@ impl CloseSignal {
 /// What the hub keeps about a connection when it registers.
 pub struct Member {
     pub peer_id: Arc<str>,
+    /// The peer as `send` and `kick` reach it: its app and its id (`apps::scoped`).
+    pub address: Arc<str>,
     pub key_id: Arc<str>,
     /// Receives presence frames.
     pub presence: bool,

@@ -20,9 +20,12 @@ use std::{
     },
 };
 
-use crate::realtime::{
-    engine::redis::roster::Mirror,
-    protocol::{PeerEntry, ServerFrame},
+use crate::{
+    apps::unscoped,
+    realtime::{
+        engine::redis::roster::Mirror,
+        protocol::{PeerEntry, ServerFrame},
+    },
 };
 use fanout::{
     ConnId, HubStats, Member, Metadata, Outbound, Roster, Subscriber, TaskGuard, deliver,
@@ -71,6 +74,7 @@ pub(in crate::realtime::engine) struct Presence {
 /// What a connection was subscribed to when it unregistered.
 #[derive(Debug)]
 pub struct Departure {
+    /// The peer's address (`Member::address`).
     pub peer: Arc<str>,
     pub channels: Vec<Arc<str>>,
     /// No other connection of the peer remains on this instance.
@@ -96,7 +100,7 @@ impl Hub {
         let mut inner = self.write();
         inner
             .peers
-            .entry(member.peer_id.clone())
+            .entry(member.address.clone())
             .or_default()
             .push(id);
         inner.connections.insert(
@@ -115,21 +119,21 @@ impl Hub {
         let mut inner = self.write();
         let connection = inner.connections.get(&conn)?;
         let channels = connection.channels.clone();
-        let peer = connection.member.peer_id.clone();
+        let address = connection.member.address.clone();
         for channel in &channels {
             inner.leave(conn, channel, &self.stats);
         }
         let mut last_of_peer = true;
-        if let Some(conns) = inner.peers.get_mut(&peer) {
+        if let Some(conns) = inner.peers.get_mut(&address) {
             conns.retain(|c| *c != conn);
             last_of_peer = conns.is_empty();
             if last_of_peer {
-                inner.peers.remove(&peer);
+                inner.peers.remove(&address);
             }
         }
         inner.connections.remove(&conn);
         Some(Departure {
-            peer,
+            peer: address,
             channels,
             last_of_peer,
         })
@@ -190,7 +194,7 @@ impl Hub {
                 metadata: member.peer_metadata.as_deref(),
             }];
             let frame: Outbound = ServerFrame::Presence {
-                channel: &name,
+                channel: unscoped(&name),
                 joined: &joined,
                 left: &[],
             }
@@ -354,7 +358,7 @@ impl Inner {
                     metadata: presence.metadata.as_deref(),
                 }];
                 let frame: Outbound = ServerFrame::Presence {
-                    channel,
+                    channel: unscoped(channel),
                     joined: &[],
                     left: &left,
                 }

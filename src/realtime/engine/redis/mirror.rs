@@ -14,12 +14,17 @@
 use std::sync::Arc;
 
 use super::roster::{Mirror, Pending, PresenceEvent, Version};
-use crate::realtime::{
-    engine::hub::{
-        Channel, ChannelPresence, Hub, SubscribeError,
-        fanout::{ConnId, HubStats, Metadata, Outbound, Roster, Subscriber, deliver, deliver_to},
+use crate::{
+    apps::unscoped,
+    realtime::{
+        engine::hub::{
+            Channel, ChannelPresence, Hub, SubscribeError,
+            fanout::{
+                ConnId, HubStats, Metadata, Outbound, Roster, Subscriber, deliver, deliver_to,
+            },
+        },
+        protocol::{PeerEntry, ServerFrame},
     },
-    protocol::{PeerEntry, ServerFrame},
 };
 
 /// Events held while a mirror is read; past this, later ones are dropped and the gap they leave
@@ -392,7 +397,7 @@ fn announce(
         }
         Some(
             ServerFrame::Presence {
-                channel: name,
+                channel: unscoped(name),
                 joined: &joined,
                 left: &left,
             }
@@ -460,6 +465,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let conn = hub.register(Member {
             peer_id: Arc::from("me"),
+            address: Arc::from("me"),
             key_id: Arc::from("key"),
             presence: true,
             peer_metadata: None,
