@@ -29,6 +29,7 @@ const ALL: [Scope; 7] = [
 async fn answer(app: &TestApp, method: Method, path: &str, key: &str, id: i64) -> (u16, String) {
     let body = match (&method, path.rsplit('/').next()) {
         (&Method::POST, Some("messages")) => Some(json!({"content": "x"})),
+        (&Method::POST, Some("publish")) => Some(json!({"data": 1})),
         (&Method::PUT, Some("read")) => Some(json!({"reader": "r", "last_read_id": 1})),
         (&Method::PUT, _) => Some(json!({"description": "d"})),
         _ => None,
@@ -80,48 +81,71 @@ async fn another_apps_channels_read_like_unknown_ones_everywhere(db: PgPool) {
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["channels"][0]["id"], ours);
 
-    // Every route, the event stream and the long poll included, answers A's id as it answers
-    // one that exists nowhere.
-    for (method, path) in [
-        (Method::GET, "/v1/channels/{}"),
-        (Method::PUT, "/v1/channels/{}"),
-        (Method::GET, "/v1/channels/{}/messages"),
-        (Method::GET, "/v1/channels/{}/messages?wait=5&after=0"),
-        (Method::POST, "/v1/channels/{}/messages"),
-        (Method::GET, "/v1/channels/{}/events"),
-        (Method::PUT, "/v1/channels/{}/read"),
-    ] {
-        let hidden = answer(
-            &app,
-            method.clone(),
-            &path.replace("{}", &ours.to_string()),
-            &b,
-            ours,
-        )
-        .await;
-        let missing = answer(
-            &app,
-            method.clone(),
-            &path.replace("{}", &unknown.to_string()),
-            &b,
-            unknown,
-        )
-        .await;
-        assert_eq!(hidden.0, 404, "{method} {path}: {}", hidden.1);
-        assert_eq!(hidden, missing, "{method} {path}");
+    // Every route, the event stream, the long poll and realtime REST on the channel's live name
+    // answer another app's id as they answer one that exists nowhere; both ways round.
+    for (key, hidden_id) in [(&b, ours), (&a, theirs)] {
+        for (method, path) in [
+            (Method::GET, "/v1/channels/{}"),
+            (Method::PUT, "/v1/channels/{}"),
+            (Method::GET, "/v1/channels/{}/messages"),
+            (Method::GET, "/v1/channels/{}/messages?wait=5&after=0"),
+            (Method::POST, "/v1/channels/{}/messages"),
+            (Method::GET, "/v1/channels/{}/events"),
+            (Method::PUT, "/v1/channels/{}/read"),
+            (Method::GET, "/v1/channels/{}/peers"),
+            (Method::POST, "/v1/channels/{}/publish"),
+        ] {
+            let hidden = answer(
+                &app,
+                method.clone(),
+                &path.replace("{}", &hidden_id.to_string()),
+                key,
+                hidden_id,
+            )
+            .await;
+            let missing = answer(
+                &app,
+                method.clone(),
+                &path.replace("{}", &unknown.to_string()),
+                key,
+                unknown,
+            )
+            .await;
+            assert_eq!(hidden.0, 404, "{method} {path}: {}", hidden.1);
+            assert_eq!(hidden, missing, "{method} {path}");
+        }
     }
-    // So do MCP's tools.
+    // So do MCP's tools, answer for answer.
     for (tool, arguments) in [
-        ("get_channel", json!({"channel_id": ours})),
-        ("read_messages", json!({"channel_id": ours})),
-        ("post_message", json!({"channel_id": ours, "content": "x"})),
+        ("get_channel", json!({"channel_id": "ID"})),
+        ("read_messages", json!({"channel_id": "ID"})),
+        (
+            "wait_for_messages",
+            json!({"channel_id": "ID", "after": 0, "wait_seconds": 1}),
+        ),
+        ("post_message", json!({"channel_id": "ID", "content": "x"})),
+        (
+            "update_channel_document",
+            json!({"channel_id": "ID", "document": "overwritten"}),
+        ),
         (
             "mark_read",
-            json!({"channel_id": ours, "reader": "r", "last_read_id": 1}),
+            json!({"channel_id": "ID", "reader": "r", "last_read_id": 1}),
         ),
     ] {
-        let answer = mcp(&app, &b, tool, arguments).await;
-        assert_eq!(answer["error"], "not_found", "{tool}: {answer}");
+        let with = |id: i64| {
+            let mut arguments = arguments.clone();
+            arguments["channel_id"] = json!(id);
+            arguments
+        };
+        let hidden = mcp(&app, &b, tool, with(ours)).await;
+        let missing = mcp(&app, &b, tool, with(unknown)).await;
+        assert_eq!(hidden["error"], "not_found", "{tool}: {hidden}");
+        assert_eq!(
+            hidden.to_string().replace(&ours.to_string(), "N"),
+            missing.to_string().replace(&unknown.to_string(), "N"),
+            "{tool}"
+        );
     }
     let listed = mcp(&app, &b, "list_channels", json!({})).await;
     assert_eq!(listed["total"], 1, "{listed}");
@@ -150,6 +174,7 @@ async fn another_apps_channels_read_like_unknown_ones_everywhere(db: PgPool) {
     assert_eq!(contents, ["a secret plan"]);
     let (_, channel) = app.get(&format!("/v1/channels/{ours}"), &a).await;
     assert_eq!(channel["channel"]["description"], Value::Null);
+    assert_eq!(channel["channel"]["document"], Value::Null);
 }
 
 #[sqlx::test]
@@ -159,42 +184,59 @@ async fn realtime_names_peers_and_presence_are_two_namespaces(db: PgPool) {
     let a = app.key(&ALL).await;
     let team_b = app.app("team-b", Quotas::default()).await;
     let b = app.app_key(team_b, &ALL, &[]).await;
+    let presence = |joined: Value| json!({"type": "presence", "channel": "room", "joined": joined, "left": []});
 
-    // Peer `bob` of each app, both in `room`: each is alone there.
-    let empty = json!({"type": "presence", "channel": "room", "joined": [], "left": []});
+    // App A: `alice` and `bob` in `room`. App B: its own `bob`, then `carol`.
+    let mut alice_a = app.peer(&a, "alice", json!({})).await;
+    alice_a.subscribe("room").await;
+    assert_eq!(alice_a.recv().await, presence(json!([])));
     let mut bob_a = app.peer(&a, "bob", json!({})).await;
     bob_a.subscribe("room").await;
-    assert_eq!(bob_a.recv().await, empty);
+    assert_eq!(bob_a.recv().await, presence(json!([{"peerId": "alice"}])));
+    assert_eq!(alice_a.recv().await, presence(json!([{"peerId": "bob"}])));
     let mut bob_b = app.peer(&b, "bob", json!({})).await;
     bob_b.subscribe("room").await;
-    assert_eq!(bob_b.recv().await, empty, "B's bob sees no peer of A");
-    // B's carol sees B's bob only; B's bob hears her join.
+    assert_eq!(
+        bob_b.recv().await,
+        presence(json!([])),
+        "B's bob sees neither of A's peers"
+    );
     let mut carol_b = app.peer(&b, "carol", json!({})).await;
     carol_b.subscribe("room").await;
-    let roster = carol_b.recv().await;
-    assert_eq!(roster["joined"], json!([{"peerId": "bob"}]), "{roster}");
-    let joined = bob_b.recv().await;
-    assert_eq!(joined["joined"], json!([{"peerId": "carol"}]), "{joined}");
+    assert_eq!(carol_b.recv().await, presence(json!([{"peerId": "bob"}])));
+    assert_eq!(bob_b.recv().await, presence(json!([{"peerId": "carol"}])));
 
     // REST: each app's peers and publishes stay in the app.
+    let listed = |peers: &Value| {
+        let mut ids: Vec<String> = peers["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p["peerId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
     let (status, peers) = app.get("/v1/channels/room/peers", &a).await;
     assert_eq!(status, StatusCode::OK, "{peers}");
-    assert_eq!(peers["peers"], json!([{"peerId": "bob"}]), "{peers}");
+    assert_eq!(listed(&peers), ["alice", "bob"], "{peers}");
+    let (_, peers) = app.get("/v1/channels/room/peers", &b).await;
+    assert_eq!(listed(&peers), ["bob", "carol"], "{peers}");
     let (status, published) = app
-        .post("/v1/channels/room/publish", &a, json!({"data": {"n": 1}}))
+        .post("/v1/channels/room/publish", &a, json!({"data": "from a"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{published}");
-    assert_eq!(published["delivered"], 1, "only A's bob: {published}");
-    let message = bob_a.recv().await;
-    assert_eq!(
-        (message["type"].as_str(), message["channel"].as_str()),
-        (Some("message"), Some("room")),
-        "{message}"
-    );
-    assert_eq!(message["data"], json!({"n": 1}));
+    assert_eq!(published["delivered"], 2, "A's alice and bob: {published}");
+    for ws in [&mut alice_a, &mut bob_a] {
+        let message = ws.recv().await;
+        assert_eq!(
+            (message["type"].as_str(), message["data"].as_str()),
+            (Some("message"), Some("from a")),
+            "{message}"
+        );
+    }
 
-    // `send` reaches A's bob only; B's `send` to a peer only A has is `peer_not_found`.
-    let mut alice_a = app.peer(&a, "alice", json!({})).await;
+    // `send` to `bob` reaches the sender's app's bob only; a peer only A has is not found in B.
     let sent = alice_a
         .request(json!({"type": "send", "to": "bob", "data": "hi", "requestId": "d"}))
         .await;
@@ -208,8 +250,20 @@ async fn realtime_names_peers_and_presence_are_two_namespaces(db: PgPool) {
         .request(json!({"type": "send", "to": "alice", "data": "hi", "requestId": "d"}))
         .await;
     assert_eq!(refused["code"], "peer_not_found", "{refused}");
+    // B's next frames are B's own publish: nothing of A's publish, presence or send came first.
+    let (_, published) = app
+        .post("/v1/channels/room/publish", &b, json!({"data": "from b"}))
+        .await;
+    assert_eq!(published["delivered"], 2, "B's bob and carol: {published}");
+    for ws in [&mut bob_b, &mut carol_b] {
+        let next = ws.recv().await;
+        assert_eq!(
+            next["data"], "from b",
+            "B's peers got only B's traffic: {next}"
+        );
+    }
 
-    // An admin key of B kicks B's bob; A's bob stays.
+    // An admin key of B kicks B's bob; A's bob stays and hears only A's traffic.
     let response = app
         .request(Method::DELETE, "/v1/peers/bob", &b)
         .send()
@@ -219,37 +273,36 @@ async fn realtime_names_peers_and_presence_are_two_namespaces(db: PgPool) {
     let kicked: Value = response.json().await.unwrap();
     assert_eq!(kicked["closed"], 1, "{kicked}");
     assert_eq!(bob_b.closed().await, 4020);
-    // B's publish reaches B's carol only; A's bob, still connected, hears nothing of it but
-    // the next message of its own app.
-    let (_, published) = app
-        .post("/v1/channels/room/publish", &b, json!({"data": "from b"}))
-        .await;
-    assert_eq!(published["delivered"], 1, "{published}");
-    let (_, _) = app
-        .post("/v1/channels/room/publish", &a, json!({"data": "from a"}))
+    let left = carol_b.recv().await;
+    assert_eq!(left["left"], json!([{"peerId": "bob"}]), "{left}");
+    app.post("/v1/channels/room/publish", &a, json!({"data": "marker"}))
         .await;
     let next = bob_a.recv().await;
-    assert_eq!(
-        next["data"], "from a",
-        "A's bob got only A's traffic: {next}"
-    );
+    assert_eq!(next["data"], "marker", "A's bob saw nothing of B: {next}");
 
-    // A persistent channel's stored messages reach its own app's live stream, and not B's
-    // channel of the same name.
-    let id = app.channel(&a, "stored").await;
-    let name = id.to_string();
-    bob_a.subscribe(&name).await;
-    assert_eq!(bob_a.recv().await["type"], "presence");
-    let mut stranger = app.peer(&b, "dave", json!({})).await;
-    // B has no channel `id`: its subscription is refused as an unknown channel.
-    let refused = stranger
-        .request(json!({"type": "subscribe", "channel": name, "requestId": "s"}))
-        .await;
-    assert_eq!(refused["type"], "error", "{refused}");
-    app.message(&a, id, "stored one").await;
-    let stored = bob_a.recv().await;
-    assert_eq!(stored["data"]["content"], "stored one", "{stored}");
-    stranger.silent_for(Duration::from_millis(300)).await;
+    // Stored messages reach the live stream of their own app's channel, in the default app and
+    // in another.
+    for (key, peer) in [(&a, &mut bob_a), (&b, &mut carol_b)] {
+        let id = app.channel(key, "stored").await;
+        let name = id.to_string();
+        peer.subscribe(&name).await;
+        assert_eq!(peer.recv().await["type"], "presence");
+        app.message(key, id, &format!("stored in {name}")).await;
+        let stored = peer.recv().await;
+        assert_eq!(stored["channel"], name, "{stored}");
+        assert_eq!(stored["data"]["content"], format!("stored in {name}"));
+        // The other app's key cannot subscribe to it: an unknown channel to it.
+        let other = if std::ptr::eq(key, &a) { &b } else { &a };
+        let mut stranger = app.peer(other, "stranger", json!({})).await;
+        let refused = stranger
+            .request(json!({"type": "subscribe", "channel": name, "requestId": "s"}))
+            .await;
+        assert_eq!(refused["code"], "invalid_channel", "{refused}");
+        let published = stranger
+            .request(json!({"type": "publish", "channel": name, "data": 1, "requestId": "p"}))
+            .await;
+        assert_eq!(published["code"], "invalid_channel", "{published}");
+    }
 }
 
 #[sqlx::test]
@@ -289,6 +342,21 @@ async fn quotas_answer_as_the_spec_says(db: PgPool) {
         .await;
     assert_eq!(status, StatusCode::OK);
     app.channel(&key, "three").await;
+    // Unarchiving counts like creating: at the quota it is refused, and the channel stays archived.
+    let (status, body) = app
+        .put(
+            &format!("/v1/channels/{first}"),
+            &key,
+            json!({"archived": false}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_exceeded")),
+        "{body}"
+    );
+    let (_, channel) = app.get(&format!("/v1/channels/{first}"), &key).await;
+    assert_eq!(channel["channel"]["archived"], true);
 
     // max_connections: a second WebSocket closes with 4010 while the first is open.
     let token = app.token(&key, json!({"peerId": "p1"})).await;
@@ -509,6 +577,36 @@ async fn derived_keys_stay_within_their_creator(db: PgPool) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     for field in ["name", "scopes", "expires_in"] {
         assert!(body["details"][field].is_array(), "{field}: {body}");
+    }
+
+    // A narrower admin key sees and revokes only keys within it: not its wider creator.
+    let (_, narrow_sees) = app.get("/v1/keys", &narrow).await;
+    let (narrow_id, _) = common::key_parts(&narrow);
+    let (orchestrator_id, _) = common::key_parts(&orchestrator);
+    let seen: Vec<&str> = narrow_sees["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert!(seen.contains(&narrow_id.as_str()), "{narrow_sees}");
+    assert!(!seen.contains(&orchestrator_id.as_str()), "{narrow_sees}");
+    let response = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/keys/{orchestrator_id}"),
+            &narrow,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // Tokens and publishable keys are no REST credentials.
+    let token = app.token(&orchestrator, json!({"peerId": "p"})).await;
+    let publishable = app.publishable(&[Scope::Subscribe], &["**"], &["*"]).await;
+    for credential in [&token, &publishable] {
+        let (status, _) = app.get("/v1/keys", credential).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     // The list shows the app's keys and never a secret; another app sees none of them.

@@ -269,10 +269,15 @@ async fn apps_keep_their_boundaries_across_instances(db: PgPool) {
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(next_of_type(&mut bob_b, "direct").await["data"], "for b");
-    // B's peers list shows B's bob in the room, never A's.
+    // A's alice joins the room too: B's list shows B's bob alone, and B's bob hears of no join.
+    let mut alice_a = apps[1].peer(&key_a, "alice", json!({})).await;
+    join(&mut alice_a, "room").await;
     let (status, peers) = apps[1].get("/v1/channels/room/peers", &key_b).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(peers["peers"], json!([{"peerId": "bob"}]), "{peers}");
+    let (status, peers) = apps[0].get("/v1/channels/room/peers", &key_a).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(peers["peers"].as_array().map(Vec::len), Some(2), "{peers}");
     // A kick by A's admin through instance 1 closes A's bob only; B's bob then gets B's traffic.
     let (status, body) =
         common::call(apps[1].request(reqwest::Method::DELETE, "/v1/peers/bob", &key_a)).await;
@@ -289,10 +294,87 @@ async fn apps_keep_their_boundaries_across_instances(db: PgPool) {
         )
         .await;
     assert_eq!(body["delivered"], 1, "{body}");
-    let next = next_of_type(&mut bob_b, "message").await;
+    let next = bob_b.recv().await;
     assert_eq!(
-        next["data"], "still here",
-        "B's bob saw nothing of A: {next}"
+        (next["type"].as_str(), next["data"].as_str()),
+        (Some("message"), Some("still here")),
+        "B's bob saw nothing of A (no presence, no direct, no message) before: {next}"
+    );
+}
+
+#[sqlx::test]
+async fn apps_keep_their_peers_apart_after_redis_comes_back(db: PgPool) {
+    let prefix = fresh_prefix();
+    let target: SocketAddr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the test Redis URL is redis://host:port");
+    let proxy = DbProxy::start(target).await;
+    let cut_off = TestApp::spawn_instance(
+        db.clone(),
+        cluster_config(
+            &prefix,
+            &format!("redis://{}", proxy.addr),
+            Duration::from_secs(2),
+        ),
+    )
+    .await;
+    redis_up(&cut_off, true).await;
+    let others = instances(&db, &prefix, 1, Duration::from_secs(2)).await;
+    let other = &others[0];
+    let team_b = cut_off
+        .app("team-b", channeld::apps::Quotas::default())
+        .await;
+    let key_a = cut_off.key(&REALTIME).await;
+    let key_b = cut_off.app_key(team_b, &REALTIME, &[]).await;
+    // B's bob on the instance that will lose Redis; A's alice and B's carol on the other.
+    let _bob_b = cut_off.peer(&key_b, "bob", json!({})).await;
+    let mut alice_a = other.peer(&key_a, "alice", json!({})).await;
+    let mut carol_b = other.peer(&key_b, "carol", json!({})).await;
+    let send = |to: &str, id: String| json!({"type": "send", "to": to, "data": 1, "requestId": id});
+    assert_eq!(
+        answer(&mut carol_b, send("bob", "0".into())).await["type"],
+        "ack"
+    );
+
+    // Cut off long enough for the other instance to remove it, then back: its connections are
+    // registered again, each under its own app.
+    proxy.cut();
+    redis_up(&cut_off, false).await;
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        n += 1;
+        let reply = answer(&mut carol_b, send("bob", n.to_string())).await;
+        if reply["code"] == "peer_not_found" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off instance removed within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+    redis_up(&cut_off, true).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        n += 1;
+        let reply = answer(&mut carol_b, send("bob", n.to_string())).await;
+        if reply["type"] == "ack" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's bob registered again within 10 s: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leaked = answer(&mut alice_a, send("bob", "a".into())).await;
+    assert_eq!(
+        leaked["code"], "peer_not_found",
+        "A's send must not find B's bob: {leaked}"
     );
 }
 

@@ -529,6 +529,8 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it(db: PgPoo
         ("/v1/channels/{channel}/publish", vec!["post"]),
         ("/v1/peers/{peer_id}", vec!["delete"]),
         ("/v1/tokens", vec!["post"]),
+        ("/v1/keys", vec!["get", "post"]),
+        ("/v1/keys/{key_id}", vec!["delete"]),
         ("/v1", vec!["get"]),
         ("/healthz", vec!["get"]),
         ("/readyz", vec!["get"]),

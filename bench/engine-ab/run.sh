@@ -8,6 +8,9 @@
 # BEFORE_BIN and AFTER_BIN are `channeld` release binaries, LOADGEN one `bench` example binary
 # (the same load generator for both). Every run's figures go to bench/results/engine-ab/; the
 # summary prints each row of each run, then medians with min-max per build.
+#
+# AB_PARTS chooses the load generator's parts (default `footprint,fanout,churn`; `rest` compares
+# REST posts and reads at 1, 8 and 32 clients), AB_NAME the results folder (default engine-ab).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$1 after=$2 loadgen=$3 rounds=${4:-2}
@@ -15,7 +18,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 admin=$(scripts/dev-db.sh postgres)
 export DATABASE_URL=${admin%/postgres}/channeld_engine_ab
 export CHANNELD_MASTER_KEY=$(scripts/dev-master-key.sh)
-out=bench/results/engine-ab
+parts=${AB_PARTS:-footprint,fanout,churn}
+out=bench/results/${AB_NAME:-engine-ab}
 mkdir -p "$out" .data
 port=${BENCH_PORT:-18100}
 
@@ -33,7 +37,7 @@ run_one() { # name binary round
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   echo "engine-ab: round $round, $name" >&2
   "$loadgen" --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
-    --database-url "$DATABASE_URL" --only footprint,fanout,churn \
+    --database-url "$DATABASE_URL" --only "$parts" \
     --pusher-skipped "not compared here" --out "$out/$name-$round.json" >/dev/null
   kill "$server"
   wait "$server" 2>/dev/null || true
@@ -58,16 +62,21 @@ def add(label, name, value):
 for name in ("before", "after"):
     for r in range(1, rounds + 1):
         figures = json.load(open(f"{out}/{name}-{r}.json"))
-        fp = figures["footprint"]
-        add("idle memory per connection (KiB)", name, fp["per_connection_kib"])
-        for ladder in figures["fanout_ladders"]:
+        fp = figures.get("footprint")
+        if fp:
+            add("idle memory per connection (KiB)", name, fp["per_connection_kib"])
+        for row in figures.get("rest") or []:
+            for run in row["runs"]:
+                add(f"REST {row['op']} at {row['clients']} clients (req/s)", name, run["channeld"]["per_sec"])
+                add(f"REST {row['op']} at {row['clients']} clients: p99 (ms)", name, run["channeld"]["p99_ms"])
+        for ladder in figures.get("fanout_ladders") or []:
             add(f"fan-out to {ladder['subscribers']}: highest rate sustained (msg/s)", name, ladder["max_rate"])
-        for row in figures["fanout"]:
+        for row in figures.get("fanout") or []:
             what = f"fan-out {row['subscribers']} x {row['publish_rate']}/s"
             for run in row["runs"]:
                 add(f"{what}: p99 (ms)", name, run["deliveries"]["p99_ms"] if "p99_ms" in run["deliveries"] else row["p99_ms"]["median"])
                 add(f"{what}: server CPU us per delivery", name, run["server_cpu_us_per_delivery"])
-        for run in figures["churn"]["runs"]:
+        for run in (figures.get("churn") or {}).get("runs", []):
             add("presence churn (joins+leaves/s)", name, run["joins_leaves_per_sec"])
 print("| row | before: median [min-max] (n) | after: median [min-max] (n) |")
 print("|---|---|---|")

@@ -112,9 +112,11 @@ pub enum DigitNames {
     /// Every one (a pattern covers `*`, or `**`).
     #[default]
     All,
-    /// Only these: exact ids, and the names a regular expression over digits matches.
+    /// Only these: exact ids, ranges of ids (inclusive), and the names a regular expression over
+    /// digits matches.
     Some {
         ids: Vec<i64>,
+        ranges: Vec<(i64, i64)>,
         regex: Option<String>,
     },
 }
@@ -126,6 +128,7 @@ impl DigitNames {
             return Self::All;
         }
         let mut ids = Vec::new();
+        let mut ranges = Vec::new();
         let mut alternatives = Vec::new();
         for pattern in patterns {
             // A literal other than a digit (`/`, a letter, an escaped star) matches no digit name.
@@ -149,6 +152,16 @@ impl DigitNames {
                 }
                 continue;
             }
+            if let Some(prefix) = digit_prefix(&pattern.tokens) {
+                // `0…` names no channel (ids have no leading zero), nor does a prefix longer
+                // than any id.
+                if !prefix.starts_with('0')
+                    && let Ok(number) = prefix.parse::<i64>()
+                {
+                    ranges.extend(prefix_ranges(number));
+                }
+                continue;
+            }
             let regex: String = pattern
                 .tokens
                 .iter()
@@ -162,9 +175,46 @@ impl DigitNames {
         }
         Self::Some {
             ids,
+            ranges,
             regex: (!alternatives.is_empty()).then(|| format!("^(?:{})$", alternatives.join("|"))),
         }
     }
+}
+
+/// The digits a pattern of digits ending in its only star starts with (`4711*`, `4711**`).
+fn digit_prefix(tokens: &[Token]) -> Option<String> {
+    let (last, digits) = tokens.split_last()?;
+    if !matches!(last, Token::Star | Token::DoubleStar) {
+        return None;
+    }
+    let prefix: String = digits
+        .iter()
+        .map(|t| match t {
+            Token::Literal(c) if c.is_ascii_digit() => Some(*c),
+            _ => None,
+        })
+        .collect::<Option<String>>()?;
+    // An empty prefix is `*`, every name (handled before).
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+/// The ids whose decimal form starts with `prefix`: `prefix` itself, then for each further
+/// digit count `k` the block `[prefix·10^k, (prefix+1)·10^k - 1]`, up to `i64::MAX`. Each block
+/// is one range of the primary key.
+fn prefix_ranges(prefix: i64) -> Vec<(i64, i64)> {
+    let mut ranges = vec![(prefix, prefix)];
+    let mut scale: i64 = 10;
+    while let Some(low) = prefix.checked_mul(scale) {
+        let high = (prefix + 1)
+            .checked_mul(scale)
+            .map_or(i64::MAX, |end| end - 1);
+        ranges.push((low, high));
+        match scale.checked_mul(10) {
+            Some(next) => scale = next,
+            None => break,
+        }
+    }
+    ranges
 }
 
 /// Whether any of `patterns` matches `name`.
@@ -187,6 +237,7 @@ mod tests {
             of(&["tenant_a/**", "42", "007", "4*2", "app_*"]),
             DigitNames::Some {
                 ids: vec![42],
+                ranges: vec![],
                 regex: Some("^(?:4[0-9]*2)$".into())
             }
         );
@@ -194,14 +245,32 @@ mod tests {
             of(&["tenant_b/**"]),
             DigitNames::Some {
                 ids: vec![],
+                ranges: vec![],
                 regex: None
             }
         );
-        let regex = match of(&["1*", "2**"]) {
+        let regex = match of(&["1*2", "2**3"]) {
             DigitNames::Some { regex, .. } => regex.unwrap(),
             DigitNames::All => panic!("not all"),
         };
-        assert_eq!(regex, "^(?:1[0-9]*|2[0-9]*)$");
+        assert_eq!(regex, "^(?:1[0-9]*2|2[0-9]*3)$");
+        // A prefix is ranges of ids, each one range of the primary key.
+        let DigitNames::Some { ranges, regex, .. } = of(&["47*", "0*"]) else {
+            panic!("not all");
+        };
+        assert_eq!(regex, None);
+        assert_eq!(&ranges[..3], [(47, 47), (470, 479), (4700, 4799)]);
+        let covered = |id: i64| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&id));
+        for id in [47, 470, 479, 4712345, 47 * 10_i64.pow(17), i64::MAX / 1000] {
+            assert_eq!(covered(id), id.to_string().starts_with("47"), "{id}");
+        }
+        for id in [4, 48, 480, 4800, 1470] {
+            assert!(!covered(id), "{id}");
+        }
+        let DigitNames::Some { ranges, .. } = of(&["9**"]) else {
+            panic!("not all");
+        };
+        assert_eq!(ranges.last(), Some(&(9 * 10_i64.pow(18), i64::MAX)));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Derived keys over REST (`/v1/keys`, scope `admin`): an orchestrator mints for each agent the
 //! least it needs, within itself. A derived key belongs to its creator's app, holds a subset of
 //! its scopes, patterns its patterns cover, the creator's own rate limit, and never outlives it.
+//! A key sees and revokes only the keys of its app that lie within it in the same way (scopes
+//! and patterns), so a narrow admin key cannot reach a wider one.
 
 use axum::{
     extract::{Path, State},
@@ -11,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use validator::Validate;
 
 use super::{
-    Admin, ApiKey, NewKey, Pattern, Scope, ScopeSet, Scoped, create_key, list_app_keys,
-    revoke_app_key, tokens,
+    Admin, ApiKey, NewKey, Pattern, Principal, Scope, ScopeSet, Scoped, create_key, find_key,
+    list_app_keys, revoke_app_key, tokens,
 };
 use crate::{
     config::parse_duration,
@@ -39,7 +41,8 @@ pub struct CreateKey {
     /// Channel patterns, each covered by one of the creating key's; the creator's own when absent.
     #[schema(min_items = 1, max_items = 16, value_type = Option<Vec<ChannelPattern>>)]
     pub channel_patterns: Option<Vec<String>>,
-    /// Lifetime, e.g. `2h`, `30m`, `7d`; never past the creating key's expiry (when it has one).
+    /// Lifetime, e.g. `2h`, `30m`, `7d`, at most 10 years; never past the creating key's expiry
+    /// (when it has one).
     #[schema(pattern = r"^([0-9]{1,6}(ms|s|m|h|d)){1,4}$")]
     pub expires_in: Option<String>,
 }
@@ -214,7 +217,11 @@ pub async fn list(
 ) -> Result<Json<KeyList>, ApiError> {
     let keys = list_app_keys(&state.db, caller.principal.app_id()).await?;
     Ok(Json(KeyList {
-        keys: keys.iter().map(KeyInfo::from).collect(),
+        keys: keys
+            .iter()
+            .filter(|key| within(&caller.principal, key))
+            .map(KeyInfo::from)
+            .collect(),
     }))
 }
 
@@ -232,12 +239,38 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("key {key_id} not found"));
+    // Another app's key, or one wider than the caller, reads like one that does not exist.
+    let reachable = find_key(&state.db, &key_id).await?.is_some_and(|key| {
+        key.app_id == caller.principal.app_id() && within(&caller.principal, &key)
+    });
+    if !reachable {
+        return Err(not_found());
+    }
     let revoked_at = revoke_app_key(&state.db, caller.principal.app_id(), &key_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("key {key_id} not found")))?;
+        .ok_or_else(not_found)?;
     // The key cache holds it at most a second more; open streams and sockets end by then too.
     Ok(Json(Revoked { key_id, revoked_at }))
 }
+
+/// Whether `key` lies within the caller: every scope of it the caller's, every pattern of it
+/// covered by one of the caller's.
+fn within(caller: &Principal, key: &ApiKey) -> bool {
+    ScopeSet::from_stored(&key.scopes)
+        .iter()
+        .all(|scope| caller.scopes.contains(scope))
+        && key.channel_patterns.iter().all(|pattern| {
+            let pattern = Pattern::new(pattern);
+            caller
+                .channel_patterns
+                .iter()
+                .any(|outer| outer.covers(&pattern))
+        })
+}
+
+/// The longest lifetime a derived key may ask for.
+const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 86_400);
 
 /// Every field's own rules, reported together: the scopes and the lifetime asked for.
 fn checked(request: &CreateKey) -> Result<(Vec<Scope>, Option<std::time::Duration>), ApiError> {
@@ -278,14 +311,20 @@ fn checked(request: &CreateKey) -> Result<(Vec<Scope>, Option<std::time::Duratio
             ),
         );
     }
-    let lifetime = match request.expires_in.as_deref() {
+    let lifetime = match request.expires_in.as_deref().map(|text| {
+        is_lifetime(text)
+            .then(|| parse_duration(text).ok())
+            .flatten()
+            .filter(|lifetime| *lifetime <= MAX_LIFETIME)
+    }) {
         None => None,
-        Some(text) if is_lifetime(text) => parse_duration(text).ok(),
-        Some(_) => {
+        Some(Some(lifetime)) => Some(lifetime),
+        Some(None) => {
             errors.add_with(
                 "expires_in",
                 "format",
-                "expires_in: a duration such as 30m, 2h, 7d or 1h30m (up to 4 parts of at most 6 digits)",
+                "expires_in: a duration such as 30m, 2h, 7d or 1h30m (up to 4 parts of at most 6 \
+                 digits), at most 10 years",
             );
             None
         }

@@ -179,18 +179,19 @@ fn conditions(filter: &ListFilter, app: usize) -> String {
         AND ($4::text IS NULL OR name ILIKE $4)"
     );
     let first = app + 1;
-    // Exact ids alone ride the primary key; a wildcard over digits reads `id::text`.
-    match &filter.covered {
-        DigitNames::All => {}
-        DigitNames::Some { regex: None, .. } => {
-            conditions.push_str(&format!(" AND id = ANY(${first}::bigint[])"));
+    // Exact ids and ranges of ids (a prefix such as `4711*`) ride the primary key; any other
+    // wildcard over digits reads `id::text`. The ranges are numbers computed from the patterns,
+    // written into the statement so that the planner sees them.
+    if let DigitNames::Some { ranges, regex, .. } = &filter.covered {
+        conditions.push_str(&format!(" AND (id = ANY(${first}::bigint[])"));
+        for (low, high) in ranges {
+            conditions.push_str(&format!(" OR id BETWEEN {low} AND {high}"));
         }
-        DigitNames::Some { regex: Some(_), .. } => {
+        if regex.is_some() {
             let regex = first + 1;
-            conditions.push_str(&format!(
-                " AND (id = ANY(${first}::bigint[]) OR id::text ~ ${regex})"
-            ));
+            conditions.push_str(&format!(" OR id::text ~ ${regex}"));
         }
+        conditions.push(')');
     }
     conditions
 }
@@ -203,10 +204,13 @@ fn bind_scope<'q, O>(
     let query = query.bind(filter.app_id);
     match &filter.covered {
         DigitNames::All => query,
-        DigitNames::Some { ids, regex: None } => query.bind(ids.as_slice()),
+        DigitNames::Some {
+            ids, regex: None, ..
+        } => query.bind(ids.as_slice()),
         DigitNames::Some {
             ids,
             regex: Some(regex),
+            ..
         } => query.bind(ids.as_slice()).bind(regex.as_str()),
     }
 }
@@ -237,24 +241,32 @@ pub async fn insert(
     Ok(row.into())
 }
 
-/// Takes the app's channel-creation lock until the transaction ends, then counts its active
-/// channels.
+/// Takes the app's channel-creation lock until the transaction ends, then reads its
+/// `max_channels` and counts its active channels (`except` one).
 pub async fn lock_and_count_active(
     db: &mut sqlx::PgConnection,
     app_id: i64,
-) -> Result<i64, sqlx::Error> {
+    except: Option<i64>,
+) -> Result<(Option<i32>, i64), sqlx::Error> {
     sqlx::query!(
         "SELECT pg_advisory_xact_lock(hashtextextended('channeld/channels-of-app', $1))",
         app_id
     )
     .execute(&mut *db)
     .await?;
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM channels WHERE app_id = $1 AND NOT archived"#,
-        app_id
+    let row = sqlx::query!(
+        r#"
+        SELECT max_channels,
+               (SELECT count(*) FROM channels
+                WHERE app_id = $1 AND NOT archived AND id IS DISTINCT FROM $2) AS "active!"
+        FROM apps WHERE id = $1
+        "#,
+        app_id,
+        except,
     )
     .fetch_one(&mut *db)
-    .await
+    .await?;
+    Ok((row.max_channels, row.active))
 }
 
 pub async fn find(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Channel>, sqlx::Error> {

@@ -146,6 +146,6 @@ pub async fn update(
     ValidatedJson(change): ValidatedJson<UpdateChannel>,
 ) -> Result<Json<ChannelBody>, ApiError> {
     caller.principal.may_use_channel(&state, id).await?;
-    let channel = service::update(&state, id, &change).await?;
+    let channel = service::update(&state, &caller.principal, id, &change).await?;
     Ok(Json(ChannelBody { channel }))
 }

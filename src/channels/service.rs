@@ -237,36 +237,55 @@ pub async fn create(
     caller: &Principal,
     new: &CreateChannel,
 ) -> Result<Channel, ApiError> {
-    let app = &caller.app;
-    let channel = match app.max_channels {
-        None => db::insert(&state.db, app.id, new).await?,
-        Some(max) => {
-            // One creation at a time per app counts and inserts, so the quota holds exactly.
-            let mut tx = state.db.begin().await?;
-            let active = db::lock_and_count_active(&mut tx, app.id).await?;
-            if active >= i64::from(max) {
-                return Err(ApiError::QuotaExceeded {
-                    quota: "max_channels",
-                    limit: i64::from(max),
-                });
-            }
-            let channel = db::insert(&mut *tx, app.id, new).await?;
-            tx.commit().await?;
-            channel
-        }
+    let app = caller.app.id;
+    let channel = if caller.app.max_channels.is_none() {
+        db::insert(&state.db, app, new).await?
+    } else {
+        let mut tx = state.db.begin().await?;
+        within_channel_quota(&mut tx, app, None).await?;
+        let channel = db::insert(&mut *tx, app, new).await?;
+        tx.commit().await?;
+        channel
     };
-    state.apps.remember(channel.summary.id, app.id);
+    state.apps.remember(channel.summary.id, app);
     Ok(channel)
 }
 
+/// 403 `quota_exceeded` unless the app has room for one more active channel besides `except`.
+/// Creations and unarchivings of one app take turns from here to their commit, and the quota is
+/// read inside the turn, so it holds exactly once it is seen (an app's quotas are read from
+/// memory at most a second old: a quota just set applies within a second).
+async fn within_channel_quota(
+    tx: &mut sqlx::PgConnection,
+    app: i64,
+    except: Option<i64>,
+) -> Result<(), ApiError> {
+    let (max, active) = db::lock_and_count_active(tx, app, except).await?;
+    match max {
+        Some(max) if active >= i64::from(max) => Err(ApiError::QuotaExceeded {
+            quota: "max_channels",
+            limit: i64::from(max),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Changes the fields `change` holds (none: the channel as it is); 404 when there is none.
+/// Unarchiving counts against the app's `max_channels` like creating.
 pub async fn update(
     state: &AppState,
+    caller: &Principal,
     id: i64,
     change: &UpdateChannel,
 ) -> Result<Channel, ApiError> {
     let channel = if change.is_empty() {
         db::find(&state.db, id).await?
+    } else if change.archived == Some(false) && caller.app.max_channels.is_some() {
+        let mut tx = state.db.begin().await?;
+        within_channel_quota(&mut tx, caller.app.id, Some(id)).await?;
+        let channel = db::update(&mut *tx, id, change).await?;
+        tx.commit().await?;
+        channel
     } else {
         db::update(&state.db, id, change).await?
     };

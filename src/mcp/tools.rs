@@ -571,7 +571,8 @@ impl Tools {
             document: Some(args.document),
             archived: None,
         })?;
-        let channel = channels::service::update(&self.state, args.channel_id, &change).await?;
+        let channel =
+            channels::service::update(&self.state, caller, args.channel_id, &change).await?;
         let summary = match &channel.document {
             Some(document) => format!(
                 "channel {}'s document is now {} bytes",

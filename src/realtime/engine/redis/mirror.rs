@@ -230,14 +230,16 @@ impl Hub {
             .is_some_and(|c| c.subscribers.iter().any(|s| s.conn == conn))
     }
 
-    /// Every connection (id, peer) and every subscription (channel, connection, peer, metadata)
-    /// held here, for registering them again in Redis.
+    /// Every connection (id, peer address) and every subscription (channel, connection, peer,
+    /// metadata) held here, for registering them again in Redis. A connection is registered under
+    /// its peer's address (app and id, as `send` and kicks find it); a subscription under the
+    /// bare peer id, as the channel (already the app's) lists it.
     pub fn local_state(&self) -> LocalState {
         let inner = self.read();
         let mut state = LocalState::default();
         for (id, connection) in &inner.connections {
             let member = &connection.member;
-            state.connections.push((*id, member.peer_id.clone()));
+            state.connections.push((*id, member.address.clone()));
             for channel in &connection.channels {
                 state.subscriptions.push((
                     channel.clone(),
