@@ -6,6 +6,7 @@
 #   BENCH_ARGS="--only rest --rest-seconds 10" scripts/bench.sh   options for the load generator
 #   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
 #   BENCH_NO_LIST=1 scripts/bench.sh                without the channel list on 100,000 channels
+#   BENCH_NO_FLOOD=1 scripts/bench.sh               without the credential flood
 #
 # Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
 # shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
@@ -130,6 +131,12 @@ target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid
 # The channel list on 100,000 channels: its own database and server (BENCH_NO_LIST=1 skips it).
 if [ -z "${BENCH_NO_LIST:-}" ]; then
   env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/list-bench.sh
+fi
+
+# A flood of 20,000 unknown keys while a real key works, with and without the per-source bound
+# (BENCH_NO_FLOOD=1 skips it).
+if [ -z "${BENCH_NO_FLOOD:-}" ]; then
+  CHANNELD_BIN=target/release/channeld scripts/flood-bench.sh
 fi
 
 # Addressed messages: mentions pages on 1,000,000 messages, 1,000 filtered long polls, the list

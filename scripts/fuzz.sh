@@ -29,6 +29,10 @@ bin=target/debug/channeld
 $bin migrate 2>/dev/null
 key=$($bin keys create --name fuzz --quiet --rate-limit 1000000 --rate-burst 1000000 \
   --scopes channels:read,channels:write,publish,subscribe,presence,send,admin)
+# DELETE /v1/keys/{key_id} runs with this one (scripts/schemathesis.toml): it reaches no wider key.
+FUZZ_REVOKER_KEY=$($bin keys create --name fuzz-revoker --quiet --rate-limit 1000000 \
+  --rate-burst 1000000 --scopes admin)
+export FUZZ_REVOKER_KEY
 
 port=${FUZZ_PORT:-18089}
 $bin serve --listen "127.0.0.1:$port" --no-migrate --ws-connects-per-ip 1000000 \

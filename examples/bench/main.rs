@@ -131,7 +131,8 @@ struct Args {
     /// Rounds of that wake-up.
     #[arg(long, default_value_t = 5)]
     mcp_rounds: usize,
-    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster, mcp.
+    /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster, mcp
+    /// (and flood, which scripts/flood-bench.sh runs on servers of its own).
     #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster,mcp")]
     only: String,
     /// Where to write the figures.
@@ -140,6 +141,8 @@ struct Args {
 }
 
 const CLIENTS: [usize; 3] = [1, 8, 32];
+/// Unknown keys in a credential flood.
+const FLOOD_KEYS: usize = 20_000;
 /// Channels the REST load spreads over, and the history each starts with.
 const CHANNELS: i64 = 256;
 const SEEDED_MESSAGES: usize = 60;
@@ -363,6 +366,30 @@ async fn main() -> Result<(), String> {
         }
     }
 
+    // A flood of unknown keys while a real key reads (scripts/flood-bench.sh runs it against a
+    // server with the per-source bound and one without).
+    let mut floods = Vec::new();
+    if run("flood") {
+        let target = seed(&args).await?;
+        for repeat in 1..=args.repeats {
+            eprintln!("bench: a flood of {FLOOD_KEYS} unknown keys (run {repeat})");
+            let flood = rest::flood(&target, FLOOD_KEYS, 32).await?;
+            eprintln!(
+                "bench: real key during the flood: {} requests, p50 {:.2} ms, p99 {:.2} ms, \
+                 {} not 200; flood: {} x 401, {} x 429, {} other, in {:.1} s",
+                (flood.real.per_sec * flood.flood_seconds).round(),
+                flood.real.p50_ms,
+                flood.real.p99_ms,
+                flood.real_refused,
+                flood.flood_401,
+                flood.flood_429,
+                flood.flood_other,
+                flood.flood_seconds
+            );
+            floods.push(flood);
+        }
+    }
+
     let mut mcp_figures = None;
     if run("mcp") {
         let plan = mcp::Plan {
@@ -416,6 +443,7 @@ async fn main() -> Result<(), String> {
         "stored": stored_rows,
         "cluster": cluster_figures,
         "mcp": mcp_figures,
+        "flood": floods,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {

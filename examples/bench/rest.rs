@@ -232,6 +232,89 @@ pub async fn load(
     Ok(Figures::new(all.len() as u64, elapsed, &mut all))
 }
 
+/// A credential flood and a real key at once: `concurrency` connections send `total` requests
+/// with well-formed keys that name no stored key, while one connection reads with the real key
+/// back to back until the flood is over.
+#[derive(Debug, serde::Serialize)]
+pub struct Flood {
+    /// The real key's requests during the flood.
+    pub real: Figures,
+    /// The real key's answers other than 200 (a 503 among them would be a failure).
+    pub real_refused: u64,
+    /// The flood's answers: 401 (looked up, unknown) and 429 (refused before any lookup, the
+    /// source being over `--auth-failures-per-minute`).
+    pub flood_401: u64,
+    pub flood_429: u64,
+    pub flood_other: u64,
+    pub flood_seconds: f64,
+}
+
+pub async fn flood(target: &Target, total: usize, concurrency: usize) -> Result<Flood, String> {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut flooders = Vec::new();
+    for _ in 0..concurrency {
+        let mut http = Http::connect(&target.addr).await?;
+        let sent = sent.clone();
+        flooders.push(tokio::spawn(async move {
+            let mut statuses = [0u64; 3];
+            loop {
+                let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                // The shape of a real key (`sk_live_` + 16 + `_` + 32), naming none.
+                let key = format!("sk_live_{n:016}_{:032}", n.wrapping_mul(2_654_435_761));
+                let request = format!(
+                    "GET /v1/channels HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+                );
+                match http.exchange(request.as_bytes()).await? {
+                    401 => statuses[0] += 1,
+                    429 => statuses[1] += 1,
+                    _ => statuses[2] += 1,
+                }
+            }
+            Ok::<_, String>(statuses)
+        }));
+    }
+    let mut http = Http::connect(&target.addr).await?;
+    let mut latencies = Vec::new();
+    let mut real_refused = 0;
+    let mut channel = target.channels.0;
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < total {
+        let at = Instant::now();
+        if http
+            .exchange(&request(Op::Get, &target.key, channel))
+            .await?
+            != 200
+        {
+            real_refused += 1;
+        }
+        latencies.push(at.elapsed().as_micros() as u32);
+        channel = if channel >= target.channels.1 {
+            target.channels.0
+        } else {
+            channel + 1
+        };
+    }
+    let mut counts = [0u64; 3];
+    for flooder in flooders {
+        let statuses = flooder.await.map_err(|e| e.to_string())??;
+        for (count, add) in counts.iter_mut().zip(statuses) {
+            *count += add;
+        }
+    }
+    let flood_seconds = started.elapsed().as_secs_f64();
+    Ok(Flood {
+        real: Figures::new(latencies.len() as u64, flood_seconds, &mut latencies),
+        real_refused,
+        flood_401: counts[0],
+        flood_429: counts[1],
+        flood_other: counts[2],
+        flood_seconds,
+    })
+}
+
 fn request(op: Op, key: &str, channel: i64) -> Vec<u8> {
     match op {
         Op::Post => {
