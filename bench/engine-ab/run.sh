@@ -10,7 +10,8 @@
 # summary prints each row of each run, then medians with min-max per build.
 #
 # AB_PARTS chooses the load generator's parts (default `footprint,fanout,churn`; `rest` compares
-# REST posts and reads at 1, 8 and 32 clients), AB_NAME the results folder (default engine-ab).
+# REST posts and reads at 1, 8 and 32 clients), AB_NAME the results folder (default engine-ab),
+# AB_ARGS further options for the load generator (e.g. `--repeats 1`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 before=$1 after=$2 loadgen=$3 rounds=${4:-2}
@@ -36,9 +37,10 @@ run_one() { # name binary round
   local server=$!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   echo "engine-ab: round $round, $name" >&2
+  # shellcheck disable=SC2086
   "$loadgen" --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
     --database-url "$DATABASE_URL" --only "$parts" \
-    --pusher-skipped "not compared here" --out "$out/$name-$round.json" >/dev/null
+    --pusher-skipped "not compared here" --out "$out/$name-$round.json" ${AB_ARGS:-} >/dev/null
   kill "$server"
   wait "$server" 2>/dev/null || true
 }
