@@ -302,8 +302,9 @@ async fn apps_keep_their_boundaries_across_instances(db: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn apps_keep_their_peers_apart_after_redis_comes_back(db: PgPool) {
+/// An instance that reaches Redis through a proxy the test can cut, and one more instance on the
+/// same Redis and database, both with a node TTL of 2 s.
+async fn behind_a_proxy(db: &PgPool) -> (DbProxy, TestApp, Vec<TestApp>) {
     let prefix = fresh_prefix();
     let target: SocketAddr = redis_url()
         .trim_start_matches("redis://")
@@ -321,7 +322,13 @@ async fn apps_keep_their_peers_apart_after_redis_comes_back(db: PgPool) {
     )
     .await;
     redis_up(&cut_off, true).await;
-    let others = instances(&db, &prefix, 1, Duration::from_secs(2)).await;
+    let others = instances(db, &prefix, 1, Duration::from_secs(2)).await;
+    (proxy, cut_off, others)
+}
+
+#[sqlx::test]
+async fn apps_keep_their_peers_apart_after_redis_comes_back(db: PgPool) {
+    let (proxy, cut_off, others) = behind_a_proxy(&db).await;
     let other = &others[0];
     let team_b = cut_off
         .app("team-b", channeld::apps::Quotas::default())
@@ -582,24 +589,7 @@ async fn killing_an_instance_removes_its_peers_within_the_ttl(db: PgPool) {
 
 #[sqlx::test]
 async fn redis_cut_off_fails_closed_and_recovers_with_presence_resynchronised(db: PgPool) {
-    let prefix = fresh_prefix();
-    let target: SocketAddr = redis_url()
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("the test Redis URL is redis://host:port");
-    let proxy = DbProxy::start(target).await;
-    let cut_off = TestApp::spawn_instance(
-        db.clone(),
-        cluster_config(
-            &prefix,
-            &format!("redis://{}", proxy.addr),
-            Duration::from_secs(2),
-        ),
-    )
-    .await;
-    redis_up(&cut_off, true).await;
-    let others = instances(&db, &prefix, 1, Duration::from_secs(2)).await;
+    let (proxy, cut_off, others) = behind_a_proxy(&db).await;
     let b = &others[0];
     let key = cut_off.key(&REALTIME).await;
     let mut observer = cut_off.peer(&key, "observer", json!({})).await;

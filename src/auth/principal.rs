@@ -84,6 +84,17 @@ impl Principal {
         }
     }
 
+    /// Whether every one of `patterns` lies within one of the key's: what a token it mints or a
+    /// key derived from it may carry.
+    pub fn covers_patterns<S: AsRef<str>>(&self, patterns: &[S]) -> bool {
+        patterns.iter().all(|pattern| {
+            let pattern = Pattern::new(pattern.as_ref());
+            self.channel_patterns
+                .iter()
+                .any(|outer| outer.covers(&pattern))
+        })
+    }
+
     /// 403 `channel_not_authorized` unless one of the key's patterns matches `channel`.
     pub fn require_channel(&self, channel: &str) -> Result<(), ApiError> {
         if super::patterns::any_matches(&self.channel_patterns, channel) {

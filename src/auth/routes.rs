@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use validator::Validate;
 
 use super::{
-    Admin, ApiKey, NewKey, Pattern, Principal, Scope, ScopeSet, Scoped, create_key, find_key,
-    list_app_keys, revoke_app_key, tokens,
+    Admin, ApiKey, NewKey, Principal, Scope, ScopeSet, Scoped, create_key, find_key, list_app_keys,
+    revoke_app_key, tokens,
 };
 use crate::{
     config::parse_duration,
@@ -159,14 +159,7 @@ pub async fn create(
     }
     let patterns = match &request.channel_patterns {
         Some(patterns) => {
-            let within = patterns.iter().all(|pattern| {
-                let pattern = Pattern::new(pattern);
-                creator
-                    .channel_patterns
-                    .iter()
-                    .any(|outer| outer.covers(&pattern))
-            });
-            if !within {
+            if !creator.covers_patterns(patterns) {
                 return Err(ApiError::ChannelNotAuthorized);
             }
             patterns.clone()
@@ -260,13 +253,7 @@ fn within(caller: &Principal, key: &ApiKey) -> bool {
     ScopeSet::from_stored(&key.scopes)
         .iter()
         .all(|scope| caller.scopes.contains(scope))
-        && key.channel_patterns.iter().all(|pattern| {
-            let pattern = Pattern::new(pattern);
-            caller
-                .channel_patterns
-                .iter()
-                .any(|outer| outer.covers(&pattern))
-        })
+        && caller.covers_patterns(&key.channel_patterns)
 }
 
 /// The longest lifetime a derived key may ask for.

@@ -11,7 +11,7 @@ use super::{
     session::{MAX_METADATA, MAX_PEER_METADATA},
 };
 use crate::{
-    auth::{Pattern, Principal, Scope, ScopeSet, tokens},
+    auth::{Principal, Scope, ScopeSet, tokens},
     error::{ApiError, Envelope, FieldErrors},
     extract::{NoQuery, ValidatedJson},
     json::Json,
@@ -159,14 +159,7 @@ fn within_key(principal: &Principal, asked: &[Scope], channels: &[String]) -> Re
     {
         return Err(ApiError::ActionNotPermitted(*missing));
     }
-    let covered = |pattern: &str| {
-        let pattern = Pattern::new(pattern);
-        principal
-            .channel_patterns
-            .iter()
-            .any(|outer| outer.covers(&pattern))
-    };
-    if !channels.iter().all(|c| covered(c)) {
+    if !principal.covers_patterns(channels) {
         return Err(ApiError::ChannelNotAuthorized);
     }
     Ok(())
