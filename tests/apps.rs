@@ -601,6 +601,44 @@ async fn derived_keys_stay_within_their_creator(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A key that expires reaches no key that lives longer: not the never-expiring orchestrator.
+    let (_, short) = app
+        .post(
+            "/v1/keys",
+            &orchestrator,
+            json!({"name": "short", "scopes": ["admin", "channels:write"], "expires_in": "1h"}),
+        )
+        .await;
+    let short = short["secret_key"].as_str().unwrap().to_owned();
+    let forever = app.key(&ALL).await;
+    let (forever_id, _) = common::key_parts(&forever);
+    let (_, seen_by_short) = app.get("/v1/keys", &short).await;
+    assert!(
+        !seen_by_short.to_string().contains(&forever_id),
+        "{seen_by_short}"
+    );
+    let response = app
+        .request(Method::DELETE, &format!("/v1/keys/{forever_id}"), &short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A key without realtime actions cannot act as a peer: no token, minted or signed.
+    let (status, body) = app
+        .post("/v1/tokens", &pod, json!({"peerId": "u_ceo"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("action_not_permitted")),
+        "{body}"
+    );
+    let signed = common::local_token(
+        &pod,
+        &common::claims("u_ceo", chrono::Utc::now().timestamp() + 60),
+    );
+    let (code, _) = app.refusal(&format!("token={signed}"), None).await;
+    assert_eq!(code, 4003);
+
     // Tokens and publishable keys are no REST credentials.
     let token = app.token(&orchestrator, json!({"peerId": "p"})).await;
     let publishable = app.publishable(&[Scope::Subscribe], &["**"], &["*"]).await;

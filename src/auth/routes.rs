@@ -248,11 +248,18 @@ pub async fn revoke(
 }
 
 /// Whether `key` lies within the caller: every scope of it the caller's, every pattern of it
-/// covered by one of the caller's.
+/// covered by one of the caller's, and expiring no later (a caller that expires reaches no key
+/// that lives longer).
 fn within(caller: &Principal, key: &ApiKey) -> bool {
-    ScopeSet::from_stored(&key.scopes)
-        .iter()
-        .all(|scope| caller.scopes.contains(scope))
+    let lives_no_longer = match (caller.expires_at, key.expires_at) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(caller), Some(key)) => key <= caller,
+    };
+    lives_no_longer
+        && ScopeSet::from_stored(&key.scopes)
+            .iter()
+            .all(|scope| caller.scopes.contains(scope))
         && caller.covers_patterns(&key.channel_patterns)
 }
 

@@ -1,4 +1,5 @@
-//! `POST /v1/tokens`: any secret key mints a realtime token for one peer, never wider than itself.
+//! `POST /v1/tokens`: a secret key with a realtime action mints a realtime token for one peer,
+//! never wider than itself.
 
 use axum::extract::State;
 use chrono::Utc;
@@ -52,7 +53,8 @@ pub struct TokenBody {
     pub expires_at: i64,
 }
 
-/// `POST /v1/tokens`: any secret key mints a token for one peer, never wider than itself.
+/// `POST /v1/tokens`: a secret key with a realtime action mints a token for one peer, never wider
+/// than itself.
 #[utoipa::path(post, path = "/v1/tokens", operation_id = "createToken", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
     request_body = MintToken,
     responses(
@@ -69,6 +71,11 @@ pub async fn mint_token(
     let max_lifetime =
         i64::try_from(state.config.realtime.token_max_lifetime.as_secs()).unwrap_or(i64::MAX);
     let asked = checked_request(&request, max_lifetime)?;
+    // A token acts as a peer: receiving its direct messages among the rest. A key that holds no
+    // realtime action (a pod key for one channel's history, say) cannot act as any peer.
+    if principal.scopes.realtime().iter().next().is_none() {
+        return Err(ApiError::ActionNotPermitted(Scope::Subscribe));
+    }
     within_key(
         &principal,
         &asked,

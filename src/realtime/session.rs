@@ -11,7 +11,8 @@ use super::names::is_peer_id;
 use crate::{
     apps,
     auth::{
-        Pattern, ScopeSet, find_publishable_key, is_publishable, patterns::any_matches, tokens,
+        Pattern, Scope, ScopeSet, find_publishable_key, is_publishable, patterns::any_matches,
+        tokens,
     },
     error::{ApiError, AuthFailure},
     state::AppState,
@@ -124,6 +125,10 @@ async fn from_token(state: &AppState, token: &str) -> Result<Session, ApiError> 
         .collect();
     let token_patterns = token_patterns(claims.channels.as_deref(), &key_patterns)?;
     let key_scopes = ScopeSet::from_stored(&key.scopes);
+    // A key without any realtime action cannot act as a peer (as `POST /v1/tokens` refuses).
+    if key_scopes.realtime().iter().next().is_none() {
+        return Err(ApiError::ActionNotPermitted(Scope::Subscribe));
+    }
     let permissions = match &claims.permissions {
         None => key_scopes.realtime(),
         Some(names) => {
