@@ -703,6 +703,53 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// What a duration in a request body looks like (`ack_wait`, `expires_in`), as the OpenAPI
+/// document states it: 1-4 amounts of at most 6 digits, each with its unit.
+pub const API_DURATION_PATTERN: &str = r"^([0-9]{1,6}(ms|s|m|h|d)){1,4}$";
+
+/// 1-4 amounts of at most 6 digits, each with its unit (`ms`, `s`, `m`, `h`, `d`): `2h`, `1h30m`.
+/// What [`API_DURATION_PATTERN`] says, so the document and the server refuse alike.
+pub fn is_api_duration(text: &str) -> bool {
+    let mut rest = text;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=6).contains(&digits) {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d"]
+            .into_iter()
+            .find(|unit| rest.starts_with(unit));
+        let Some(unit) = unit else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+        parts += 1;
+    }
+    (1..=4).contains(&parts)
+}
+
+/// A duration as the API shows it: `30s`, `1m30s`, `1h`, `1500ms`.
+pub fn format_api_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if !millis.is_multiple_of(1000) {
+        return format!("{millis}ms");
+    }
+    let mut secs = millis / 1000;
+    let mut text = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= size {
+            text.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    if secs > 0 || text.is_empty() {
+        text.push_str(&format!("{secs}s"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,6 +764,20 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "`{bad}` should be rejected");
         }
         assert!(parse_interval("0s").is_err(), "a zero period is refused");
+        for good in ["2h", "1h30m", "500ms", "999999d", "1d1h1m1s"] {
+            assert!(is_api_duration(good), "{good}");
+        }
+        for bad in ["", "2", "h", "1234567s", "1d1h1m1s1ms", " 2h", "2h ", "2x"] {
+            assert!(!is_api_duration(bad), "{bad}");
+        }
+        for (millis, text) in [
+            (30_000, "30s"),
+            (90_000, "1m30s"),
+            (3_600_000, "1h"),
+            (1500, "1500ms"),
+        ] {
+            assert_eq!(format_api_duration(Duration::from_millis(millis)), text);
+        }
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
     }
 

@@ -138,6 +138,9 @@ pub enum ApiError {
          `PUT /v1/channels/{0}` and the body `{{\"archived\": false}}`"
     )]
     ChannelArchived(i64),
+    /// A consumer group of this name exists on the channel.
+    #[error("a consumer group named `{0}` exists on this channel")]
+    ConsumerExists(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// The request's work ran past `--db-timeout` (plus a long poll's `wait`).
@@ -203,7 +206,9 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ChannelNameTaken | Self::ChannelArchived(_) => StatusCode::CONFLICT,
+            Self::ChannelNameTaken | Self::ChannelArchived(_) | Self::ConsumerExists(_) => {
+                StatusCode::CONFLICT
+            }
             Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -228,6 +233,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::ChannelNameTaken => "channel_name_taken",
             Self::ChannelArchived(_) => "channel_archived",
+            Self::ConsumerExists(_) => "consumer_exists",
             Self::Unavailable(_) | Self::DeadlinePassed(_) | Self::RealtimeUnavailable => {
                 "unavailable"
             }

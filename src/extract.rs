@@ -285,7 +285,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelId {
     }
 }
 
-fn parse_channel_id(raw: &str) -> Result<ChannelId, ApiError> {
+pub(crate) fn parse_channel_id(raw: &str) -> Result<ChannelId, ApiError> {
     let shown: String = raw.chars().take(40).collect();
     let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
     match raw.parse::<i64>() {

@@ -45,6 +45,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod consumers;
 pub mod db;
 pub mod delivery;
 pub mod error;

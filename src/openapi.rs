@@ -33,6 +33,7 @@ pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
     tags(
         (name = "channels", description = "Persistent channels"),
         (name = "messages", description = "Channel history and following it"),
+        (name = "consumers", description = "Consumer groups: a channel's messages split among members, with leases, acknowledgements and dead letters"),
         (name = "realtime", description = "Tokens, peers, publishing and the WebSocket endpoint"),
         (name = "keys", description = "Keys derived from the calling one (scope `admin`)"),
         (name = "operations", description = "Probes and metrics"),

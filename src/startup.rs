@@ -26,7 +26,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth, channels,
     config::Config,
-    console, delivery,
+    console, consumers, delivery,
     error::ApiError,
     health, limits, mcp, messages, metrics, openapi, ratelimit,
     realtime::{
@@ -80,6 +80,7 @@ fn api_router(metrics_on_main: bool) -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(channels::router())
         .merge(messages::router())
+        .merge(consumers::router())
         .merge(realtime::router());
     if metrics_on_main {
         api.routes(routes!(metrics::render))

@@ -14,6 +14,26 @@ use sqlx::PgPool;
 /// `<family>_total`; a histogram's `<family>_bucket`, `_sum` and `_count`.
 const FAMILIES: &[(&str, &str, &str)] = &[
     (
+        "channeld_consumer_pending",
+        "gauge",
+        "Messages waiting to be claimed, by consumer group (never delivered, nacked, or whose lease expired).",
+    ),
+    (
+        "channeld_consumer_in_flight",
+        "gauge",
+        "Messages leased to a member now, by consumer group.",
+    ),
+    (
+        "channeld_consumer_dead",
+        "gauge",
+        "Dead letters, by consumer group.",
+    ),
+    (
+        "channeld_consumer_redeliveries",
+        "counter",
+        "Consumer-group messages this instance handed out again (a lease expired or was nacked).",
+    ),
+    (
         "channeld_http_requests",
         "counter",
         "HTTP requests by matched route, method and status.",
@@ -268,8 +288,23 @@ async fn scrape_after_traffic(app: &TestApp) -> String {
         .request(json!({"type": "subscribe", "channel": channel.to_string(), "requestId": "s"}))
         .await;
     assert_eq!(frame["type"], "ack", "{frame}");
+    // A consumer group with one message waiting: its gauges are shown by app, channel and name.
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{channel}/consumers"),
+            &key,
+            json!({"name": "workers"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     app.message(&key, channel, "hello").await;
     let text = app.metrics_text().await;
+    assert!(
+        text.contains(&format!(
+            "channeld_consumer_pending{{app=\"default\",channel_id=\"{channel}\",consumer=\"workers\"}} 1"
+        )),
+        "{text}"
+    );
     assert_traffic_counted(&text);
     text
 }

@@ -79,7 +79,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     responses((status = 200, description = "OpenMetrics text format (Prometheus scrapes it as such)", content_type = "application/openmetrics-text", body = String)))]
 pub async fn render(State(state): State<AppState>) -> Response {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape::of(&state)));
+    let mut scrape = Scrape::of(&state);
+    scrape.consumers = consumer_gauges(&state).await;
+    registry.register_collector(Box::new(scrape));
     let mut out = String::with_capacity(8192);
     if let Err(error) = text::encode(&mut out, &registry) {
         return ApiError::Internal(format!("encoding metrics failed: {error}").into())
@@ -99,6 +101,26 @@ struct Scrape {
     >,
     http_latency: registry::Latencies,
     samples: Vec<Sample>,
+    consumers: Vec<crate::consumers::db::Gauges>,
+}
+
+/// Groups shown in `/metrics` at most, and messages past a group's frontier counted at most.
+const CONSUMER_GROUPS_SHOWN: i64 = 1000;
+const CONSUMER_PENDING_COUNTED: i64 = 1_000_000;
+
+/// Every consumer group's gauges, read from the database at scrape time (none when it does not
+/// answer within 2 s: the other metrics are still served).
+async fn consumer_gauges(state: &AppState) -> Vec<crate::consumers::db::Gauges> {
+    let read =
+        crate::consumers::db::gauges(&state.db, CONSUMER_PENDING_COUNTED, CONSUMER_GROUPS_SHOWN);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Ok(gauges)) => gauges,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "consumer group metrics not read");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 impl Scrape {
@@ -107,6 +129,7 @@ impl Scrape {
             http_requests: state.metrics.http_requests.clone(),
             http_latency: state.metrics.http_latency.clone(),
             samples: samples(state),
+            consumers: Vec::new(),
         }
     }
 }
@@ -147,6 +170,35 @@ impl Collector for Scrape {
                     )?;
                     ConstGauge::new(sample.value).encode(metric)?;
                 }
+            }
+        }
+        type Value = fn(&crate::consumers::db::Gauges) -> i64;
+        let families: [(&str, &str, Value); 3] = [
+            (
+                "channeld_consumer_pending",
+                "Messages waiting to be claimed, by consumer group (never delivered, nacked, or whose lease expired).",
+                |g| g.pending,
+            ),
+            (
+                "channeld_consumer_in_flight",
+                "Messages leased to a member now, by consumer group.",
+                |g| g.in_flight,
+            ),
+            (
+                "channeld_consumer_dead",
+                "Dead letters, by consumer group.",
+                |g| g.dead,
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for group in &self.consumers {
+                let labels = [
+                    ("app", group.app.clone()),
+                    ("channel_id", group.channel_id.to_string()),
+                    ("consumer", group.name.clone()),
+                ];
+                ConstGauge::new(value(group)).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -249,6 +301,11 @@ fn samples(state: &AppState) -> Vec<Sample> {
             "channeld_delivery_other_instances",
             "1 once another instance was heard on this database (hints are then sent after commits).",
             u64::from(state.delivery.other_instances()),
+        ),
+        Sample::counter(
+            "channeld_consumer_redeliveries",
+            "Consumer-group messages this instance handed out again (a lease expired or was nacked).",
+            load(&metrics.consumer_redeliveries),
         ),
         Sample::counter(
             "channeld_delivery_listener_reconnects",

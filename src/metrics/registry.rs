@@ -45,6 +45,8 @@ pub struct Metrics {
     pub waiters: AtomicU64,
     /// HTTP connections: timeouts and accept failures.
     pub server: Arc<ServerStats>,
+    /// Consumer-group messages handed out again (attempt 2 or later) by this instance.
+    pub consumer_redeliveries: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -57,6 +59,7 @@ impl Default for Metrics {
             db_unavailable: AtomicU64::default(),
             waiters: AtomicU64::default(),
             server: Arc::default(),
+            consumer_redeliveries: AtomicU64::default(),
         }
     }
 }

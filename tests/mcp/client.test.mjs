@@ -64,6 +64,8 @@ test("tools/list names every tool with its schema and annotations", async () => 
     const { tools } = await client.listTools();
     const byName = Object.fromEntries(tools.map((tool) => [tool.name, tool]));
     assert.deepEqual(Object.keys(byName).sort(), [
+      "ack_messages",
+      "claim_messages",
       "create_channel",
       "get_channel",
       "list_channels",
@@ -198,6 +200,51 @@ test("wait_for_messages is woken by a REST post within a second", async () => {
     assert.equal(quiet.structuredContent.next_after, message.id);
   } finally {
     await client.close();
+  }
+});
+
+test("claim_messages and ack_messages split a consumer group's work between two instances", async () => {
+  const a = await connect({ base: A });
+  const b = await connect({ base: B });
+  try {
+    const channel = await newChannel(a);
+    await rest("POST", `/v1/channels/${channel}/consumers`, { name: "workers", start: "earliest" });
+    const ids = [];
+    for (const content of ["one", "two", "three"]) {
+      ids.push((await rest("POST", `/v1/channels/${channel}/messages`, { content })).message.id);
+    }
+    const claim = (client, member) =>
+      client.callTool({
+        name: "claim_messages",
+        arguments: { channel_id: channel, consumer: "workers", member, max: 2 },
+      });
+    const first = (await claim(a, "pod-a")).structuredContent.deliveries;
+    const second = (await claim(b, "pod-b")).structuredContent.deliveries;
+    assert.deepEqual(first.map((d) => d.message.id), ids.slice(0, 2));
+    assert.deepEqual(second.map((d) => d.message.id), ids.slice(2));
+    for (const [client, deliveries] of [[a, first], [b, second]]) {
+      const acked = await client.callTool({
+        name: "ack_messages",
+        arguments: {
+          channel_id: channel,
+          consumer: "workers",
+          delivery_ids: deliveries.map((d) => d.delivery_id),
+        },
+      });
+      assert.equal(acked.isError, false, JSON.stringify(acked.content));
+      assert.deepEqual(acked.structuredContent, { acked: deliveries.length, lost: [] });
+    }
+    const none = await claim(a, "pod-a");
+    assert.deepEqual(none.structuredContent.deliveries, []);
+    const unknown = await a.callTool({
+      name: "claim_messages",
+      arguments: { channel_id: channel, consumer: "nobody", member: "pod-a" },
+    });
+    assert.equal(unknown.isError, true);
+    assert.equal(unknown.structuredContent.error, "not_found");
+  } finally {
+    await a.close();
+    await b.close();
   }
 });
 

@@ -110,6 +110,8 @@ class McpTest(unittest.IsolatedAsyncioTestCase):
             "create_channel",
             "update_channel_document",
             "mark_read",
+            "claim_messages",
+            "ack_messages",
         }
         for mode, version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
             with self.subTest(mode=mode):
@@ -221,6 +223,57 @@ class McpTest(unittest.IsolatedAsyncioTestCase):
         messages = result.structured_content["messages"]
         self.assertEqual([m["id"] for m in messages], [posted.structured_content["message"]["id"]])
         self.assertEqual(messages[0]["mentions"], ["pod-7"])
+
+    @in_one_task
+    async def test_claim_and_ack_through_a_consumer_group_on_two_instances(self):
+        a = await self.connect(base=A)
+        b = await self.connect(base=B)
+        channel = await self.new_channel(a)
+        await self.rest("POST", f"/v1/channels/{channel}/consumers", {"name": "workers"})
+        # A waiting claim on A is woken by a post on B.
+        waiting = asyncio.create_task(
+            a.call_tool(
+                "claim_messages",
+                {"channel_id": channel, "consumer": "workers", "member": "pod-a", "wait": 20},
+            )
+        )
+        await self.waiters(A, 1)
+        posted = await self.rest(
+            "POST", f"/v1/channels/{channel}/messages", {"content": "task 1"}, base=B
+        )
+        claimed = await asyncio.wait_for(waiting, DEADLINE)
+        self.assertFalse(claimed.is_error, claimed.content)
+        [delivery] = claimed.structured_content["deliveries"]
+        self.assertEqual(delivery["message"]["id"], posted["message"]["id"])
+        self.assertEqual(delivery["attempt"], 1)
+        # Held by pod-a: pod-b, on the other instance, gets nothing.
+        other = await b.call_tool(
+            "claim_messages", {"channel_id": channel, "consumer": "workers", "member": "pod-b"}
+        )
+        self.assertEqual(other.structured_content["deliveries"], [])
+        # Nacked, it goes to pod-b as attempt 2; pod-b acks it; pod-a's old lease is lost.
+        nacked = await a.call_tool(
+            "ack_messages",
+            {"channel_id": channel, "consumer": "workers",
+             "delivery_ids": [delivery["delivery_id"]], "nack": True},
+        )
+        self.assertEqual(nacked.structured_content, {"nacked": 1, "lost": []})
+        again = await b.call_tool(
+            "claim_messages", {"channel_id": channel, "consumer": "workers", "member": "pod-b"}
+        )
+        [redelivered] = again.structured_content["deliveries"]
+        self.assertEqual(redelivered["attempt"], 2)
+        acked = await b.call_tool(
+            "ack_messages",
+            {"channel_id": channel, "consumer": "workers",
+             "delivery_ids": [redelivered["delivery_id"], delivery["delivery_id"]]},
+        )
+        self.assertEqual(
+            acked.structured_content, {"acked": 1, "lost": [delivery["delivery_id"]]}
+        )
+        group = await self.rest("GET", f"/v1/channels/{channel}/consumers/workers")
+        self.assertEqual(group["consumer"]["acked"], 1)
+        self.assertEqual(group["consumer"]["pending"], 0)
 
     @in_one_task
     async def test_read_only_key_cannot_post(self):
