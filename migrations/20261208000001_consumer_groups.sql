@@ -17,6 +17,11 @@ CREATE TABLE consumers (
     max_deliveries INTEGER     NOT NULL,
     mentions       TEXT,
     frontier       BIGINT      NOT NULL,
+    -- Messages of the channel up to the first frontier, and those past it handed out since: with
+    -- the channel's `message_count`, what is left to hand out, without counting rows (groups
+    -- without `mentions`).
+    skipped        BIGINT      NOT NULL,
+    taken          BIGINT      NOT NULL DEFAULT 0,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT consumers_pkey PRIMARY KEY (id),
     CONSTRAINT consumers_channel_id_fkey FOREIGN KEY (channel_id) REFERENCES channels (id),
@@ -53,8 +58,10 @@ CREATE TABLE consumer_deliveries (
         REFERENCES consumers (id) ON DELETE CASCADE
 );
 
--- What a claim may take back: live rows in id order.
+-- What a claim may take back: live rows in id order, or those due by now.
 CREATE INDEX consumer_deliveries_live_idx ON consumer_deliveries (consumer_id, message_id)
+    WHERE NOT dead;
+CREATE INDEX consumer_deliveries_due_idx ON consumer_deliveries (consumer_id, due_at)
     WHERE NOT dead;
 
 CREATE SEQUENCE consumer_leases_seq;
@@ -68,3 +75,6 @@ CREATE TABLE consumer_members (
     CONSTRAINT consumer_members_consumer_id_fkey FOREIGN KEY (consumer_id)
         REFERENCES consumers (id) ON DELETE CASCADE
 );
+
+-- Members seen lately, and those to forget.
+CREATE INDEX consumer_members_last_seen_idx ON consumer_members (consumer_id, last_seen);

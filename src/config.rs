@@ -411,6 +411,11 @@ pub struct RealtimeConfig {
     /// whose hint was lost (a poster that died between its commit and its notification).
     #[arg(long = "delivery-sweep-interval", env = "CHANNELD_DELIVERY_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_interval)]
     pub delivery_sweep_interval: Duration,
+
+    /// How often a waiting consumer-group claim looks again when nothing woke it: a nack on
+    /// another instance wakes no claim here.
+    #[arg(long = "consumer-recheck-interval", env = "CHANNELD_CONSUMER_RECHECK_INTERVAL", default_value = "2s", value_parser = parse_interval)]
+    pub consumer_recheck_interval: Duration,
 }
 
 impl Default for RealtimeConfig {
@@ -430,6 +435,7 @@ impl Default for RealtimeConfig {
             token_max_lifetime: Duration::from_secs(86_400),
             sse_keep_alive: Duration::from_secs(15),
             delivery_sweep_interval: Duration::from_secs(2),
+            consumer_recheck_interval: Duration::from_secs(2),
         }
     }
 }

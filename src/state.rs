@@ -35,6 +35,9 @@ pub struct AppState {
     pub auth_failures: Arc<AuthFailures>,
     /// Long-lived requests (SSE, long polls, MCP waits) per key.
     pub streams: Arc<Streams>,
+    /// Consumer groups whose messages a nack or a retry on this instance made claimable: waiting
+    /// claims of the group look again.
+    pub consumer_wakes: tokio::sync::broadcast::Sender<i64>,
     /// Set once the server is shutting down.
     pub shutdown: Shutdown,
 }
@@ -53,6 +56,7 @@ impl AppState {
             apps: Arc::new(Directory::default()),
             auth_failures: Arc::new(AuthFailures::new(config.auth_failures_per_minute)),
             streams: Arc::new(Streams::new(config.max_streams_per_key)),
+            consumer_wakes: tokio::sync::broadcast::channel(256).0,
             shutdown: Shutdown::default(),
             config: Arc::new(config),
         }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{DbProxy, TestApp, assert_error, cluster::MASTER_KEY, eventually, wait_for};
+use common::{DbProxy, TestApp, assert_error, cluster::MASTER_KEY, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -242,6 +242,7 @@ async fn bad_input_is_refused_with_the_field_named(db: PgPool) {
         ("claim", json!({"member": "a", "wait": 31}), "wait"),
         ("ack", json!({"delivery_ids": []}), "delivery_ids"),
         ("ack", json!({"delivery_ids": ["nope"]}), "delivery_ids"),
+        ("ack", json!({"delivery_ids": ["042.17"]}), "delivery_ids"),
         (
             "nack",
             json!({"delivery_ids": ["1.1"], "delay": "1y"}),
@@ -276,7 +277,8 @@ async fn bad_input_is_refused_with_the_field_named(db: PgPool) {
 
 #[sqlx::test]
 async fn an_expired_lease_goes_to_another_member_and_the_late_ack_is_lost(db: PgPool) {
-    let app = TestApp::spawn(db).await;
+    // Only the lease's expiry can wake the waiting claim within the test's bound.
+    let app = TestApp::spawn_config(db, slow_recheck()).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "jobs").await;
     create_group(
@@ -291,18 +293,17 @@ async fn an_expired_lease_goes_to_another_member_and_the_late_ack_is_lost(db: Pg
     let held = claim(&app, &key, channel, json!({"member": "slow"})).await;
     assert_eq!(ids(&held), [id]);
     // A waiting claim is handed the message as soon as the lease expires, as attempt 2.
-    let started = Instant::now();
     let taken = claim(&app, &key, channel, json!({"member": "fast", "wait": 10})).await;
+    let after_expiry = Utc::now() - expires(&held[0]);
     assert_eq!(ids(&taken), [id]);
     assert_eq!(taken[0]["attempt"], 2);
     assert!(
-        Utc::now() >= expires(&held[0]),
+        after_expiry >= chrono::Duration::zero(),
         "handed out before the lease expired"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+        after_expiry < chrono::Duration::seconds(1),
+        "handed out {after_expiry} after the lease expired"
     );
 
     let late = settle(
@@ -344,14 +345,14 @@ async fn extend_keeps_a_lease_past_its_first_expiry(db: PgPool) {
         &app,
         &key,
         channel,
-        json!({"name": "work", "ack_wait": "2s"}),
+        json!({"name": "work", "ack_wait": "3s"}),
     )
     .await;
     app.message(&key, channel, "long task").await;
     let held = claim(&app, &key, channel, json!({"member": "worker"})).await;
     let first_expiry = expires(&held[0]);
-    // Halfway through the lease, renewed for another 2 s.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Halfway through the lease, renewed for another 3 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let extended = settle(
         &app,
         &key,
@@ -463,7 +464,7 @@ async fn a_message_that_keeps_failing_is_dead_listed_and_retryable(db: PgPool) {
         (ids(&second), second[0]["attempt"].clone()),
         (vec![poison], json!(2))
     );
-    // The next claim waits out that lease, and gets the next message instead.
+    // Meanwhile the next claim gets the next message.
     let next = claim(
         &app,
         &key,
@@ -480,19 +481,27 @@ async fn a_message_that_keeps_failing_is_dead_listed_and_retryable(db: PgPool) {
         json!({"delivery_ids": delivery_ids(&next)}),
     )
     .await;
-    // (It came before the lease expired: it was simply the next message.) Wait for the death.
-    let dead = wait_for(
-        Duration::from_secs(10),
-        "the poison message is dead",
-        || async {
-            let (_, body) = app
-                .get(&format!("{}/dead", group_path(channel, "work")), &key)
-                .await;
-            let dead = body["dead"].as_array().cloned().unwrap_or_default();
-            (!dead.is_empty()).then_some(dead)
-        },
-    )
-    .await;
+    // Once attempt 2's lease has expired, the next claim sets the message aside.
+    let expiry = (expires(&second[0]) - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(expiry + Duration::from_millis(50)).await;
+    assert!(
+        claim(&app, &key, channel, json!({"member": "a"}))
+            .await
+            .is_empty()
+    );
+    let settled: bool =
+        sqlx::query_scalar("SELECT dead FROM consumer_deliveries WHERE message_id = $1")
+            .bind(poison)
+            .fetch_one(&db)
+            .await
+            .expect("the delivery");
+    assert!(settled, "the claim set the expired last attempt aside");
+    let (_, body) = app
+        .get(&format!("{}/dead", group_path(channel, "work")), &key)
+        .await;
+    let dead = body["dead"].as_array().cloned().unwrap_or_default();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["message_id"], poison);
     assert_eq!(dead[0]["attempts"], 2);
@@ -571,8 +580,9 @@ async fn a_group_filtered_by_mentions_takes_only_those_messages(db: PgPool) {
 
 #[sqlx::test]
 async fn a_waiting_claim_is_woken_by_a_post_on_another_instance(db: PgPool) {
-    let a = TestApp::spawn(db.clone()).await;
-    let b = TestApp::spawn_instance(db.clone(), common::test_config()).await;
+    // Nothing but the post can wake the claim within the test's bound.
+    let a = TestApp::spawn_config(db.clone(), slow_recheck()).await;
+    let b = TestApp::spawn_instance(db.clone(), slow_recheck()).await;
     let key = a.writer().await;
     let channel = a.channel(&key, "jobs").await;
     create_group(&a, &key, channel, json!({"name": "work"})).await;
@@ -605,18 +615,83 @@ async fn a_waiting_claim_is_woken_by_a_post_on_another_instance(db: PgPool) {
     assert_eq!(body["deliveries"][0]["message"]["id"], id, "{body}");
     let took = answered.saturating_duration_since(posted);
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(1),
         "woken {took:?} after the post"
+    );
+}
+
+/// Test settings in which a waiting claim looks again on its own only every 30 s.
+fn slow_recheck() -> channeld::config::Config {
+    let mut config = common::test_config();
+    config.realtime.consumer_recheck_interval = Duration::from_secs(30);
+    config
+}
+
+#[sqlx::test]
+async fn a_nack_wakes_a_waiting_claim_at_once(db: PgPool) {
+    let app = TestApp::spawn_config(db, slow_recheck()).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "jobs").await;
+    create_group(&app, &key, channel, json!({"name": "work"})).await;
+    let id = app.message(&key, channel, "handed back").await;
+    let held = claim(&app, &key, channel, json!({"member": "a"})).await;
+    let waiter = {
+        let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/v1/channels/{channel}/consumers/work/claim"))
+                .bearer_auth(key)
+                .json(&json!({"member": "b", "wait": 20}))
+                .send()
+                .await
+                .expect("claim answers");
+            (
+                Instant::now(),
+                response.json::<Value>().await.expect("json"),
+            )
+        })
+    };
+    eventually(Duration::from_secs(10), "the claim is waiting", || async {
+        app.metrics_text()
+            .await
+            .contains("channeld_message_waiters 1")
+    })
+    .await;
+    let body = json!({"delivery_ids": delivery_ids(&held)});
+    settle(&app, &key, channel, "nack", body).await;
+    let nacked = Instant::now();
+    let (answered, body) = waiter.await.expect("waiter");
+    assert_eq!(body["deliveries"][0]["message"]["id"], id, "{body}");
+    let took = answered.saturating_duration_since(nacked);
+    assert!(
+        took < Duration::from_secs(1),
+        "woken {took:?} after the nack"
     );
 }
 
 /// What the members of a run saw: every lease claimed, and every ack the server confirmed.
 #[derive(Default)]
 struct Ledger {
-    /// Message id → leases handed out for it.
-    claimed: BTreeMap<i64, Vec<i64>>,
+    /// Message id → leases handed out for it: (lease, attempt, when it expires).
+    claimed: BTreeMap<i64, Vec<(i64, i64, DateTime<Utc>)>>,
     /// Message id → the lease whose ack was confirmed (at most one may be).
     acked: BTreeMap<i64, Vec<i64>>,
+    /// Requests that failed (refused, cut off, 5xx).
+    failures: usize,
+}
+
+/// Writes the leases of a claim's answer into the ledger.
+fn record_claims(ledger: &Mutex<Ledger>, deliveries: &[Value]) {
+    let mut ledger = ledger.lock().expect("ledger");
+    for delivery in deliveries {
+        let (message, lease) = lease_of(delivery["delivery_id"].as_str().expect("id"));
+        let attempt = delivery["attempt"].as_i64().expect("attempt");
+        ledger
+            .claimed
+            .entry(message)
+            .or_default()
+            .push((lease, attempt, expires(delivery)));
+    }
 }
 
 fn lease_of(delivery_id: &str) -> (i64, i64) {
@@ -624,9 +699,25 @@ fn lease_of(delivery_id: &str) -> (i64, i64) {
     (message.parse().expect("id"), lease.parse().expect("lease"))
 }
 
-/// A member: claims up to 10 at a time from the first server of `bases` that answers (rotating
-/// from its own), acks what it got, and stops once `stop` is set. Requests that fail (a killed
-/// server, a database away) are retried on the next server.
+/// The JSON body of an answered 200, or `None` (counted as a failure, after a short pause).
+async fn answered(
+    ledger: &Mutex<Ledger>,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Option<Value> {
+    let body = match sent {
+        Ok(response) if response.status() == StatusCode::OK => response.json::<Value>().await.ok(),
+        _ => None,
+    };
+    if body.is_none() {
+        ledger.lock().expect("ledger").failures += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    body
+}
+
+/// A member: claims up to 10 at a time from the servers of `bases` in turn, acks what it got
+/// through the next one, and stops once `stop` is set. Requests that fail (a killed server, a
+/// database away) are counted and tried again on the next server.
 async fn member(
     name: String,
     bases: Arc<Mutex<Vec<String>>>,
@@ -653,38 +744,24 @@ async fn member(
             .json(&json!({"member": name, "max": 10, "wait": 1}))
             .send()
             .await;
-        let Ok(response) = claimed else { continue };
-        if response.status() != StatusCode::OK {
-            continue;
-        }
-        let Ok(body) = response.json::<Value>().await else {
+        let Some(body) = answered(&ledger, claimed).await else {
             continue;
         };
         let deliveries = body["deliveries"].as_array().cloned().unwrap_or_default();
         if deliveries.is_empty() {
             continue;
         }
+        record_claims(&ledger, &deliveries);
         let given = delivery_ids(&deliveries);
-        {
-            let mut ledger = ledger.lock().expect("ledger");
-            for id in &given {
-                let (message, lease) = lease_of(id);
-                ledger.claimed.entry(message).or_default().push(lease);
-            }
-        }
         // Acked on the next server in turn: any instance may settle any lease.
         let url = format!("{}/v1/channels/{channel}/consumers/work", base(turn + 1));
-        let answer = http
+        let sent = http
             .post(format!("{url}/ack"))
             .bearer_auth(&key)
             .json(&json!({"delivery_ids": given}))
             .send()
             .await;
-        let Ok(response) = answer else { continue };
-        if response.status() != StatusCode::OK {
-            continue;
-        }
-        let Ok(body) = response.json::<Value>().await else {
+        let Some(body) = answered(&ledger, sent).await else {
             continue;
         };
         let lost: BTreeSet<&str> = body["lost"]
@@ -701,8 +778,8 @@ async fn member(
     }
 }
 
-/// Runs 8 members over `bases` until the group has acked `total` messages (as `check` sees it
-/// through `db`), calling `during` once the run is under way; returns the ledger.
+/// Runs 8 members over `bases` until the group has acked `total` messages (as the database
+/// says), calling `during` once the run is under way; returns the ledger.
 async fn run_members<F, Fut>(
     db: &PgPool,
     bases: Arc<Mutex<Vec<String>>>,
@@ -712,7 +789,7 @@ async fn run_members<F, Fut>(
     during: F,
 ) -> Ledger
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Arc<Mutex<Ledger>>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -736,7 +813,7 @@ where
         || async { !ledger.lock().expect("ledger").acked.is_empty() },
     )
     .await;
-    during().await;
+    during(ledger.clone()).await;
     eventually(
         Duration::from_secs(60),
         "every message is acked",
@@ -765,8 +842,15 @@ async fn acked_in_database(db: &PgPool, channel: i64) -> i64 {
 }
 
 /// What every run must show: each message acked exactly once, by its newest lease (an acked
-/// message is never handed out again), and nothing left in flight or dead.
-async fn assert_exactly_once(db: &PgPool, ledger: &Ledger, posted: &[i64], channel: i64) {
+/// message is never handed out again); no lease of a message began before the previous one
+/// expired (no run nacks); nothing left in flight or dead.
+async fn assert_exactly_once(
+    db: &PgPool,
+    ledger: &Ledger,
+    posted: &[i64],
+    channel: i64,
+    ack_wait: chrono::Duration,
+) {
     let posted: BTreeSet<i64> = posted.iter().copied().collect();
     let claimed: BTreeSet<i64> = ledger.claimed.keys().copied().collect();
     assert_eq!(claimed, posted, "every message was handed out");
@@ -777,12 +861,23 @@ async fn assert_exactly_once(db: &PgPool, ledger: &Ledger, posted: &[i64], chann
             "message {message} acked {} times",
             acks.len()
         );
-        let newest = ledger.claimed[message].iter().max().copied();
+        let newest = ledger.claimed[message].iter().map(|claim| claim.0).max();
         assert_eq!(
             newest,
             Some(acks[0]),
             "message {message} was handed out again after its ack"
         );
+    }
+    for (message, leases) in &ledger.claimed {
+        let mut leases = leases.clone();
+        leases.sort();
+        for pair in leases.windows(2) {
+            let ((_, _, held_until), (_, attempt, next_until)) = (pair[0], pair[1]);
+            assert!(
+                next_until - ack_wait >= held_until,
+                "message {message}: attempt {attempt} was leased before the previous lease expired"
+            );
+        }
     }
     let left: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM consumer_deliveries d JOIN consumers c ON c.id = d.consumer_id \
@@ -810,18 +905,13 @@ async fn eight_members_on_two_instances_ack_every_message_exactly_once(db: PgPoo
     let b = TestApp::spawn_instance(db.clone(), common::test_config()).await;
     let key = a.writer().await;
     let channel = a.channel(&key, "jobs").await;
-    create_group(
-        &a,
-        &key,
-        channel,
-        json!({"name": "work", "start": "earliest", "ack_wait": "5s"}),
-    )
-    .await;
+    let group = json!({"name": "work", "start": "earliest", "ack_wait": "5s"});
+    create_group(&a, &key, channel, group).await;
     let mut posted = post_many(&a, &key, channel, 300).await;
     let bases = Arc::new(Mutex::new(vec![a.base.clone(), b.base.clone()]));
     let more = Arc::new(Mutex::new(Vec::new()));
     // Posting goes on while the members work.
-    let ledger = run_members(&db, bases, &key, channel, 400, || {
+    let ledger = run_members(&db, bases, &key, channel, 400, |_| {
         let (b, key, more) = (&b, key.clone(), more.clone());
         async move {
             let ids = post_many(b, &key, channel, 100).await;
@@ -830,7 +920,7 @@ async fn eight_members_on_two_instances_ack_every_message_exactly_once(db: PgPoo
     })
     .await;
     posted.extend(more.lock().expect("more").iter().copied());
-    assert_exactly_once(&db, &ledger, &posted, channel).await;
+    assert_exactly_once(&db, &ledger, &posted, channel, chrono::Duration::seconds(5)).await;
     let members = show(&a, &key, channel).await["members"]
         .as_array()
         .expect("members")
@@ -853,14 +943,8 @@ impl Drop for Process {
 
 async fn process(db: &PgPool) -> Process {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-            "--no-migrate",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .arg("--no-migrate")
         .env("DATABASE_URL", common::database_url(db))
         .env("CHANNELD_MASTER_KEY", MASTER_KEY)
         .env("CHANNELD_RATE_LIMIT", "1000000")
@@ -882,35 +966,53 @@ async fn killing_a_server_mid_run_loses_no_ack_and_redelivers_nothing_acked(db: 
     let app = TestApp::spawn(db.clone()).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "jobs").await;
-    create_group(
-        &app,
-        &key,
-        channel,
-        json!({"name": "work", "start": "earliest", "ack_wait": "1s"}),
-    )
-    .await;
+    let group = json!({"name": "work", "start": "earliest", "ack_wait": "1s"});
+    create_group(&app, &key, channel, group).await;
     let posted = post_many(&app, &key, channel, 400).await;
     let mut doomed = process(&db).await;
     let survivor = process(&db).await;
     let bases = Arc::new(Mutex::new(vec![doomed.base.clone(), survivor.base.clone()]));
-    let ledger = run_members(
-        &db,
-        bases.clone(),
-        &key,
-        channel,
-        posted.len() as i64,
-        || async {
-            // kill -9 while members hold leases and acks are in flight through it.
+    let total = posted.len() as i64;
+    let ledger = run_members(&db, bases.clone(), &key, channel, total, |ledger| {
+        let (doomed, app, key) = (&mut doomed, &app, key.clone());
+        async move {
+            // A member dies holding 10 leases: others get them once the leases expire.
+            let path = format!("{}/claim", group_path(channel, "work"));
+            let (status, body) = app
+                .post(&path, &key, json!({"member": "crashing", "max": 10}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let held = body["deliveries"].as_array().expect("deliveries");
+            assert_eq!(held.len(), 10, "{body}");
+            record_claims(&ledger, held);
+            // kill -9 of a server that members are using: their requests to it fail.
+            let failures = ledger.lock().expect("ledger").failures;
             doomed.child.kill().expect("kill -9");
             doomed.child.wait().expect("reaped");
+            eventually(
+                Duration::from_secs(10),
+                "members see the server die",
+                || async { ledger.lock().expect("ledger").failures > failures },
+            )
+            .await;
             bases
                 .lock()
                 .expect("bases")
                 .retain(|base| *base != doomed.base);
-        },
-    )
+        }
+    })
     .await;
-    assert_exactly_once(&db, &ledger, &posted, channel).await;
+    assert_exactly_once(&db, &ledger, &posted, channel, chrono::Duration::seconds(1)).await;
+    let redelivered = ledger
+        .claimed
+        .values()
+        .flatten()
+        .filter(|(_, attempt, _)| *attempt > 1)
+        .count();
+    assert!(
+        redelivered >= 10,
+        "the dead member's leases were handed out again ({redelivered} redeliveries)"
+    );
     drop(survivor);
 }
 
@@ -927,16 +1029,12 @@ async fn a_database_outage_mid_run_loses_no_ack_and_redelivers_nothing_acked(db:
     let app = TestApp::spawn_full(db.clone(), server_pool, config).await;
     let key = app.writer().await;
     let channel = app.channel(&key, "jobs").await;
-    create_group(
-        &app,
-        &key,
-        channel,
-        json!({"name": "work", "start": "earliest", "ack_wait": "1s"}),
-    )
-    .await;
+    let group = json!({"name": "work", "start": "earliest", "ack_wait": "1s"});
+    create_group(&app, &key, channel, group).await;
     let posted = post_many(&app, &key, channel, 300).await;
     let bases = Arc::new(Mutex::new(vec![app.base.clone()]));
-    let ledger = run_members(&db, bases, &key, channel, posted.len() as i64, || async {
+    let total = posted.len() as i64;
+    let ledger = run_members(&db, bases, &key, channel, total, |_| async {
         // Every connection to PostgreSQL drops, as in a restart, and none is taken for a while.
         proxy.cut();
         eventually(
@@ -951,7 +1049,8 @@ async fn a_database_outage_mid_run_loses_no_ack_and_redelivers_nothing_acked(db:
         proxy.restore();
     })
     .await;
-    assert_exactly_once(&db, &ledger, &posted, channel).await;
+    assert_exactly_once(&db, &ledger, &posted, channel, chrono::Duration::seconds(1)).await;
+    assert!(ledger.failures > 0, "the members saw the outage");
 }
 
 #[sqlx::test]

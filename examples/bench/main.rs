@@ -17,6 +17,7 @@
 //! It prints a table and writes every figure to a JSON file.
 
 mod cluster;
+mod consumers;
 mod fanout;
 mod mcp;
 mod realtime;
@@ -131,8 +132,18 @@ struct Args {
     /// Rounds of that wake-up.
     #[arg(long, default_value_t = 5)]
     mcp_rounds: usize,
+    /// Messages each consumer-group throughput run works through.
+    #[arg(long, default_value_t = 20_000)]
+    consumer_backlog: i64,
+    /// Messages of the long channel the consumer-group claim cost is measured on.
+    #[arg(long, default_value_t = 10_000_000)]
+    consumer_history: i64,
+    /// A Redis that appends and fsyncs every write, for the durable Redis Streams row.
+    #[arg(long)]
+    redis_durable_url: Option<String>,
     /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster, mcp
-    /// (and flood, which scripts/flood-bench.sh runs on servers of its own).
+    /// (and flood and consumers, which scripts/flood-bench.sh and scripts/consumer-bench.sh run
+    /// on servers of their own).
     #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster,mcp")]
     only: String,
     /// Where to write the figures.
@@ -403,6 +414,21 @@ async fn main() -> Result<(), String> {
         mcp_figures = Some(mcp::run(&plan).await?);
     }
 
+    let mut consumer_figures = None;
+    if run("consumers") {
+        let plan = consumers::Plan {
+            base: &args.base,
+            key: &args.key,
+            database_url: &args.database_url,
+            repeats: args.repeats,
+            backlog: args.consumer_backlog,
+            history: args.consumer_history,
+            redis_url: args.redis_url.as_deref(),
+            redis_durable_url: args.redis_durable_url.as_deref(),
+        };
+        consumer_figures = Some(consumers::run(&plan).await?);
+    }
+
     let postgres = postgres_settings(&args.database_url);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     println!();
@@ -430,6 +456,9 @@ async fn main() -> Result<(), String> {
     if let Some(figures) = &mcp_figures {
         mcp::print(figures);
     }
+    if let Some(figures) = &consumer_figures {
+        consumers::print(figures);
+    }
     let figures = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "cpus": cpus,
@@ -444,6 +473,7 @@ async fn main() -> Result<(), String> {
         "cluster": cluster_figures,
         "mcp": mcp_figures,
         "flood": floods,
+        "consumers": consumer_figures,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {

@@ -52,12 +52,17 @@ pub async fn create(
         Group,
         r#"
         WITH channel AS (
-            SELECT id, COALESCE($3::bigint, last_message_id, 0) AS frontier
+            SELECT id, COALESCE($3::bigint, last_message_id, 0) AS frontier,
+                   CASE WHEN $3::bigint IS NULL THEN message_count
+                        WHEN $3::bigint = 0 THEN 0
+                        ELSE (SELECT count(*) FROM messages m
+                              WHERE m.channel_id = $1 AND m.id <= $3::bigint)
+                   END AS skipped
             FROM channels WHERE id = $1
         ), stored AS (
-            INSERT INTO consumers (channel_id, name, start, frontier, ack_wait_ms, max_deliveries,
-                                   mentions)
-            SELECT id, $2, $4, frontier, $5, $6, $7 FROM channel
+            INSERT INTO consumers (channel_id, name, start, frontier, skipped, ack_wait_ms,
+                                   max_deliveries, mentions)
+            SELECT id, $2, $4, frontier, skipped, $5, $6, $7 FROM channel
             RETURNING id, channel_id, name, start, ack_wait_ms, max_deliveries, mentions, frontier,
                       created_at
         ), counts AS (
@@ -138,6 +143,10 @@ pub async fn delete(
     Ok(deleted.rows_affected() > 0)
 }
 
+/// Most messages past a `mentions` group's frontier that a count reads (`pending` says at most
+/// this many of them).
+pub const UNSEEN_COUNTED: i64 = 1_000_000;
+
 /// Where a group's work stands (settled first: see [`settle`]).
 pub struct Counts {
     pub acked: i64,
@@ -164,20 +173,30 @@ pub async fn counts(db: &PgPool, group: &Group) -> Result<Counts, sqlx::Error> {
     )
     .fetch_one(db)
     .await?;
-    // Messages past the frontier: never handed out yet.
+    // Messages past the frontier, never handed out yet: from the channel's counter, or counted
+    // (up to UNSEEN_COUNTED) among those that mention the group's name.
     let unseen = sqlx::query!(
         r#"
-        SELECT count(*) AS "count!", min(id) AS "first" FROM (
-            SELECT id FROM messages
-            WHERE $3::text IS NULL AND channel_id = $1 AND id > $2
-            UNION ALL
-            SELECT message_id FROM message_mentions
-            WHERE $3::text IS NOT NULL AND channel_id = $1 AND name = $3 AND message_id > $2
-        ) unseen
+        SELECT
+            CASE WHEN c.mentions IS NULL THEN ch.message_count - c.skipped - c.taken
+                 ELSE (SELECT count(*) FROM (
+                          SELECT 1 FROM message_mentions mm
+                          WHERE mm.channel_id = c.channel_id AND mm.name = c.mentions
+                            AND mm.message_id > c.frontier
+                          LIMIT $2) counted)
+            END AS "count!",
+            CASE WHEN c.mentions IS NULL
+                 THEN (SELECT min(id) FROM messages m
+                       WHERE m.channel_id = c.channel_id AND m.id > c.frontier)
+                 ELSE (SELECT min(message_id) FROM message_mentions mm
+                       WHERE mm.channel_id = c.channel_id AND mm.name = c.mentions
+                         AND mm.message_id > c.frontier)
+            END AS "first"
+        FROM consumers c JOIN channels ch ON ch.id = c.channel_id
+        WHERE c.id = $1
         "#,
-        group.channel_id,
-        group.frontier,
-        group.mentions,
+        group.id,
+        UNSEEN_COUNTED,
     )
     .fetch_one(db)
     .await?;
@@ -258,46 +277,92 @@ pub struct Claimed {
     pub next_due: Option<DateTime<Utc>>,
 }
 
+/// What a claim found.
+pub enum Claim {
+    Claimed(Claimed),
+    /// Another claim of the group holds its turn (only when asked not to wait for it).
+    Busy,
+    /// The group no longer exists.
+    Gone,
+}
+
 /// Leases up to `max` messages to `member`, in id order: first those due again (nacked, or
-/// whose lease expired), then messages past the frontier. `None` when the group is gone.
+/// whose lease expired), then messages past the frontier. Claims of one group take turns on its
+/// row; with `wait_turn` false, a claim that would wait for its turn answers [`Claim::Busy`] at
+/// once instead, holding no connection while another works.
+///
+/// Times are the statement's own (`statement_timestamp()`), not the transaction's: a claim that
+/// waited for its turn still leases for the whole `ack_wait`.
 pub async fn claim(
     db: &PgPool,
     consumer_id: i64,
     member: &str,
     max: i64,
-) -> Result<Option<Claimed>, sqlx::Error> {
+    wait_turn: bool,
+) -> Result<Claim, sqlx::Error> {
     let mut tx = db.begin().await?;
-    // Claims of one group take turns here, on every instance.
-    let Some(group) = sqlx::query!(
-        r#"
-        SELECT channel_id, frontier, ack_wait_ms, max_deliveries, mentions
-        FROM consumers WHERE id = $1 FOR UPDATE
-        "#,
-        consumer_id,
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(None);
+    let turn = if wait_turn {
+        sqlx::query_as!(
+            Turn,
+            r#"
+            SELECT channel_id, frontier, ack_wait_ms, max_deliveries, mentions
+            FROM consumers WHERE id = $1 FOR UPDATE
+            "#,
+            consumer_id,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_as!(
+            Turn,
+            r#"
+            SELECT channel_id, frontier, ack_wait_ms, max_deliveries, mentions
+            FROM consumers WHERE id = $1 FOR UPDATE SKIP LOCKED
+            "#,
+            consumer_id,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    };
+    let Some(group) = turn else {
+        let exists = sqlx::query_scalar!(
+            r#"SELECT true AS "exists!" FROM consumers WHERE id = $1"#,
+            consumer_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        return Ok(if exists && !wait_turn {
+            Claim::Busy
+        } else {
+            Claim::Gone
+        });
     };
     let again = sqlx::query!(
         r#"
         WITH seen AS (
-            INSERT INTO consumer_members (consumer_id, member) VALUES ($1, $2)
-            ON CONFLICT (consumer_id, member) DO UPDATE SET last_seen = now()
-            WHERE consumer_members.last_seen < now() - interval '10 seconds'
+            INSERT INTO consumer_members (consumer_id, member, last_seen)
+            VALUES ($1, $2, statement_timestamp())
+            ON CONFLICT (consumer_id, member) DO UPDATE SET last_seen = statement_timestamp()
+            WHERE consumer_members.last_seen < statement_timestamp() - interval '10 seconds'
+        ), forgotten AS (
+            DELETE FROM consumer_members
+            WHERE consumer_id = $1 AND last_seen < statement_timestamp() - interval '1 hour'
         ), settled AS (
             UPDATE consumer_deliveries SET dead = true, leased = false
-            WHERE consumer_id = $1 AND NOT dead AND due_at <= now() AND attempts >= $3
+            WHERE consumer_id = $1 AND NOT dead AND due_at <= statement_timestamp()
+              AND attempts >= $3
         ), due AS (
             SELECT message_id FROM consumer_deliveries
-            WHERE consumer_id = $1 AND NOT dead AND due_at <= now() AND attempts < $3
+            WHERE consumer_id = $1 AND NOT dead AND due_at <= statement_timestamp()
+              AND attempts < $3
             ORDER BY message_id LIMIT $4
             FOR UPDATE
         ), taken AS (
             UPDATE consumer_deliveries d
             SET attempts = d.attempts + 1, lease = nextval('consumer_leases_seq'), member = $2,
-                leased = true, due_at = now() + $5 * interval '1 millisecond'
+                leased = true,
+                due_at = statement_timestamp() + $5 * interval '1 millisecond'
             FROM due WHERE d.consumer_id = $1 AND d.message_id = due.message_id
             RETURNING d.message_id, d.attempts, d.lease, d.due_at
         )
@@ -356,11 +421,12 @@ pub async fn claim(
                 INSERT INTO consumer_deliveries (consumer_id, message_id, attempts, lease, member,
                                                  leased, due_at)
                 SELECT $1, id, 1, nextval('consumer_leases_seq'), $5, true,
-                       now() + $6 * interval '1 millisecond'
+                       statement_timestamp() + $6 * interval '1 millisecond'
                 FROM fresh
                 RETURNING message_id, attempts, lease, due_at
             ), moved AS (
-                UPDATE consumers SET frontier = (SELECT max(id) FROM fresh)
+                UPDATE consumers SET frontier = (SELECT max(id) FROM fresh),
+                                     taken = taken + (SELECT count(*) FROM fresh)
                 WHERE id = $1 AND EXISTS (SELECT 1 FROM fresh)
             )
             SELECT s.attempts AS "attempts!", s.lease AS "lease!", s.due_at AS "due_at!",
@@ -408,7 +474,16 @@ pub async fn claim(
         None
     };
     tx.commit().await?;
-    Ok(Some(Claimed { leased, next_due }))
+    Ok(Claim::Claimed(Claimed { leased, next_due }))
+}
+
+/// A group's settings as its claim reads them, holding its turn.
+struct Turn {
+    channel_id: i64,
+    frontier: i64,
+    ack_wait_ms: i64,
+    max_deliveries: i32,
+    mentions: Option<String>,
 }
 
 /// Leases as `ack`, `nack` and `extend` name them: (message id, lease).
@@ -426,12 +501,16 @@ pub async fn ack(
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        WITH given AS (
-            SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+        WITH locked AS (
+            SELECT d.message_id FROM consumer_deliveries d
+            JOIN unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+              ON d.message_id = g.message_id AND d.lease = g.lease
+            WHERE d.consumer_id = $1 AND d.leased AND NOT d.dead AND d.due_at > now()
+            ORDER BY d.message_id
+            FOR UPDATE OF d
         ), acked AS (
-            DELETE FROM consumer_deliveries d USING given g
-            WHERE d.consumer_id = $1 AND d.message_id = g.message_id AND d.lease = g.lease
-              AND d.leased AND NOT d.dead AND d.due_at > now()
+            DELETE FROM consumer_deliveries d USING locked l
+            WHERE d.consumer_id = $1 AND d.message_id = l.message_id
             RETURNING d.message_id, d.lease
         ), counted AS (
             UPDATE consumer_counts SET acked = acked + (SELECT count(*) FROM acked)
@@ -461,15 +540,19 @@ pub async fn nack(
 ) -> Result<Vec<(i64, i64, bool)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        WITH given AS (
-            SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+        WITH locked AS (
+            SELECT d.message_id FROM consumer_deliveries d
+            JOIN unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+              ON d.message_id = g.message_id AND d.lease = g.lease
+            WHERE d.consumer_id = $1 AND d.leased AND NOT d.dead AND d.due_at > now()
+            ORDER BY d.message_id
+            FOR UPDATE OF d
         )
         UPDATE consumer_deliveries d
         SET leased = false, due_at = now() + $4 * interval '1 millisecond',
             dead = d.attempts >= $5
-        FROM given g
-        WHERE d.consumer_id = $1 AND d.message_id = g.message_id AND d.lease = g.lease
-          AND d.leased AND NOT d.dead AND d.due_at > now()
+        FROM locked l
+        WHERE d.consumer_id = $1 AND d.message_id = l.message_id
         RETURNING d.message_id, d.lease, d.dead
         "#,
         group.id,
@@ -494,13 +577,17 @@ pub async fn extend(
 ) -> Result<Vec<(i64, i64, DateTime<Utc>)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        WITH given AS (
-            SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+        WITH locked AS (
+            SELECT d.message_id FROM consumer_deliveries d
+            JOIN unnest($2::bigint[], $3::bigint[]) AS g(message_id, lease)
+              ON d.message_id = g.message_id AND d.lease = g.lease
+            WHERE d.consumer_id = $1 AND d.leased AND NOT d.dead AND d.due_at > now()
+            ORDER BY d.message_id
+            FOR UPDATE OF d
         )
         UPDATE consumer_deliveries d SET due_at = now() + $4 * interval '1 millisecond'
-        FROM given g
-        WHERE d.consumer_id = $1 AND d.message_id = g.message_id AND d.lease = g.lease
-          AND d.leased AND NOT d.dead AND d.due_at > now()
+        FROM locked l
+        WHERE d.consumer_id = $1 AND d.message_id = l.message_id
         RETURNING d.message_id, d.lease, d.due_at
         "#,
         group.id,
@@ -602,16 +689,15 @@ pub async fn gauges(db: &PgPool, cap: i64, groups: i64) -> Result<Vec<Gauges>, s
         SELECT a.name AS "app!", c.channel_id AS "channel_id!", c.name AS "name!",
                (SELECT count(*) FROM consumer_deliveries d
                 WHERE d.consumer_id = c.id AND NOT d.dead
-                  AND NOT (d.leased AND d.due_at > now()))
-               + (SELECT count(*) FROM (
-                    SELECT 1 FROM messages m
-                    WHERE c.mentions IS NULL AND m.channel_id = c.channel_id AND m.id > c.frontier
-                    LIMIT $1) unseen)
-               + (SELECT count(*) FROM (
-                    SELECT 1 FROM message_mentions mm
-                    WHERE c.mentions IS NOT NULL AND mm.channel_id = c.channel_id
-                      AND mm.name = c.mentions AND mm.message_id > c.frontier
-                    LIMIT $1) unseen) AS "pending!",
+                  AND NOT (d.leased AND d.due_at > now())
+                  AND NOT (d.leased AND d.attempts >= c.max_deliveries))
+               + CASE WHEN c.mentions IS NULL THEN ch.message_count - c.skipped - c.taken
+                      ELSE (SELECT count(*) FROM (
+                               SELECT 1 FROM message_mentions mm
+                               WHERE mm.channel_id = c.channel_id AND mm.name = c.mentions
+                                 AND mm.message_id > c.frontier
+                               LIMIT $1) unseen)
+                 END AS "pending!",
                (SELECT count(*) FROM consumer_deliveries d
                 WHERE d.consumer_id = c.id AND NOT d.dead AND d.leased AND d.due_at > now())
                    AS "in_flight!",

@@ -169,7 +169,7 @@ pub struct Nack {
 
 /// A delivery id as `claim` gives it.
 #[derive(ToSchema)]
-#[schema(pattern = r"^[0-9]{1,19}\.[0-9]{1,19}$")]
+#[schema(pattern = r"^(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})$")]
 #[allow(dead_code)]
 pub struct DeliveryId(String);
 

@@ -28,8 +28,28 @@ pub const MAX_BATCH: usize = 100;
 const ACK_WAIT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(12 * 3600));
 const MAX_DELAY: Duration = Duration::from_secs(12 * 3600);
-/// A waiting claim looks again at least this often: a nack on another instance wakes nobody here.
-const RECHECK: Duration = Duration::from_secs(2);
+/// How many times a statement that PostgreSQL chose as a deadlock's victim is run again.
+const DEADLOCK_RETRIES: usize = 3;
+
+/// Runs `statement` again when PostgreSQL broke a deadlock by failing it (SQLSTATE 40P01): a
+/// claim and an ack that lock the same deliveries from either side of a lease's expiry.
+async fn retrying<T, F, Fut>(mut statement: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match statement().await {
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some("40P01") && tries < DEADLOCK_RETRIES =>
+            {
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
 
 /// `name` as a group's name: 1-64 of `a-z 0-9 _ -`.
 pub fn is_consumer_name(name: &str) -> bool {
@@ -230,12 +250,24 @@ pub async fn claim(
     let mut feed = follow
         .as_ref()
         .map(|_| state.delivery.feeds().subscribe(group.channel_id));
+    let mut wakes = state.consumer_wakes.subscribe();
     let deadline = Instant::now() + args.wait;
     let mut shutdown = state.shutdown.subscribe();
     let mut waiting = None;
+    // The first claim waits for its turn; one woken from waiting does not hold a connection
+    // while another claim of the group has it, but tries again shortly.
+    let mut wait_turn = true;
     loop {
-        let Some(claimed) = db::claim(&state.db, group.id, &args.member, args.max).await? else {
-            return Err(not_found(group.channel_id, &group.name));
+        let claimed =
+            retrying(|| db::claim(&state.db, group.id, &args.member, args.max, wait_turn)).await?;
+        let claimed = match claimed {
+            db::Claim::Claimed(claimed) => claimed,
+            db::Claim::Gone => return Err(not_found(group.channel_id, &group.name)),
+            db::Claim::Busy => {
+                let pause = Duration::from_millis(5 + rand::random::<u64>() % 20);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         if !claimed.leased.is_empty() {
             let redelivered = claimed.leased.iter().filter(|l| l.attempt > 1).count();
@@ -261,8 +293,11 @@ pub async fn claim(
             return Ok(Vec::new());
         }
         waiting.get_or_insert_with(|| Waiting::new(&state.metrics));
-        // Look again when a held-back message comes due, and at least every RECHECK.
-        let mut wake = deadline.min(Instant::now() + RECHECK);
+        wait_turn = false;
+        // Look again when a held-back message comes due, and at least every recheck interval
+        // (a nack on another instance wakes nobody here).
+        let recheck = state.config.realtime.consumer_recheck_interval;
+        let mut wake = deadline.min(Instant::now() + recheck);
         if let Some(due) = claimed.next_due {
             let until = (due - Utc::now()).to_std().unwrap_or_default();
             wake = wake.min(Instant::now() + until + Duration::from_millis(5));
@@ -284,6 +319,12 @@ pub async fn claim(
                     Ok(Err(RecvError::Closed)) => return Ok(Vec::new()),
                     Err(_) => {}
                 },
+                // A nack or a retry of this group on this instance.
+                woken = wakes.recv() => match woken {
+                    Ok(id) if id != group.id => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return Ok(Vec::new()),
+                },
                 _ = shutdown.wait_for(|stopping| *stopping) => return Ok(Vec::new()),
             }
             break;
@@ -296,8 +337,7 @@ fn delivery_id(message_id: i64, lease: i64) -> String {
     format!("{message_id}.{lease}")
 }
 
-/// Delivery ids as given, deduplicated, and parsed: those that are no lease at all (a number out
-/// of range) can only be lost.
+/// Delivery ids as given, parsed and deduplicated.
 struct Given {
     ids: Vec<String>,
     leases: Leases,
@@ -311,14 +351,8 @@ fn given(ids: Vec<String>, mut errors: FieldErrors) -> Result<Given, ApiError> {
             format!("delivery_ids holds 1-100 ids (got {})", ids.len()),
         );
     }
-    let well_formed = |id: &str| {
-        id.split_once('.').is_some_and(|(message, lease)| {
-            [message, lease].iter().all(|part| {
-                (1..=19).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
-            })
-        })
-    };
-    if !ids.iter().all(|id| well_formed(id)) {
+    let parsed: Vec<Option<(i64, i64)>> = ids.iter().map(|id| parse_delivery_id(id)).collect();
+    if parsed.iter().any(Option::is_none) {
         errors.add_with(
             "delivery_ids",
             "format",
@@ -326,24 +360,33 @@ fn given(ids: Vec<String>, mut errors: FieldErrors) -> Result<Given, ApiError> {
         );
     }
     errors.into_result()?;
-    let ids: Vec<String> = ids
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+    // Each lease once, in message id order (the order every statement locks deliveries in).
+    let leases: BTreeSet<(i64, i64)> = parsed.into_iter().flatten().collect();
+    let ids = leases
+        .iter()
+        .map(|&(message, lease)| delivery_id(message, lease))
         .collect();
-    let mut leases = Leases {
-        message_ids: Vec::new(),
-        leases: Vec::new(),
+    let (message_ids, leases) = leases.into_iter().unzip();
+    Ok(Given {
+        ids,
+        leases: Leases {
+            message_ids,
+            leases,
+        },
+    })
+}
+
+/// `<message id>.<lease>`: two numbers of at most 18 digits without leading zeros, as
+/// [`delivery_id`] writes them (what the OpenAPI pattern says).
+fn parse_delivery_id(id: &str) -> Option<(i64, i64)> {
+    let number = |part: &str| {
+        let plain = (1..=18).contains(&part.len())
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && (part == "0" || !part.starts_with('0'));
+        plain.then(|| part.parse::<i64>().ok()).flatten()
     };
-    for id in &ids {
-        if let Some((message, lease)) = id.split_once('.')
-            && let (Ok(message), Ok(lease)) = (message.parse(), lease.parse())
-        {
-            leases.message_ids.push(message);
-            leases.leases.push(lease);
-        }
-    }
-    Ok(Given { ids, leases })
+    let (message, lease) = id.split_once('.')?;
+    Some((number(message)?, number(lease)?))
 }
 
 /// The ids given that are not among `done`.
@@ -362,7 +405,7 @@ fn lost(given: &Given, done: impl IntoIterator<Item = (i64, i64)>) -> Vec<String
 
 pub async fn ack(state: &AppState, group: &Group, ids: Vec<String>) -> Result<Acked, ApiError> {
     let given = given(ids, FieldErrors::default())?;
-    let acked = db::ack(&state.db, group.id, &given.leases).await?;
+    let acked = retrying(|| db::ack(&state.db, group.id, &given.leases)).await?;
     Ok(Acked {
         acked: acked.len() as i64,
         lost: lost(&given, acked),
@@ -389,7 +432,12 @@ pub async fn nack(
     }
     let given = given(ids, errors)?;
     let delay = delay.unwrap_or_default();
-    let nacked = db::nack(&state.db, group, &given.leases, delay.as_millis() as i64).await?;
+    let delay_ms = delay.as_millis() as i64;
+    let nacked = retrying(|| db::nack(&state.db, group, &given.leases, delay_ms)).await?;
+    if !nacked.is_empty() {
+        // Waiting claims of this instance look again (after the delay, they find it due).
+        let _ = state.consumer_wakes.send(group.id);
+    }
     Ok(Nacked {
         nacked: nacked.len() as i64,
         lost: lost(&given, nacked.into_iter().map(|(m, l, _)| (m, l))),
@@ -402,7 +450,7 @@ pub async fn extend(
     ids: Vec<String>,
 ) -> Result<Extended, ApiError> {
     let given = given(ids, FieldErrors::default())?;
-    let extended = db::extend(&state.db, group, &given.leases).await?;
+    let extended = retrying(|| db::extend(&state.db, group, &given.leases)).await?;
     Ok(Extended {
         extended: extended.len() as i64,
         lost: lost(&given, extended.into_iter().map(|(m, l, _)| (m, l))),
@@ -429,6 +477,7 @@ pub async fn dead(
 
 pub async fn retry(state: &AppState, group: &Group, message_id: i64) -> Result<(), ApiError> {
     if db::retry(&state.db, group, message_id).await? {
+        let _ = state.consumer_wakes.send(group.id);
         Ok(())
     } else {
         Err(ApiError::NotFound(format!(
