@@ -46,7 +46,7 @@ for _ in $(seq 1 100); do
 done
 
 # Stored data the generated requests can name (scripts/schemathesis.toml draws ids from it):
-# channel 1 with messages 1, 2 and 3.
+# channel 1 with messages 1, 2 and 3, and its consumer group `fuzz`.
 api=http://127.0.0.1:$port/v1
 channel=$(curl -sf -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
   -d '{"name":"fuzz"}' "$api/channels" | python3 -c 'import json,sys; print(json.load(sys.stdin)["channel"]["id"])')
@@ -54,6 +54,9 @@ for text in one two three; do
   curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
     -d "{\"content\":\"$text\"}" "$api/channels/$channel/messages"
 done
+# …and its consumer group `fuzz`, which claims, acks and dead-letter routes can name.
+curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d '{"name":"fuzz","start":"earliest"}' "$api/channels/$channel/consumers"
 if [ "$channel" != 1 ]; then
   echo "fuzz: the seeded channel is $channel, not 1 as scripts/schemathesis.toml expects" >&2
   exit 1
