@@ -1,8 +1,8 @@
 // The channeld console: a key from the user (kept in this tab's session storage only, never in
 // local storage, and shown by its key id while in use), the channel list with its filters, one
 // persistent channel's description, document and history paged back, new messages over
-// Server-Sent Events (which keep its message count and its row in the list current), and who is
-// connected to the channel's live stream. Plain DOM, no dependencies; user data only ever goes
+// Server-Sent Events (which keep its message count and its row in the list current), who is
+// connected to the channel's live stream, and its consumer groups with their dead letters. Plain DOM, no dependencies; user data only ever goes
 // into the page as text (textContent), never as HTML.
 "use strict";
 
@@ -26,6 +26,7 @@ const state = {
   seen: new Set(),
   live: null,
   presence: null,
+  consumers: null,
 };
 
 function key() {
@@ -262,6 +263,7 @@ async function openChannel(id) {
     $("older").hidden = !page.has_more;
     show("channel");
     $("channel-name").focus();
+    watchConsumers(id, generation);
     // An archived channel takes no new messages (posting is 409 `channel_archived`), so the page
     // neither follows it nor reads who is on its live stream, and shows no live indicator: it
     // says "Archived" instead. Unarchived meanwhile, it is followed once opened again.
@@ -364,11 +366,71 @@ function watchPresence(id, generation) {
   state.presence = timer;
 }
 
+// The channel's consumer groups (how much work is pending, in flight, acked and dead, and who
+// claims it) with each group's dead letters, read every 5 s.
+function consumerItem(consumer, dead) {
+  const item = element("li");
+  item.dataset.consumer = consumer.name;
+  const oldest = consumer.oldest_pending_age_ms;
+  const facts = [
+    `${consumer.pending} pending`,
+    `${consumer.in_flight} in flight`,
+    `${consumer.acked} acked`,
+    `${consumer.dead} dead`,
+  ];
+  if (oldest != null) facts.push(`oldest pending ${Math.round(oldest / 1000)} s`);
+  const members = consumer.members.map((m) => m.member);
+  item.append(
+    element("span", "name", consumer.name),
+    element("span", "hint", ` · ${facts.join(" · ")}`),
+    element("span", "hint", members.length ? ` · members: ${members.join(", ")}` : " · no member lately"),
+  );
+  if (dead.length) {
+    const list = element("ul", "dead-letters");
+    list.setAttribute("aria-label", `Dead letters of ${consumer.name}`);
+    for (const letter of dead) {
+      const line = element("li", "dead");
+      line.dataset.message = letter.message_id;
+      const attempts = letter.attempts === 1 ? "1 attempt" : `${letter.attempts} attempts`;
+      line.textContent = `#${letter.message_id} after ${attempts} (last: ${letter.last_member}): ${letter.message.content}`;
+      list.append(line);
+    }
+    item.append(list);
+  }
+  return item;
+}
+
+function watchConsumers(id, generation) {
+  let timer = null;
+  const read = async () => {
+    try {
+      const { consumers } = await (await api(`/v1/channels/${id}/consumers`)).json();
+      const dead = await Promise.all(consumers.map(async (consumer) => {
+        if (!consumer.dead) return [];
+        const name = encodeURIComponent(consumer.name);
+        return (await (await api(`/v1/channels/${id}/consumers/${name}/dead?limit=20`)).json()).dead;
+      }));
+      if (generation !== state.generation) return;
+      $("consumer-list").replaceChildren(...consumers.map((c, i) => consumerItem(c, dead[i])));
+      $("consumers").hidden = consumers.length === 0;
+    } catch (error) {
+      if (generation !== state.generation) return;
+      $("consumers").hidden = true;
+      if (error.status === 403) clearInterval(timer);
+    }
+  };
+  read();
+  timer = setInterval(read, 5000);
+  state.consumers = timer;
+}
+
 function stopFollowing() {
   state.generation += 1;
   if (state.live) state.live.abort();
   state.live = null;
   clearInterval(state.presence);
+  clearInterval(state.consumers);
+  $("consumers").hidden = true;
   $("live").textContent = "";
   $("live").className = "status";
   $("presence").hidden = true;

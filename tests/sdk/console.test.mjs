@@ -4,7 +4,8 @@
 // stream, and a phone-sized screen; a channel's description and document, its message count
 // following live messages (in its header and its row in the list), an archived channel saying so
 // with no live indicator, and the key kept for the tab (shown by its id) until forgotten; the
-// mentions and replies of messages, and a channel filtered to the messages that mention one name.
+// mentions and replies of messages, and a channel filtered to the messages that mention one name;
+// a channel's consumer groups with their counts, members and dead letters.
 // Assertions read what a user sees; every wait is on an element or a condition, with a deadline.
 // Screenshots are kept in target/test-artifacts/.
 import { test, before, after } from "node:test";
@@ -416,5 +417,47 @@ test("the key stays for the tab, shown by its id, until forgotten", async () => 
   assert.equal(await page.isVisible("#key-in-use"), false);
   assert.equal(await page.isVisible("#list-view"), false);
   assert.deepEqual(await storage(page), { session: {}, local: {} });
+  await context.close();
+});
+
+test("a channel's consumer groups show their work, their members and their dead letters", async () => {
+  const created = await server.call("POST", "/v1/channels", key, { name: "Build queue AM-6" });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const id = created.body.channel.id;
+  const group = await server.call("POST", `/v1/channels/${id}/consumers`, key, {
+    name: "builders", max_deliveries: 1,
+  });
+  assert.equal(group.status, 201, JSON.stringify(group.body));
+  for (const content of ["build web", "build api", "build docs"]) {
+    await server.call("POST", `/v1/channels/${id}/messages`, key, { content });
+  }
+  const claim = await server.call("POST", `/v1/channels/${id}/consumers/builders/claim`, key, {
+    member: "pod-4", max: 2,
+  });
+  assert.equal(claim.status, 200, JSON.stringify(claim.body));
+  const [first, second] = claim.body.deliveries;
+  // The first build fails on its only allowed attempt: a dead letter. The second is acked.
+  await server.call("POST", `/v1/channels/${id}/consumers/builders/nack`, key, {
+    delivery_ids: [first.delivery_id],
+  });
+  await server.call("POST", `/v1/channels/${id}/consumers/builders/ack`, key, {
+    delivery_ids: [second.delivery_id],
+  });
+
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  await useKey(page);
+  await rowOf(page, "Build queue AM-6").getByRole("button").click();
+  const row = await shows(page, '#consumer-list li[data-consumer="builders"]', /builders/);
+  assert.match(row, /1 pending · 0 in flight · 1 acked · 1 dead/);
+  assert.match(row, /members: pod-4/);
+  const letter = await shows(
+    page,
+    `#consumer-list li[data-message="${first.message.id}"]`,
+    /build web/,
+  );
+  assert.match(letter, new RegExp(`#${first.message.id} after 1 attempt \\(last: pod-4\\): build web`));
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: `${ARTIFACTS}/console-consumers.png`, fullPage: true });
   await context.close();
 });
