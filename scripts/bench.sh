@@ -7,6 +7,7 @@
 #   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
 #   BENCH_NO_LIST=1 scripts/bench.sh                without the channel list on 100,000 channels
 #   BENCH_NO_FLOOD=1 scripts/bench.sh               without the credential flood
+#   BENCH_NO_CONSUMERS=1 scripts/bench.sh           without the consumer groups
 #
 # Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
 # shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
@@ -145,4 +146,10 @@ fi
 if [ -z "${BENCH_NO_ADDRESSING:-}" ]; then
   env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/addressing-bench.sh
   CHANNELD_BIN=target/release/channeld bench/mentions-ab/run.sh
+fi
+
+# Consumer groups beside Redis Streams, post-to-claim latency, and the claim cost on a channel of
+# 10,000,000 messages (BENCH_NO_CONSUMERS=1 skips it).
+if [ -z "${BENCH_NO_CONSUMERS:-}" ]; then
+  CHANNELD_BIN=target/release/channeld scripts/consumer-bench.sh
 fi

@@ -91,7 +91,7 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "channeld_message_waiters",
         "gauge",
-        "Long polls and MCP wait_for_messages calls waiting for a message (none holds a database connection).",
+        "Long polls, MCP wait_for_messages calls and consumer-group claims waiting for a message (none holds a database connection).",
     ),
     (
         "channeld_http_accept_errors",

@@ -84,6 +84,7 @@ pub struct ConsumerFigures {
     pub redis_durable: Option<Repeats<Throughput>>,
     pub redis_note: String,
     pub latency: Repeats<Latency>,
+    pub redis_latency: Option<Repeats<Latency>>,
     pub history: Vec<Repeats<ClaimCost>>,
 }
 
@@ -427,6 +428,118 @@ async fn latency(plan: &Plan<'_>, channel: i64, name: &str) -> Result<Latency, S
     })
 }
 
+/// The latency run on a Redis stream: 8 consumers block in `XREADGROUP` while entries are added
+/// at LATENCY_RATE; each entry's time from its `XADD` to the read that hands it out.
+async fn redis_latency(url: &str, run: usize) -> Result<Latency, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut poster = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = format!("channeld-bench:live:{run}:{}", std::process::id());
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("work")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut poster)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut members = Vec::new();
+    for member in 0..MEMBERS {
+        let (sent, seen, done) = (sent.clone(), seen.clone(), done.clone());
+        let (client, stream) = (client.clone(), stream.clone());
+        members.push(tokio::spawn(async move {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            while (done.load(Ordering::Relaxed) as usize) < LATENCY_POSTS {
+                type Reply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
+                let read: Reply = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("work")
+                    .arg(format!("m{member}"))
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .arg("BLOCK")
+                    .arg(200)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let now = Instant::now();
+                let entries: Vec<(String, Vec<String>)> = read
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|(_, entries)| entries)
+                    .collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                {
+                    let sent = sent.lock().expect("sent");
+                    let mut seen = seen.lock().expect("seen");
+                    for (_, fields) in &entries {
+                        if let Some(at) = fields.get(1).and_then(|c| sent.get(c)) {
+                            seen.push(now.saturating_duration_since(*at).as_micros() as u32);
+                        }
+                    }
+                }
+                done.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                let ids: Vec<&String> = entries.iter().map(|(id, _)| id).collect();
+                let _: u64 = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg("work")
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / LATENCY_RATE);
+    for n in 0..LATENCY_POSTS {
+        tokio::time::sleep_until((started + interval * n as u32).into()).await;
+        let content = format!("latency {n}");
+        sent.lock()
+            .expect("sent")
+            .insert(content.clone(), Instant::now());
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("content")
+            .arg(&content)
+            .query_async(&mut poster)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let posting = started.elapsed().as_secs_f64();
+    for member in members {
+        member.await.map_err(|e| e.to_string())??;
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut poster)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut latencies = std::mem::take(&mut *seen.lock().expect("seen"));
+    Ok(Latency {
+        posted: LATENCY_POSTS,
+        posts_per_sec: LATENCY_POSTS as f64 / posting,
+        post_to_claim: Figures::new(latencies.len() as u64, posting, &mut latencies),
+    })
+}
+
 /// One member claims 10 and acks them, back to back, HISTORY_CLAIMED messages in all.
 async fn claim_cost(
     plan: &Plan<'_>,
@@ -571,6 +684,18 @@ pub async fn run(plan: &Plan<'_>) -> Result<ConsumerFigures, String> {
         latency_runs.push(figures);
     }
 
+    let mut redis_latency_runs = Vec::new();
+    if let Some(url) = plan.redis_durable_url {
+        for repeat in 1..=plan.repeats {
+            let figures = redis_latency(url, repeat).await?;
+            eprintln!(
+                "bench: consumers: redis (appendfsync always) XADD to XREADGROUP at {:.0}/s: p50 {:.2} ms, p99 {:.2} ms",
+                figures.posts_per_sec, figures.post_to_claim.p50_ms, figures.post_to_claim.p99_ms
+            );
+            redis_latency_runs.push(figures);
+        }
+    }
+
     eprintln!(
         "bench: consumers: storing {} messages in one channel",
         plan.history
@@ -611,6 +736,8 @@ pub async fn run(plan: &Plan<'_>) -> Result<ConsumerFigures, String> {
             .then(|| Repeats::of("messages/s", durable_runs, |r| r.per_sec)),
         redis_note,
         latency: Repeats::of("p99 ms", latency_runs, |r| r.post_to_claim.p99_ms),
+        redis_latency: (!redis_latency_runs.is_empty())
+            .then(|| Repeats::of("p99 ms", redis_latency_runs, |r| r.post_to_claim.p99_ms)),
         history,
     })
 }
@@ -660,6 +787,16 @@ pub fn print(figures: &ConsumerFigures) {
         l.spread.max,
         l.median.post_to_claim.p50_ms
     );
+    if let Some(l) = &figures.redis_latency {
+        println!(
+            "Redis Streams (appendfsync always), XADD to a blocked XREADGROUP at {:.0}/s: p99 {:.2} ms ({:.2}–{:.2}), p50 {:.2} ms",
+            l.median.posts_per_sec,
+            l.spread.median,
+            l.spread.min,
+            l.spread.max,
+            l.median.post_to_claim.p50_ms
+        );
+    }
     println!("| channel | group starts | claim p50 ms | claim p99 ms | claimed+acked/s |");
     println!("|---|---|---|---|---|");
     for r in &figures.history {

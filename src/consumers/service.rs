@@ -263,6 +263,7 @@ pub async fn claim(
         let claimed = match claimed {
             db::Claim::Claimed(claimed) => claimed,
             db::Claim::Gone => return Err(not_found(group.channel_id, &group.name)),
+            db::Claim::Busy if Instant::now() >= deadline => return Ok(Vec::new()),
             db::Claim::Busy => {
                 let pause = Duration::from_millis(5 + rand::random::<u64>() % 20);
                 tokio::time::sleep(pause).await;

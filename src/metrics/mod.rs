@@ -259,7 +259,7 @@ fn samples(state: &AppState) -> Vec<Sample> {
         ),
         Sample::gauge(
             "channeld_message_waiters",
-            "Long polls and MCP wait_for_messages calls waiting for a message (none holds a database connection).",
+            "Long polls, MCP wait_for_messages calls and consumer-group claims waiting for a message (none holds a database connection).",
             load(&metrics.waiters),
         ),
         Sample::counter(
