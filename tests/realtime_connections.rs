@@ -524,9 +524,13 @@ async fn a_stalled_reader_is_disconnected_without_slowing_the_others(db: PgPool)
     )
     .await;
     // What it reads once it wakes up ends the connection: a 1008 close if it fit in the socket
-    // buffers, otherwise the end of the stream.
-    let code = stalled.closed().await;
-    assert!(code == 1008 || code == 1005, "closed with {code}");
+    // buffers, otherwise the end of the stream, or a reset (the server closed a socket whose
+    // peer had stopped reading, with bytes still unsent).
+    let code = stalled.ended().await;
+    assert!(
+        matches!(code, Some(1008 | 1005) | None),
+        "closed with {code:?}"
+    );
 }
 
 #[sqlx::test]

@@ -653,6 +653,37 @@ impl Ws {
         }
     }
 
+    /// Reads until the connection ends: the close code when a close frame came first, `None`
+    /// when the stream ended or was reset without one (a server that let go of a connection
+    /// whose client was not reading).
+    pub async fn ended(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("ended within 5 s");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code.into()),
+                Some(Ok(Message::Close(None))) => return Some(1005),
+                Some(Ok(_)) => continue,
+                None => return None,
+                Some(Err(error)) => {
+                    let reset = matches!(
+                        &error,
+                        tokio_tungstenite::tungstenite::Error::Io(io)
+                            if io.kind() == std::io::ErrorKind::ConnectionReset
+                    ) || matches!(
+                        &error,
+                        tokio_tungstenite::tungstenite::Error::Protocol(
+                            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                        )
+                    );
+                    assert!(reset, "socket error other than a reset: {error}");
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Asserts nothing but pings arrives for `duration`.
     pub async fn silent_for(&mut self, duration: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + duration;
