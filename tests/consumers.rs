@@ -1,7 +1,8 @@
 //! Consumer groups (SPEC §8) against real servers and PostgreSQL: exclusive leases under
 //! concurrent claimers on two instances, lease expiry and `lost`, nack delays, extend, dead
 //! letters and retry, waiting claims woken from another instance, `kill -9` of a real `channeld`
-//! process in the middle of a run, and the database going away and coming back.
+//! process in the middle of a run, the database's connections cut, and a PostgreSQL of the
+//! test's own crashed (`pg_ctl stop -m immediate`) and started again mid-run.
 
 mod common;
 
@@ -1087,4 +1088,153 @@ async fn apps_do_not_see_each_others_groups(db: PgPool) {
             "{body}"
         );
     }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb and pg_ctl, as the postgres user when the test
+/// runs as root), which the test can crash and start again; removed when dropped.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|version| version.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("PostgreSQL's initdb (Debian's postgresql package; make test installs it)");
+        let dir = std::env::temp_dir().join(format!("channeld-pg-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("data directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let pg = Self { bin, dir, port };
+        if Self::as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&pg.dir)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        pg.run("initdb", &["-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        pg.pg_ctl(&["start"]);
+        pg
+    }
+
+    fn as_root() -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0"))
+    }
+
+    /// Runs a PostgreSQL tool on the cluster's data directory; its output.
+    fn tool(&self, tool: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
+        let program = self.bin.join(tool);
+        let mut command = if Self::as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .output()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self.tool(tool, args).expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let all = self.pg_ctl_args(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run("pg_ctl", &all);
+    }
+
+    fn pg_ctl_args(&self, args: &[&str]) -> Vec<String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        let mut all: Vec<String> = vec!["-w".into(), "-o".into(), options, "-l".into(), log];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        all
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        // Never panics: it may run while a failed test unwinds.
+        let args = self.pg_ctl_args(&["stop", "-m", "immediate"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = self.tool("pg_ctl", &args);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_postgresql_crash_and_restart_mid_run_loses_no_ack() {
+    let postgres = PrivatePostgres::start();
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&postgres.url())
+        .await
+        .expect("the private PostgreSQL answers");
+    channeld::db::MIGRATOR.run(&db).await.expect("migrations");
+    let mut config = common::test_config();
+    config.db_timeout = Duration::from_secs(2);
+    let server_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&postgres.url())
+        .expect("pool");
+    let app = TestApp::spawn_full(db.clone(), server_pool, config).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "jobs").await;
+    let group = json!({"name": "work", "start": "earliest", "ack_wait": "1s"});
+    create_group(&app, &key, channel, group).await;
+    let posted = post_many(&app, &key, channel, 300).await;
+    let bases = Arc::new(Mutex::new(vec![app.base.clone()]));
+    let total = posted.len() as i64;
+    let ledger = run_members(&db, bases, &key, channel, total, |_| async {
+        // PostgreSQL dies as in a crash (no checkpoint, in-flight transactions lost), and comes
+        // back through crash recovery.
+        postgres.pg_ctl(&["stop", "-m", "immediate"]);
+        eventually(
+            Duration::from_secs(10),
+            "the server answers 503",
+            || async {
+                let (status, _) = app.get(&group_path(channel, "work"), &key).await;
+                status == StatusCode::SERVICE_UNAVAILABLE
+            },
+        )
+        .await;
+        postgres.pg_ctl(&["start"]);
+    })
+    .await;
+    assert_exactly_once(&db, &ledger, &posted, channel, chrono::Duration::seconds(1)).await;
+    assert!(ledger.failures > 0, "the members saw PostgreSQL go away");
 }

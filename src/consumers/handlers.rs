@@ -151,7 +151,7 @@ pub async fn delete(
         .may_use_channel(&state, path.channel_id)
         .await?;
     let group = service::group(&state, path.channel_id, &path.name).await?;
-    super::db::delete(&state.db, group.channel_id, &group.name).await?;
+    service::delete(&state, &group).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -458,6 +458,12 @@ pub async fn extend(
     })
 }
 
+/// Deletes the group with its leases, counts and dead letters.
+pub async fn delete(state: &AppState, group: &Group) -> Result<(), ApiError> {
+    retrying(|| db::delete(&state.db, group.channel_id, &group.name)).await?;
+    Ok(())
+}
+
 pub async fn dead(
     state: &AppState,
     group: &Group,
