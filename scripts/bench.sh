@@ -37,7 +37,7 @@ if ! command -v pgbench >/dev/null && ! ls /usr/lib/postgresql/*/bin/pgbench >/d
 fi
 command -v pgbench >/dev/null || PATH="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1):$PATH"
 
-SQLX_OFFLINE=true cargo build --release --quiet --bin channeld --example bench
+SQLX_OFFLINE=true cargo build --release --quiet --bin channeld --example bench --example floor
 
 # sockudo, built once and cached outside the repository.
 BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/channeld-bench}
@@ -86,6 +86,13 @@ RUST_LOG=warn target/release/channeld serve --no-migrate --listen "127.0.0.1:$po
 server=$!
 pids+=("$server")
 
+# The floor the REST rows compare channeld with: the same routes, pool, SQL and JSON, nothing else.
+floor_port=${BENCH_FLOOR_PORT:-18109}
+RUST_LOG=warn target/release/examples/floor --listen "127.0.0.1:$floor_port" \
+  >.data/bench-floor.log 2>&1 &
+floor=$!
+pids+=("$floor")
+
 pusher_args=()
 cluster_ports=()
 if [ -z "$sockudo_skipped" ]; then
@@ -119,7 +126,7 @@ else
 fi
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" ${pusher:+"$pusher_port"} ${cluster_ports[@]+"${cluster_ports[@]}"}; do
+for p in "$port" "$floor_port" ${pusher:+"$pusher_port"} ${cluster_ports[@]+"${cluster_ports[@]}"}; do
   for _ in $(seq 1 100); do answers "$p" && break; sleep 0.1; done
   answers "$p" || { say "nothing answers on port $p; see .data/bench-*.log"; exit 1; }
 done
@@ -127,7 +134,8 @@ done
 # shellcheck disable=SC2086
 target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid "$server" \
   --second-server target/release/channeld --second-listen "127.0.0.1:${BENCH_PORT2:-18102}" \
-  --database-url "$DATABASE_URL" --idle "$idle" --redis-url "$redis_url" "${pusher_args[@]}" ${BENCH_ARGS:-}
+  --database-url "$DATABASE_URL" --idle "$idle" --redis-url "$redis_url" "${pusher_args[@]}" \
+  --floor "http://127.0.0.1:$floor_port" --floor-pid "$floor" ${BENCH_ARGS:-}
 
 # The channel list on 100,000 channels: its own database and server (BENCH_NO_LIST=1 skips it).
 if [ -z "${BENCH_NO_LIST:-}" ]; then

@@ -57,8 +57,15 @@ struct Args {
     #[arg(long, default_value = ".sqlx")]
     sqlx_dir: PathBuf,
     /// Seconds per REST run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     rest_seconds: u64,
+    /// The floor server (`examples/floor.rs`): channeld's message routes and nothing else, on
+    /// the same database; its REST rows run beside pgbench's and channeld's.
+    #[arg(long)]
+    floor: Option<String>,
+    /// Its process id, for its CPU time.
+    #[arg(long)]
+    floor_pid: Option<u32>,
     /// Idle connections for the memory footprint.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -152,6 +159,24 @@ struct Args {
 }
 
 const CLIENTS: [usize; 3] = [1, 8, 32];
+
+/// What a REST run measures.
+#[derive(Debug, Clone, Copy)]
+enum System {
+    Pgbench,
+    Floor,
+    Channeld,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Pgbench => "pgbench",
+            System::Floor => "the floor",
+            System::Channeld => "channeld",
+        }
+    }
+}
 /// Unknown keys in a credential flood.
 const FLOOD_KEYS: usize = 20_000;
 /// Channels the REST load spreads over, and the history each starts with.
@@ -183,32 +208,72 @@ async fn main() -> Result<(), String> {
     if run("rest") {
         eprintln!("bench: seeding {CHANNELS} channels");
         let target = seed(&args).await?;
+        let floor_addr = args
+            .floor
+            .as_deref()
+            .map(|base| base.trim_start_matches("http://").to_owned());
+        if floor_addr.is_none() {
+            notes.push("floor rows skipped: no --floor given".into());
+        }
         for clients in CLIENTS {
             for op in [Op::Post, Op::Get] {
                 let script = rest::pgbench_script(&args.sqlx_dir, op)?;
                 let mut runs = Vec::new();
                 for repeat in 1..=args.repeats {
-                    eprintln!("bench: {} at {clients} clients (pair {repeat})", op.name());
-                    rest::psql(&args.database_url, "VACUUM ANALYZE")?;
-                    let window = CpuWindow::start(args.pid);
-                    let pgbench = rest::pgbench(
-                        &args.database_url,
-                        &script,
-                        &target,
-                        clients,
-                        args.rest_seconds,
-                    )?;
-                    let pgbench_postgres_pct = window.stop().postgres_pct;
-                    let window = CpuWindow::start(args.pid);
-                    let channeld = rest::load(&target, op, clients, args.rest_seconds).await?;
-                    let cpu = window.stop();
-                    runs.push(report::RestRun {
-                        ratio: channeld.per_sec / pgbench.per_sec.max(f64::EPSILON),
-                        pgbench,
-                        channeld,
-                        pgbench_postgres_pct,
-                        cpu,
-                    });
+                    // The order rotates each round, so that no system always runs first (on a
+                    // cold cache) or last (after the others' autovacuum and checkpoints).
+                    let mut order = vec![System::Pgbench, System::Floor, System::Channeld];
+                    order.rotate_left((repeat - 1) % 3);
+                    let mut run = report::RestRun::default();
+                    for system in order {
+                        // Every run starts from the same state: statistics fresh, and no dirty
+                        // pages left for a checkpoint to write during it.
+                        rest::psql(&args.database_url, "VACUUM ANALYZE")?;
+                        rest::psql(&args.database_url, "CHECKPOINT")?;
+                        eprintln!(
+                            "bench: {} at {clients} clients, {} (round {repeat})",
+                            op.name(),
+                            system.name()
+                        );
+                        match system {
+                            System::Pgbench => {
+                                let window = CpuWindow::start(args.pid);
+                                run.pgbench = rest::pgbench(
+                                    &args.database_url,
+                                    &script,
+                                    &target,
+                                    clients,
+                                    args.rest_seconds,
+                                )?;
+                                run.pgbench_postgres_pct = window.stop().postgres_pct;
+                            }
+                            System::Floor => {
+                                let (Some(addr), Some(pid)) = (&floor_addr, args.floor_pid) else {
+                                    continue;
+                                };
+                                let floor_target = rest::Target {
+                                    addr: addr.clone(),
+                                    key: target.key.clone(),
+                                    channels: target.channels,
+                                };
+                                let window = CpuWindow::start(pid);
+                                let figures =
+                                    rest::load(&floor_target, op, clients, args.rest_seconds)
+                                        .await?;
+                                run.floor = Some(figures);
+                                run.floor_cpu = Some(window.stop());
+                            }
+                            System::Channeld => {
+                                let window = CpuWindow::start(args.pid);
+                                run.channeld =
+                                    rest::load(&target, op, clients, args.rest_seconds).await?;
+                                run.cpu = window.stop();
+                            }
+                        }
+                    }
+                    run.finish();
+                    notes.extend(run.implausible(op.name(), clients, repeat));
+                    runs.push(run);
                 }
                 rest_rows.push(report::RestRow::of(op.name(), clients, runs));
             }

@@ -9,17 +9,86 @@ use crate::{
     stored::StoredRun,
 };
 
-/// One measured pair: pgbench, then channeld, at one concurrency.
-#[derive(Debug, Clone, Serialize)]
+/// One measured round: pgbench, the floor and channeld (in a rotating order), at one concurrency.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RestRun {
+    /// pgbench's throughput and, as `p50_ms`, its average latency (no per-transaction log).
     pub pgbench: Figures,
     pub channeld: Figures,
+    /// The floor server's (`examples/floor.rs`), when it ran.
+    pub floor: Option<Figures>,
     /// channeld requests/s over pgbench transactions/s.
     pub ratio: f64,
+    /// channeld requests/s over the floor's.
+    pub floor_ratio: Option<f64>,
     /// PostgreSQL's CPU while pgbench ran, in % of one core.
     pub pgbench_postgres_pct: f64,
     /// channeld's, the load generator's and PostgreSQL's CPU while channeld was measured.
     pub cpu: CpuShare,
+    /// The same while the floor was measured (`server_pct` is the floor's).
+    pub floor_cpu: Option<CpuShare>,
+    /// CPU per request, in µs: PostgreSQL's under pgbench, under the floor and under channeld,
+    /// and the floor's and channeld's own.
+    pub pg_us_pgbench: f64,
+    pub pg_us_floor: Option<f64>,
+    pub pg_us_channeld: f64,
+    pub server_us_floor: Option<f64>,
+    pub server_us_channeld: f64,
+}
+
+/// µs of CPU per request from a CPU share (% of one core) and a rate.
+fn per_request_us(pct: f64, per_sec: f64) -> f64 {
+    pct * 10_000.0 / per_sec.max(f64::EPSILON)
+}
+
+impl RestRun {
+    /// Works out the ratios and the CPU per request once every system has run.
+    pub fn finish(&mut self) {
+        self.ratio = self.channeld.per_sec / self.pgbench.per_sec.max(f64::EPSILON);
+        self.floor_ratio = self
+            .floor
+            .map(|floor| self.channeld.per_sec / floor.per_sec.max(f64::EPSILON));
+        self.pg_us_pgbench = per_request_us(self.pgbench_postgres_pct, self.pgbench.per_sec);
+        self.pg_us_channeld = per_request_us(self.cpu.postgres_pct, self.channeld.per_sec);
+        self.server_us_channeld = per_request_us(self.cpu.server_pct, self.channeld.per_sec);
+        if let (Some(floor), Some(cpu)) = (self.floor, self.floor_cpu) {
+            self.pg_us_floor = Some(per_request_us(cpu.postgres_pct, floor.per_sec));
+            self.server_us_floor = Some(per_request_us(cpu.server_pct, floor.per_sec));
+        }
+    }
+
+    /// Notes for CPU readings that cannot be right: PostgreSQL nearly idle while it served
+    /// hundreds of requests a second, or a server idle while it answered them.
+    pub fn implausible(&self, op: &str, clients: usize, round: usize) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut check = |what: &str, pct: f64, per_sec: f64| {
+            if per_sec > 100.0 && pct < 5.0 {
+                notes.push(format!(
+                    "implausible CPU reading: {what} at {pct:.1}% of a core for {per_sec:.0}/s ({op}, {clients} clients, round {round})"
+                ));
+            }
+        };
+        check(
+            "PostgreSQL under pgbench",
+            self.pgbench_postgres_pct,
+            self.pgbench.per_sec,
+        );
+        check(
+            "PostgreSQL under channeld",
+            self.cpu.postgres_pct,
+            self.channeld.per_sec,
+        );
+        check("channeld", self.cpu.server_pct, self.channeld.per_sec);
+        if let (Some(floor), Some(cpu)) = (self.floor, self.floor_cpu) {
+            check(
+                "PostgreSQL under the floor",
+                cpu.postgres_pct,
+                floor.per_sec,
+            );
+            check("the floor", cpu.server_pct, floor.per_sec);
+        }
+        notes
+    }
 }
 
 /// One REST operation at one concurrency over repeated pairs. `pgbench`, `channeld` and `ratio`
@@ -30,9 +99,19 @@ pub struct RestRow {
     pub clients: usize,
     pub pgbench: Figures,
     pub channeld: Figures,
+    pub floor: Option<Figures>,
     pub ratio: f64,
     pub ratio_min: f64,
     pub ratio_max: f64,
+    /// channeld over the floor: median, min, max.
+    pub floor_ratio: Option<Spread>,
+    pub floor_per_sec: Option<Spread>,
+    /// Medians of the runs' CPU per request, in µs.
+    pub pg_us_pgbench: f64,
+    pub pg_us_floor: Option<f64>,
+    pub pg_us_channeld: f64,
+    pub server_us_floor: Option<f64>,
+    pub server_us_channeld: f64,
     pub pgbench_per_sec: Spread,
     pub channeld_per_sec: Spread,
     pub pgbench_postgres_pct: f64,
@@ -49,14 +128,26 @@ impl RestRow {
             p99_ms: median(&|r| f(r).p99_ms),
         };
         let ratio = Spread::of(runs.iter().map(|r| r.ratio));
+        let with_floor = runs.iter().all(|r| r.floor.is_some());
+        let floor_spread = |f: &dyn Fn(&RestRun) -> Option<f64>| {
+            with_floor.then(|| Spread::of(runs.iter().filter_map(f)))
+        };
         Self {
             op,
             clients,
             pgbench: figures(&|r| r.pgbench),
             channeld: figures(&|r| r.channeld),
+            floor: with_floor.then(|| figures(&|r| r.floor.unwrap_or_default())),
             ratio: ratio.median,
             ratio_min: ratio.min,
             ratio_max: ratio.max,
+            floor_ratio: floor_spread(&|r| r.floor_ratio),
+            floor_per_sec: floor_spread(&|r| r.floor.map(|f| f.per_sec)),
+            pg_us_pgbench: median(&|r| r.pg_us_pgbench),
+            pg_us_floor: floor_spread(&|r| r.pg_us_floor).map(|s| s.median),
+            pg_us_channeld: median(&|r| r.pg_us_channeld),
+            server_us_floor: floor_spread(&|r| r.server_us_floor).map(|s| s.median),
+            server_us_channeld: median(&|r| r.server_us_channeld),
             pgbench_per_sec: Spread::of(runs.iter().map(|r| r.pgbench.per_sec)),
             channeld_per_sec: Spread::of(runs.iter().map(|r| r.channeld.per_sec)),
             pgbench_postgres_pct: median(&|r| r.pgbench_postgres_pct),
@@ -85,47 +176,42 @@ pub fn print(
     if !rest.is_empty() {
         println!();
         println!(
-            "REST against the database ceiling: pgbench runs channeld's own per-request SQL (-M prepared); median of {} pairs [min-max]; CPU in % of one core",
+            "REST: pgbench runs channeld's own per-request SQL (-M prepared, no per-transaction log; its latency is the average), the floor (examples/floor.rs) the same routes with nothing else, channeld itself; median of {} rounds [min-max], order rotated each round, VACUUM ANALYZE and CHECKPOINT before every run",
             rest.first().map_or(0, |r| r.runs.len())
         );
         println!(
-            "{:<14} {:>7} | {:>24} {:>7} {:>7} {:>6} | {:>24} {:>7} {:>7} {:>6} {:>6} {:>6} | {:>18}",
-            "operation",
-            "clients",
-            "pgbench tx/s",
-            "p50 ms",
-            "p99 ms",
-            "pg CPU",
-            "channeld req/s",
-            "p50 ms",
-            "p99 ms",
-            "pg CPU",
-            "server",
-            "bench",
-            "ratio"
+            "| operation | clients | pgbench tx/s | avg ms | floor req/s | p50 / p99 ms | channeld req/s | p50 / p99 ms | channeld / pgbench | channeld / floor | PG µs/req: pgbench, floor, channeld | server µs/req: floor, channeld |"
         );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let spread = |s: &Spread| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max);
+        let optional = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         for row in rest {
             println!(
-                "{:<14} {:>7} | {:>6.0} [{:>6.0}-{:>6.0}] {:>7.2} {:>7.2} {:>5.0}% | {:>6.0} [{:>6.0}-{:>6.0}] {:>7.2} {:>7.2} {:>5.0}% {:>5.0}% {:>5.0}% | {:>4.2} [{:.2}-{:.2}]",
+                "| {} | {} | {} | {:.2} | {} | {} | {} | {:.2} / {:.2} | {:.2} [{:.2}-{:.2}] | {} | {:.0}, {}, {:.0} | {}, {:.0} |",
                 row.op,
                 row.clients,
-                row.pgbench_per_sec.median,
-                row.pgbench_per_sec.min,
-                row.pgbench_per_sec.max,
+                spread(&row.pgbench_per_sec),
                 row.pgbench.p50_ms,
-                row.pgbench.p99_ms,
-                row.pgbench_postgres_pct,
-                row.channeld_per_sec.median,
-                row.channeld_per_sec.min,
-                row.channeld_per_sec.max,
+                row.floor_per_sec.as_ref().map_or("-".to_owned(), spread),
+                row.floor.map_or("-".to_owned(), |f| format!(
+                    "{:.2} / {:.2}",
+                    f.p50_ms, f.p99_ms
+                )),
+                spread(&row.channeld_per_sec),
                 row.channeld.p50_ms,
                 row.channeld.p99_ms,
-                row.cpu.postgres_pct,
-                row.cpu.server_pct,
-                row.cpu.bench_pct,
                 row.ratio,
                 row.ratio_min,
-                row.ratio_max
+                row.ratio_max,
+                row.floor_ratio.as_ref().map_or("-".to_owned(), |r| format!(
+                    "{:.2} [{:.2}-{:.2}]",
+                    r.median, r.min, r.max
+                )),
+                row.pg_us_pgbench,
+                optional(row.pg_us_floor),
+                row.pg_us_channeld,
+                optional(row.server_us_floor),
+                row.server_us_channeld,
             );
         }
     }

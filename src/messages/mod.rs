@@ -11,7 +11,9 @@ pub mod service;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub use db::{Filter, Page, count_after, id_before_newest, page, page_filtered};
+pub use db::{
+    Addressing, Filter, Page, count_after, id_before_newest, insert, page, page_filtered,
+};
 
 use crate::state::AppState;
 
