@@ -177,6 +177,15 @@ async fn a_group_hands_out_messages_in_order_once_and_counts_its_work(db: PgPool
     )
     .await;
     assert_eq!(earliest["pending"], 6);
+    // A start past the channel's newest message starts at it.
+    let ahead = create_group(
+        &app,
+        &key,
+        channel,
+        json!({"name": "ahead", "start": 999_999_999}),
+    )
+    .await;
+    assert_eq!(ahead["pending"], 0, "{ahead}");
     let from = create_group(
         &app,
         &key,
@@ -196,7 +205,7 @@ async fn a_group_hands_out_messages_in_order_once_and_counts_its_work(db: PgPool
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["replay", "tail", "work"]);
+    assert_eq!(names, ["ahead", "replay", "tail", "work"]);
 
     let (status, _) = common::call(app.request(
         reqwest::Method::DELETE,
@@ -207,6 +216,11 @@ async fn a_group_hands_out_messages_in_order_once_and_counts_its_work(db: PgPool
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = app.get(&group_path(channel, "replay"), &key).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // The group that started past the newest message takes what comes next, and counts it.
+    app.message(&key, channel, "next").await;
+    let (_, ahead) = app.get(&group_path(channel, "ahead"), &key).await;
+    assert_eq!(ahead["consumer"]["pending"], 1, "{ahead}");
 }
 
 #[sqlx::test]

@@ -601,3 +601,33 @@ async fn a_wait_ends_at_the_configured_maximum(db: PgPool) {
     assert_eq!(result["structuredContent"]["timed_out"], false);
     assert_eq!(result["structuredContent"]["messages"][0]["id"], posted);
 }
+
+#[sqlx::test]
+async fn a_waiting_claim_messages_may_wait_longer_than_the_database_deadline(db: PgPool) {
+    let mut config = common::test_config();
+    config.db_timeout = std::time::Duration::from_secs(1);
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "work").await;
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{channel}/consumers"),
+            &key,
+            json!({"name": "workers"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Nothing to claim: the call waits its 2 s, past the 1 s deadline of the database's work,
+    // and answers an empty list rather than a deadline error.
+    let started = std::time::Instant::now();
+    let result = tool(
+        &app,
+        &key,
+        "claim_messages",
+        json!({"channel_id": channel, "consumer": "workers", "member": "pod-1", "wait": 2}),
+    )
+    .await;
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(result["structuredContent"], json!({"deliveries": []}));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}

@@ -48,21 +48,43 @@ pub async fn create(
     channel_id: i64,
     new: &NewGroup<'_>,
 ) -> Result<Created, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    // Posts to the channel hold its row until they commit: once this share lock is held, every
+    // message of the channel up to its newest is committed, and none is stored before this
+    // group is.
+    let Some(channel) = sqlx::query!(
+        r#"
+        SELECT COALESCE(last_message_id, 0) AS "last!", message_count
+        FROM channels WHERE id = $1 FOR SHARE
+        "#,
+        channel_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(Created::NoChannel);
+    };
+    // A start past the channel's newest message starts there: later messages of this channel
+    // all get higher ids.
+    let frontier = new.frontier.map_or(channel.last, |id| id.min(channel.last));
+    let skipped = if frontier == channel.last {
+        channel.message_count
+    } else {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM messages WHERE channel_id = $1 AND id <= $2"#,
+            channel_id,
+            frontier,
+        )
+        .fetch_one(&mut *tx)
+        .await?
+    };
     let created = sqlx::query_as!(
         Group,
         r#"
-        WITH channel AS (
-            SELECT id, COALESCE($3::bigint, last_message_id, 0) AS frontier,
-                   CASE WHEN $3::bigint IS NULL THEN message_count
-                        WHEN $3::bigint = 0 THEN 0
-                        ELSE (SELECT count(*) FROM messages m
-                              WHERE m.channel_id = $1 AND m.id <= $3::bigint)
-                   END AS skipped
-            FROM channels WHERE id = $1
-        ), stored AS (
+        WITH stored AS (
             INSERT INTO consumers (channel_id, name, start, frontier, skipped, ack_wait_ms,
                                    max_deliveries, mentions)
-            SELECT id, $2, $4, frontier, skipped, $5, $6, $7 FROM channel
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING id, channel_id, name, start, ack_wait_ms, max_deliveries, mentions, frontier,
                       created_at
         ), counts AS (
@@ -75,17 +97,20 @@ pub async fn create(
         "#,
         channel_id,
         new.name,
-        new.frontier,
         new.start,
+        frontier,
+        skipped,
         new.ack_wait_ms,
         new.max_deliveries,
         new.mentions,
     )
-    .fetch_optional(db)
+    .fetch_one(&mut *tx)
     .await;
     match created {
-        Ok(Some(group)) => Ok(Created::Group(group)),
-        Ok(None) => Ok(Created::NoChannel),
+        Ok(group) => {
+            tx.commit().await?;
+            Ok(Created::Group(group))
+        }
         Err(sqlx::Error::Database(error))
             if error.constraint() == Some("consumers_channel_id_name_key") =>
         {
@@ -272,9 +297,9 @@ pub struct Leased {
 /// What a claim took.
 pub struct Claimed {
     pub leased: Vec<Leased>,
-    /// When the next message held back (nacked with a delay, or leased) becomes claimable, if
-    /// any is: a waiting claim looks again then.
-    pub next_due: Option<DateTime<Utc>>,
+    /// How long until the next message held back (nacked with a delay, or leased) becomes
+    /// claimable, if any is: a waiting claim looks again then.
+    pub next_due: Option<std::time::Duration>,
 }
 
 /// What a claim found.
@@ -464,12 +489,17 @@ pub async fn claim(
         }));
     }
     let next_due = if leased.is_empty() {
+        // How long until then, by the database's clock (the one leases are timed by).
         sqlx::query_scalar!(
-            "SELECT min(due_at) FROM consumer_deliveries WHERE consumer_id = $1 AND NOT dead",
+            r#"
+            SELECT (extract(epoch FROM min(due_at) - statement_timestamp()) * 1000)::float8
+            FROM consumer_deliveries WHERE consumer_id = $1 AND NOT dead
+            "#,
             consumer_id,
         )
         .fetch_one(&mut *tx)
         .await?
+        .map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0))
     } else {
         None
     };

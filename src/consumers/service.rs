@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeSet, sync::atomic::Ordering, time::Duration};
 
-use chrono::Utc;
 use serde_json::Value;
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
@@ -299,9 +298,10 @@ pub async fn claim(
         // (a nack on another instance wakes nobody here).
         let recheck = state.config.realtime.consumer_recheck_interval;
         let mut wake = deadline.min(Instant::now() + recheck);
-        if let Some(due) = claimed.next_due {
-            let until = (due - Utc::now()).to_std().unwrap_or_default();
-            wake = wake.min(Instant::now() + until + Duration::from_millis(5));
+        if let Some(until) = claimed.next_due {
+            // Never sooner than 20 ms: a message due "now" that another claim holds is not
+            // worth a transaction per millisecond.
+            wake = wake.min(Instant::now() + until.max(Duration::from_millis(20)));
         }
         loop {
             tokio::select! {

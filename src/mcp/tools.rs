@@ -935,16 +935,18 @@ impl ServerHandler for Tools {
         if let Err(refused) = principal.require(name.scope()) {
             return Ok(tool_error(name, refused).into());
         }
-        // A deadline on the tool's work, as on a REST request's: the database's, plus the wait.
+        // A deadline on the tool's work, as on a REST request's: the database's, plus the wait
+        // (`wait_for_messages`, and `claim_messages`, whose `wait` is at most the same).
         let config = &self.state.config;
+        let waits = matches!(name, Name::WaitForMessages | Name::ClaimMessages);
         let budget = config.db_timeout
-            + match name {
-                Name::WaitForMessages => config.mcp.max_wait,
-                _ => Duration::ZERO,
+            + match waits {
+                true => config.mcp.max_wait,
+                false => Duration::ZERO,
             };
         let arguments = request.arguments.unwrap_or_default();
         let work = async {
-            if name != Name::WaitForMessages {
+            if !waits {
                 return self.run(name, arguments, principal).await;
             }
             // A wait counts toward the key's open streams, and ends with the key.
