@@ -1,4 +1,5 @@
-//! [`AppState`]: everything a handler may need, built once and cloned cheaply per request.
+//! [`AppState`]: everything a handler may need, built once and cloned cheaply per request (one
+//! reference count: every middleware and handler of a request extracts its own copy).
 //!
 //! A leaf module: it names each feature's state type but no handler and no router, so handlers
 //! import it and the router imports handlers without either importing the other back.
@@ -19,7 +20,18 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub realtime: Realtime,
@@ -46,7 +58,7 @@ impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         let realtime = Realtime::new(&config);
         let delivery = Delivery::new(db.clone(), Arc::new(realtime.engine.clone()), &config);
-        Self {
+        Self(Arc::new(Shared {
             db,
             realtime,
             delivery,
@@ -59,6 +71,6 @@ impl AppState {
             consumer_wakes: tokio::sync::broadcast::channel(256).0,
             shutdown: Shutdown::default(),
             config: Arc::new(config),
-        }
+        }))
     }
 }

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     error::{ApiError, Envelope, FieldErrors},
-    etag::json_with_etag,
+    etag::json_with_identity,
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
     limits::WaitAllowance,
@@ -111,7 +111,13 @@ pub async fn list(
             ended = stream.ended() => return Err(ended),
         }
     };
-    json_with_etag(&headers, &page)
+    // Stored messages never change: the ids on the page (and whether more follow) determine
+    // its body exactly.
+    let identity = (
+        page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        page.has_more,
+    );
+    json_with_identity(&headers, &page, identity)
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
