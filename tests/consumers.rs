@@ -593,6 +593,38 @@ async fn a_group_filtered_by_mentions_takes_only_those_messages(db: PgPool) {
     assert_eq!(ids(&claimed), wanted);
 }
 
+/// A claim of `member` that waits up to 20 s, started in the background; returns once the
+/// server counts it as waiting. The task answers when it was answered, and the answer.
+async fn waiting_claim(
+    app: &TestApp,
+    key: &str,
+    channel: i64,
+    member: &str,
+) -> tokio::task::JoinHandle<(Instant, Value)> {
+    let (http, base, key) = (app.http.clone(), app.base.clone(), key.to_owned());
+    let body = json!({"member": member, "wait": 20});
+    let waiter = tokio::spawn(async move {
+        let response = http
+            .post(format!("{base}/v1/channels/{channel}/consumers/work/claim"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("claim answers");
+        (
+            Instant::now(),
+            response.json::<Value>().await.expect("json"),
+        )
+    });
+    eventually(Duration::from_secs(10), "the claim is waiting", || async {
+        app.metrics_text()
+            .await
+            .contains("channeld_message_waiters 1")
+    })
+    .await;
+    waiter
+}
+
 #[sqlx::test]
 async fn a_waiting_claim_is_woken_by_a_post_on_another_instance(db: PgPool) {
     // Nothing but the post can wake the claim within the test's bound.
@@ -602,28 +634,7 @@ async fn a_waiting_claim_is_woken_by_a_post_on_another_instance(db: PgPool) {
     let channel = a.channel(&key, "jobs").await;
     create_group(&a, &key, channel, json!({"name": "work"})).await;
 
-    let waiter = {
-        let (http, base, key) = (a.http.clone(), a.base.clone(), key.clone());
-        tokio::spawn(async move {
-            let response = http
-                .post(format!("{base}/v1/channels/{channel}/consumers/work/claim"))
-                .bearer_auth(key)
-                .json(&json!({"member": "waiter", "wait": 20}))
-                .send()
-                .await
-                .expect("claim answers");
-            (
-                Instant::now(),
-                response.json::<Value>().await.expect("json"),
-            )
-        })
-    };
-    eventually(Duration::from_secs(10), "the claim is waiting", || async {
-        a.metrics_text()
-            .await
-            .contains("channeld_message_waiters 1")
-    })
-    .await;
+    let waiter = waiting_claim(&a, &key, channel, "waiter").await;
     let id = b.message(&key, channel, "for whoever waits").await;
     let posted = Instant::now();
     let (answered, body) = waiter.await.expect("waiter");
@@ -650,28 +661,7 @@ async fn a_nack_wakes_a_waiting_claim_at_once(db: PgPool) {
     create_group(&app, &key, channel, json!({"name": "work"})).await;
     let id = app.message(&key, channel, "handed back").await;
     let held = claim(&app, &key, channel, json!({"member": "a"})).await;
-    let waiter = {
-        let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
-        tokio::spawn(async move {
-            let response = http
-                .post(format!("{base}/v1/channels/{channel}/consumers/work/claim"))
-                .bearer_auth(key)
-                .json(&json!({"member": "b", "wait": 20}))
-                .send()
-                .await
-                .expect("claim answers");
-            (
-                Instant::now(),
-                response.json::<Value>().await.expect("json"),
-            )
-        })
-    };
-    eventually(Duration::from_secs(10), "the claim is waiting", || async {
-        app.metrics_text()
-            .await
-            .contains("channeld_message_waiters 1")
-    })
-    .await;
+    let waiter = waiting_claim(&app, &key, channel, "b").await;
     let body = json!({"delivery_ids": delivery_ids(&held)});
     settle(&app, &key, channel, "nack", body).await;
     let nacked = Instant::now();

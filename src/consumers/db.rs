@@ -11,6 +11,25 @@ use sqlx::{PgExecutor, PgPool};
 
 use crate::messages::model::Message;
 
+/// The [`Message`] in a row whose columns are a message's, as the claim and dead-letter
+/// queries select them beside their own.
+macro_rules! message_of {
+    ($row:ident) => {
+        Message {
+            id: $row.id,
+            channel_id: $row.channel_id,
+            content: $row.content,
+            sender_type: $row.sender_type,
+            pod_key: $row.pod_key,
+            created_at: $row.created_at,
+            mentions: $row.mentions,
+            metadata: $row.metadata,
+            reply_to: $row.reply_to,
+            thread_id: $row.thread_id,
+        }
+    };
+}
+
 /// A group's settings and position.
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -411,18 +430,7 @@ pub async fn claim(
             attempt: row.attempts,
             lease: row.lease,
             lease_expires_at: row.due_at,
-            message: Message {
-                id: row.id,
-                channel_id: row.channel_id,
-                content: row.content,
-                sender_type: row.sender_type,
-                pod_key: row.pod_key,
-                created_at: row.created_at,
-                mentions: row.mentions,
-                metadata: row.metadata,
-                reply_to: row.reply_to,
-                thread_id: row.thread_id,
-            },
+            message: message_of!(row),
         })
         .collect();
     let room = max - leased.len() as i64;
@@ -474,18 +482,7 @@ pub async fn claim(
             attempt: row.attempts,
             lease: row.lease,
             lease_expires_at: row.due_at,
-            message: Message {
-                id: row.id,
-                channel_id: row.channel_id,
-                content: row.content,
-                sender_type: row.sender_type,
-                pod_key: row.pod_key,
-                created_at: row.created_at,
-                mentions: row.mentions,
-                metadata: row.metadata,
-                reply_to: row.reply_to,
-                thread_id: row.thread_id,
-            },
+            message: message_of!(row),
         }));
     }
     let next_due = if leased.is_empty() {
@@ -668,18 +665,7 @@ pub async fn dead(
         .map(|row| Dead {
             attempts: row.attempts,
             last_member: row.member,
-            message: Message {
-                id: row.id,
-                channel_id: row.channel_id,
-                content: row.content,
-                sender_type: row.sender_type,
-                pod_key: row.pod_key,
-                created_at: row.created_at,
-                mentions: row.mentions,
-                metadata: row.metadata,
-                reply_to: row.reply_to,
-                thread_id: row.thread_id,
-            },
+            message: message_of!(row),
         })
         .collect())
 }
