@@ -55,6 +55,18 @@ async fn settle(app: &TestApp, key: &str, channel: i64, verb: &str, body: Value)
     answer
 }
 
+/// `verb` (`ack`, `nack`, `extend`) on every lease of a claim's deliveries.
+async fn settle_leases(
+    app: &TestApp,
+    key: &str,
+    channel: i64,
+    verb: &str,
+    deliveries: &[Value],
+) -> Value {
+    let body = json!({"delivery_ids": delivery_ids(deliveries)});
+    settle(app, key, channel, verb, body).await
+}
+
 async fn show(app: &TestApp, key: &str, channel: i64) -> Value {
     let (status, body) = app.get(&group_path(channel, "work"), key).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -321,32 +333,11 @@ async fn an_expired_lease_goes_to_another_member_and_the_late_ack_is_lost(db: Pg
         "handed out {after_expiry} after the lease expired"
     );
 
-    let late = settle(
-        &app,
-        &key,
-        channel,
-        "ack",
-        json!({"delivery_ids": delivery_ids(&held)}),
-    )
-    .await;
+    let late = settle_leases(&app, &key, channel, "ack", &held).await;
     assert_eq!(late, json!({"acked": 0, "lost": delivery_ids(&held)}));
-    let extend = settle(
-        &app,
-        &key,
-        channel,
-        "extend",
-        json!({"delivery_ids": delivery_ids(&held)}),
-    )
-    .await;
+    let extend = settle_leases(&app, &key, channel, "extend", &held).await;
     assert_eq!(extend, json!({"extended": 0, "lost": delivery_ids(&held)}));
-    let acked = settle(
-        &app,
-        &key,
-        channel,
-        "ack",
-        json!({"delivery_ids": delivery_ids(&taken)}),
-    )
-    .await;
+    let acked = settle_leases(&app, &key, channel, "ack", &taken).await;
     assert_eq!(acked, json!({"acked": 1, "lost": []}));
     assert_eq!(show(&app, &key, channel).await["acked"], 1);
 }
@@ -368,14 +359,7 @@ async fn extend_keeps_a_lease_past_its_first_expiry(db: PgPool) {
     let first_expiry = expires(&held[0]);
     // Halfway through the lease, renewed for another 3 s.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let extended = settle(
-        &app,
-        &key,
-        channel,
-        "extend",
-        json!({"delivery_ids": delivery_ids(&held)}),
-    )
-    .await;
+    let extended = settle_leases(&app, &key, channel, "extend", &held).await;
     assert_eq!(extended, json!({"extended": 1, "lost": []}));
     // Past the first expiry, the message is still held: nobody else gets it.
     let past =
@@ -387,14 +371,7 @@ async fn extend_keeps_a_lease_past_its_first_expiry(db: PgPool) {
             .is_empty()
     );
     assert_eq!(show(&app, &key, channel).await["in_flight"], 1);
-    let acked = settle(
-        &app,
-        &key,
-        channel,
-        "ack",
-        json!({"delivery_ids": delivery_ids(&held)}),
-    )
-    .await;
+    let acked = settle_leases(&app, &key, channel, "ack", &held).await;
     assert_eq!(acked, json!({"acked": 1, "lost": []}));
 }
 
@@ -434,14 +411,7 @@ async fn a_nack_with_a_delay_holds_the_message_back_until_then(db: PgPool) {
         "claimed after {waited}"
     );
     // A nack without a delay makes it claimable at once.
-    settle(
-        &app,
-        &key,
-        channel,
-        "nack",
-        json!({"delivery_ids": delivery_ids(&again)}),
-    )
-    .await;
+    settle_leases(&app, &key, channel, "nack", &again).await;
     assert_eq!(
         ids(&claim(&app, &key, channel, json!({"member": "c"})).await),
         [id]
@@ -466,14 +436,7 @@ async fn a_message_that_keeps_failing_is_dead_listed_and_retryable(db: PgPool) {
     // Attempt 1 is nacked; attempt 2's lease expires: that was the last one.
     let first = claim(&app, &key, channel, json!({"member": "a"})).await;
     assert_eq!(ids(&first), [poison]);
-    settle(
-        &app,
-        &key,
-        channel,
-        "nack",
-        json!({"delivery_ids": delivery_ids(&first)}),
-    )
-    .await;
+    settle_leases(&app, &key, channel, "nack", &first).await;
     let second = claim(&app, &key, channel, json!({"member": "b"})).await;
     assert_eq!(
         (ids(&second), second[0]["attempt"].clone()),
@@ -488,14 +451,7 @@ async fn a_message_that_keeps_failing_is_dead_listed_and_retryable(db: PgPool) {
     )
     .await;
     assert_eq!(ids(&next), [fine]);
-    settle(
-        &app,
-        &key,
-        channel,
-        "ack",
-        json!({"delivery_ids": delivery_ids(&next)}),
-    )
-    .await;
+    settle_leases(&app, &key, channel, "ack", &next).await;
     // Once attempt 2's lease has expired, the next claim sets the message aside.
     let expiry = (expires(&second[0]) - Utc::now())
         .to_std()
