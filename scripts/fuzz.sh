@@ -54,9 +54,14 @@ for text in one two three; do
   curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
     -d "{\"content\":\"$text\"}" "$api/channels/$channel/messages"
 done
-# …and its consumer group `fuzz`, which claims, acks and dead-letter routes can name.
+# …and its consumer group `fuzz`, which claims, acks and dead-letter routes can name. It gives
+# each message one delivery of 1 s: the messages claimed here are dead letters once the run's
+# own claims settle them, so retrying a dead letter reaches more than 404.
 curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-  -d '{"name":"fuzz","start":"earliest"}' "$api/channels/$channel/consumers"
+  -d '{"name":"fuzz","start":"earliest","ack_wait":"1s","max_deliveries":1}' \
+  "$api/channels/$channel/consumers"
+curl -sf -o /dev/null -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d '{"member":"seed","max":3}' "$api/channels/$channel/consumers/fuzz/claim"
 if [ "$channel" != 1 ]; then
   echo "fuzz: the seeded channel is $channel, not 1 as scripts/schemathesis.toml expects" >&2
   exit 1
@@ -76,4 +81,4 @@ checks=${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_co
   --request-timeout 40 \
   --workers 2 \
   --seed "${FUZZ_SEED:-42}" \
-  --suppress-health-check all
+  --suppress-health-check all ${FUZZ_EXTRA:-}

@@ -37,3 +37,65 @@ impl<T: Serialize> IntoResponse for Json<T> {
         }
     }
 }
+
+/// `deserialize_with` for an optional integer field. JSON Schema calls `35.0` an integer, and
+/// generated clients may write one that way, so an integral number is taken whatever its
+/// spelling; a fraction or a number beyond `i64` is refused like any other wrong type.
+pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::{Deserialize, Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(value) = number.as_i64() {
+        return Ok(Some(value));
+    }
+    match number.as_f64() {
+        // 2^63 is exactly representable; every integral float below it fits an i64.
+        Some(value)
+            if value.fract() == 0.0
+                && value >= -9.223_372_036_854_776e18
+                && value < 9.223_372_036_854_776e18 =>
+        {
+            Ok(Some(value as i64))
+        }
+        Some(value) => Err(D::Error::invalid_type(
+            Unexpected::Float(value),
+            &"an integer",
+        )),
+        None => Err(D::Error::invalid_type(
+            Unexpected::Other(&number.to_string()),
+            &"an integer",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default, deserialize_with = "super::integer")]
+        max: Option<i64>,
+    }
+
+    fn max(json: &str) -> Result<Option<i64>, String> {
+        serde_json::from_str::<Body>(json)
+            .map(|b| b.max)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_are_taken_in_either_spelling_and_fractions_are_refused() {
+        assert_eq!(max(r#"{"max": 35}"#), Ok(Some(35)));
+        assert_eq!(max(r#"{"max": 35.0}"#), Ok(Some(35)));
+        assert_eq!(max(r#"{"max": -2e3}"#), Ok(Some(-2000)));
+        assert_eq!(max(r#"{"max": null}"#), Ok(None));
+        assert_eq!(max("{}"), Ok(None));
+        assert!(
+            max(r#"{"max": 1.5}"#)
+                .unwrap_err()
+                .contains("expected an integer")
+        );
+        assert!(max(r#"{"max": 1e300}"#).is_err());
+        assert!(max(r#"{"max": "3"}"#).is_err());
+    }
+}

@@ -108,6 +108,7 @@ pub struct CreateChannel {
     pub description: Option<String>,
     #[validate(range(min = 1, message = "repository_id must be a positive integer"))]
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     pub repository_id: Option<i64>,
     #[validate(custom(function = "valid_ticket_slug"))]
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]

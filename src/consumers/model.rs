@@ -33,6 +33,7 @@ pub struct CreateConsumer {
     pub ack_wait: Option<String>,
     /// Deliveries a message gets before it is set aside as dead: 1-100 (default 5).
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     pub max_deliveries: Option<i64>,
     /// Only messages that mention this name (1-100 printable ASCII characters).
     #[schema(pattern = r"^[ -~]{1,100}$")]
@@ -121,6 +122,7 @@ pub struct Claim {
     pub member: String,
     /// Most messages to take: 1-100 (default 1).
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     pub max: Option<i64>,
     /// Seconds to wait for a message when none is ready: 0-30 (default 0).
     #[schema(minimum = 0, maximum = 30)]

@@ -57,6 +57,7 @@ pub struct CreateMessage {
     /// The id of an earlier message of the same channel that this one answers.
     #[validate(range(min = 1, message = "reply_to must be a message id (at least 1)"))]
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     pub reply_to: Option<i64>,
 }
 
