@@ -8,6 +8,7 @@
 #   BENCH_NO_LIST=1 scripts/bench.sh                without the channel list on 100,000 channels
 #   BENCH_NO_FLOOD=1 scripts/bench.sh               without the credential flood
 #   BENCH_NO_CONSUMERS=1 scripts/bench.sh           without the consumer groups
+#   BENCH_NO_WEBHOOKS=1 scripts/bench.sh            without the webhooks
 #
 # Runs on a fresh database (channeld_bench) with channeld's limits raised so that they do not
 # shape the load. sockudo, the Pusher-protocol server the fan-out is compared with, is built once
@@ -160,4 +161,10 @@ fi
 # 10,000,000 messages (BENCH_NO_CONSUMERS=1 skips it).
 if [ -z "${BENCH_NO_CONSUMERS:-}" ]; then
   CHANNELD_BIN=target/release/channeld scripts/consumer-bench.sh
+fi
+
+# Webhooks: commit-to-delivery at 1,000 posts/s, posting with and without a webhook, a backlog of
+# 100,000 events, a slow receiver beside a fast one (BENCH_NO_WEBHOOKS=1 skips it).
+if [ -z "${BENCH_NO_WEBHOOKS:-}" ]; then
+  CHANNELD_BIN=target/release/channeld scripts/webhook-bench.sh
 fi

@@ -36,7 +36,7 @@ export FUZZ_REVOKER_KEY
 
 port=${FUZZ_PORT:-18089}
 $bin serve --listen "127.0.0.1:$port" --no-migrate --ws-connects-per-ip 1000000 \
-  --auth-failures-per-minute 1000000 \
+  --auth-failures-per-minute 1000000 --webhook-allow-private-networks --webhook-allow-http \
   --db-acquire-timeout 10s >.data/fuzz-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT

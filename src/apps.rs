@@ -32,6 +32,14 @@ pub fn scoped(app: i64, name: &str) -> Cow<'_, str> {
     }
 }
 
+/// The app and the name a client knows, from an engine name.
+pub fn split_scoped(name: &str) -> (i64, &str) {
+    match name.split_once(SCOPE_SEPARATOR) {
+        Some((app, name)) => (app.parse().unwrap_or(DEFAULT_APP), name),
+        None => (DEFAULT_APP, name),
+    }
+}
+
 /// The name a client knows: [`scoped`] undone.
 pub fn unscoped(name: &str) -> &str {
     name.split_once(SCOPE_SEPARATOR).map_or(name, |(_, n)| n)

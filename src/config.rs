@@ -137,7 +137,77 @@ pub struct ServeArgs {
     pub mcp: McpConfig,
 
     #[command(flatten)]
+    pub webhooks: WebhookConfig,
+
+    #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// Webhook delivery (SPEC §9).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Lets webhook URLs reach loopback, private, link-local, CGNAT, multicast and metadata
+    /// addresses: for private deployments and tests. Off, such addresses are refused at
+    /// registration and at every connection.
+    #[arg(
+        long = "webhook-allow-private-networks",
+        env = "CHANNELD_WEBHOOK_ALLOW_PRIVATE_NETWORKS"
+    )]
+    pub allow_private_networks: bool,
+
+    /// Accepts `http://` webhook URLs besides `https://`.
+    #[arg(long = "webhook-allow-http", env = "CHANNELD_WEBHOOK_ALLOW_HTTP")]
+    pub allow_http: bool,
+
+    /// The waits between a failed attempt and the next, each with ±10 % jitter; after the last,
+    /// the event is `failed`.
+    #[arg(long = "webhook-retry-schedule", env = "CHANNELD_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',',
+          default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_interval)]
+    pub retry_schedule: Vec<Duration>,
+
+    /// How long one attempt may take, response included.
+    #[arg(long = "webhook-timeout", env = "CHANNELD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_interval)]
+    pub timeout: Duration,
+
+    /// How long a `message.created` event holds back later ones of its webhook and channel
+    /// while it is retried, counted from its first attempt.
+    #[arg(long = "webhook-order-hold", env = "CHANNELD_WEBHOOK_ORDER_HOLD", default_value = "30s", value_parser = parse_interval)]
+    pub order_hold: Duration,
+
+    /// How often an instance looks for events it was not told of (committed on another
+    /// instance, or left by one that died).
+    #[arg(long = "webhook-poll-interval", env = "CHANNELD_WEBHOOK_POLL_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub poll_interval: Duration,
+
+    /// Receivers posted to at once by this instance.
+    #[arg(
+        long = "webhook-concurrency",
+        env = "CHANNELD_WEBHOOK_CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub concurrency: usize,
+
+    /// How long delivered and failed events stay in the deliveries log.
+    #[arg(long = "webhook-retention", env = "CHANNELD_WEBHOOK_RETENTION", default_value = "3d", value_parser = parse_interval)]
+    pub retention: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let hour = 3600;
+        Self {
+            allow_private_networks: false,
+            allow_http: false,
+            retry_schedule: [5, 300, 1800, 2 * hour, 5 * hour, 10 * hour, 10 * hour]
+                .map(Duration::from_secs)
+                .to_vec(),
+            timeout: Duration::from_secs(15),
+            order_hold: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            concurrency: 64,
+            retention: Duration::from_secs(3 * 24 * hour),
+        }
+    }
 }
 
 /// Cluster mode: several instances sharing realtime through Redis.
@@ -572,6 +642,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub realtime: RealtimeConfig,
     pub mcp: McpConfig,
+    pub webhooks: WebhookConfig,
     /// Cluster mode, when a Redis URL was given.
     pub cluster: Option<ClusterSettings>,
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
@@ -604,6 +675,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             realtime: RealtimeConfig::default(),
             mcp: McpConfig::default(),
+            webhooks: WebhookConfig::default(),
             cluster: None,
             faults: Faults::default(),
         }
@@ -626,6 +698,7 @@ impl From<&ServeArgs> for Config {
             http: args.http.clone(),
             realtime: args.realtime.clone(),
             mcp: args.mcp.clone(),
+            webhooks: args.webhooks.clone(),
             cluster: args.cluster.settings(),
             faults: Faults::default(),
         }

@@ -38,6 +38,8 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
+const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+
 /// `deserialize_with` for an optional integer field. JSON Schema calls `35.0` an integer, and
 /// generated clients may write one that way, so an integral number is taken whatever its
 /// spelling; a fraction or a number beyond `i64` is refused like any other wrong type.
@@ -50,12 +52,8 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
         return Ok(Some(value));
     }
     match number.as_f64() {
-        // 2^63 is exactly representable; every integral float below it fits an i64.
-        Some(value)
-            if value.fract() == 0.0
-                && value >= -9.223_372_036_854_776e18
-                && value < 9.223_372_036_854_776e18 =>
-        {
+        // 2^63 is exactly representable; every integral float in [-2^63, 2^63) fits an i64.
+        Some(value) if value.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&value) => {
             Ok(Some(value as i64))
         }
         Some(value) => Err(D::Error::invalid_type(

@@ -67,3 +67,4 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod timestamp;
+pub mod webhooks;

@@ -36,6 +36,7 @@ pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
         (name = "consumers", description = "Consumer groups: a channel's messages split among members, with leases, acknowledgements and dead letters"),
         (name = "realtime", description = "Tokens, peers, publishing and the WebSocket endpoint"),
         (name = "keys", description = "Keys derived from the calling one (scope `admin`)"),
+        (name = "webhooks", description = "Signed events sent to HTTP receivers (scope `admin`)"),
         (name = "operations", description = "Probes and metrics"),
     )
 )]

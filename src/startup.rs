@@ -35,6 +35,7 @@ use crate::{
     },
     server,
     state::AppState,
+    webhooks,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -81,6 +82,7 @@ fn api_router(metrics_on_main: bool) -> OpenApiRouter<AppState> {
         .merge(channels::router())
         .merge(messages::router())
         .merge(consumers::router())
+        .merge(webhooks::router())
         .merge(realtime::router());
     if metrics_on_main {
         api.routes(routes!(metrics::render))
@@ -164,6 +166,7 @@ impl Application {
         config: Config,
         addresses: Addresses,
     ) -> std::io::Result<Self> {
+        webhooks::send::install_tls_provider();
         if let Some(limit) = server::raise_open_file_limit() {
             tracing::info!(limit, "open-file limit");
         }
@@ -248,6 +251,8 @@ struct Background {
     engine: EngineTasks,
     /// `/metrics` on its own listener.
     metrics: Option<JoinHandle<()>>,
+    /// Webhook dispatch and delivery.
+    webhooks: JoinHandle<()>,
 }
 
 impl Background {
@@ -265,6 +270,7 @@ impl Background {
             delivery: state.delivery.start(),
             engine: state.realtime.engine.start(),
             metrics,
+            webhooks: webhooks::worker::start(state),
         }
     }
 
@@ -272,6 +278,7 @@ impl Background {
     /// its heartbeat lapses (the heartbeat stops first, so it cannot register it again).
     async fn stop(self, engine: &Engine) {
         self.key_watch.abort();
+        self.webhooks.abort();
         if let Some(metrics) = &self.metrics {
             metrics.abort();
         }

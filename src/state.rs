@@ -50,6 +50,8 @@ pub struct Shared {
     /// Consumer groups whose messages a nack or a retry on this instance made claimable: waiting
     /// claims of the group look again.
     pub consumer_wakes: tokio::sync::broadcast::Sender<i64>,
+    /// Webhooks: the worker's wake-up and counters.
+    pub webhooks: Arc<crate::webhooks::wake::Webhooks>,
     /// Set once the server is shutting down.
     pub shutdown: Shutdown,
 }
@@ -69,6 +71,7 @@ impl AppState {
             auth_failures: Arc::new(AuthFailures::new(config.auth_failures_per_minute)),
             streams: Arc::new(Streams::new(config.max_streams_per_key)),
             consumer_wakes: tokio::sync::broadcast::channel(256).0,
+            webhooks: Arc::default(),
             shutdown: Shutdown::default(),
             config: Arc::new(config),
         }))

@@ -687,6 +687,7 @@ async fn member(
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    channeld::webhooks::send::install_tls_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

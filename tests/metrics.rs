@@ -34,6 +34,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Consumer-group messages this instance handed out again (a lease expired or was nacked).",
     ),
     (
+        "channeld_webhook_attempts",
+        "counter",
+        "Webhook delivery attempts by this instance, by result: delivered (2xx), retried (failed, another attempt is scheduled), failed (failed, the schedule ran out), gone (410, the webhook was disabled).",
+    ),
+    (
+        "channeld_webhook_queue_depth",
+        "gauge",
+        "Webhook deliveries pending (retries waiting included) and events not yet dispatched, across all instances.",
+    ),
+    (
+        "channeld_webhook_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending webhook delivery or undispatched event (0 when none).",
+    ),
+    (
         "channeld_http_requests",
         "counter",
         "HTTP requests by matched route, method and status.",

@@ -473,6 +473,7 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
         }
     };
 
+    channeld::webhooks::send::install_tls_provider();
     let response = reqwest::Client::new()
         .get(format!(
             "http://{address}/v1/channels?ticket_slug=do-not-log-me"
@@ -540,6 +541,14 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it(db: PgPoo
         ("/v1/channels/{id}/consumers/{name}/dead", vec!["get"]),
         (
             "/v1/channels/{id}/consumers/{name}/dead/{message_id}/retry",
+            vec!["post"],
+        ),
+        ("/v1/webhooks", vec!["get", "post"]),
+        ("/v1/webhooks/{id}", vec!["get", "put", "delete"]),
+        ("/v1/webhooks/{id}/rotate-secret", vec!["post"]),
+        ("/v1/webhooks/{id}/deliveries", vec!["get"]),
+        (
+            "/v1/webhooks/{id}/deliveries/{event_id}/retry",
             vec!["post"],
         ),
         ("/v1", vec!["get"]),

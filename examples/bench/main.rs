@@ -25,6 +25,7 @@ mod report;
 mod rest;
 mod stats;
 mod stored;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -145,12 +146,18 @@ struct Args {
     /// Messages of the long channel the consumer-group claim cost is measured on.
     #[arg(long, default_value_t = 10_000_000)]
     consumer_history: i64,
+    /// Seconds of each posting run of the webhook rows.
+    #[arg(long, default_value_t = 10)]
+    webhook_seconds: u64,
+    /// Events of the webhook backlog row.
+    #[arg(long, default_value_t = 100_000)]
+    webhook_backlog: i64,
     /// A Redis that appends and fsyncs every write, for the durable Redis Streams row.
     #[arg(long)]
     redis_durable_url: Option<String>,
     /// Which parts to run, comma separated: rest, footprint, fanout, churn, stored, cluster, mcp
-    /// (and flood and consumers, which scripts/flood-bench.sh and scripts/consumer-bench.sh run
-    /// on servers of their own).
+    /// (and flood, consumers and webhooks, which scripts/flood-bench.sh,
+    /// scripts/consumer-bench.sh and scripts/webhook-bench.sh run on servers of their own).
     #[arg(long, default_value = "rest,footprint,fanout,churn,stored,cluster,mcp")]
     only: String,
     /// Where to write the figures.
@@ -185,6 +192,7 @@ const SEEDED_MESSAGES: usize = 60;
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
+    channeld::webhooks::send::install_tls_provider();
     let args = Args::parse();
     let fanouts = parse_fanouts(&args.fanout)?;
     let channeld = Server::Channeld {
@@ -497,6 +505,19 @@ async fn main() -> Result<(), String> {
         consumer_figures = Some(consumers::run(&plan).await?);
     }
 
+    let mut webhook_figures = None;
+    if run("webhooks") {
+        let plan = webhooks::Plan {
+            base: &args.base,
+            key: &args.key,
+            database_url: &args.database_url,
+            repeats: args.repeats,
+            seconds: args.webhook_seconds,
+            backlog: args.webhook_backlog,
+        };
+        webhook_figures = Some(webhooks::run(&plan).await?);
+    }
+
     let postgres = postgres_settings(&args.database_url);
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     println!();
@@ -527,6 +548,9 @@ async fn main() -> Result<(), String> {
     if let Some(figures) = &consumer_figures {
         consumers::print(figures);
     }
+    if let Some(figures) = &webhook_figures {
+        webhooks::print(figures);
+    }
     let figures = json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "cpus": cpus,
@@ -542,6 +566,7 @@ async fn main() -> Result<(), String> {
         "mcp": mcp_figures,
         "flood": floods,
         "consumers": consumer_figures,
+        "webhooks": webhook_figures,
         "notes": notes,
     });
     if let Some(dir) = args.out.parent() {

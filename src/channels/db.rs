@@ -342,6 +342,14 @@ pub async fn list(
         total,
     ))
 }
+/// Whether channel `id` is archived, its row locked until the transaction ends; `None` when there
+/// is no such channel.
+pub async fn lock_archived(db: impl PgExecutor<'_>, id: i64) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar!("SELECT archived FROM channels WHERE id = $1 FOR UPDATE", id)
+        .fetch_optional(db)
+        .await
+}
+
 /// Applies the fields present in `change` in one statement. `None` when the channel does not exist.
 pub async fn update(
     db: impl PgExecutor<'_>,

@@ -156,6 +156,11 @@ impl UpdateChannel {
             && self.document.is_none()
             && self.archived.is_none()
     }
+
+    /// Whether a field besides `archived` is given.
+    pub fn changes_more_than_archived(&self) -> bool {
+        self.name.is_some() || self.description.is_some() || self.document.is_some()
+    }
 }
 
 /// Distinguishes a present `null` (`Some(None)`) from an absent field (`None`, via `default`).

@@ -14,6 +14,7 @@ use crate::{
     extract::QueryParams,
     messages::model::is_printable_ascii,
     state::AppState,
+    webhooks,
 };
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -238,16 +239,18 @@ pub async fn create(
     new: &CreateChannel,
 ) -> Result<Channel, ApiError> {
     let app = caller.app.id;
-    let channel = if caller.app.max_channels.is_none() {
-        db::insert(&state.db, app, new).await?
-    } else {
-        let mut tx = state.db.begin().await?;
+    let mut tx = state.db.begin().await?;
+    if caller.app.max_channels.is_some() {
         within_channel_quota(&mut tx, app, None).await?;
-        let channel = db::insert(&mut *tx, app, new).await?;
-        tx.commit().await?;
-        channel
-    };
+    }
+    let channel = db::insert(&mut *tx, app, new).await?;
+    let id = channel.summary.id.to_string();
+    let recorded = webhooks::record(&mut tx, app, "channel.created", &id, &channel).await?;
+    tx.commit().await?;
     state.apps.remember(channel.summary.id, app);
+    if recorded {
+        state.webhooks.wake();
+    }
     Ok(channel)
 }
 
@@ -278,18 +281,44 @@ pub async fn update(
     id: i64,
     change: &UpdateChannel,
 ) -> Result<Channel, ApiError> {
-    let channel = if change.is_empty() {
-        db::find(&state.db, id).await?
-    } else if change.archived == Some(false) && caller.app.max_channels.is_some() {
-        let mut tx = state.db.begin().await?;
-        within_channel_quota(&mut tx, caller.app.id, Some(id)).await?;
-        let channel = db::update(&mut *tx, id, change).await?;
-        tx.commit().await?;
-        channel
-    } else {
-        db::update(&state.db, id, change).await?
+    if change.is_empty() {
+        let channel = db::find(&state.db, id).await?;
+        return channel.ok_or_else(|| ApiError::channel_not_found(id));
+    }
+    let app = caller.app.id;
+    let mut tx = state.db.begin().await?;
+    if change.archived == Some(false) && caller.app.max_channels.is_some() {
+        within_channel_quota(&mut tx, app, Some(id)).await?;
+    }
+    // Taken before the change, so that the events say what changed.
+    let Some(before) = db::lock_archived(&mut *tx, id).await? else {
+        return Err(ApiError::channel_not_found(id));
     };
-    channel.ok_or_else(|| ApiError::channel_not_found(id))
+    let channel = db::update(&mut *tx, id, change)
+        .await?
+        .ok_or_else(|| ApiError::channel_not_found(id))?;
+    // `channel.updated` when anything besides `archived` was given; `channel.archived` or
+    // `channel.unarchived` when `archived` changed.
+    let name = id.to_string();
+    let mut recorded = false;
+    if change.changes_more_than_archived() {
+        recorded |= webhooks::record(&mut tx, app, "channel.updated", &name, &channel).await?;
+    }
+    match (before, channel.summary.archived) {
+        (false, true) => {
+            recorded |= webhooks::record(&mut tx, app, "channel.archived", &name, &channel).await?;
+        }
+        (true, false) => {
+            recorded |=
+                webhooks::record(&mut tx, app, "channel.unarchived", &name, &channel).await?;
+        }
+        _ => {}
+    }
+    tx.commit().await?;
+    if recorded {
+        state.webhooks.wake();
+    }
+    Ok(channel)
 }
 
 /// Moves `read.reader`'s `last_read_id` forward (`PUT …/read`, MCP's `mark_read`).

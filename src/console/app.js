@@ -27,6 +27,7 @@ const state = {
   live: null,
   presence: null,
   consumers: null,
+  webhooks: null,
 };
 
 function key() {
@@ -423,13 +424,62 @@ function watchConsumers(id, generation) {
   read();
 }
 
+// The app's webhooks, each with its recent failed attempts (an attempt that left an error, on an
+// event still pending or given up on), read every 10 s while the channel list shows. A key
+// without `admin` sees no section.
+function webhookItem(webhook, deliveries) {
+  const item = element("li");
+  item.dataset.webhook = webhook.id;
+  const state = webhook.enabled ? "enabled" : "disabled";
+  item.append(
+    element("span", "name", webhook.url),
+    element("span", "hint", ` · ${state} · ${webhook.events.join(", ")}`),
+  );
+  const failures = deliveries.filter((d) => d.last_error && d.state !== "delivered");
+  if (failures.length) {
+    const list = element("ul", "dead-letters");
+    list.setAttribute("aria-label", `Recent failures of ${webhook.url}`);
+    for (const delivery of failures) {
+      const line = element("li", "dead");
+      line.dataset.event = delivery.event_id;
+      const attempts = delivery.attempts === 1 ? "1 attempt" : `${delivery.attempts} attempts`;
+      const next = delivery.next_attempt_at ? `, next ${when(delivery.next_attempt_at)}` : "";
+      line.textContent = `${delivery.type} ${delivery.event_id} ${delivery.state} after ${attempts}${next}: ${delivery.last_error}`;
+      list.append(line);
+    }
+    item.append(list);
+  }
+  return item;
+}
+
+function watchWebhooks(generation) {
+  const read = async () => {
+    try {
+      const { webhooks } = await (await api("/v1/webhooks")).json();
+      const deliveries = await Promise.all(webhooks.map(async (webhook) =>
+        (await (await api(`/v1/webhooks/${webhook.id}/deliveries?limit=20`)).json()).deliveries));
+      if (generation !== state.generation) return;
+      $("webhook-list").replaceChildren(...webhooks.map((w, i) => webhookItem(w, deliveries[i])));
+      $("webhooks").hidden = webhooks.length === 0;
+    } catch (error) {
+      if (generation !== state.generation) return;
+      $("webhooks").hidden = true;
+      if (error.status === 403) return;
+    }
+    if (generation === state.generation) state.webhooks = setTimeout(read, 10000);
+  };
+  read();
+}
+
 function stopFollowing() {
   state.generation += 1;
   if (state.live) state.live.abort();
   state.live = null;
   clearInterval(state.presence);
   clearTimeout(state.consumers);
+  clearTimeout(state.webhooks);
   $("consumers").hidden = true;
+  $("webhooks").hidden = true;
   $("live").textContent = "";
   $("live").className = "status";
   $("presence").hidden = true;
@@ -461,6 +511,7 @@ function route() {
     stopFollowing();
     show("list");
     loadChannels();
+    watchWebhooks(state.generation);
   }
 }
 

@@ -234,6 +234,7 @@ pub async fn store(
         .await
         .map_err(|error| ApiError::Internal(Box::new(error)))??;
     if let Some(message) = stored {
+        crate::webhooks::posted(state, channel_id).await;
         return Ok((Stored::New, message));
     }
 

@@ -81,6 +81,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let mut registry = Registry::default();
     let mut scrape = Scrape::of(&state);
     scrape.consumers = consumer_gauges(&state).await;
+    scrape.webhook_queue = webhook_queue(&state).await;
     registry.register_collector(Box::new(scrape));
     let mut out = String::with_capacity(8192);
     if let Err(error) = text::encode(&mut out, &registry) {
@@ -102,11 +103,28 @@ struct Scrape {
     http_latency: registry::Latencies,
     samples: Vec<Sample>,
     consumers: Vec<crate::consumers::db::Gauges>,
+    webhook_queue: Option<crate::webhooks::db::Queue>,
+    /// Webhook attempts by result.
+    webhook_attempts: [(&'static str, u64); 4],
 }
 
 /// Groups shown in `/metrics` at most, and messages past a group's frontier counted at most.
 const CONSUMER_GROUPS_SHOWN: i64 = 1000;
 const CONSUMER_PENDING_COUNTED: i64 = 1_000_000;
+
+/// The webhook queue, read from the database at scrape time (absent when it does not answer
+/// within 2 s).
+async fn webhook_queue(state: &AppState) -> Option<crate::webhooks::db::Queue> {
+    let read = crate::webhooks::db::queue(&state.db);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Ok(queue)) => Some(queue),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "webhook queue metrics not read");
+            None
+        }
+        Err(_) => None,
+    }
+}
 
 /// Every consumer group's gauges, read from the database at scrape time (none when it does not
 /// answer within 2 s: the other metrics are still served).
@@ -130,6 +148,17 @@ impl Scrape {
             http_latency: state.metrics.http_latency.clone(),
             samples: samples(state),
             consumers: Vec::new(),
+            webhook_queue: None,
+            webhook_attempts: {
+                let stats = &state.webhooks.stats;
+                let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+                [
+                    ("delivered", load(&stats.delivered)),
+                    ("retried", load(&stats.retried)),
+                    ("failed", load(&stats.failed)),
+                    ("gone", load(&stats.gone)),
+                ]
+            },
         }
     }
 }
@@ -200,6 +229,31 @@ impl Collector for Scrape {
                 ];
                 ConstGauge::new(value(group)).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let mut attempts = encoder.encode_descriptor(
+            "channeld_webhook_attempts",
+            "Webhook delivery attempts by this instance, by result: delivered (2xx), retried (failed, another attempt is scheduled), failed (failed, the schedule ran out), gone (410, the webhook was disabled).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, value) in self.webhook_attempts {
+            ConstCounter::new(value).encode(attempts.encode_family(&[("result", result)])?)?;
+        }
+        if let Some(queue) = &self.webhook_queue {
+            let depth = encoder.encode_descriptor(
+                "channeld_webhook_queue_depth",
+                "Webhook deliveries pending (retries waiting included) and events not yet dispatched, across all instances.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(queue.depth).encode(depth)?;
+            let oldest = encoder.encode_descriptor(
+                "channeld_webhook_oldest_pending_age_seconds",
+                "Age of the oldest pending webhook delivery or undispatched event (0 when none).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(queue.oldest_age_seconds).encode(oldest)?;
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 // following live messages (in its header and its row in the list), an archived channel saying so
 // with no live indicator, and the key kept for the tab (shown by its id) until forgotten; the
 // mentions and replies of messages, and a channel filtered to the messages that mention one name;
-// a channel's consumer groups with their counts, members and dead letters.
+// a channel's consumer groups with their counts, members and dead letters; the app's webhooks
+// with their recent failures, for a key with `admin`.
 // Assertions read what a user sees; every wait is on an element or a condition, with a deadline.
 // Screenshots are kept in target/test-artifacts/.
 import { test, before, after } from "node:test";
@@ -18,7 +19,11 @@ import { Server, freePort, root, DEADLINE_MS } from "./harness.mjs";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const ARTIFACTS = `${root}target/test-artifacts`;
 
-const server = new Server(await freePort());
+// Webhooks may reach loopback over plain HTTP here: the failing receiver is a closed local port.
+const server = new Server(await freePort(), [
+  "--webhook-allow-private-networks",
+  "--webhook-allow-http",
+]);
 let browser;
 let key;
 const channels = {};
@@ -83,9 +88,9 @@ const storage = (page) =>
     local: Object.fromEntries(Object.entries(localStorage)),
   }));
 
-async function useKey(page) {
+async function useKey(page, withKey = key) {
   await page.goto(`${server.http}/console`);
-  await page.getByLabel("API key").fill(key);
+  await page.getByLabel("API key").fill(withKey);
   await page.getByRole("button", { name: "Use key" }).click();
   await page.waitForSelector("#channels .name", { timeout: DEADLINE_MS });
 }
@@ -460,4 +465,42 @@ test("a channel's consumer groups show their work, their members and their dead 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}/console-consumers.png`, fullPage: true });
   await context.close();
+});
+
+test("an admin key sees the app's webhooks and their recent failures", async () => {
+  const admin = server.createKey("--name", "console-admin", "--scopes", "admin,channels:read,channels:write");
+  // A receiver that is down: nothing listens on this port.
+  const url = `http://127.0.0.1:${await freePort()}/hook`;
+  const created = await server.call("POST", "/v1/webhooks", admin, {
+    url, events: ["message.created"],
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const hook = created.body.webhook.id;
+  const channel = await server.call("POST", "/v1/channels", admin, { name: "Hooked AM-7" });
+  await server.call("POST", `/v1/channels/${channel.body.channel.id}/messages`, admin, { content: "ping" });
+
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  await useKey(page, admin);
+  const row = await shows(page, `#webhook-list li[data-webhook="${hook}"]`, /enabled/);
+  assert.ok(row.includes(url), row);
+  assert.match(row, /message\.created/);
+  // The failed attempt shows within the console's next read (every 10 s).
+  const failure = await shows(
+    page,
+    `#webhook-list li[data-webhook="${hook}"] .dead`,
+    /message\.created evt_\d+ pending after 1 attempt, next .*: connection failed/,
+  );
+  assert.ok(failure.length > 0);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: `${ARTIFACTS}/console-webhooks.png`, fullPage: true });
+  await context.close();
+
+  // A key without `admin` sees no webhook section.
+  const reader = await browser.newContext();
+  const plain = await reader.newPage();
+  await useKey(plain);
+  await plain.waitForLoadState("networkidle");
+  assert.equal(await plain.isVisible("#webhooks"), false);
+  await reader.close();
 });

@@ -20,8 +20,10 @@ export async function freePort() {
 }
 
 export class Server {
-  constructor(port) {
+  /** `args`: more `channeld serve` flags. */
+  constructor(port, args = []) {
     this.port = port;
+    this.args = args;
     this.origin = `127.0.0.1:${port}`;
     this.http = `http://${this.origin}`;
     this.ws = `ws://${this.origin}`;
@@ -38,6 +40,7 @@ export class Server {
         "--no-migrate",
         "--log-format", "text",
         "--ws-connects-per-ip", "1000000",
+        ...this.args,
       ],
       { stdio: ["ignore", "ignore", "pipe"] },
     );

@@ -39,6 +39,52 @@ pub struct Hub {
     pub stats: Arc<HubStats>,
     /// Connection tasks still running, closing handshakes included.
     tasks: Arc<AtomicUsize>,
+    /// Joins and leaves as this engine decides them, for webhooks.
+    pub presence_out: Arc<PresenceOut>,
+}
+
+/// A peer joined or left a channel (a peer's first connection to it, or its last gone).
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    /// The engine's (app-scoped) channel name.
+    pub channel: Arc<str>,
+    pub peer: Arc<str>,
+    pub metadata: Option<Metadata>,
+    pub joined: bool,
+    /// The same for every instance that observes this change (Redis's presence version), so it
+    /// is recorded once; `None` where only one instance can observe it.
+    pub dedupe: Option<String>,
+}
+
+/// Where presence changes go: nowhere until a consumer connects and wants them, then to a
+/// bounded queue (a change that does not fit is counted and dropped; presence never waits).
+#[derive(Debug, Default)]
+pub struct PresenceOut {
+    sink: std::sync::OnceLock<tokio::sync::mpsc::Sender<PresenceChange>>,
+    wanted: std::sync::atomic::AtomicBool,
+    pub dropped: AtomicU64,
+}
+
+impl PresenceOut {
+    pub fn connect(&self, sink: tokio::sync::mpsc::Sender<PresenceChange>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Whether changes are wanted now (some app has a webhook).
+    pub fn want(&self, wanted: bool) {
+        self.wanted.store(wanted, Ordering::Relaxed);
+    }
+
+    pub fn emit(&self, change: impl FnOnce() -> PresenceChange) {
+        if !self.wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(sink) = self.sink.get()
+            && sink.try_send(change()).is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -121,7 +167,7 @@ impl Hub {
         let channels = connection.channels.clone();
         let address = connection.member.address.clone();
         for channel in &channels {
-            inner.leave(conn, channel, &self.stats);
+            inner.leave(conn, channel, &self.stats, &self.presence_out);
         }
         let mut last_of_peer = true;
         if let Some(conns) = inner.peers.get_mut(&address) {
@@ -189,6 +235,13 @@ impl Hub {
         });
         presence.connections += 1;
         if presence.connections == 1 {
+            self.presence_out.emit(|| PresenceChange {
+                channel: name.clone(),
+                peer: member.peer_id.clone(),
+                metadata: member.peer_metadata.clone(),
+                joined: true,
+                dedupe: None,
+            });
             let joined = [PeerEntry {
                 peer_id: &member.peer_id,
                 metadata: member.peer_metadata.as_deref(),
@@ -216,7 +269,7 @@ impl Hub {
             return false;
         };
         let name = connection.channels.swap_remove(position);
-        inner.leave(conn, &name, &self.stats);
+        inner.leave(conn, &name, &self.stats, &self.presence_out);
         true
     }
 
@@ -335,7 +388,13 @@ impl Inner {
     /// Removes `conn` from `channel`. In memory, a peer's last connection announces its
     /// departure; with Redis, presence changes come back from Redis and only the local
     /// subscription ends here.
-    fn leave(&mut self, conn: ConnId, channel: &Arc<str>, stats: &HubStats) {
+    fn leave(
+        &mut self,
+        conn: ConnId,
+        channel: &Arc<str>,
+        stats: &HubStats,
+        presence_out: &PresenceOut,
+    ) {
         let Some(peer) = self
             .connections
             .get(&conn)
@@ -353,6 +412,13 @@ impl Inner {
             presence.connections -= 1;
             if presence.connections == 0 {
                 let presence = peers.remove(&peer).expect("present");
+                presence_out.emit(|| PresenceChange {
+                    channel: channel.clone(),
+                    peer: peer.clone(),
+                    metadata: presence.metadata.clone(),
+                    joined: false,
+                    dedupe: None,
+                });
                 let left = [PeerEntry {
                     peer_id: &peer,
                     metadata: presence.metadata.as_deref(),

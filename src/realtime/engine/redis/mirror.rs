@@ -18,7 +18,7 @@ use crate::{
     apps::unscoped,
     realtime::{
         engine::hub::{
-            Channel, ChannelPresence, Hub, SubscribeError,
+            Channel, ChannelPresence, Hub, PresenceChange, SubscribeError,
             fanout::{
                 ConnId, HubStats, Metadata, Outbound, Roster, Subscriber, deliver, deliver_to,
             },
@@ -131,6 +131,26 @@ impl Hub {
     /// Applies a presence event from Redis. Returns `true` when the mirror fell behind and must
     /// be read again (see [`Hub::resync`]).
     pub fn apply_presence(&self, channel: &str, event: PresenceEvent) -> bool {
+        // Every instance serving the channel sees this event, with the same version: the
+        // version makes it one record.
+        let version = event.version;
+        let changes = event
+            .joined
+            .iter()
+            .map(|(peer, metadata)| (peer, metadata.clone(), true))
+            .chain(event.left.iter().map(|peer| (peer, None, false)));
+        for (peer, metadata, joined) in changes {
+            self.presence_out.emit(|| PresenceChange {
+                channel: Arc::from(channel),
+                peer: peer.clone(),
+                metadata,
+                joined,
+                dedupe: Some(format!(
+                    "presence\u{1f}{channel}\u{1f}{}.{}\u{1f}{peer}\u{1f}{joined}",
+                    version.epoch, version.seq
+                )),
+            });
+        }
         self.with_mirror(channel, |mirror, subscribers, name, stats| {
             mirror.apply(subscribers, name, event, stats)
         })
