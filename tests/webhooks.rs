@@ -905,3 +905,77 @@ async fn kill_9_between_a_commit_and_its_delivery_loses_nothing(db: PgPool) {
         "in order, at least once"
     );
 }
+
+#[sqlx::test]
+async fn with_redis_a_presence_change_seen_by_two_instances_is_one_event(db: PgPool) {
+    let prefix = common::cluster::fresh_prefix();
+    let redis = common::cluster::redis_url();
+    let instance = || {
+        let mut config = common::cluster::cluster_config(&prefix, &redis, Duration::from_secs(2));
+        let webhooks = self::config().webhooks;
+        config.webhooks = webhooks;
+        config.auth_failures_per_minute = 1_000_000;
+        config
+    };
+    let a = TestApp::spawn_instance(db.clone(), instance()).await;
+    let b = TestApp::spawn_instance(db.clone(), instance()).await;
+    let key = admin_key(&a).await;
+    let receiver = Receiver::start(Mode::Status(200)).await;
+    webhook(
+        &a,
+        &key,
+        &receiver.url,
+        &["presence.joined", "presence.left"],
+    )
+    .await;
+    // b learns of the webhook at its next look at the table.
+    let app_id = channeld::apps::DEFAULT_APP;
+    eventually(
+        Duration::from_secs(5),
+        "b knows the app has a webhook",
+        || async { b.state.webhooks.knows_app(app_id) },
+    )
+    .await;
+    // Both instances serve the channel (each has a subscriber), so both observe every change.
+    let realtime = a.key(&[Scope::Subscribe, Scope::Presence]).await;
+    let mut on_a = a.peer(&realtime, "resident-a", json!({})).await;
+    on_a.subscribe("hall").await;
+    let mut on_b = b.peer(&realtime, "resident-b", json!({})).await;
+    on_b.subscribe("hall").await;
+    receiver.wait(2, "the residents' joins").await;
+
+    let mut visitor = a.peer(&realtime, "visitor", json!({})).await;
+    visitor.subscribe("hall").await;
+    // b hears of the visitor through Redis: its resident is told (each `recv` waits at most 5 s).
+    loop {
+        let frame = on_b.recv().await;
+        let joined = frame["joined"].as_array().cloned().unwrap_or_default();
+        if frame["type"] == "presence" && joined.iter().any(|p| p["peerId"] == "visitor") {
+            break;
+        }
+    }
+    drop(visitor);
+    let for_visitor = |all: &[Received], kind: &str| {
+        all.iter()
+            .filter(|r| r.json["type"] == kind && r.json["data"]["peerId"] == "visitor")
+            .count()
+    };
+    eventually(Duration::from_secs(10), "the visitor's leave", || async {
+        for_visitor(&receiver.all(), "presence.left") == 1
+    })
+    .await;
+    // Each instance records changes in the order it observes them, and b observed the join
+    // before the visitor left: both have recorded (or found recorded) the join by now. The queue
+    // is empty once every recorded event was sent.
+    eventually(Duration::from_secs(10), "the queue drains", || async {
+        a.metrics_text()
+            .await
+            .contains("channeld_webhook_queue_depth 0\n")
+    })
+    .await;
+    let all = receiver.all();
+    assert_eq!(for_visitor(&all, "presence.joined"), 1, "one join event");
+    assert_eq!(for_visitor(&all, "presence.left"), 1, "one leave event");
+    drop(on_a);
+    drop(on_b);
+}

@@ -45,6 +45,12 @@ impl Webhooks {
         self.wake.notify_one();
     }
 
+    /// Whether this instance knows that `app_id` has an enabled webhook (it records the app's
+    /// presence changes and wakes its worker for the app's posts).
+    pub fn knows_app(&self, app_id: i64) -> bool {
+        self.apps.read().expect("not poisoned").contains(&app_id)
+    }
+
     pub(super) fn any_apps(&self) -> bool {
         !self.apps.read().expect("not poisoned").is_empty()
     }
