@@ -77,7 +77,6 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (event_id) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_lane ON webhook_deliveries (webhook_id, channel, event_id)
     WHERE state = 'pending';
-CREATE INDEX webhook_deliveries_log ON webhook_deliveries (webhook_id, event_id DESC);
 CREATE INDEX webhook_deliveries_event_id ON webhook_deliveries (event_id);
 
 -- `message.created`, in the statement that stores the message (which holds the channel's row, so

@@ -39,6 +39,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Webhook delivery attempts by this instance, by result: delivered (2xx), retried (failed, another attempt is scheduled), failed (failed, the schedule ran out), gone (410, the webhook was disabled).",
     ),
     (
+        "channeld_webhook_presence_dropped",
+        "counter",
+        "Presence changes not recorded for webhooks because their queue was full.",
+    ),
+    (
         "channeld_webhook_queue_depth",
         "gauge",
         "Webhook deliveries pending (retries waiting included) and events not yet dispatched, across all instances.",

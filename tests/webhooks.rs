@@ -402,11 +402,26 @@ async fn retries_keep_the_event_id_and_are_signed_afresh(db: PgPool) {
     assert_eq!(delivery["type"], "message.created");
     assert_eq!(delivery["event_id"], received[0].id.as_str());
     assert_eq!(delivery["next_attempt_at"], Value::Null);
+
+    // A manual retry sends it once more, under the same id.
+    let retry = format!("{path}/{}/retry", received[0].id);
+    let (status, body) = app.post(&retry, &key, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["delivery"]["state"], "pending");
+    let again = receiver.wait(3, "the manual retry").await;
+    assert_eq!(again[2].id, received[0].id);
+    let (status, body) = app
+        .post(&format!("{path}/evt_999999/retry"), &key, json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[sqlx::test]
 async fn a_receiver_down_through_two_backoff_steps_gets_everything_in_order(db: PgPool) {
-    let app = TestApp::spawn_config(db, config()).await;
+    // Attempts at 0, 0.3 s and 0.9 s fail; the next is due at 2.9 s, after the receiver is up.
+    let mut config = config();
+    config.webhooks.retry_schedule = [300, 600, 2000].map(Duration::from_millis).to_vec();
+    let app = TestApp::spawn_config(db, config).await;
     let key = admin_key(&app).await;
     // A port with nobody listening: connections are refused until the receiver starts on it.
     let port = {
@@ -427,48 +442,36 @@ async fn a_receiver_down_through_two_backoff_steps_gets_everything_in_order(db: 
             .or_default()
             .push(app.message(&key, channel, &format!("m{n}")).await);
     }
-    // Both backoff steps pass (300 ms, then 600 ms) with the receiver down.
+    // Both backoff steps pass with the receiver down: a third attempt failed.
     let path = format!("/v1/webhooks/{id}/deliveries?state=pending");
-    eventually(
+    let log = wait_for(
         Duration::from_secs(10),
-        "a second failed attempt",
+        "a third failed attempt",
         || async {
             let (_, body) = app.get(&path, &key).await;
-            body["deliveries"]
+            let third = body["deliveries"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|d| d["attempts"].as_i64() >= Some(2))
+                .any(|d| d["attempts"].as_i64() >= Some(3));
+            third.then_some(body)
         },
     )
     .await;
-    let (_, body) = app.get(&path, &key).await;
-    let first = body["deliveries"]
+    let first = log["deliveries"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["attempts"] == 2)
+        .find(|d| d["attempts"] == 3)
         .unwrap()
         .clone();
     assert!(
         first["last_error"].as_str().unwrap().contains("connection"),
         "{first}"
     );
-
-    // Up again: the schedule has run out for the first events, so a manual retry brings those.
+    assert!(first["next_attempt_at"].is_string(), "{first}");
+    // Up again, before the third wait ends.
     let receiver = Receiver::start_on(port, Mode::Status(200)).await;
-    let (_, failed) = app
-        .get(&format!("/v1/webhooks/{id}/deliveries?state=failed"), &key)
-        .await;
-    for delivery in failed["deliveries"].as_array().unwrap() {
-        let retry = format!(
-            "/v1/webhooks/{id}/deliveries/{}/retry",
-            delivery["event_id"].as_str().unwrap()
-        );
-        let (status, body) = app.post(&retry, &key, json!({})).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-        assert_eq!(body["delivery"]["state"], "pending");
-    }
     eventually(Duration::from_secs(20), "all 20 messages", || async {
         let ids: HashSet<String> = receiver.all().into_iter().map(|r| r.id).collect();
         ids.len() == 20
@@ -506,17 +509,19 @@ async fn gone_disables_the_webhook_and_enabling_it_sends_what_waited_and_what_fo
     )
     .await;
     app.message(&key, channel, "two").await;
-    let (_, log) = app.get(&format!("{path}/deliveries"), &key).await;
-    let delivery = log["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["attempts"] == 1)
-        .unwrap()
-        .clone();
+    let deliveries = format!("{path}/deliveries");
+    let delivery = wait_for(Duration::from_secs(5), "the 410 in the log", || async {
+        let (_, log) = app.get(&deliveries, &key).await;
+        log["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["attempts"] == 1)
+            .cloned()
+    })
+    .await;
     assert_eq!(delivery["last_status_code"], 410);
     assert_eq!(delivery["state"], "pending");
-    assert_eq!(receiver.all().len(), 1, "nothing is sent while disabled");
 
     receiver.set(Mode::Status(200));
     let (status, body) = app.put(&path, &key, json!({"enabled": true})).await;
@@ -529,13 +534,16 @@ async fn gone_disables_the_webhook_and_enabling_it_sends_what_waited_and_what_fo
         .iter()
         .map(|r| r.json["data"]["content"].as_str().unwrap())
         .collect();
-    // What was posted while it was disabled is not recorded for it.
+    // What was posted while it was disabled is not recorded for it (were it, it would come
+    // before "three", which is later on the same channel).
     assert_eq!(contents, ["one", "three"]);
 }
 
 #[sqlx::test]
 async fn a_slow_receiver_does_not_hold_back_another(db: PgPool) {
-    let app = TestApp::spawn_config(db, config()).await;
+    let mut config = config();
+    config.webhooks.timeout = Duration::from_secs(20);
+    let app = TestApp::spawn_config(db, config).await;
     let key = admin_key(&app).await;
     let slow = Receiver::start(Mode::Hold).await;
     let fast = Receiver::start(Mode::Status(200)).await;
@@ -591,8 +599,13 @@ async fn apps_never_see_each_others_events(db: PgPool) {
     // Ours hears of our own channel, and of nothing before it.
     let mine = app.channel(&ours, "ours").await;
     let got = our_receiver.wait(1, "our channel").await;
-    assert_eq!(got.len(), 1);
     assert_eq!(got[0].json["data"]["id"], mine);
+    // Events are made into deliveries in id order, so theirs (earlier) were dispatched before
+    // ours was: our webhook's log holds ours alone.
+    let (_, log) = app
+        .get(&format!("/v1/webhooks/{our_hook}/deliveries"), &ours)
+        .await;
+    assert_eq!(log["deliveries"].as_array().unwrap().len(), 1, "{log}");
     // Another app's webhook reads as missing.
     let (status, body) = app.get(&format!("/v1/webhooks/{our_hook}"), &theirs).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
@@ -611,10 +624,17 @@ async fn a_webhooks_channels_narrow_what_it_hears(db: PgPool) {
         .post("/v1/webhooks", &key, json!({"url": receiver.url, "events": ["message.created"], "channels": [second.to_string()]}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hook = body["webhook"]["id"].as_str().unwrap().to_owned();
     app.message(&key, first, "unheard").await;
     app.message(&key, second, "heard").await;
     let got = receiver.wait(1, "the matching channel's message").await;
     assert_eq!(got[0].json["data"]["content"], "heard");
+    // "unheard" was dispatched first (events go in id order): had it matched, the log would
+    // hold it.
+    let (_, log) = app
+        .get(&format!("/v1/webhooks/{hook}/deliveries"), &key)
+        .await;
+    assert_eq!(log["deliveries"].as_array().unwrap().len(), 1, "{log}");
     // A key limited to some channels registers no wider webhook.
     let narrow = app.key_with_patterns(&[Scope::Admin], &["1*"]).await;
     let (status, body) = app

@@ -362,6 +362,11 @@ fn samples(state: &AppState) -> Vec<Sample> {
             load(&metrics.consumer_redeliveries),
         ),
         Sample::counter(
+            "channeld_webhook_presence_dropped",
+            "Presence changes not recorded for webhooks because their queue was full.",
+            load(&state.realtime.engine.hub().presence_out.dropped),
+        ),
+        Sample::counter(
             "channeld_delivery_listener_reconnects",
             "Times the LISTEN connection was lost and made anew.",
             load(&delivery.listener_reconnects),

@@ -231,7 +231,8 @@ pub async fn deliveries(
 }
 
 /// Makes a delivery due now, whatever its state: one more attempt, which leaves it `failed`
-/// again if it fails after the schedule ran out.
+/// again if it fails after the schedule ran out. A lane sending it now loses its lease, so its
+/// outcome does not overwrite the retry.
 pub async fn retry(
     db: impl PgExecutor<'_>,
     webhook_id: &str,
@@ -241,7 +242,8 @@ pub async fn retry(
         DeliveryRow,
         r#"
         WITH retried AS (
-            UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now()
+            UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now(),
+                                          lease = NULL, leased_until = NULL
             WHERE webhook_id = $1 AND event_id = $2
             RETURNING event_id, channel, attempts, last_status_code, last_error, next_attempt_at,
                       state, created_at
@@ -349,10 +351,12 @@ pub async fn subscribers(
     .await
 }
 
-/// One delivery row per (webhook, event); marks the events dispatched.
+/// One delivery row per (webhook, event); marks the events dispatched, and drops those that no
+/// webhook wanted (`unwanted`).
 pub async fn dispatch(
     tx: &mut PgConnection,
     events: &[i64],
+    unwanted: &[i64],
     webhooks: &[String],
     event_ids: &[i64],
     channels: &[String],
@@ -377,6 +381,9 @@ pub async fn dispatch(
     )
     .execute(&mut *tx)
     .await?;
+    sqlx::query!("DELETE FROM webhook_events WHERE id = ANY($1)", unwanted)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -390,7 +397,8 @@ pub struct Leased {
 }
 
 /// Leases up to `limit` due deliveries of enabled webhooks not in `busy`, in event id order, for
-/// `lease_ms`. A `message.created` delivery is left while an earlier one of its webhook and
+/// `lease_ms` from the moment the statement runs (`clock_timestamp()`: the transaction may have
+/// waited for its turn); returned in event id order. A `message.created` delivery is left while an earlier one of its webhook and
 /// channel is leased, or waits for a retry within `hold_ms` of its first attempt.
 pub async fn lease(
     tx: &mut PgConnection,
@@ -418,11 +426,16 @@ pub async fn lease(
             ORDER BY d.event_id
             LIMIT $1
         )
-        UPDATE webhook_deliveries d
-        SET lease = nextval('webhook_leases_seq'),
-            leased_until = now() + make_interval(secs => $4::float8 / 1000)
-        FROM due WHERE d.webhook_id = due.webhook_id AND d.event_id = due.event_id
-        RETURNING d.webhook_id, d.event_id, d.lease AS "lease!", d.attempts, d.channel, d.ordered
+        , leased AS (
+            UPDATE webhook_deliveries d
+            SET lease = nextval('webhook_leases_seq'),
+            leased_until = clock_timestamp() + make_interval(secs => $4::float8 / 1000)
+            FROM due WHERE d.webhook_id = due.webhook_id AND d.event_id = due.event_id
+            RETURNING d.webhook_id, d.event_id, d.lease, d.attempts, d.channel, d.ordered
+        )
+        SELECT webhook_id AS "webhook_id!", event_id AS "event_id!", lease AS "lease!",
+               attempts AS "attempts!", channel AS "channel!", ordered AS "ordered!"
+        FROM leased ORDER BY event_id
         "#,
         limit,
         busy,
@@ -566,7 +579,8 @@ pub async fn disable(db: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Drops up to 10,000 events older than `retention_ms` that nothing waits to send.
+/// Drops up to 10,000 events older than `retention_ms` that nothing waits to send; returns how
+/// many (the worker repeats while batches come back full).
 pub async fn prune(db: impl PgExecutor<'_>, retention_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
         r#"

@@ -43,7 +43,9 @@ pub enum Outcome {
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => false,
+        // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d) forms: the IPv4 address.
+        IpAddr::V6(v6) => match v6.to_ipv4() {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(v6),
         },
@@ -67,10 +69,19 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits.
+    if first == 0x2002 {
+        let [a, b] = segments[1].to_be_bytes();
+        let [c, d] = segments[2].to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
+        || (first == 0x2001 && segments[1] == 0) // Teredo, 2001::/32
+        || (first == 0x0100 && segments[1..4] == [0, 0, 0]) // discard-only, 100::/64
         || (first & 0xfe00) == 0xfc00 // unique local (fd00:ec2::254, the AWS metadata address, too)
         || (first & 0xffc0) == 0xfe80 // link-local
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
@@ -121,6 +132,9 @@ impl Sender {
     pub fn new(timeout: Duration, allow_private: bool) -> Self {
         install_tls_provider();
         let mut builder = reqwest::Client::builder()
+            // A proxy from the environment (HTTPS_PROXY…) would resolve and fetch on our behalf,
+            // past the address check: never used.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -153,7 +167,7 @@ impl Sender {
             && let Some(ip) = literal_ip(&url)
             && !is_public(ip)
         {
-            return failed(None, format!("{ip} is not a public address"));
+            return failed(None, format!("{ip} is no public address"));
         }
         let sent = self
             .client
@@ -280,12 +294,22 @@ mod tests {
             "fe80::1",
             "fd00:ec2::254",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "100::1",
             "::",
             "ff02::1",
         ] {
             assert!(!is_public(blocked.parse().unwrap()), "{blocked} passed");
         }
-        for allowed in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "100.128.0.1"] {
+        for allowed in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "100.128.0.1",
+            "2002:808:808::1",
+        ] {
             assert!(is_public(allowed.parse().unwrap()), "{allowed} refused");
         }
     }

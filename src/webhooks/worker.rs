@@ -42,8 +42,11 @@ pub const LANES_PER_WEBHOOK: usize = 8;
 /// A lease lasts this many attempt timeouts, and a second more: a lane starts an attempt only
 /// while a whole timeout is left.
 const LEASE_TIMEOUTS: u32 = 2;
-/// Old events are pruned this often.
+/// Old events are pruned this often, in batches of this many.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: u64 = 10_000;
+/// Deliveries leased per free lane (a round leases no more than its free lanes can take).
+const LEASE_PER_LANE: i64 = 100;
 
 /// Presence changes waiting to be recorded, at most.
 const PRESENCE_QUEUE: usize = 10_000;
@@ -53,12 +56,21 @@ pub fn start(state: &AppState) -> JoinHandle<()> {
     let (sink, changes) = tokio::sync::mpsc::channel(PRESENCE_QUEUE);
     let presence_out = state.realtime.engine.hub().presence_out.clone();
     presence_out.connect(sink);
-    let presence = tokio::spawn(record_presence(state.clone(), changes));
+    let presence = AbortOnDrop(tokio::spawn(record_presence(state.clone(), changes)));
     let state = state.clone();
     tokio::spawn(async move {
+        // Stopped with the worker, however the worker ends (it is aborted at shutdown).
+        let _presence = presence;
         run(state).await;
-        presence.abort();
     })
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Records `presence.joined` and `presence.left` for apps with webhooks that want them.
@@ -68,6 +80,11 @@ async fn record_presence(
 ) {
     while let Some(change) = changes.recv().await {
         let (app, channel) = crate::apps::split_scoped(&change.channel);
+        // Apps without webhooks (as far as this instance knows, a second old at most) record
+        // nothing, and cost no round trip.
+        if !state.webhooks.knows_app(app) {
+            continue;
+        }
         let event_type = match change.joined {
             true => "presence.joined",
             false => "presence.left",
@@ -115,12 +132,14 @@ impl Lanes {
     /// A place for a lane of `webhook`, if one is free.
     fn enter(self: &Arc<Self>, webhook: &str) -> Option<LaneGuard> {
         let mut per_webhook = self.per_webhook.lock().expect("not poisoned");
-        let count = per_webhook.entry(webhook.to_owned()).or_default();
-        if *count >= LANES_PER_WEBHOOK {
+        if per_webhook
+            .get(webhook)
+            .is_some_and(|n| *n >= LANES_PER_WEBHOOK)
+        {
             return None;
         }
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        *count += 1;
+        *per_webhook.entry(webhook.to_owned()).or_default() += 1;
         Some(LaneGuard {
             lanes: self.clone(),
             webhook: webhook.to_owned(),
@@ -175,8 +194,16 @@ async fn run(state: AppState) {
         }
         if now >= next_prune {
             let retention = config.retention.as_millis() as i64;
-            if let Err(error) = db::prune(&state.db, retention).await {
-                tracing::warn!(%error, "old webhook events not pruned");
+            // Batches of 10,000 until one comes back short (at most a million a minute).
+            for _ in 0..100 {
+                match db::prune(&state.db, retention).await {
+                    Ok(n) if n == PRUNE_BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "old webhook events not pruned");
+                        break;
+                    }
+                }
             }
             next_prune = now + PRUNE_EVERY;
         }
@@ -203,15 +230,18 @@ async fn run(state: AppState) {
 async fn round(state: &AppState, sender: &Sender, lanes: &Arc<Lanes>) -> Result<bool, sqlx::Error> {
     let config = &state.config.webhooks;
     let lease_for = config.timeout * LEASE_TIMEOUTS + Duration::from_secs(1);
+    // Taken before the leases are, so the lanes' deadline passes before the leases lapse.
+    let deadline = Instant::now() + lease_for;
+    let limit = (lanes.permits.available_permits() as i64 * LEASE_PER_LANE).min(LEASE_BATCH);
     let mut tx = state.db.begin().await?;
     db::take_turn(&mut tx).await?;
     let dispatched = dispatch(&mut tx).await?;
-    let leased = match lanes.permits.available_permits() {
+    let leased = match limit {
         0 => Vec::new(),
         _ => {
             db::lease(
                 &mut tx,
-                LEASE_BATCH,
+                limit,
                 &lanes.busy(),
                 config.order_hold.as_millis() as i64,
                 lease_for.as_millis() as i64,
@@ -220,12 +250,19 @@ async fn round(state: &AppState, sender: &Sender, lanes: &Arc<Lanes>) -> Result<
         }
     };
     tx.commit().await?;
-    let deadline = Instant::now() + lease_for;
-    let full = dispatched == DISPATCH_BATCH as usize || leased.len() == LEASE_BATCH as usize;
+    let full =
+        dispatched == DISPATCH_BATCH as usize || (limit > 0 && leased.len() == limit as usize);
     if leased.is_empty() {
         return Ok(full);
     }
-    let batch = Arc::new(Batch::load(state, &leased).await?);
+    let batch = match Batch::load(state, &leased).await {
+        Ok(batch) => Arc::new(batch),
+        Err(error) => {
+            // Given back at once rather than held until the leases lapse.
+            release(state, &leased).await?;
+            return Err(error);
+        }
+    };
     // Lanes in the order of their first event.
     let mut order: Vec<(String, String)> = Vec::new();
     let mut groups: HashMap<(String, String), Vec<Leased>> = HashMap::new();
@@ -283,7 +320,9 @@ async fn dispatch(tx: &mut sqlx::PgConnection) -> Result<usize, sqlx::Error> {
         })
         .collect();
     let (mut webhooks, mut event_ids, mut channels, mut ordered) = (vec![], vec![], vec![], vec![]);
+    let mut unwanted = Vec::new();
     for event in &events {
+        let before = webhooks.len();
         for (subscriber, patterns) in &subscribers {
             if subscriber.app_id == event.app_id
                 && subscriber.events.contains(&event.event_type)
@@ -295,9 +334,15 @@ async fn dispatch(tx: &mut sqlx::PgConnection) -> Result<usize, sqlx::Error> {
                 ordered.push(event.event_type == "message.created");
             }
         }
+        if webhooks.len() == before {
+            unwanted.push(event.id);
+        }
     }
     let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-    db::dispatch(tx, &ids, &webhooks, &event_ids, &channels, &ordered).await?;
+    db::dispatch(
+        tx, &ids, &unwanted, &webhooks, &event_ids, &channels, &ordered,
+    )
+    .await?;
     Ok(events.len())
 }
 
@@ -419,11 +464,19 @@ impl Lane {
             };
             let id = event_id(row.event_id);
             let timestamp = Utc::now().timestamp();
-            let signed = signature(&target.keys, &id, timestamp, body);
-            let outcome = self
-                .sender
-                .post(&target.url, &id, timestamp, &signed, body.clone())
-                .await;
+            let outcome = if target.keys.is_empty() {
+                // Never sent unsigned.
+                Outcome::Failed {
+                    status: None,
+                    error: "the webhook's secret does not open with this instance's master key"
+                        .to_owned(),
+                }
+            } else {
+                let signed = signature(&target.keys, &id, timestamp, body);
+                self.sender
+                    .post(&target.url, &id, timestamp, &signed, body.clone())
+                    .await
+            };
             let stop = match &outcome {
                 Outcome::Delivered(_) => false,
                 Outcome::Gone => {
