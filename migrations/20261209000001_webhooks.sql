@@ -74,7 +74,6 @@ CREATE TABLE webhook_deliveries (
     CONSTRAINT webhook_deliveries_state CHECK (state IN ('pending', 'delivered', 'failed'))
 );
 
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (event_id) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_lane ON webhook_deliveries (webhook_id, channel, event_id)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_event_id ON webhook_deliveries (event_id);

@@ -398,11 +398,18 @@ pub struct Leased {
 
 /// Leases up to `limit` due deliveries of enabled webhooks not in `busy`, in event id order, for
 /// `lease_ms` from the moment the statement runs (`clock_timestamp()`: the transaction may have
-/// waited for its turn); returned in event id order. A `message.created` delivery is left while an earlier one of its webhook and
-/// channel is leased, or waits for a retry within `hold_ms` of its first attempt.
+/// waited for its turn); returned in event id order.
+///
+/// It reads lane by lane (a webhook and a channel): the lanes with pending deliveries are found by
+/// skipping through the lane index, and of each lane only its first `per_lane` deliveries that
+/// are due or hold the lane back. A `message.created` delivery is left while an earlier one of its
+/// lane is leased, or waits for a retry within `hold_ms` of its first attempt; other types are
+/// never held back. So a round costs a probe per lane and `per_lane` rows at most, however long
+/// a lane's backlog.
 pub async fn lease(
     tx: &mut PgConnection,
     limit: i64,
+    per_lane: i64,
     busy: &[String],
     hold_ms: i64,
     lease_ms: i64,
@@ -410,26 +417,45 @@ pub async fn lease(
     sqlx::query_as!(
         Leased,
         r#"
-        WITH due AS (
-            SELECT d.webhook_id, d.event_id
-            FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id AND w.enabled
-            WHERE d.state = 'pending' AND d.next_attempt_at <= now()
-              AND (d.leased_until IS NULL OR d.leased_until <= now())
-              AND NOT (d.webhook_id = ANY ($2))
-              AND NOT (d.ordered AND EXISTS (
-                  SELECT 1 FROM webhook_deliveries e
-                  WHERE e.webhook_id = d.webhook_id AND e.channel = d.channel
-                    AND e.state = 'pending' AND e.ordered AND e.event_id < d.event_id
-                    AND (e.leased_until > now()
-                         OR (e.next_attempt_at > now()
-                             AND e.first_attempt_at > now() - make_interval(secs => $3::float8 / 1000)))))
-            ORDER BY d.event_id
+        WITH RECURSIVE lanes (webhook_id, channel) AS (
+            (SELECT webhook_id, channel FROM webhook_deliveries
+             WHERE state = 'pending' ORDER BY webhook_id, channel LIMIT 1)
+            UNION ALL
+            SELECT next.webhook_id, next.channel FROM lanes l CROSS JOIN LATERAL (
+                SELECT webhook_id, channel FROM webhook_deliveries
+                WHERE state = 'pending' AND (webhook_id, channel) > (l.webhook_id, l.channel)
+                ORDER BY webhook_id, channel LIMIT 1
+            ) next
+        ), heads AS (
+            SELECT r.webhook_id, r.event_id, r.ordered,
+                   r.next_attempt_at <= now()
+                       AND (r.leased_until IS NULL OR r.leased_until <= now()) AS ready,
+                   COALESCE(bool_or(COALESCE(
+                       r.ordered AND (r.leased_until > now()
+                                      OR (r.next_attempt_at > now()
+                                          AND r.first_attempt_at > now() - make_interval(secs => $4::float8 / 1000))),
+                       false)) OVER (PARTITION BY r.webhook_id, r.channel ORDER BY r.event_id), false) AS held
+            FROM lanes l
+            JOIN webhooks w ON w.id = l.webhook_id AND w.enabled AND NOT (w.id = ANY ($3))
+            CROSS JOIN LATERAL (
+                SELECT d.webhook_id, d.channel, d.event_id, d.ordered, d.next_attempt_at,
+                       d.leased_until, d.first_attempt_at
+                FROM webhook_deliveries d
+                WHERE d.webhook_id = l.webhook_id AND d.channel = l.channel AND d.state = 'pending'
+                  AND (d.next_attempt_at <= now() OR d.leased_until > now()
+                       OR d.first_attempt_at > now() - make_interval(secs => $4::float8 / 1000))
+                ORDER BY d.event_id
+                LIMIT $2
+            ) r
+        ), due AS (
+            SELECT webhook_id, event_id FROM heads
+            WHERE ready AND NOT (ordered AND held)
+            ORDER BY event_id
             LIMIT $1
-        )
-        , leased AS (
+        ), leased AS (
             UPDATE webhook_deliveries d
             SET lease = nextval('webhook_leases_seq'),
-            leased_until = clock_timestamp() + make_interval(secs => $4::float8 / 1000)
+                leased_until = clock_timestamp() + make_interval(secs => $5::float8 / 1000)
             FROM due WHERE d.webhook_id = due.webhook_id AND d.event_id = due.event_id
             RETURNING d.webhook_id, d.event_id, d.lease, d.attempts, d.channel, d.ordered
         )
@@ -438,6 +464,7 @@ pub async fn lease(
         FROM leased ORDER BY event_id
         "#,
         limit,
+        per_lane,
         busy,
         hold_ms as f64,
         lease_ms as f64,

@@ -45,7 +45,8 @@ const LEASE_TIMEOUTS: u32 = 2;
 /// Old events are pruned this often, in batches of this many.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: u64 = 10_000;
-/// Deliveries leased per free lane (a round leases no more than its free lanes can take).
+/// Deliveries leased per free lane (a round leases no more than its free lanes can take), and
+/// read of one lane at most.
 const LEASE_PER_LANE: i64 = 100;
 
 /// Presence changes waiting to be recorded, at most.
@@ -242,6 +243,7 @@ async fn round(state: &AppState, sender: &Sender, lanes: &Arc<Lanes>) -> Result<
             db::lease(
                 &mut tx,
                 limit,
+                LEASE_PER_LANE,
                 &lanes.busy(),
                 config.order_hold.as_millis() as i64,
                 lease_for.as_millis() as i64,
