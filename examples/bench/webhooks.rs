@@ -6,9 +6,9 @@
 //!    from each message's `created_at` (stamped by PostgreSQL in the posting transaction) to its
 //!    arrival at the receiver;
 //! 2. most: as many posts as 16 posters make back to back, with no webhook and with one;
-//! 3. backlog: 100,000 events recorded while nothing could send them (stored with psql in one
-//!    transaction, the trigger recording `message.created` for the webhook), then sent: from the
-//!    commit to the last arrival;
+//! 3. backlog: 100,000 events on 8 channels recorded while nothing could send them (stored with
+//!    psql in one transaction, the trigger recording `message.created` for the webhook), then
+//!    sent: from the commit to the last arrival;
 //! 4. slow beside fast: two webhooks, one whose receiver answers only after 16 s (past the 15 s
 //!    attempt timeout), one that answers at once; the fast one's arrivals at 200 posts/s.
 
@@ -56,6 +56,7 @@ pub struct Most {
 #[derive(Debug, Clone, Serialize)]
 pub struct Backlog {
     pub events: i64,
+    pub channels: usize,
     pub seconds: f64,
     pub per_sec: f64,
 }
@@ -84,6 +85,8 @@ pub struct WebhookFigures {
 const RATE: f64 = 1000.0;
 const SLOW_RATE: f64 = 200.0;
 const POSTERS: usize = 16;
+/// Channels the backlog is spread over (each a lane, sent in order).
+const BACKLOG_CHANNELS: usize = 8;
 
 /// One arrival: the event id, its message's `created_at`, and when it arrived.
 type Arrival = (String, DateTime<Utc>, DateTime<Utc>);
@@ -386,17 +389,38 @@ async fn most(api: &Api<'_>, webhook: bool, run: usize) -> Result<Most, String> 
 }
 
 async fn backlog(api: &Api<'_>, run: usize) -> Result<Backlog, String> {
-    let channel = api
-        .channel(&format!("webhook backlog {run} {}", rand_suffix()))
-        .await?;
+    let mut channels = Vec::new();
+    for n in 0..BACKLOG_CHANNELS {
+        channels.push(
+            api.channel(&format!("webhook backlog {run} {n} {}", rand_suffix()))
+                .await?,
+        );
+    }
     let receiver = Receiver::start(Duration::ZERO).await;
-    let hook = api.webhook(&receiver.url, channel).await?;
+    let body = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": receiver.url, "events": ["message.created"],
+                        "channels": channels.iter().map(i64::to_string).collect::<Vec<_>>()})),
+        )
+        .await?;
+    let hook = body["webhook"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let n = api.plan.backlog;
+    let list = channels
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     psql(
         api.plan.database_url,
         &format!(
             "INSERT INTO messages (channel_id, content, sender_type) \
-             SELECT {channel}, 'backlog ' || g, 'api' FROM generate_series(1, {n}) g"
+             SELECT (ARRAY[{list}])[1 + g % {BACKLOG_CHANNELS}], 'backlog ' || g, 'api' \
+             FROM generate_series(1, {n}) g"
         ),
     )?;
     let committed = Instant::now();
@@ -406,6 +430,7 @@ async fn backlog(api: &Api<'_>, run: usize) -> Result<Backlog, String> {
     api.delete_webhook(&hook).await?;
     Ok(Backlog {
         events: got,
+        channels: BACKLOG_CHANNELS,
         seconds,
         per_sec: got as f64 / seconds,
     })
@@ -524,8 +549,9 @@ pub fn print(figures: &WebhookFigures) {
     println!("Most posts/s with a webhook over without: {ratio:.2}");
     let b = &figures.backlog;
     println!(
-        "Backlog of {} events recorded while none could be sent, then sent: {} events/s, all in {:.1} s (median run)",
+        "Backlog of {} events on {} channels, recorded while none could be sent, then sent: {} events/s, all in {:.1} s (median run)",
         b.median.events,
+        b.median.channels,
         spread(&b.spread, 0),
         b.median.seconds
     );

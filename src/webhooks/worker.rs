@@ -36,7 +36,7 @@ use crate::{auth::patterns::Pattern, state::AppState};
 /// Events dispatched per round.
 const DISPATCH_BATCH: i64 = 2000;
 /// Deliveries leased per round.
-const LEASE_BATCH: i64 = 1000;
+const LEASE_BATCH: i64 = 2000;
 /// Lanes one webhook may have in flight on one instance.
 pub const LANES_PER_WEBHOOK: usize = 8;
 /// A lease lasts this many attempt timeouts, and a second more: a lane starts an attempt only
@@ -46,8 +46,8 @@ const LEASE_TIMEOUTS: u32 = 2;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: u64 = 10_000;
 /// Deliveries leased per free lane (a round leases no more than its free lanes can take), and
-/// read of one lane at most.
-const LEASE_PER_LANE: i64 = 100;
+/// read of one lane at most: a lane with a backlog sends this many per round.
+const LEASE_PER_LANE: i64 = 500;
 
 /// Presence changes waiting to be recorded, at most.
 const PRESENCE_QUEUE: usize = 10_000;
