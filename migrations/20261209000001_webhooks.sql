@@ -112,3 +112,11 @@ $$;
 
 CREATE TRIGGER webhook_consumer_dead AFTER UPDATE OF dead ON consumer_deliveries
     FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead) EXECUTE FUNCTION webhook_consumer_dead();
+
+-- Deliveries and events leave their partial indexes ("pending", "not dispatched") as they are
+-- sent, and every round of every instance reads those indexes from their start: vacuum them
+-- after 1,000 changes or 2 % of the table rather than the default 20 %.
+ALTER TABLE webhook_deliveries SET (autovacuum_vacuum_scale_factor = 0.02,
+                                    autovacuum_vacuum_threshold = 1000);
+ALTER TABLE webhook_events SET (autovacuum_vacuum_scale_factor = 0.02,
+                                autovacuum_vacuum_threshold = 1000);

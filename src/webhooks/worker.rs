@@ -42,6 +42,8 @@ pub const LANES_PER_WEBHOOK: usize = 8;
 /// A lease lasts this many attempt timeouts, and a second more: a lane starts an attempt only
 /// while a whole timeout is left.
 const LEASE_TIMEOUTS: u32 = 2;
+/// How long a woken worker waits for more events before its round.
+const GATHER: Duration = Duration::from_millis(5);
 /// Old events are pruned this often, in batches of this many.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: u64 = 10_000;
@@ -219,7 +221,11 @@ async fn run(state: AppState) {
             continue;
         }
         tokio::select! {
-            () = state.webhooks.wake.notified() => {}
+            () = state.webhooks.wake.notified() => {
+                // Woken by an event: the events of the next few milliseconds go in the same
+                // round, so a busy channel costs a round per few milliseconds, not per post.
+                tokio::time::sleep(GATHER).await;
+            }
             () = tokio::time::sleep(config.poll_interval) => {}
             _ = shutdown.changed() => {}
         }
