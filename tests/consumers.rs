@@ -8,13 +8,12 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use common::{DbProxy, TestApp, assert_error, cluster::MASTER_KEY, eventually};
+use common::{DbProxy, TestApp, assert_error, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -890,39 +889,6 @@ async fn eight_members_on_two_instances_ack_every_message_exactly_once(db: PgPoo
     assert_eq!(members, 8);
 }
 
-/// A real `channeld serve` process on `db` without Redis; killed (SIGKILL) when dropped.
-struct Process {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn process(db: &PgPool) -> Process {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-        .arg("--no-migrate")
-        .env("DATABASE_URL", common::database_url(db))
-        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
-        .env("CHANNELD_RATE_LIMIT", "1000000")
-        .env("CHANNELD_RATE_BURST", "1000000")
-        .env("RUST_LOG", "warn,channeld::startup=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start channeld");
-    let addr: SocketAddr = common::listening_address(&mut child).await;
-    Process {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
 #[sqlx::test]
 async fn killing_a_server_mid_run_loses_no_ack_and_redelivers_nothing_acked(db: PgPool) {
     let app = TestApp::spawn(db.clone()).await;
@@ -931,8 +897,8 @@ async fn killing_a_server_mid_run_loses_no_ack_and_redelivers_nothing_acked(db: 
     let group = json!({"name": "work", "start": "earliest", "ack_wait": "1s"});
     create_group(&app, &key, channel, group).await;
     let posted = post_many(&app, &key, channel, 400).await;
-    let mut doomed = process(&db).await;
-    let survivor = process(&db).await;
+    let mut doomed = common::process(&db, &[]).await;
+    let survivor = common::process(&db, &[]).await;
     let bases = Arc::new(Mutex::new(vec![doomed.base.clone(), survivor.base.clone()]));
     let total = posted.len() as i64;
     let ledger = run_members(&db, bases.clone(), &key, channel, total, |ledger| {

@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -221,16 +220,7 @@ async fn every_event_type_arrives_signed_and_the_reference_libraries_accept_it(d
     let app = TestApp::spawn_config(db, config()).await;
     let key = admin_key(&app).await;
     let receiver = Receiver::start(Mode::Status(204)).await;
-    let all = [
-        "message.created",
-        "channel.created",
-        "channel.updated",
-        "channel.archived",
-        "channel.unarchived",
-        "presence.joined",
-        "presence.left",
-        "consumer.dead",
-    ];
+    let all = channeld::webhooks::model::EVENT_TYPES;
     let (_, secret) = webhook(&app, &key, &receiver.url, &all).await;
 
     let channel = app.channel(&key, "hooked").await;
@@ -822,53 +812,17 @@ async fn two_instances_never_send_one_attempt_twice(db: PgPool) {
     assert_eq!(received.len(), 200, "each event was sent once");
 }
 
-/// A real `channeld serve` process on `db` with webhooks allowed to loopback; killed (SIGKILL)
-/// when dropped.
-struct Process {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn process(db: &PgPool) -> Process {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-            "--no-migrate",
-        ])
-        .args(["--webhook-allow-private-networks", "--webhook-allow-http"])
-        .args([
-            "--webhook-timeout",
-            "1s",
-            "--webhook-poll-interval",
-            "200ms",
-        ])
-        .args(["--webhook-retry-schedule", "300ms,600ms,1s,1s,1s"])
-        .env("DATABASE_URL", common::database_url(db))
-        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
-        .env("CHANNELD_RATE_LIMIT", "1000000")
-        .env("CHANNELD_RATE_BURST", "1000000")
-        .env("RUST_LOG", "warn,channeld::startup=info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start channeld");
-    let addr: SocketAddr = common::listening_address(&mut child).await;
-    Process {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
+/// Webhooks to loopback, with a short timeout, poll and retry schedule.
+const WEBHOOK_FLAGS: &[&str] = &[
+    "--webhook-allow-private-networks",
+    "--webhook-allow-http",
+    "--webhook-timeout",
+    "1s",
+    "--webhook-poll-interval",
+    "200ms",
+    "--webhook-retry-schedule",
+    "300ms,600ms,1s,1s,1s",
+];
 
 #[sqlx::test]
 async fn kill_9_between_a_commit_and_its_delivery_loses_nothing(db: PgPool) {
@@ -883,7 +837,7 @@ async fn kill_9_between_a_commit_and_its_delivery_loses_nothing(db: PgPool) {
         .shutdown_within(Duration::from_secs(10), "the set-up server")
         .await;
 
-    let doomed = process(&db).await;
+    let doomed = common::process(&db, WEBHOOK_FLAGS).await;
     let http = reqwest::Client::new();
     for n in 0..5 {
         let response = http
@@ -902,7 +856,7 @@ async fn kill_9_between_a_commit_and_its_delivery_loses_nothing(db: PgPool) {
     drop(doomed);
 
     receiver.set(Mode::Status(200));
-    let _heir = process(&db).await;
+    let _heir = common::process(&db, WEBHOOK_FLAGS).await;
     eventually(
         Duration::from_secs(20),
         "all five arrive after the restart",

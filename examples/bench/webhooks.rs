@@ -13,7 +13,6 @@
 //!    attempt timeout), one that answers at once; the fast one's arrivals at 200 posts/s.
 
 use std::{
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,7 +22,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::stats::{Figures, Repeats};
+use crate::{
+    rest::psql,
+    stats::{Figures, Repeats},
+};
 
 pub struct Plan<'a> {
     pub base: &'a str,
@@ -159,17 +161,6 @@ async fn arrive(
     axum::http::StatusCode::NO_CONTENT
 }
 
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([url, "-qtAX", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .map_err(|e| format!("psql: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("psql: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 struct Api<'a> {
     http: reqwest::Client,
     plan: &'a Plan<'a>,
@@ -211,13 +202,14 @@ impl Api<'_> {
             .ok_or_else(|| format!("no channel id: {body}"))
     }
 
-    /// A webhook for `channel` alone.
-    async fn webhook(&self, url: &str, channel: i64) -> Result<String, String> {
+    /// A webhook for `message.created` on these channels.
+    async fn webhook(&self, url: &str, channels: &[i64]) -> Result<String, String> {
+        let channels: Vec<String> = channels.iter().map(i64::to_string).collect();
         let body = self
             .call(
                 reqwest::Method::POST,
                 "/v1/webhooks",
-                Some(json!({"url": url, "events": ["message.created"], "channels": [channel.to_string()]})),
+                Some(json!({"url": url, "events": ["message.created"], "channels": channels})),
             )
             .await?;
         Ok(body["webhook"]["id"]
@@ -286,7 +278,7 @@ async fn steady(api: &Api<'_>, webhook: bool, run: usize) -> Result<Steady, Stri
         .await?;
     let receiver = Receiver::start(Duration::ZERO).await;
     let hook = match webhook {
-        true => Some(api.webhook(&receiver.url, channel).await?),
+        true => Some(api.webhook(&receiver.url, &[channel]).await?),
         false => None,
     };
     let (posted, seconds, mut latencies) = post_at(api, channel, RATE, api.plan.seconds).await;
@@ -328,20 +320,7 @@ async fn most(api: &Api<'_>, webhook: bool, run: usize) -> Result<Most, String> 
     let mut hooks = Vec::new();
     if webhook {
         // One webhook for all the posters' channels.
-        let body = api
-            .call(
-                reqwest::Method::POST,
-                "/v1/webhooks",
-                Some(json!({"url": receiver.url, "events": ["message.created"],
-                            "channels": channels.iter().map(i64::to_string).collect::<Vec<_>>()})),
-            )
-            .await?;
-        hooks.push(
-            body["webhook"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
+        hooks.push(api.webhook(&receiver.url, &channels).await?);
     }
     let deadline = Instant::now() + Duration::from_secs(api.plan.seconds);
     let started = Instant::now();
@@ -397,18 +376,7 @@ async fn backlog(api: &Api<'_>, run: usize) -> Result<Backlog, String> {
         );
     }
     let receiver = Receiver::start(Duration::ZERO).await;
-    let body = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/webhooks",
-            Some(json!({"url": receiver.url, "events": ["message.created"],
-                        "channels": channels.iter().map(i64::to_string).collect::<Vec<_>>()})),
-        )
-        .await?;
-    let hook = body["webhook"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let hook = api.webhook(&receiver.url, &channels).await?;
     let n = api.plan.backlog;
     let list = channels
         .iter()
@@ -442,8 +410,8 @@ async fn slow_beside_fast(api: &Api<'_>, run: usize) -> Result<SlowBeside, Strin
         .await?;
     let slow = Receiver::start(Duration::from_secs(16)).await;
     let fast = Receiver::start(Duration::ZERO).await;
-    let slow_hook = api.webhook(&slow.url, channel).await?;
-    let fast_hook = api.webhook(&fast.url, channel).await?;
+    let slow_hook = api.webhook(&slow.url, &[channel]).await?;
+    let fast_hook = api.webhook(&fast.url, &[channel]).await?;
     let (posted, seconds, _) = post_at(api, channel, SLOW_RATE, api.plan.seconds).await;
     wait_for(&fast, posted, Duration::from_secs(30)).await;
     let (figures, delivered) = fast.figures(seconds);

@@ -487,6 +487,41 @@ pub async fn listening_address(child: &mut std::process::Child) -> SocketAddr {
         .expect("a socket address")
 }
 
+/// A real `channeld serve` process on `db` (no Redis, limits out of the way, plus `extra` flags);
+/// killed with SIGKILL when dropped, which is how the tests that need a death use it.
+pub struct Process {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn process(db: &PgPool, extra: &[&str]) -> Process {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .arg("--no-migrate")
+        .args(extra)
+        .env("DATABASE_URL", database_url(db))
+        .env("CHANNELD_MASTER_KEY", cluster::MASTER_KEY)
+        .env("CHANNELD_RATE_LIMIT", "1000000")
+        .env("CHANNELD_RATE_BURST", "1000000")
+        .env("RUST_LOG", "warn,channeld::startup=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start channeld");
+    let addr: SocketAddr = listening_address(&mut child).await;
+    Process {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
 /// Polls `check` every 10 ms until it answers `Some`, and returns that; fails the test, naming
 /// `what`, once `within` has passed. For waiting on an observable state (a row, a metric, a
 /// count) rather than sleeping.
