@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-use super::model::{Delivery, Webhook, event_id};
+use super::model::{Webhook, WebhookDelivery, event_id};
 use crate::messages::model::Message;
 
 /// Events, dispatches and leases of all instances take turns on this advisory lock, so that a
@@ -173,7 +173,7 @@ pub async fn rotate(
     Ok(done.rows_affected() > 0)
 }
 
-struct DeliveryRow {
+struct WebhookDeliveryRow {
     event_id: i64,
     event_type: String,
     channel: String,
@@ -185,8 +185,8 @@ struct DeliveryRow {
     created_at: DateTime<Utc>,
 }
 
-impl From<DeliveryRow> for Delivery {
-    fn from(row: DeliveryRow) -> Self {
+impl From<WebhookDeliveryRow> for WebhookDelivery {
+    fn from(row: WebhookDeliveryRow) -> Self {
         Self {
             event_id: event_id(row.event_id),
             event_type: row.event_type,
@@ -208,9 +208,9 @@ pub async fn deliveries(
     state: Option<&str>,
     before: Option<i64>,
     limit: i64,
-) -> Result<Vec<Delivery>, sqlx::Error> {
+) -> Result<Vec<WebhookDelivery>, sqlx::Error> {
     let rows = sqlx::query_as!(
-        DeliveryRow,
+        WebhookDeliveryRow,
         r#"
         SELECT d.event_id, e.type AS event_type, d.channel, d.attempts, d.last_status_code,
                d.last_error, d.next_attempt_at, d.state, d.created_at
@@ -227,7 +227,7 @@ pub async fn deliveries(
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(Delivery::from).collect())
+    Ok(rows.into_iter().map(WebhookDelivery::from).collect())
 }
 
 /// Makes a delivery due now, whatever its state: one more attempt, which leaves it `failed`
@@ -237,9 +237,9 @@ pub async fn retry(
     db: impl PgExecutor<'_>,
     webhook_id: &str,
     event_id: i64,
-) -> Result<Option<Delivery>, sqlx::Error> {
+) -> Result<Option<WebhookDelivery>, sqlx::Error> {
     let row = sqlx::query_as!(
-        DeliveryRow,
+        WebhookDeliveryRow,
         r#"
         WITH retried AS (
             UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now(),
@@ -259,7 +259,7 @@ pub async fn retry(
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(Delivery::from))
+    Ok(row.map(WebhookDelivery::from))
 }
 
 /// Records an event in the caller's transaction when the app has an enabled webhook that wants

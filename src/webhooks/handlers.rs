@@ -12,8 +12,8 @@ use reqwest::Url;
 use super::{
     db::{self, Change, NewWebhook},
     model::{
-        CreateWebhook, CreatedWebhook, DeliveryBody, DeliveryList, EVENT_TYPES, RotatedSecret,
-        UpdateWebhook, WebhookBody, WebhookList, parse_event_id,
+        CreateWebhook, CreatedWebhook, EVENT_TYPES, RotatedSecret, UpdateWebhook, WebhookBody,
+        WebhookDeliveryBody, WebhookDeliveryList, WebhookList, parse_event_id,
     },
     send::{is_public, literal_ip, new_secret},
 };
@@ -240,7 +240,7 @@ pub async fn rotate_secret(
         ("before" = Option<String>, Query, pattern = "^evt_[1-9][0-9]{0,17}$", description = "Only events older than this one (the last `event_id` of a page)"),
     ),
     responses(
-        (status = 200, description = "The webhook's deliveries", body = DeliveryList),
+        (status = 200, description = "The webhook's deliveries", body = WebhookDeliveryList),
         (status = 400, description = "A bad query parameter", body = Envelope),
         (status = 403, description = "The key lacks `admin`", body = Envelope),
         (status = 404, description = "The app has no such webhook", body = Envelope),
@@ -250,7 +250,7 @@ pub async fn deliveries(
     query: QueryParams,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<DeliveryList>, ApiError> {
+) -> Result<Json<WebhookDeliveryList>, ApiError> {
     let mut errors = FieldErrors::default();
     query.accept(&["limit", "state", "before"], &mut errors);
     let limit = query.int("limit", 1, 200, &mut errors).unwrap_or(50);
@@ -280,7 +280,7 @@ pub async fn deliveries(
         .await?
         .ok_or_else(|| not_found(&id))?;
     let deliveries = db::deliveries(&state.db, &id, wanted, before, limit).await?;
-    Ok(Json(DeliveryList { deliveries }))
+    Ok(Json(WebhookDeliveryList { deliveries }))
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{event_id}/retry`: one more attempt now, whatever the
@@ -291,7 +291,7 @@ pub async fn deliveries(
         ("event_id" = String, Path, description = "The event's id (`evt_…`)"),
     ),
     responses(
-        (status = 202, description = "The delivery is due now", body = DeliveryBody),
+        (status = 202, description = "The delivery is due now", body = WebhookDeliveryBody),
         (status = 400, description = "A query parameter was given", body = Envelope),
         (status = 403, description = "The key lacks `admin`", body = Envelope),
         (status = 404, description = "The app has no such webhook, or it has no such delivery", body = Envelope),
@@ -301,7 +301,7 @@ pub async fn retry(
     _: NoQuery,
     State(state): State<AppState>,
     Path((id, event)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<DeliveryBody>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookDeliveryBody>), ApiError> {
     db::find(&state.db, caller.principal.app_id(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
@@ -312,7 +312,7 @@ pub async fn retry(
         .await?
         .ok_or_else(missing)?;
     state.webhooks.wake();
-    Ok((StatusCode::ACCEPTED, Json(DeliveryBody { delivery })))
+    Ok((StatusCode::ACCEPTED, Json(WebhookDeliveryBody { delivery })))
 }
 
 /// A webhook of `app_id` was registered or enabled here: this instance records and sends the

@@ -127,7 +127,7 @@ pub struct RotatedSecret {
 
 /// One event's delivery to one webhook.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Delivery {
+pub struct WebhookDelivery {
     /// The event's id: `webhook-id` on every attempt.
     pub event_id: String,
     #[serde(rename = "type")]
@@ -149,14 +149,14 @@ pub struct Delivery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryList {
+pub struct WebhookDeliveryList {
     /// Newest first.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<WebhookDelivery>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryBody {
-    pub delivery: Delivery,
+pub struct WebhookDeliveryBody {
+    pub delivery: WebhookDelivery,
 }
 
 /// The wire form of an event id.
