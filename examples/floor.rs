@@ -14,7 +14,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     routing::get,
     serve::ListenerExt,
@@ -76,11 +76,19 @@ async fn post(
     }
 }
 
-async fn latest(State(db): State<PgPool>, Path(id): Path<i64>) -> Answer<MessagePage> {
+#[derive(Deserialize)]
+struct PageQuery {
+    before: Option<i64>,
+}
+
+async fn latest(
+    State(db): State<PgPool>,
+    Path(id): Path<i64>,
+    Query(query): Query<PageQuery>,
+) -> Answer<MessagePage> {
+    let page = query.before.map_or(Page::Latest, Page::Before);
     // One more than the page, as channeld reads it, to know whether another follows.
-    let mut messages = messages::page(&db, id, Page::Latest, 51)
-        .await
-        .map_err(failed)?;
+    let mut messages = messages::page(&db, id, page, 51).await.map_err(failed)?;
     let has_more = messages.len() > 50;
     messages.truncate(50);
     Ok((StatusCode::OK, Json(MessagePage { messages, has_more })))

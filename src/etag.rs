@@ -32,15 +32,28 @@ pub fn json_with_identity<T: Serialize>(
     value: &T,
     identity: impl Hash,
 ) -> Result<Response, ApiError> {
-    let mut hasher = DefaultHasher::new();
-    env!("CARGO_PKG_VERSION").hash(&mut hasher);
-    identity.hash(&mut hasher);
-    let tag = format!("\"i{:016x}\"", hasher.finish());
+    let tag = identity_tag(identity);
     if matches(request, &tag) {
         return Ok(not_modified(&tag));
     }
     let body = crate::json::body(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(tagged(&tag, body))
+}
+
+/// The tag of a body that `identity` determines exactly: a hash of it and this build's version.
+pub fn identity_tag(identity: impl Hash) -> String {
+    let mut hasher = DefaultHasher::new();
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    identity.hash(&mut hasher);
+    format!("\"i{:016x}\"", hasher.finish())
+}
+
+/// A JSON body rendered earlier under `tag`, or 304 when the client has it.
+pub fn rendered(request: &HeaderMap, tag: &str, body: bytes::Bytes) -> Response {
+    if matches(request, tag) {
+        return not_modified(tag);
+    }
+    tagged(tag, body)
 }
 
 fn header_value(tag: &str) -> HeaderValue {
@@ -55,7 +68,7 @@ fn not_modified(tag: &str) -> Response {
         .into_response()
 }
 
-fn tagged(tag: &str, body: Vec<u8>) -> Response {
+fn tagged(tag: &str, body: impl Into<axum::body::Body>) -> Response {
     (
         [
             (
@@ -64,7 +77,7 @@ fn tagged(tag: &str, body: Vec<u8>) -> Response {
             ),
             (header::ETAG, header_value(tag)),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }

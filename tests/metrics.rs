@@ -124,6 +124,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Persistent channels followed through this instance (WebSocket, SSE, long poll).",
     ),
     (
+        "channeld_page_cache_hits",
+        "counter",
+        "Latest pages of messages answered from memory after a one-row check of the channel's newest id.",
+    ),
+    (
+        "channeld_page_cache_misses",
+        "counter",
+        "Latest pages of messages read from the database (not held, or the channel moved on).",
+    ),
+    (
         "channeld_delivery_reads",
         "counter",
         "Reads of followed channels' new stored messages.",

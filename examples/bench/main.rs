@@ -224,7 +224,7 @@ async fn main() -> Result<(), String> {
             notes.push("floor rows skipped: no --floor given".into());
         }
         for clients in CLIENTS {
-            for op in [Op::Post, Op::Get] {
+            for op in Op::ALL {
                 let script = rest::pgbench_script(&args.sqlx_dir, op)?;
                 let mut runs = Vec::new();
                 for repeat in 1..=args.repeats {
@@ -668,6 +668,16 @@ async fn seed(args: &Args) -> Result<Target, String> {
         rest::CONTENT
     );
     rest::psql(&args.database_url, &history)?;
+    // As channeld's own insert does, so that each channel's row names its newest message.
+    rest::psql(
+        &args.database_url,
+        &format!(
+            "UPDATE channels c SET message_count = s.n, last_message_id = s.last \
+             FROM (SELECT channel_id, count(*) AS n, max(id) AS last FROM messages \
+                   WHERE channel_id BETWEEN {lo} AND {hi} GROUP BY channel_id) s \
+             WHERE c.id = s.channel_id"
+        ),
+    )?;
     Ok(Target {
         addr: args.base.trim_start_matches("http://").to_owned(),
         key: args.key.clone(),

@@ -24,15 +24,35 @@ use crate::stats::Figures;
 pub enum Op {
     /// `POST /v1/channels/{id}/messages`.
     Post,
-    /// `GET /v1/channels/{id}/messages` (the latest 50).
+    /// `GET /v1/channels/{id}/messages?before=<the largest id>`: the latest 50, read from the
+    /// database by every system (channeld holds only pages asked for without a cursor).
     Get,
+    /// `GET /v1/channels/{id}/messages`: the latest 50, which channeld answers from memory after
+    /// checking the channel's newest id; pgbench runs that check, the floor reads the page.
+    GetHeld,
+    /// As [`Op::GetHeld`] with the page's `ETag` in `If-None-Match`: channeld answers 304 (the
+    /// floor, which has no ETag, sends the page).
+    GetNotModified,
 }
 
 impl Op {
+    pub const ALL: [Op; 4] = [Op::Post, Op::Get, Op::GetHeld, Op::GetNotModified];
+
     pub fn name(self) -> &'static str {
         match self {
             Op::Post => "POST messages",
             Op::Get => "GET messages",
+            Op::GetHeld => "GET latest, held",
+            Op::GetNotModified => "GET latest, 304",
+        }
+    }
+
+    /// The answers a server may give: channeld's first, the floor's second.
+    fn expected(self) -> [u16; 2] {
+        match self {
+            Op::Post => [201, 201],
+            Op::Get | Op::GetHeld => [200, 200],
+            Op::GetNotModified => [304, 200],
         }
     }
 }
@@ -73,12 +93,20 @@ pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
             );
         }
         Op::Get => {
-            let latest = find_query(sqlx_dir, |q| {
-                q.contains("FROM messages WHERE channel_id = $1\n")
-                    && q.contains("ORDER BY id DESC LIMIT $2")
+            let before = find_query(sqlx_dir, |q| {
+                q.contains("FROM messages WHERE channel_id = $1 AND id < $2\n")
+                    && q.contains("ORDER BY id DESC LIMIT $3")
             })?;
-            // channel id, limit: the handler reads one more than the page to learn `has_more`.
-            script += &format!("{};\n", bind(&latest, &[":cid", "51"]));
+            // channel id, before, limit: the handler reads one more than the page to learn
+            // `has_more`.
+            let max = i64::MAX.to_string();
+            script += &format!("{};\n", bind(&before, &[":cid", &max, "51"]));
+        }
+        Op::GetHeld | Op::GetNotModified => {
+            let head = find_query(sqlx_dir, |q| {
+                q.contains("SELECT last_message_id FROM channels WHERE id = $1")
+            })?;
+            script += &format!("{};\n", bind(&head, &[":cid"]));
         }
     }
     Ok(script)
@@ -201,20 +229,35 @@ pub async fn load(
     for _ in 0..clients {
         connections.push(Http::connect(&target.addr).await?);
     }
+    // Each channel's latest page tag, as a client that read it before holds it.
+    let mut tags = std::collections::HashMap::new();
+    if op == Op::GetNotModified {
+        let http = &mut connections[0];
+        for channel in target.channels.0..=target.channels.1 {
+            http.exchange(&request(Op::GetHeld, &target.key, channel, None))
+                .await?;
+            if let Some(tag) = http.header("etag") {
+                tags.insert(channel, tag);
+            }
+        }
+    }
+    let tags = std::sync::Arc::new(tags);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = connections
         .into_iter()
         .map(|mut http| {
-            let (key, channels) = (target.key.clone(), target.channels);
+            let (key, channels, tags) = (target.key.clone(), target.channels, tags.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                // A server that sent no tags (the floor) answers with the page.
+                let expected = op.expected()[usize::from(tags.is_empty())];
                 while Instant::now() < deadline {
                     let channel = rand::thread_rng().gen_range(channels.0..=channels.1);
-                    let request = request(op, &key, channel);
+                    let tag = tags.get(&channel).map(String::as_str);
+                    let request = request(op, &key, channel, tag);
                     let sent = Instant::now();
                     let status = http.exchange(&request).await?;
-                    let expected = if op == Op::Post { 201 } else { 200 };
                     if status != expected {
                         return Err(format!("{} answered {status}", op.name()));
                     }
@@ -284,7 +327,7 @@ pub async fn flood(target: &Target, total: usize, concurrency: usize) -> Result<
     while sent.load(std::sync::atomic::Ordering::Relaxed) < total {
         let at = Instant::now();
         if http
-            .exchange(&request(Op::Get, &target.key, channel))
+            .exchange(&request(Op::Get, &target.key, channel, None))
             .await?
             != 200
         {
@@ -315,7 +358,7 @@ pub async fn flood(target: &Target, total: usize, concurrency: usize) -> Result<
     })
 }
 
-fn request(op: Op, key: &str, channel: i64) -> Vec<u8> {
+fn request(op: Op, key: &str, channel: i64, tag: Option<&str>) -> Vec<u8> {
     match op {
         Op::Post => {
             let body = format!("{{\"content\":\"{CONTENT}\"}}");
@@ -327,9 +370,19 @@ fn request(op: Op, key: &str, channel: i64) -> Vec<u8> {
             .into_bytes()
         }
         Op::Get => format!(
-            "GET /v1/channels/{channel}/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+            "GET /v1/channels/{channel}/messages?before={} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n",
+            i64::MAX
         )
         .into_bytes(),
+        Op::GetHeld | Op::GetNotModified => {
+            let condition = tag
+                .map(|tag| format!("If-None-Match: {tag}\r\n"))
+                .unwrap_or_default();
+            format!(
+                "GET /v1/channels/{channel}/messages HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n{condition}\r\n"
+            )
+            .into_bytes()
+        }
     }
 }
 
@@ -339,6 +392,7 @@ fn request(op: Op, key: &str, channel: i64) -> Vec<u8> {
 struct Http {
     stream: TcpStream,
     buffer: Vec<u8>,
+    head_end: usize,
 }
 
 impl Http {
@@ -350,6 +404,7 @@ impl Http {
         Ok(Self {
             stream,
             buffer: Vec::with_capacity(16 * 1024),
+            head_end: 0,
         })
     }
 
@@ -371,18 +426,33 @@ impl Http {
             .get(9..12)
             .and_then(|s| s.parse().ok())
             .ok_or("bad status line")?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .ok_or("response without Content-Length")?;
+        let length: usize = match status {
+            // No body, whatever the headers say.
+            204 | 304 => 0,
+            _ => head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or("response without Content-Length")?,
+        };
+        self.head_end = head_end;
         while self.buffer.len() < head_end + length {
             self.read_more().await?;
         }
         Ok(status)
+    }
+
+    /// A header of the last response.
+    fn header(&self, wanted: &str) -> Option<String> {
+        let head = std::str::from_utf8(&self.buffer[..self.head_end]).ok()?;
+        head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_owned())
+        })
     }
 
     async fn read_more(&mut self) -> Result<(), String> {
@@ -429,8 +499,14 @@ mod tests {
         );
         let get = pgbench_script(&sqlx_dir(), Op::Get).expect("get script");
         assert!(get.contains("WHERE channel_id = :cid"), "{get}");
+        assert!(get.contains("AND id < 9223372036854775807"), "{get}");
         assert!(get.contains("ORDER BY id DESC LIMIT 51;"), "{get}");
-        for script in [&post, &get] {
+        let head = pgbench_script(&sqlx_dir(), Op::GetHeld).expect("head script");
+        assert!(
+            head.contains("SELECT last_message_id FROM channels WHERE id = :cid;"),
+            "{head}"
+        );
+        for script in [&post, &get, &head] {
             assert!(!script.contains('$'), "every parameter is bound: {script}");
         }
     }

@@ -26,6 +26,7 @@
 mod db;
 mod doorbell;
 pub mod feeds;
+pub mod pages;
 mod reader;
 mod shared;
 
@@ -99,6 +100,7 @@ impl Delivery {
                 db,
                 followers,
                 feeds: Feeds::default(),
+                pages: pages::Pages::default(),
                 followed: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 wake: Notify::new(),
@@ -125,6 +127,11 @@ impl Delivery {
     /// Stored messages for followers that are not WebSocket peers (SSE, long poll).
     pub fn feeds(&self) -> &Feeds {
         &self.shared.feeds
+    }
+
+    /// The latest page of recently read channels (see [`pages`]).
+    pub fn pages(&self) -> &pages::Pages {
+        &self.shared.pages
     }
 
     /// Follows `channel_id` until the returned guard is dropped. Call it before reading the

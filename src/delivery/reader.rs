@@ -116,21 +116,28 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             }
             // A cursor made anew while this read ran may already be past some of these.
             let start = rows.partition_point(|m| m.id <= cursor.last);
+            let previous = cursor.last;
             if let Some(newest) = rows.last().filter(|m| m.id > cursor.last) {
                 cursor.last = newest.id;
             }
             if t.unhinted && cursor.generation == t.generation {
                 count(&shared.stats.unhinted, rows.len() - start);
             }
-            let app_id = cursor.app_id;
-            fresh.extend(rows.into_iter().skip(start).map(|row| (app_id, row)));
+            let messages: Vec<_> = rows.into_iter().skip(start).map(Arc::new).collect();
+            if !messages.is_empty() {
+                fresh.push((t.channel_id, cursor.app_id, previous, messages));
+            }
         }
     }
-    count(&shared.stats.delivered, fresh.len());
-    for (app_id, message) in fresh {
-        let message = Arc::new(message);
-        shared.followers.stored(app_id, &message);
-        shared.feeds.publish(&message);
+    for (channel_id, app_id, previous, messages) in fresh {
+        count(&shared.stats.delivered, messages.len());
+        // Every message of the channel after `previous`, in id order: the latest page held
+        // for it (if it was at `previous`) moves forward without a query.
+        shared.pages.advance(channel_id, previous, &messages);
+        for message in &messages {
+            shared.followers.stored(app_id, message);
+            shared.feeds.publish(message);
+        }
     }
 }
 

@@ -275,6 +275,19 @@ pub async fn page(
     }
 }
 
+/// The channel's newest message id (0 before its first message); `None` when there is no such
+/// channel. One primary-key lookup: what decides whether a held latest page is current (the
+/// statement that stores a message writes `last_message_id` in the same transaction).
+pub async fn head(db: impl PgExecutor<'_>, channel_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    let head = sqlx::query_scalar!(
+        "SELECT last_message_id FROM channels WHERE id = $1",
+        channel_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(head.map(|last| last.unwrap_or(0)))
+}
+
 /// How many messages of the channel are newer than `after`, counting no further than `cap`.
 pub async fn count_after(
     db: impl PgExecutor<'_>,

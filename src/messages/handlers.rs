@@ -96,6 +96,10 @@ pub async fn list(
     };
 
     caller.principal.may_use_channel(&state, channel_id).await?;
+    if matches!(page, Page::Latest) && filter.is_empty() {
+        let latest = service::latest(&state, channel_id, limit).await?;
+        return Ok(crate::etag::rendered(&headers, &latest.tag, latest.body));
+    }
     let wait = Duration::from_secs(wait.unsigned_abs());
     if let Some(Extension(allowance)) = allowance {
         // The request's deadline makes room for the wait (see `limits`).

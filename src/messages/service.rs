@@ -1,7 +1,10 @@
 //! What the message routes, the event stream and MCP's message tools do, behind the transport:
 //! reading a page (and long-polling for the next), and storing a message.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use serde::Serialize;
 use tokio::{
@@ -15,6 +18,7 @@ use super::{
 };
 use crate::{
     channels::{ChannelState, channel_state},
+    delivery::pages::{Cached, Rendered},
     error::{ApiError, FieldErrors},
     extract::QueryParams,
     metrics::Waiting,
@@ -109,6 +113,69 @@ pub async fn read(
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
     Ok(MessagePage { messages, has_more })
+}
+
+/// The latest page of a channel, rendered: its JSON body and its `ETag`.
+pub type LatestPage = Rendered;
+
+/// The latest `limit` messages of the channel, as `GET …/messages` without a cursor or filter
+/// answers them; 404 when the channel does not exist.
+///
+/// A page held in memory (see [`crate::delivery::pages`]) is used when the channel's newest
+/// message id is still the page's, which one primary-key lookup tells; the page is then neither
+/// read nor rendered again. Otherwise the page is read, kept, and rendered once.
+pub async fn latest(state: &AppState, channel_id: i64, limit: i64) -> Result<LatestPage, ApiError> {
+    let pages = state.delivery.pages();
+    let size = limit as usize;
+    if pages.holds(channel_id) {
+        let head = db::head(&state.db, channel_id)
+            .await?
+            .ok_or_else(|| ApiError::channel_not_found(channel_id))?;
+        match pages.get(channel_id, head, size) {
+            Some(Cached::Rendered(rendered)) => return Ok(rendered),
+            Some(Cached::Messages(messages, has_more)) => {
+                let rendered = render(size, &messages, has_more)?;
+                pages.rendered(channel_id, head, rendered.clone());
+                return Ok(rendered);
+            }
+            None => {}
+        }
+    } else {
+        pages.misses.fetch_add(1, Ordering::Relaxed);
+    }
+    let messages = db::page(&state.db, channel_id, Page::Latest, limit + 1).await?;
+    if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
+        return Err(ApiError::channel_not_found(channel_id));
+    }
+    pages.fill(channel_id, &messages, size + 1);
+    let head = messages.first().map_or(0, |m| m.id);
+    let has_more = messages.len() > size;
+    let rendered = render(size, &messages[..messages.len().min(size)], has_more)?;
+    pages.rendered(channel_id, head, rendered.clone());
+    Ok(rendered)
+}
+
+/// A page's body (the shape of [`MessagePage`]) and its tag, which its ids determine.
+fn render<M: std::borrow::Borrow<Message>>(
+    limit: usize,
+    messages: &[M],
+    has_more: bool,
+) -> Result<Rendered, ApiError> {
+    #[derive(Serialize)]
+    struct PageOf<'a> {
+        messages: Vec<&'a Message>,
+        has_more: bool,
+    }
+    let messages: Vec<&Message> = messages.iter().map(std::borrow::Borrow::borrow).collect();
+    let tag =
+        crate::etag::identity_tag((messages.iter().map(|m| m.id).collect::<Vec<_>>(), has_more));
+    let body = crate::json::body(&PageOf { messages, has_more })
+        .map_err(|error| ApiError::Internal(Box::new(error)))?;
+    Ok(Rendered {
+        limit,
+        tag,
+        body: body.into(),
+    })
 }
 
 /// The messages after `after` that `filter` wants among what a woken waiter's feed holds:

@@ -327,6 +327,16 @@ fn samples(state: &AppState) -> Vec<Sample> {
             state.delivery.followed_channels() as u64,
         ),
         Sample::counter(
+            "channeld_page_cache_hits",
+            "Latest pages of messages answered from memory after a one-row check of the channel's newest id.",
+            load(&state.delivery.pages().hits),
+        ),
+        Sample::counter(
+            "channeld_page_cache_misses",
+            "Latest pages of messages read from the database (not held, or the channel moved on).",
+            load(&state.delivery.pages().misses),
+        ),
+        Sample::counter(
             "channeld_delivery_reads",
             "Reads of followed channels' new stored messages.",
             load(&delivery.reads),
