@@ -6,6 +6,7 @@
 #   BENCH_ARGS="--only rest --rest-seconds 10" scripts/bench.sh   options for the load generator
 #   BENCH_NO_SOCKUDO=1 scripts/bench.sh             without the sockudo comparison
 #   BENCH_NO_LIST=1 scripts/bench.sh                without the channel list on 100,000 channels
+#   BENCH_NO_HISTORY=1 scripts/bench.sh             without the pages of 10,000,000 messages
 #   BENCH_NO_FLOOD=1 scripts/bench.sh               without the credential flood
 #   BENCH_NO_CONSUMERS=1 scripts/bench.sh           without the consumer groups
 #   BENCH_NO_WEBHOOKS=1 scripts/bench.sh            without the webhooks
@@ -138,9 +139,16 @@ target/release/examples/bench --base "http://127.0.0.1:$port" --key "$key" --pid
   --database-url "$DATABASE_URL" --idle "$idle" --redis-url "$redis_url" "${pusher_args[@]}" \
   --floor "http://127.0.0.1:$floor_port" --floor-pid "$floor" ${BENCH_ARGS:-}
 
-# The channel list on 100,000 channels: its own database and server (BENCH_NO_LIST=1 skips it).
+# The channel list on 100,000 channels, then on 1,000 to compare with: its own database and
+# server (BENCH_NO_LIST=1 skips it).
 if [ -z "${BENCH_NO_LIST:-}" ]; then
   env -u DATABASE_URL CHANNELD_BIN=target/release/channeld scripts/list-bench.sh
+  env -u DATABASE_URL CHANNELD_BIN=target/release/channeld LIST_BENCH_CHANNELS=1000 scripts/list-bench.sh
+fi
+
+# Pages of a channel of 10,000,000 messages beside one of 1,000 (BENCH_NO_HISTORY=1 skips it).
+if [ -z "${BENCH_NO_HISTORY:-}" ]; then
+  CHANNELD_BIN=target/release/channeld scripts/history-bench.sh
 fi
 
 # A flood of 20,000 unknown keys while a real key works, with and without the per-source bound

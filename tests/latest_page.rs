@@ -205,5 +205,8 @@ async fn the_reader_moves_a_followed_channels_page_without_reading_it(db: PgPool
             missed,
             "post {n}: no page read"
         );
+        let from_db = format!("{latest}?before={}", i64::MAX);
+        let (_, read, _) = get(&b, &from_db, &key).await;
+        assert_eq!(page, read, "post {n}: what the reader handed over is what was stored");
     }
 }

@@ -550,6 +550,81 @@ async fn waiting_tool_calls_hold_no_database_connection(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn waiters_woken_by_one_post_each_get_the_page_they_asked_for(db: PgPool) {
+    let mut config = common::test_config();
+    config.max_streams_per_key = 100;
+    let app = TestApp::spawn_config(db, config).await;
+    let key = app.writer().await;
+    let channel = app.channel(&key, "shared wake-ups").await;
+    let first = app.message(&key, channel, "already there").await;
+    let wait = |arguments: Value| {
+        let request = app
+            .request(Method::POST, "/v1/mcp", &key)
+            .header(header::ACCEPT, ACCEPT)
+            .json(&rpc(
+                "tools/call",
+                json!({"name": "wait_for_messages", "arguments": arguments}),
+            ));
+        tokio::spawn(common::call(request))
+    };
+    let base = json!({"channel_id": channel, "after": first, "wait_seconds": 20});
+    let with = |extra: Value| {
+        let mut arguments = base.clone();
+        arguments
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        arguments
+    };
+    // Two identical waits, one for pod-a's mentions, one for pod-b's, and one from the start.
+    let same = [wait(base.clone()), wait(base.clone())];
+    let for_a = wait(with(json!({"mentions": "pod-a"})));
+    let for_b = wait(with(json!({"mentions": "pod-b"})));
+    let from_start = wait(with(json!({"after": 0})));
+    let from_start = from_start.await.unwrap().1;
+    assert_eq!(
+        from_start["result"]["structuredContent"]["messages"][0]["id"], first,
+        "a page that exists answers at once: {from_start}"
+    );
+    common::eventually(Duration::from_secs(10), "the waiters wait", || async {
+        app.state.metrics.waiters.load(std::sync::atomic::Ordering::Relaxed) >= 4
+    })
+    .await;
+
+    let (status, posted) = app
+        .post(
+            &format!("/v1/channels/{channel}/messages"),
+            &key,
+            json!({"content": "for pod-a", "mentions": ["pod-a"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let to_a = posted["message"]["id"].as_i64().unwrap();
+    for waiter in same.into_iter().chain([for_a]) {
+        let (_, body) = waiter.await.unwrap();
+        let result = &body["result"]["structuredContent"];
+        assert_eq!(result["messages"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(result["messages"][0]["id"], to_a, "{body}");
+        assert_eq!(result["next_after"], to_a, "{body}");
+    }
+    // Not what pod-b's waiter asked for: it waits on, and gets only its own message.
+    let (status, posted) = app
+        .post(
+            &format!("/v1/channels/{channel}/messages"),
+            &key,
+            json!({"content": "for pod-b", "mentions": ["pod-b"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let to_b = posted["message"]["id"].as_i64().unwrap();
+    let (_, body) = for_b.await.unwrap();
+    let result = &body["result"]["structuredContent"];
+    assert_eq!(result["messages"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(result["messages"][0]["id"], to_b, "{body}");
+    assert_eq!(result["messages"][0]["mentions"], json!(["pod-b"]), "{body}");
+}
+
+#[sqlx::test]
 async fn a_wait_ends_at_the_configured_maximum(db: PgPool) {
     let config = channeld::config::Config {
         mcp: McpConfig {
