@@ -61,15 +61,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .disable_allowed_hosts()
         .with_max_request_body_bytes(state.config.max_body_bytes);
     let (tools_state, list) = (state.clone(), tools::Tools::list(state.config.mcp.max_wait));
-    let woken = Arc::new(tools::Woken::default());
     let service = StreamableHttpService::new(
-        move || {
-            Ok(tools::Tools::new(
-                tools_state.clone(),
-                list.clone(),
-                woken.clone(),
-            ))
-        },
+        move || Ok(tools::Tools::new(tools_state.clone(), list.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );

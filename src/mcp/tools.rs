@@ -384,67 +384,16 @@ struct PostAnswer {
     replayed: bool,
 }
 
-/// One MCP request's server: the shared state, the tool list and the recent wake-up answers,
-/// built once per router.
+/// One MCP request's server: the shared state and the tool list, built once per router.
 #[derive(Clone)]
 pub struct Tools {
     state: AppState,
     list: Arc<Vec<Tool>>,
-    woken: Arc<Woken>,
-}
-
-/// The answers `wait_for_messages` gave most recently. A post wakes every call waiting on its
-/// channel at once, and those that asked for the same page get the same answer: it is rendered
-/// by the first and copied by the rest.
-#[derive(Default)]
-pub struct Woken {
-    recent: std::sync::Mutex<std::collections::VecDeque<(WokenPage, CallToolResult)>>,
-}
-
-/// What determines a `wait_for_messages` answer (stored messages never change: their ids
-/// stand for them).
-#[derive(PartialEq, Eq)]
-struct WokenPage {
-    channel_id: i64,
-    after: i64,
-    filter: crate::messages::Filter,
-    ids: Vec<i64>,
-    has_more: bool,
-}
-
-/// Answers kept: one per page asked for at once on a busy instance.
-const WOKEN_KEPT: usize = 16;
-
-impl Woken {
-    fn get(&self, page: &WokenPage) -> Option<CallToolResult> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        recent
-            .iter()
-            .find(|(kept, _)| kept == page)
-            .map(|(_, answer)| answer.clone())
-    }
-
-    fn keep(&self, page: WokenPage, answer: &CallToolResult) {
-        let mut recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recent.iter().any(|(kept, _)| *kept == page) {
-            return;
-        }
-        if recent.len() >= WOKEN_KEPT {
-            recent.pop_front();
-        }
-        recent.push_back((page, answer.clone()));
-    }
 }
 
 impl Tools {
-    pub fn new(state: AppState, list: Arc<Vec<Tool>>, woken: Arc<Woken>) -> Self {
-        Self { state, list, woken }
+    pub fn new(state: AppState, list: Arc<Vec<Tool>>) -> Self {
+        Self { state, list }
     }
 
     /// The tool list for a server whose longest wait is `max_wait`.
@@ -575,16 +524,6 @@ impl Tools {
         let page = Page::After(after);
         let read = messages::read(&self.state, args.channel_id, page, limit, wait, &filter).await?;
         let timed_out = read.messages.is_empty();
-        let woken = (!timed_out).then(|| WokenPage {
-            channel_id: args.channel_id,
-            after,
-            filter,
-            ids: read.messages.iter().map(|m| m.id).collect(),
-            has_more: read.has_more,
-        });
-        if let Some(answer) = woken.as_ref().and_then(|page| self.woken.get(page)) {
-            return Ok(answer);
-        }
         let answer_body = messages_answer(args.channel_id, page, read, Some(timed_out));
         let summary = match timed_out {
             true => format!(
@@ -594,11 +533,7 @@ impl Tools {
             ),
             false => messages_summary(&answer_body),
         };
-        let answer = answer(summary, &answer_body);
-        if let Some(page) = woken {
-            self.woken.keep(page, &answer);
-        }
-        Ok(answer)
+        Ok(answer(summary, &answer_body))
     }
 
     /// `post_message`: stores a message, once per idempotency key.
