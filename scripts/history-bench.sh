@@ -2,7 +2,7 @@
 # Reading history as it grows: `GET /v1/channels/{id}/messages` pages on a channel of 10,000,000
 # messages beside the same pages on a channel of 1,000, through a real server on loopback. Each
 # page is requested sequentially, 3 rounds; prints per page and channel the median and p99 of the
-# requests of each round, then the long channel's p99 over the short one's (1.00 = flat).
+# requests of each round, then the long channel's figure over the short one's (1.00 = flat).
 #
 #   scripts/history-bench.sh   (HISTORY_BENCH_MESSAGES=10000000, HISTORY_BENCH_REQUESTS=201,
 #                               CHANNELD_BIN=target/release/channeld; `make bench` runs it)
@@ -94,25 +94,34 @@ page() { # channel kind
 }
 
 kinds=(latest latest-read oldest after-middle before-middle newest-after)
-declare -A p99
+declare -A p99 p50
 for round in 1 2 3; do
   for kind in "${kinds[@]}"; do
-    for c in 1 2; do
+    # Neither channel is always measured first.
+    for c in $([ $((round % 2)) -eq 1 ] && echo 1 2 || echo 2 1); do
       read -r median tail < <(timed "$c" "$(page "$c" "$kind")")
       p99[$kind,$c,$round]=$tail
+      p50[$kind,$c,$round]=$median
       echo "round $round  $kind  channel $c  median $median ms  p99 $tail ms" >&2
     done
   done
 done
 
 echo "GET …/messages, 50 per page: $long_count messages beside $short_count, $requests sequential requests per round, 3 rounds"
-printf "  %-14s %-36s %-36s %s\n" page "p99 ms, $long_count (rounds)" "p99 ms, $short_count (rounds)" "long / short (median of rounds)"
-for kind in "${kinds[@]}"; do
-  l="${p99[$kind,1,1]} ${p99[$kind,1,2]} ${p99[$kind,1,3]}"
-  s="${p99[$kind,2,1]} ${p99[$kind,2,2]} ${p99[$kind,2,3]}"
-  ratio=$(echo "$l" "$s" | awk '{ n = split($0, v, " ");
-    for (i = 1; i <= 3; i++) r[i] = v[i] / v[i + 3];
-    for (i = 1; i <= 3; i++) for (j = i + 1; j <= 3; j++) if (r[j] < r[i]) { x = r[i]; r[i] = r[j]; r[j] = x }
-    printf "%.2f [%.2f-%.2f]", r[2], r[1], r[3] }')
-  printf "  %-14s %-36s %-36s %s\n" "$kind" "$l" "$s" "$ratio"
+for figure in p50 p99; do
+  printf "  %-14s %-36s %-36s %s\n" page "$figure ms, $long_count (rounds)" "$figure ms, $short_count (rounds)" "long / short (median of rounds)"
+  for kind in "${kinds[@]}"; do
+    if [ "$figure" = p50 ]; then
+      l="${p50[$kind,1,1]} ${p50[$kind,1,2]} ${p50[$kind,1,3]}"
+      s="${p50[$kind,2,1]} ${p50[$kind,2,2]} ${p50[$kind,2,3]}"
+    else
+      l="${p99[$kind,1,1]} ${p99[$kind,1,2]} ${p99[$kind,1,3]}"
+      s="${p99[$kind,2,1]} ${p99[$kind,2,2]} ${p99[$kind,2,3]}"
+    fi
+    ratio=$(echo "$l" "$s" | awk '{ n = split($0, v, " ");
+      for (i = 1; i <= 3; i++) r[i] = v[i] / v[i + 3];
+      for (i = 1; i <= 3; i++) for (j = i + 1; j <= 3; j++) if (r[j] < r[i]) { x = r[i]; r[i] = r[j]; r[j] = x }
+      printf "%.2f [%.2f-%.2f]", r[2], r[1], r[3] }')
+    printf "  %-14s %-36s %-36s %s\n" "$kind" "$l" "$s" "$ratio"
+  done
 done

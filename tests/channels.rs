@@ -484,3 +484,94 @@ async fn unknown_ids_are_404_and_malformed_ids_400(db: PgPool) {
          /v1/channels/{channel}/peers and /publish"
     );
 }
+
+/// `total` of the unfiltered list comes from counts a trigger keeps (constant time on any number
+/// of channels): it must match a count of the rows through creation at once, archiving,
+/// unarchiving, another app's channels, past-the-end pages and every sort.
+#[sqlx::test]
+async fn the_lists_total_is_exact_through_creation_archiving_and_apps(db: PgPool) {
+    use channeld::{apps::Quotas, auth::Scope};
+
+    let app = TestApp::spawn(db.clone()).await;
+    let key = app.writer().await;
+    let other_app = app.app("other", Quotas::default()).await;
+    let other = app
+        .app_key(other_app, &[Scope::ChannelsRead, Scope::ChannelsWrite], &[])
+        .await;
+    let created: Vec<_> = (0..24)
+        .map(|n| {
+            let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+            tokio::spawn(async move {
+                let (status, body) = common::call(
+                    http.post(format!("{base}/v1/channels"))
+                        .bearer_auth(&key)
+                        .json(&json!({"name": format!("at once {n}")})),
+                )
+                .await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                body["channel"]["id"].as_i64().unwrap()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in created {
+        ids.push(task.await.unwrap());
+    }
+    for n in 0..3 {
+        app.channel(&other, &format!("theirs {n}")).await;
+    }
+    for id in &ids[..5] {
+        let (status, _) = app
+            .put(
+                &format!("/v1/channels/{id}"),
+                &key,
+                json!({"archived": true}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = app
+        .put(
+            &format!("/v1/channels/{}", ids[0]),
+            &key,
+            json!({"archived": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let rows = |archived: Option<bool>| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM channels WHERE app_id = 1 AND ($1::boolean IS NULL OR archived = $1)",
+            )
+            .bind(archived)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let cases = [
+        ("", rows(Some(false)).await, 20),
+        ("archived=true", rows(Some(true)).await, 4),
+        ("include_archived=true", rows(None).await, 24),
+    ];
+    for (query, counted, expected) in cases {
+        assert_eq!(counted, expected, "{query}: the rows themselves");
+        for page in [
+            "limit=5",
+            "limit=5&offset=500",
+            "limit=5&sort=name",
+            "limit=5&sort=created_at&order=asc",
+        ] {
+            let (status, listed) = app.get(&format!("/v1/channels?{query}&{page}"), &key).await;
+            assert_eq!(status, StatusCode::OK, "{listed}");
+            assert_eq!(listed["total"], expected, "{query}&{page}: {listed}");
+        }
+    }
+    let (_, theirs) = app.get("/v1/channels", &other).await;
+    assert_eq!(theirs["total"], 3, "{theirs}");
+    // A filter still counts the matching rows.
+    let (_, named) = app.get("/v1/channels?q=at%20once%201", &key).await;
+    assert_eq!(named["total"], 10, "at once 1 and 10-19, active: {named}");
+}

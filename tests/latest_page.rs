@@ -207,6 +207,9 @@ async fn the_reader_moves_a_followed_channels_page_without_reading_it(db: PgPool
         );
         let from_db = format!("{latest}?before={}", i64::MAX);
         let (_, read, _) = get(&b, &from_db, &key).await;
-        assert_eq!(page, read, "post {n}: what the reader handed over is what was stored");
+        assert_eq!(
+            page, read,
+            "post {n}: what the reader handed over is what was stored"
+        );
     }
 }

@@ -587,7 +587,11 @@ async fn waiters_woken_by_one_post_each_get_the_page_they_asked_for(db: PgPool) 
         "a page that exists answers at once: {from_start}"
     );
     common::eventually(Duration::from_secs(10), "the waiters wait", || async {
-        app.state.metrics.waiters.load(std::sync::atomic::Ordering::Relaxed) >= 4
+        app.state
+            .metrics
+            .waiters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 4
     })
     .await;
 
@@ -621,7 +625,11 @@ async fn waiters_woken_by_one_post_each_get_the_page_they_asked_for(db: PgPool) 
     let result = &body["result"]["structuredContent"];
     assert_eq!(result["messages"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(result["messages"][0]["id"], to_b, "{body}");
-    assert_eq!(result["messages"][0]["mentions"], json!(["pod-b"]), "{body}");
+    assert_eq!(
+        result["messages"][0]["mentions"],
+        json!(["pod-b"]),
+        "{body}"
+    );
 }
 
 #[sqlx::test]

@@ -60,6 +60,15 @@ struct Args {
     /// Seconds per REST run.
     #[arg(long, default_value_t = 10)]
     rest_seconds: u64,
+    /// REST operations to run, comma separated: post, get, held, 304.
+    #[arg(long, default_value = "post,get,held,304")]
+    rest_ops: String,
+    /// REST concurrencies, comma separated.
+    #[arg(long, default_value = "1,8,32")]
+    rest_clients: String,
+    /// REST systems to run, comma separated: pgbench, floor, channeld.
+    #[arg(long, default_value = "pgbench,floor,channeld")]
+    rest_systems: String,
     /// The floor server (`examples/floor.rs`): channeld's message routes and nothing else, on
     /// the same database; its REST rows run beside pgbench's and channeld's.
     #[arg(long)]
@@ -165,8 +174,6 @@ struct Args {
     out: PathBuf,
 }
 
-const CLIENTS: [usize; 3] = [1, 8, 32];
-
 /// What a REST run measures.
 #[derive(Debug, Clone, Copy)]
 enum System {
@@ -176,6 +183,14 @@ enum System {
 }
 
 impl System {
+    fn flag(self) -> &'static str {
+        match self {
+            System::Pgbench => "pgbench",
+            System::Floor => "floor",
+            System::Channeld => "channeld",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             System::Pgbench => "pgbench",
@@ -223,8 +238,17 @@ async fn main() -> Result<(), String> {
         if floor_addr.is_none() {
             notes.push("floor rows skipped: no --floor given".into());
         }
-        for clients in CLIENTS {
+        let listed = |list: &str, item: &str| list.split(',').any(|p| p.trim() == item);
+        let clients_list: Vec<usize> = args
+            .rest_clients
+            .split(',')
+            .map(|c| c.trim().parse().map_err(|_| format!("--rest-clients: {c}")))
+            .collect::<Result<_, _>>()?;
+        for clients in clients_list {
             for op in Op::ALL {
+                if !listed(&args.rest_ops, op.flag()) {
+                    continue;
+                }
                 let script = rest::pgbench_script(&args.sqlx_dir, op)?;
                 let mut runs = Vec::new();
                 for repeat in 1..=args.repeats {
@@ -234,7 +258,9 @@ async fn main() -> Result<(), String> {
                     order.rotate_left((repeat - 1) % 3);
                     let mut run = report::RestRun::default();
                     for system in order {
-                        if matches!(system, System::Floor) && floor_addr.is_none() {
+                        if matches!(system, System::Floor) && floor_addr.is_none()
+                            || !listed(&args.rest_systems, system.flag())
+                        {
                             continue;
                         }
                         // Every run starts from the same state: statistics fresh, and no dirty

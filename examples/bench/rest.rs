@@ -38,6 +38,16 @@ pub enum Op {
 impl Op {
     pub const ALL: [Op; 4] = [Op::Post, Op::Get, Op::GetHeld, Op::GetNotModified];
 
+    /// Its name in `--rest-ops`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Op::Post => "post",
+            Op::Get => "get",
+            Op::GetHeld => "held",
+            Op::GetNotModified => "304",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Op::Post => "POST messages",
