@@ -34,7 +34,7 @@ SELECT format('%s rollout %s of service-%s',
        now() - make_interval(secs => (n * 7919) % 8640000),
        n % 300, n, now(), 'agent', 'status update ' || n
 FROM generate_series(1, $count) AS n;
-VACUUM ANALYZE channels;
+VACUUM ANALYZE channels, channel_counts;
 SQL
 
 key=$("$bin" keys create --name list-bench --quiet --scopes channels:read \
