@@ -207,6 +207,43 @@ fn from_feed(
     }
 }
 
+/// A future that runs to its end even if whoever awaits it goes away: dropped before it
+/// finished, it hands itself to a task of its own. Awaited to the end (the usual case), it runs in
+/// the caller's task, with no task spawned and no hand-over between threads.
+struct Completing<F: std::future::Future<Output: Send> + Send + 'static>(
+    Option<std::pin::Pin<Box<F>>>,
+);
+
+impl<F: std::future::Future<Output: Send> + Send + 'static> Completing<F> {
+    fn new(future: F) -> Self {
+        Self(Some(Box::pin(future)))
+    }
+}
+
+impl<F: std::future::Future<Output: Send> + Send + 'static> std::future::Future for Completing<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let future = self.0.as_mut().expect("polled after completion");
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F: std::future::Future<Output: Send> + Send + 'static> Drop for Completing<F> {
+    fn drop(&mut self) {
+        if let Some(unfinished) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(unfinished);
+        }
+    }
+}
+
 /// Whether [`store`] stored the message, or found the one an earlier request stored under the
 /// same idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,9 +300,9 @@ pub async fn store(
         },
         None => None,
     };
-    // The insert and its doorbell run in a task of their own: a client that hangs up cancels this
-    // handler, never a commit's doorbell. (Were the process to die between the two, the readers'
-    // sweep would still find the message.)
+    // The insert and its doorbell always run to the end: a client that hangs up cancels this
+    // handler, never a commit's doorbell (see `Completing`). (Were the process to die between the
+    // two, the readers' sweep would still find the message.)
     let insert = {
         let (db, delivery) = (state.db.clone(), state.delivery.clone());
         let idempotency_key = idempotency_key.clone();
@@ -297,9 +334,7 @@ pub async fn store(
             Ok::<_, sqlx::Error>(stored)
         }
     };
-    let stored = tokio::spawn(insert)
-        .await
-        .map_err(|error| ApiError::Internal(Box::new(error)))??;
+    let stored = Completing::new(insert).await?;
     if let Some(message) = stored {
         crate::webhooks::posted(state, channel_id).await;
         return Ok((Stored::New, message));
