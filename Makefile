@@ -74,12 +74,16 @@ migrate: build
 	@url=$$(scripts/dev-db.sh) && DATABASE_URL=$$url $(BIN) migrate
 
 ## Regenerate .sqlx/ after changing a query. The scratch database it checks queries against is
-## built with psql from migrations/ (the binary cannot migrate it while .sqlx/ is stale); it only
-## serves compile-time checks and is never touched by the migrator.
+## built with psql from migrations/, each in one transaction unless marked `no-transaction`, as the
+## migrator runs them (the binary cannot migrate it while .sqlx/ is stale); it only serves
+## compile-time checks and is never touched by the migrator.
 prepare:
 	@admin=$$(scripts/dev-db.sh postgres) && url=$$(scripts/dev-db.sh channeld_sqlx) && \
 	  psql -q "$$admin" -c 'DROP DATABASE IF EXISTS channeld_sqlx' -c 'CREATE DATABASE channeld_sqlx' && \
-	  for f in migrations/*.sql; do psql -q "$$url" -v ON_ERROR_STOP=1 -f "$$f" >/dev/null || exit 1; done && \
+	  for f in migrations/*.sql; do \
+	    one=-1; grep -q 'no-transaction' "$$f" && one=; \
+	    psql -q $$one "$$url" -v ON_ERROR_STOP=1 -f "$$f" >/dev/null || exit 1; \
+	  done && \
 	  rm -rf .sqlx && mkdir .sqlx && touch src/lib.rs && \
 	  SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$(CURDIR)/.sqlx DATABASE_URL=$$url $(CARGO) check --quiet --all-targets && \
 	  echo "wrote $$(ls .sqlx | wc -l) query files to .sqlx/"

@@ -10,21 +10,31 @@ CREATE TABLE channel_counts (
     PRIMARY KEY (app_id, archived, shard)
 );
 
+-- Instances still running the previous version may create or archive channels meanwhile: held
+-- off until the counts and the triggers exist, so that none is left out of the counts.
+LOCK TABLE channels IN SHARE ROW EXCLUSIVE MODE;
+
 INSERT INTO channel_counts (app_id, archived, shard, count)
 SELECT app_id, archived, (id % 16)::smallint, count(*)
 FROM channels GROUP BY app_id, archived, id % 16;
 
+-- One statement moves a channel out of its old count and into its new one, touching the rows in
+-- key order, so that an archive and an unarchive at once never wait on each other crosswise.
 CREATE FUNCTION channel_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE channel_counts SET count = count - 1
-        WHERE app_id = OLD.app_id AND archived = OLD.archived AND shard = OLD.id % 16;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO channel_counts (app_id, archived, shard, count)
-        VALUES (NEW.app_id, NEW.archived, NEW.id % 16, 1)
-        ON CONFLICT (app_id, archived, shard) DO UPDATE SET count = channel_counts.count + 1;
-    END IF;
+    INSERT INTO channel_counts AS c (app_id, archived, shard, count)
+    SELECT app_id, archived, shard, sum(delta)
+    FROM (
+        SELECT OLD.app_id AS app_id, OLD.archived AS archived, (OLD.id % 16)::smallint AS shard,
+               -1 AS delta
+        WHERE TG_OP IN ('UPDATE', 'DELETE')
+        UNION ALL
+        SELECT NEW.app_id, NEW.archived, (NEW.id % 16)::smallint, 1
+        WHERE TG_OP IN ('INSERT', 'UPDATE')
+    ) moves
+    GROUP BY app_id, archived, shard
+    ORDER BY app_id, archived, shard
+    ON CONFLICT (app_id, archived, shard) DO UPDATE SET count = c.count + EXCLUDED.count;
     RETURN NULL;
 END;
 $$;

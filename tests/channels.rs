@@ -574,4 +574,56 @@ async fn the_lists_total_is_exact_through_creation_archiving_and_apps(db: PgPool
     // A filter still counts the matching rows.
     let (_, named) = app.get("/v1/channels?q=at%20once%201", &key).await;
     assert_eq!(named["total"], 10, "at once 1 and 10-19, active: {named}");
+
+    // The unfiltered total is read from the kept counts, not from the rows: skewing a count
+    // shows in it (and not in a filtered list's).
+    sqlx::query("UPDATE channel_counts SET count = count + 1000 WHERE app_id = 1 AND NOT archived AND shard = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (_, skewed) = app.get("/v1/channels", &key).await;
+    assert_eq!(skewed["total"], 1020, "{skewed}");
+    let (_, named) = app.get("/v1/channels?q=at%20once%201", &key).await;
+    assert_eq!(named["total"], 10, "{named}");
+}
+
+/// Archiving one channel while unarchiving another of the same count shard, 40 times at once:
+/// each moves between the same two count rows in opposite directions. Every request succeeds and
+/// the total stays exact. (The trigger touches the two rows in key order, which is what rules out
+/// a deadlock; this run does not force the interleaving that would show one.)
+#[sqlx::test]
+async fn archiving_and_unarchiving_at_once_never_fail(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let mut ids = Vec::new();
+    for n in 0..17 {
+        ids.push(app.channel(&key, &format!("shard {n}")).await);
+    }
+    // Two channels whose ids fall in the same shard (ids % 16), 17 apart at most.
+    let (x, y) = ids
+        .iter()
+        .flat_map(|a| ids.iter().map(move |b| (*a, *b)))
+        .find(|(a, b)| a < b && a % 16 == b % 16)
+        .expect("two of 17 ids share a shard");
+    let set = |id: i64, archived: bool| {
+        let (http, base, key) = (app.http.clone(), app.base.clone(), key.clone());
+        tokio::spawn(async move {
+            common::call(
+                http.put(format!("{base}/v1/channels/{id}"))
+                    .bearer_auth(&key)
+                    .json(&json!({"archived": archived})),
+            )
+            .await
+        })
+    };
+    for round in 0..40 {
+        let archived = round % 2 == 0;
+        let (a, b) = (set(x, archived), set(y, !archived));
+        for task in [a, b] {
+            let (status, body) = task.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        }
+        let (_, active) = app.get("/v1/channels?limit=1", &key).await;
+        assert_eq!(active["total"], 16, "round {round}: {active}");
+    }
 }

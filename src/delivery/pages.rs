@@ -71,8 +71,8 @@ struct Inner {
 struct Entry {
     /// The channel's newest message id (0: no message yet).
     head: i64,
-    /// The newest messages, newest first; at most [`HELD`].
-    messages: VecDeque<Arc<Message>>,
+    /// The newest messages, newest first, with the bytes each is counted for; at most [`HELD`].
+    messages: VecDeque<(Arc<Message>, usize)>,
     /// `messages` holds every message of the channel.
     complete: bool,
     rendered: Vec<Rendered>,
@@ -85,19 +85,6 @@ fn message_bytes(message: &Message) -> usize {
         + message.pod_key.as_ref().map_or(0, String::len)
         + message.mentions.iter().map(String::len).sum::<usize>()
         + message.metadata.as_ref().map_or(0, |m| m.to_string().len())
-}
-
-impl Entry {
-    fn recount(&mut self) -> usize {
-        let before = self.bytes;
-        self.bytes = self
-            .messages
-            .iter()
-            .map(|m| message_bytes(m))
-            .sum::<usize>()
-            + self.rendered.iter().map(|r| r.body.len()).sum::<usize>();
-        before
-    }
 }
 
 impl Pages {
@@ -114,7 +101,12 @@ impl Pages {
             if let Some(rendered) = entry.rendered.iter().find(|r| r.limit == limit) {
                 return Some(Cached::Rendered(rendered.clone()));
             }
-            let page = entry.messages.iter().take(limit).cloned().collect();
+            let page = entry
+                .messages
+                .iter()
+                .take(limit)
+                .map(|(message, _)| message.clone())
+                .collect();
             Some(Cached::Messages(page, entry.messages.len() > limit))
         });
         drop(inner);
@@ -145,15 +137,21 @@ impl Pages {
             // As much as this read, or more, is already held at this head.
             return;
         }
-        let mut entry = Entry {
+        let held: VecDeque<_> = messages
+            .iter()
+            .take(HELD)
+            .map(|message| (Arc::new(message.clone()), message_bytes(message)))
+            .collect();
+        let bytes = held.iter().map(|(_, bytes)| bytes).sum();
+        let entry = Entry {
             head,
-            messages: messages.iter().take(HELD).cloned().map(Arc::new).collect(),
-            complete: messages.len() < asked,
+            messages: held,
+            // Fewer than asked for: all there are (unless more than can be held were read).
+            complete: messages.len() < asked && messages.len() <= HELD,
             rendered: Vec::new(),
-            bytes: 0,
+            bytes,
             used: 0,
         };
-        entry.recount();
         inner.put(channel_id, entry);
     }
 
@@ -166,13 +164,14 @@ impl Pages {
         if entry.head != head || entry.rendered.iter().any(|r| r.limit == rendered.limit) {
             return;
         }
+        let mut freed = 0;
         if entry.rendered.len() >= RENDERED {
-            entry.rendered.remove(0);
+            freed = entry.rendered.remove(0).body.len();
         }
+        let added = rendered.body.len();
         entry.rendered.push(rendered);
-        let before = entry.recount();
-        let after = entry.bytes;
-        inner.bytes = inner.bytes - before + after;
+        entry.bytes = entry.bytes + added - freed;
+        inner.bytes = inner.bytes + added - freed;
         inner.evict();
     }
 
@@ -190,17 +189,25 @@ impl Pages {
             return;
         }
         entry.head = newest.id;
+        let (mut added, mut freed) = (0, 0);
         for message in newer {
-            entry.messages.push_front(message.clone());
+            let bytes = message_bytes(message);
+            added += bytes;
+            entry.messages.push_front((message.clone(), bytes));
         }
-        if entry.messages.len() > HELD {
-            entry.messages.truncate(HELD);
+        while entry.messages.len() > HELD {
+            if let Some((_, bytes)) = entry.messages.pop_back() {
+                freed += bytes;
+            }
             entry.complete = false;
         }
-        entry.rendered.clear();
-        let before = entry.recount();
-        let after = entry.bytes;
-        inner.bytes = inner.bytes - before + after;
+        freed += entry
+            .rendered
+            .drain(..)
+            .map(|r| r.body.len())
+            .sum::<usize>();
+        entry.bytes = entry.bytes + added - freed;
+        inner.bytes = inner.bytes + added - freed;
         inner.evict();
     }
 
@@ -331,6 +338,20 @@ mod tests {
         assert!(matches!(pages.get(1, 3, 50), Some(Cached::Rendered(r)) if r.tag == "\"t\""));
         pages.advance(1, 3, &[Arc::new(message(4))]);
         assert_eq!(ids(pages.get(1, 4, 50)), Some((vec![4, 3, 2, 1], false)));
+        let inner = pages.lock();
+        let held: usize = (1..=4).map(|id| message_bytes(&message(id))).sum();
+        assert_eq!(inner.bytes, held, "the rendered body is no longer counted");
+    }
+
+    #[test]
+    fn more_read_than_can_be_held_is_not_the_whole_channel() {
+        let pages = Pages::default();
+        pages.fill(1, &newest_first(1..=150), 200);
+        assert!(pages.get(1, 150, 101).is_none());
+        assert_eq!(
+            ids(pages.get(1, 150, 100)).map(|(_, more)| more),
+            Some(true)
+        );
     }
 
     #[test]

@@ -116,7 +116,9 @@ fn deliver(shared: &Shared, taken: &[Taken], rows: Vec<Message>) {
             }
             // A cursor made anew while this read ran may already be past some of these.
             let start = rows.partition_point(|m| m.id <= cursor.last);
-            let previous = cursor.last;
+            // The batch holds every message after the later of the read's start and the
+            // cursor's (a cursor made anew while the read ran may start before the read did).
+            let previous = cursor.last.max(t.cursor);
             if let Some(newest) = rows.last().filter(|m| m.id > cursor.last) {
                 cursor.last = newest.id;
             }
@@ -205,6 +207,50 @@ mod tests {
         assert_eq!(taken.len(), 1, "a later hint is still heard");
         deliver(shared, &taken, Vec::new());
         assert!(take_pending(shared).is_empty());
+    }
+
+    fn message(channel_id: i64, id: i64) -> Message {
+        Message {
+            id,
+            channel_id,
+            content: format!("m{id}"),
+            sender_type: "api".into(),
+            pod_key: None,
+            created_at: chrono::Utc::now(),
+            mentions: Vec::new(),
+            metadata: None,
+            reply_to: None,
+            thread_id: id,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_page_never_moves_across_messages_a_read_did_not_cover() {
+        let delivery = delivery();
+        let shared = &delivery.shared;
+        // A page held at 20; a follower's cursor at 25 reads what is newer.
+        let held: Vec<_> = (1..=20).rev().map(|id| message(7, id)).collect();
+        shared.pages.fill(7, &held, 51);
+        follow_at(&delivery, 7, 25);
+        shared.hint(7, 30);
+        let taken = take_pending(shared);
+        assert_eq!(taken[0].cursor, 25);
+        // Meanwhile that follower leaves, and another arrives whose cursor starts at 20.
+        shared.followed().remove(&7);
+        follow_at(&delivery, 7, 20);
+        deliver(shared, &taken, (26..=30).map(|id| message(7, id)).collect());
+        assert!(
+            shared.pages.get(7, 30, 10).is_none(),
+            "21-25 were never read: the page held at 20 must not move to 30"
+        );
+
+        // A batch that does start at the page's head moves it.
+        let held: Vec<_> = (1..=30).rev().map(|id| message(7, id)).collect();
+        shared.pages.fill(7, &held, 51);
+        shared.hint(7, 31);
+        let taken = take_pending(shared);
+        deliver(shared, &taken, vec![message(7, 31)]);
+        assert!(shared.pages.get(7, 31, 10).is_some());
     }
 
     #[tokio::test]
