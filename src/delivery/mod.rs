@@ -26,7 +26,6 @@
 mod db;
 mod doorbell;
 pub mod feeds;
-pub mod pages;
 mod reader;
 mod shared;
 
@@ -47,7 +46,7 @@ pub use feeds::Feeds;
 use shared::{Cursor, Shared};
 pub use shared::{DeliveryStats, Followers};
 
-use crate::{apps::DEFAULT_APP, config::Config};
+use crate::{apps::DEFAULT_APP, config::Config, messages::pages::Pages};
 
 /// Stored-message delivery for this instance. Cheap to clone.
 #[derive(Clone)]
@@ -100,7 +99,7 @@ impl Delivery {
                 db,
                 followers,
                 feeds: Feeds::default(),
-                pages: pages::Pages::default(),
+                pages: Pages::default(),
                 followed: Mutex::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 wake: Notify::new(),
@@ -129,8 +128,9 @@ impl Delivery {
         &self.shared.feeds
     }
 
-    /// The latest page of recently read channels (see [`pages`]).
-    pub fn pages(&self) -> &pages::Pages {
+    /// The latest page of recently read channels, which the reader keeps current for followed
+    /// channels (see [`crate::messages::pages`]).
+    pub fn pages(&self) -> &Pages {
         &self.shared.pages
     }
 

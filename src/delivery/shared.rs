@@ -28,7 +28,7 @@ pub(super) struct Shared {
     pub(super) db: PgPool,
     pub(super) followers: Arc<dyn Followers>,
     pub(super) feeds: Feeds,
-    pub(super) pages: super::pages::Pages,
+    pub(super) pages: crate::messages::pages::Pages,
     pub(super) followed: Mutex<HashMap<i64, Cursor>>,
     pub(super) generations: AtomicU64,
     /// Wakes the reader: some followed channel has something to read.

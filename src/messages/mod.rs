@@ -7,6 +7,7 @@ mod db;
 pub(crate) mod events;
 pub(crate) mod handlers;
 pub mod model;
+pub mod pages;
 pub mod service;
 
 use utoipa_axum::{router::OpenApiRouter, routes};

@@ -15,10 +15,10 @@ use tokio::{
 use super::{
     db::{self, Filter, Page},
     model::{CreateMessage, Message, is_printable_ascii},
+    pages::{Cached, Rendered},
 };
 use crate::{
     channels::{ChannelState, channel_state},
-    delivery::pages::{Cached, Rendered},
     error::{ApiError, FieldErrors},
     extract::QueryParams,
     metrics::Waiting,
@@ -121,7 +121,7 @@ pub type LatestPage = Rendered;
 /// The latest `limit` messages of the channel, as `GET …/messages` without a cursor or filter
 /// answers them; 404 when the channel does not exist.
 ///
-/// A page held in memory (see [`crate::delivery::pages`]) is used when the channel's newest
+/// A page held in memory (see [`super::pages`]) is used when the channel's newest
 /// message id is still the page's, which one primary-key lookup tells; the page is then neither
 /// read nor rendered again. Otherwise the page is read, kept, and rendered once.
 pub async fn latest(state: &AppState, channel_id: i64, limit: i64) -> Result<LatestPage, ApiError> {
