@@ -73,7 +73,7 @@ pub struct PeersBody<'a> {
 
 /// `GET /v1/channels/{channel}/peers`.
 #[utoipa::path(get, path = "/v1/channels/{channel}/peers", operation_id = "listPeers", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    params(("channel" = String, Path, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
+    params(("channel" = String, Path, pattern = r"^(?!_metered/|_internal/|_system/|0[0-9]*$|[0-9]{20,}$)[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
     responses(
         (status = 200, description = "Peers present in the channel", body = PeersBody),
         (status = 400, description = "A malformed (`invalid_request`) or reserved (`channel_reserved`) channel name", body = Envelope),
@@ -149,7 +149,7 @@ pub struct Delivered<'a> {
 
 /// `POST /v1/channels/{channel}/publish`: reaches every subscriber; answers how many.
 #[utoipa::path(post, path = "/v1/channels/{channel}/publish", operation_id = "publish", tag = "realtime", security(("bearer" = []), ("api_key" = [])),
-    params(("channel" = String, Path, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
+    params(("channel" = String, Path, pattern = r"^(?!_metered/|_internal/|_system/|0[0-9]*$|[0-9]{20,}$)[^\u0000-\u001F\u007F-\u009F]{1,256}$", description = "Realtime channel name: 1-256 characters without control characters, not starting with `_metered/`, `_internal/` or `_system/`; URL-encoded (`app_abc%2Froom-1`), though the literal form with `/` works too. All digits: the live stream of persistent channel N, written as the API writes ids (`42`, not `042`)")),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Published; `delivered` counts the subscribers reached", body = Delivered),
