@@ -8,11 +8,13 @@
 # It fails on any 5xx, on any response that differs from the document, and on any operation
 # whose generated requests were all refused (scripts/schemathesis.toml). Every path is fuzzed,
 # the event stream included: scripts/schemathesis.toml reads each stream for a few seconds and
-# checks every event against the document.
+# checks every event against the document. Every request and answer is kept in
+# .data/fuzz-report/ (HAR), to read what a failed run sent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.data/venv
+rm -rf .data/fuzz-report
 version=4.32.5
 if [ "$("$venv/bin/schemathesis" --version 2>/dev/null | awk '{print $NF}')" != "$version" ]; then
   echo "fuzz: installing schemathesis $version into $venv" >&2
@@ -81,4 +83,5 @@ checks=${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_co
   --request-timeout 40 \
   --workers 2 \
   --seed "${FUZZ_SEED:-42}" \
+  --report har --report-dir .data/fuzz-report \
   --suppress-health-check all ${FUZZ_EXTRA:-}

@@ -67,8 +67,32 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
     }
 }
 
+/// [`integer`] for a required field: `null` is refused as a wrong type.
+pub fn required_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected};
+    integer(deserializer)?.ok_or_else(|| D::Error::invalid_type(Unexpected::Unit, &"an integer"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[derive(serde::Deserialize)]
+    struct Required {
+        #[serde(deserialize_with = "super::required_integer")]
+        last: i64,
+    }
+
+    #[test]
+    fn a_required_integer_is_taken_in_either_spelling_and_never_null_or_missing() {
+        let last = |json: &str| serde_json::from_str::<Required>(json).map(|r| r.last);
+        assert_eq!(last(r#"{"last": 7}"#).unwrap(), 7);
+        assert_eq!(last(r#"{"last": 7.0}"#).unwrap(), 7);
+        assert!(last(r#"{"last": 7.5}"#).is_err());
+        assert!(last(r#"{"last": null}"#).is_err());
+        assert!(last("{}").is_err());
+    }
+
     #[derive(serde::Deserialize)]
     struct Body {
         #[serde(default, deserialize_with = "super::integer")]

@@ -47,6 +47,7 @@ pub struct ReadState {
     /// message it counts as that one.
     #[validate(range(min = 0, message = "last_read_id must be a message id (0 or more)"))]
     #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     pub last_read_id: i64,
 }
 
