@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reading history as it grows: `GET /v1/channels/{id}/messages` pages on a channel of 10,000,000
 # messages beside the same pages on a channel of 1,000, through a real server on loopback. Each
-# page is requested sequentially, 3 rounds; prints per page and channel the median and p99 of the
-# requests of each round, then the long channel's figure over the short one's (1.00 = flat).
+# page is requested on both channels in turn (scripts/history-client.py: a keep-alive connection
+# per channel, the order alternating), 3 rounds; prints per page and channel the median and p99
+# of each round, then the long channel's figure over the short one's (1.00 = flat).
 #
-#   scripts/history-bench.sh   (HISTORY_BENCH_MESSAGES=10000000, HISTORY_BENCH_REQUESTS=201,
+#   scripts/history-bench.sh   (HISTORY_BENCH_MESSAGES=10000000, HISTORY_BENCH_REQUESTS=2000,
 #                               CHANNELD_BIN=target/release/channeld; `make bench` runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ unset DATABASE_URL
 bin=${CHANNELD_BIN:-target/release/channeld}
 long_count=${HISTORY_BENCH_MESSAGES:-10000000}
 short_count=1000
-requests=${HISTORY_BENCH_REQUESTS:-201}
+requests=${HISTORY_BENCH_REQUESTS:-2000}
 port=${HISTORY_BENCH_PORT:-18106}
 
 admin=$(scripts/dev-db.sh postgres)
@@ -69,17 +70,6 @@ for c in 1 2; do
 done
 
 # The median and p99 of $requests sequential requests, in ms, as "median p99".
-timed() { # channel query
-  local target="http://127.0.0.1:$port/v1/channels/$1/messages$2"
-  curl -sf -o /dev/null "$target" -H "Authorization: Bearer $key"
-  for _ in $(seq "$requests"); do
-    curl -sf -o /dev/null -w '%{time_total}\n' "$target" -H "Authorization: Bearer $key"
-  done | sort -n | awk '
-    { t[NR] = $1 * 1000 }
-    END { p = int(NR * 0.99); if (p < 1) p = 1; printf "%.2f %.2f\n", t[int((NR + 1) / 2)], t[p] }'
-}
-
-# The page, as a query for channel $1.
 page() { # channel kind
   local c=$1
   local middle=$(( (${first[$c]} + ${last[$c]}) / 2 ))
@@ -97,17 +87,17 @@ kinds=(latest latest-read oldest after-middle before-middle newest-after)
 declare -A p99 p50
 for round in 1 2 3; do
   for kind in "${kinds[@]}"; do
-    # Neither channel is always measured first.
-    for c in $([ $((round % 2)) -eq 1 ] && echo 1 2 || echo 2 1); do
-      read -r median tail < <(timed "$c" "$(page "$c" "$kind")")
-      p99[$kind,$c,$round]=$tail
-      p50[$kind,$c,$round]=$median
-      echo "round $round  $kind  channel $c  median $median ms  p99 $tail ms" >&2
-    done
+    # The two channels' requests alternate, on a keep-alive connection each.
+    read -r m1 t1 m2 t2 < <(python3 scripts/history-client.py --port "$port" --key "$key" \
+      --requests "$requests" "/v1/channels/1/messages$(page 1 "$kind")" \
+      "/v1/channels/2/messages$(page 2 "$kind")")
+    p50[$kind,1,$round]=$m1 p99[$kind,1,$round]=$t1
+    p50[$kind,2,$round]=$m2 p99[$kind,2,$round]=$t2
+    echo "round $round  $kind  median $m1 / $m2 ms  p99 $t1 / $t2 ms (long / short)" >&2
   done
 done
 
-echo "GET …/messages, 50 per page: $long_count messages beside $short_count, $requests sequential requests per round, 3 rounds"
+echo "GET …/messages, 50 per page: $long_count messages beside $short_count, $requests requests of each per round, alternating, 3 rounds"
 for figure in p50 p99; do
   printf "  %-14s %-36s %-36s %s\n" page "$figure ms, $long_count (rounds)" "$figure ms, $short_count (rounds)" "long / short (median of rounds)"
   for kind in "${kinds[@]}"; do

@@ -11,7 +11,6 @@ use std::{
 use axum::{
     extract::Request,
     http::{HeaderName, HeaderValue},
-    middleware::Next,
     response::Response,
 };
 use tokio::time::Instant;
@@ -97,18 +96,23 @@ const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-/// Middleware: gives the request a [`DecisionSlot`] and reports what was decided on the response.
-pub async fn headers(mut request: Request, next: Next) -> Response {
-    let slot = DecisionSlot::default();
-    request.extensions_mut().insert(slot.clone());
-    let mut response = next.run(request).await;
-    if let Some(decision) = slot.take() {
-        let headers = response.headers_mut();
-        headers.insert(LIMIT, HeaderValue::from(decision.limit));
-        headers.insert(REMAINING, HeaderValue::from(decision.remaining));
-        headers.insert(RESET, HeaderValue::from(decision.reset_secs));
+impl DecisionSlot {
+    /// A slot in the request's extensions, for authentication to put its decision in.
+    pub fn attach(request: &mut Request) -> Self {
+        let slot = Self::default();
+        request.extensions_mut().insert(slot.clone());
+        slot
     }
-    response
+
+    /// Reports on the response what was decided, if anything was.
+    pub fn report(&self, response: &mut Response) {
+        if let Some(decision) = self.take() {
+            let headers = response.headers_mut();
+            headers.insert(LIMIT, HeaderValue::from(decision.limit));
+            headers.insert(REMAINING, HeaderValue::from(decision.remaining));
+            headers.insert(RESET, HeaderValue::from(decision.reset_secs));
+        }
+    }
 }
 
 #[cfg(test)]

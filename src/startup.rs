@@ -7,7 +7,7 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, Response},
-    middleware::{from_fn, from_fn_with_state},
+    middleware::from_fn_with_state,
     response::IntoResponse,
     routing::get,
 };
@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     console, consumers, delivery,
     error::ApiError,
-    health, limits, mcp, messages, metrics, openapi, ratelimit,
+    health, limits, mcp, messages, metrics, openapi,
     realtime::{
         self,
         engine::{Engine, EngineTasks},
@@ -69,9 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp::router(state.clone()))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(from_fn_with_state(state.clone(), limits::limits))
-        .layer(from_fn_with_state(state.clone(), metrics::track))
-        .layer(from_fn(ratelimit::headers))
+        .layer(from_fn_with_state(state.clone(), limits::every_request))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -122,8 +120,21 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// The span every request's log lines carry. The query string is left out on purpose: it can
-/// hold credentials (`?token=`, `?key=`).
+/// hold credentials (`?token=`, `?key=`). Its fields are worked out only when the span is
+/// recorded at all (not below `info`).
 fn request_span(request: &Request, trusted: &[crate::config::Cidr]) -> Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        route = field::Empty,
+        client = field::Empty,
+        request_id = field::Empty,
+        status = field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -138,15 +149,10 @@ fn request_span(request: &Request, trusted: &[crate::config::Cidr]) -> Span {
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default();
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        route,
-        client,
-        request_id,
-        status = field::Empty,
-    )
+    span.record("route", route);
+    span.record("client", client.as_str());
+    span.record("request_id", request_id);
+    span
 }
 
 fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {

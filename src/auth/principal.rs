@@ -114,9 +114,10 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         // A guess (a credential naming no key in use here) counts toward its source's failures;
         // see `auth::failures`.
-        let known = presented_credential(&parts.headers)
-            .ok()
-            .and_then(Credential::parse)
+        let raw = presented_credential(&parts.headers);
+        let credential = raw.ok().and_then(Credential::parse);
+        let known = credential
+            .as_ref()
             .is_some_and(|credential| state.keys.is_known(&credential.key_id));
         let guess = parts
             .extensions
@@ -134,7 +135,7 @@ impl FromRequestParts<AppState> for Principal {
         {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        let authenticated = authenticate(parts, state).await;
+        let authenticated = authenticate(parts, state, raw, credential).await;
         let failed = matches!(
             &authenticated,
             Err(ApiError::Unauthorized(failure)) if *failure != AuthFailure::Missing
@@ -146,10 +147,16 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// The key a request presents, checked and within its rate limit.
-async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let raw = presented_credential(&parts.headers).map_err(ApiError::Unauthorized)?;
-    let credential = Credential::parse(raw).ok_or_else(|| {
+/// The key a request presents (`raw`, which parsed as `credential`), checked and within its
+/// rate limit.
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    raw: Result<&str, AuthFailure>,
+    credential: Option<Credential>,
+) -> Result<Principal, ApiError> {
+    let raw = raw.map_err(ApiError::Unauthorized)?;
+    let credential = credential.ok_or_else(|| {
         ApiError::Unauthorized(if is_publishable(raw) {
             AuthFailure::PublishableOnRest
         } else if raw.starts_with("eyJ") {

@@ -17,7 +17,6 @@ use std::{
 use axum::{
     extract::{MatchedPath, Request, State},
     http::{HeaderValue, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use prometheus_client::{
@@ -45,33 +44,44 @@ fn method_name(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Middleware: counts every request by matched route, method and status, with its latency.
-/// Unmatched paths share one `route="unmatched"` label so that clients cannot grow the series;
-/// the literal form of channel names with `/` counts under the route it answers to.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(matched) => matched.as_str().to_owned(),
-        None => crate::realtime::rest::literal_route(request.uri().path())
-            .unwrap_or("unmatched")
-            .to_owned(),
-    };
-    let method = method_name(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    if status == 503 {
-        state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
-    }
-    state.metrics.observe(
-        HttpLabels {
+/// A request being counted: by matched route, method and status, with its latency. Unmatched
+/// paths share one `route="unmatched"` label so that clients cannot grow the series; the
+/// literal form of channel names with `/` counts under the route it answers to.
+pub struct Tracked {
+    route: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Tracked {
+    pub fn start(request: &Request) -> Self {
+        let route = match request.extensions().get::<MatchedPath>() {
+            Some(matched) => matched.as_str().to_owned(),
+            None => crate::realtime::rest::literal_route(request.uri().path())
+                .unwrap_or("unmatched")
+                .to_owned(),
+        };
+        Self {
             route,
-            method,
+            method: method_name(request.method()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts the request with the status it was answered.
+    pub fn answered(self, state: &AppState, response: &Response) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let status = response.status().as_u16();
+        if status == 503 {
+            state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
+        }
+        let labels = HttpLabels {
+            route: self.route,
+            method: self.method,
             status,
-        },
-        seconds,
-    );
-    response
+        };
+        state.metrics.observe(labels, seconds);
+    }
 }
 
 /// `GET /metrics`.
