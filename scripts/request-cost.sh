@@ -8,15 +8,15 @@
 #
 #   scripts/request-cost.sh                 (COST_REQUESTS per operation, default 2000)
 #
-# Writes bench/results/request-cost/{system}-{op}.callgrind and prints, per system and
-# operation, instructions per request and the inclusive share of each function named in
-# COST_FUNCTIONS (a regex, matched by callgrind_annotate's names).
+# Keeps the profiles in .data/request-cost/{system}-{op}.callgrind (callgrind_annotate reads
+# them) and prints, per operation, instructions per request of each system and channeld's
+# costliest functions (inclusive, per request) beside the floor's figure for the same function.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null || { echo "request-cost: valgrind is not installed" >&2; exit 1; }
 requests=${COST_REQUESTS:-2000}
-out=bench/results/request-cost
+out=.data/request-cost
 mkdir -p "$out" .data
 
 admin=$(scripts/dev-db.sh postgres)
