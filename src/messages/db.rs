@@ -223,7 +223,11 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<Message>, sqlx::Error> {
     // Three statements rather than one with optional bounds, so each uses the
-    // (channel_id, id) index with a real range instead of a filter.
+    // (channel_id, id) index with a real range instead of a filter. Each names its range and
+    // order in that index's own terms (a range of `channel_id`, a row comparison, `ORDER BY
+    // channel_id, id`), which the primary key cannot serve: otherwise, for a channel holding
+    // most of the table, the planner may walk the primary key and filter by channel, passing
+    // over every newer message of other channels (docs/BENCHMARKS.md, "Cost as work grows").
     match page {
         Page::Latest => {
             sqlx::query_as!(
@@ -231,8 +235,8 @@ pub async fn page(
                 r#"
                 SELECT id, channel_id, content, sender_type, pod_key, created_at,
                        mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
-                FROM messages WHERE channel_id = $1
-                ORDER BY id DESC LIMIT $2
+                FROM messages WHERE channel_id >= $1 AND channel_id <= $1
+                ORDER BY channel_id DESC, id DESC LIMIT $2
                 "#,
                 channel_id,
                 limit,
@@ -246,8 +250,8 @@ pub async fn page(
                 r#"
                 SELECT id, channel_id, content, sender_type, pod_key, created_at,
                        mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
-                FROM messages WHERE channel_id = $1 AND id < $2
-                ORDER BY id DESC LIMIT $3
+                FROM messages WHERE channel_id >= $1 AND (channel_id, id) < ($1, $2)
+                ORDER BY channel_id DESC, id DESC LIMIT $3
                 "#,
                 channel_id,
                 before,
@@ -262,8 +266,8 @@ pub async fn page(
                 r#"
                 SELECT id, channel_id, content, sender_type, pod_key, created_at,
                        mentions, metadata, reply_to, COALESCE(thread_id, id) AS "thread_id!"
-                FROM messages WHERE channel_id = $1 AND id > $2
-                ORDER BY id ASC LIMIT $3
+                FROM messages WHERE channel_id <= $1 AND (channel_id, id) > ($1, $2)
+                ORDER BY channel_id, id LIMIT $3
                 "#,
                 channel_id,
                 after,
@@ -298,7 +302,8 @@ pub async fn count_after(
     sqlx::query_scalar!(
         r#"
         SELECT count(*) AS "count!" FROM (
-            SELECT 1 FROM messages WHERE channel_id = $1 AND id > $2 ORDER BY id LIMIT $3
+            SELECT 1 FROM messages WHERE channel_id <= $1 AND (channel_id, id) > ($1, $2)
+            ORDER BY channel_id, id LIMIT $3
         ) newer
         "#,
         channel_id,
@@ -318,8 +323,8 @@ pub async fn id_before_newest(
 ) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        SELECT id FROM messages WHERE channel_id = $1
-        ORDER BY id DESC OFFSET $2 LIMIT 1
+        SELECT id FROM messages WHERE channel_id >= $1 AND channel_id <= $1
+        ORDER BY channel_id DESC, id DESC OFFSET $2 LIMIT 1
         "#,
         channel_id,
         newer,
