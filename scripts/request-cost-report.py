@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-out, requests = Path(sys.argv[1]), int(sys.argv[2])
+out, requests, waiters = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)$")
-SHOWN = re.compile(r"channeld::|tower_http::|axum::|sqlx_core::|sqlx_postgres::|serde_json::|hyper::|malloc|free|memcpy|memmove")
+SHOWN = re.compile(r"rmcp::|channeld::|tower_http::|axum::|sqlx_core::|sqlx_postgres::|serde_json::|hyper::|malloc|free|memcpy|memmove")
 
 
 def inclusive(path):
@@ -44,3 +44,10 @@ for op in ("post", "get"):
         shown = f"{other / requests:,.0f}" if other else "-"
         print(f"  {count / requests:>10,.0f} {shown:>10}  {name[:150]}")
     print()
+
+total, channeld = inclusive(out / "channeld-mcp-wake.callgrind")
+print(f"MCP wake-up: {waiters} wait_for_messages calls answered by one post: "
+      f"{total / waiters:,.0f} instructions per answer (user space, the post included)")
+rows = sorted(((count, name) for name, count in channeld.items() if SHOWN.search(name)), reverse=True)
+for count, name in rows[:40]:
+    print(f"  {count / waiters:>10,.0f}  {name[:150]}")

@@ -6,7 +6,8 @@
 # wake-ups) is not counted: strace shows channeld and the floor making the same system calls per
 # request (docs/BENCHMARKS.md).
 #
-#   scripts/request-cost.sh                 (COST_REQUESTS per operation, default 2000)
+#   scripts/request-cost.sh    (COST_REQUESTS per operation, default 2000; COST_WAITERS MCP
+#                               wait_for_messages calls woken by one post, default 200)
 #
 # Keeps the profiles in .data/request-cost/{system}-{op}.callgrind (callgrind_annotate reads
 # them) and prints, per operation, instructions per request of each system and channeld's
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null || { echo "request-cost: valgrind is not installed" >&2; exit 1; }
 requests=${COST_REQUESTS:-2000}
+waiters=${COST_WAITERS:-200}
 out=.data/request-cost
 mkdir -p "$out" .data
 
@@ -42,7 +44,7 @@ measure() {
   server=$!
   for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   python3 scripts/request-cost-client.py --port "$port" --key "$key" --op "$op" \
-    --requests "$requests" --on "callgrind_control -i on $server" \
+    --requests "$requests" --waiters "$waiters" --on "callgrind_control -i on $server" \
     --off "callgrind_control -i off $server"
   stop
 }
@@ -65,4 +67,7 @@ for op in post get; do
   done
 done
 
-python3 scripts/request-cost-report.py "$out" "$requests"
+# And MCP's wake-up: `waiters` wait_for_messages calls answered by one post (channeld only).
+measure channeld mcp-wake
+
+python3 scripts/request-cost-report.py "$out" "$requests" "$waiters"
