@@ -6,6 +6,7 @@ import argparse
 import http.client
 import json
 import subprocess
+import sys
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
@@ -50,7 +51,7 @@ def mcp_wake():
     after = json.loads(connection.getresponse().read())["message"]["id"]
     call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "wait_for_messages",
-        "arguments": {"channel_id": args.channel, "after": after, "wait_seconds": 30}}})
+        "arguments": {"channel_id": args.channel, "after": after, "wait_seconds": 25}}})
     mcp_headers = dict(headers, Accept="application/json, text/event-stream")
     mcp_headers["MCP-Protocol-Version"] = "2025-11-25"
     woken = []
@@ -59,7 +60,11 @@ def mcp_wake():
         waiter = http.client.HTTPConnection("127.0.0.1", args.port, timeout=120)
         waiter.request("POST", "/v1/mcp", body=call, headers=mcp_headers)
         answer = json.loads(waiter.getresponse().read())
-        woken.append(answer["result"]["structuredContent"]["messages"][0]["id"])
+        messages = answer["result"]["structuredContent"].get("messages")
+        if not messages:
+            print(f"request-cost: a waiter was answered {answer}", file=sys.stderr)
+            return
+        woken.append(messages[0]["id"])
 
     threads = [threading.Thread(target=wait) for _ in range(args.waiters)]
     for thread in threads:

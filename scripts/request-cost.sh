@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null || { echo "request-cost: valgrind is not installed" >&2; exit 1; }
+# The MCP rows hold many waits with one key: no per-key bound on them here.
+export CHANNELD_MAX_STREAMS_PER_KEY=1000000
 requests=${COST_REQUESTS:-2000}
 waiters=${COST_WAITERS:-200}
 out=.data/request-cost

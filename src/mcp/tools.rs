@@ -1080,9 +1080,16 @@ fn messages_summary(page: &MessagesAnswer) -> String {
 /// A result: the summary line, then the data as JSON, in the text block; the data again as
 /// `structuredContent`.
 fn answer(summary: String, body: &impl Serialize) -> CallToolResult {
+    // The text's JSON is written from `body` itself, which is quicker than writing the `Value`
+    // (a tree of maps) built from it below.
+    let mut text = summary.into_bytes();
+    text.push(b'\n');
+    if serde_json::to_writer(&mut text, body).is_err() {
+        text.extend_from_slice(b"null");
+    }
+    let text = String::from_utf8(text).expect("serde_json writes UTF-8");
     let data = serde_json::to_value(body).unwrap_or(Value::Null);
-    let mut result =
-        CallToolResult::success(vec![ContentBlock::text(format!("{summary}\n{data}"))]);
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(data);
     result
 }
