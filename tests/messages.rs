@@ -378,3 +378,84 @@ async fn a_cursor_reader_never_misses_or_repeats_under_concurrent_writers(db: Pg
     assert!(missed.is_empty(), "the cursor reader missed {missed:?}");
     assert_eq!(seen.len(), written.len());
 }
+
+/// A channel that holds most of the table still reads its pages through the `(channel_id, id)`
+/// index. With the plain `channel_id = $1 AND id > $2 ORDER BY id`, PostgreSQL walks the primary
+/// key here and filters by channel, passing over every newer message of the other channel: a
+/// cost that grows with other channels' traffic. Counted in this transaction's index scans.
+#[sqlx::test]
+async fn pages_of_a_channel_holding_most_of_the_table_never_walk_the_primary_key(db: PgPool) {
+    use channeld::messages::{Page, count_after, id_before_newest, page};
+
+    let channels: Vec<i64> =
+        sqlx::query_scalar("INSERT INTO channels (name) VALUES ('long'), ('short') RETURNING id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let (long, short) = (channels[0], channels[1]);
+    for (channel, count) in [(long, 20_000), (short, 1_000)] {
+        sqlx::query(
+            "INSERT INTO messages (channel_id, content, sender_type)
+             SELECT $1, 'message ' || n, 'agent' FROM generate_series(1, $2) AS n",
+        )
+        .bind(channel)
+        .bind(count)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE messages").execute(&db).await.unwrap();
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM messages WHERE channel_id = $1")
+        .bind(long)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+
+    let mut tx = db.begin().await.unwrap();
+    let primary = index_scans(&mut tx, "messages_pkey").await;
+    let composite = index_scans(&mut tx, "messages_channel_id_id_idx").await;
+
+    let ids = |messages: Vec<channeld::messages::model::Message>| -> Vec<i64> {
+        messages.iter().map(|m| m.id).collect()
+    };
+    let after = page(&mut *tx, long, Page::After(newest - 10), 51)
+        .await
+        .unwrap();
+    assert_eq!(ids(after), (newest - 9..=newest).collect::<Vec<_>>());
+    let latest = page(&mut *tx, long, Page::Latest, 51).await.unwrap();
+    assert_eq!(
+        ids(latest),
+        (newest - 50..=newest).rev().collect::<Vec<_>>()
+    );
+    let before = page(&mut *tx, long, Page::Before(newest - 5), 3)
+        .await
+        .unwrap();
+    assert_eq!(ids(before), vec![newest - 6, newest - 7, newest - 8]);
+    assert_eq!(
+        count_after(&mut *tx, long, newest - 10, 100).await.unwrap(),
+        10
+    );
+    assert_eq!(
+        id_before_newest(&mut *tx, long, 10).await.unwrap(),
+        Some(newest - 10)
+    );
+
+    assert_eq!(
+        index_scans(&mut tx, "messages_pkey").await,
+        primary,
+        "a page walked the primary key"
+    );
+    assert_eq!(
+        index_scans(&mut tx, "messages_channel_id_id_idx").await,
+        composite + 5
+    );
+}
+
+/// Scans of `index` so far in this transaction.
+async fn index_scans(tx: &mut sqlx::PgConnection, index: &str) -> i64 {
+    sqlx::query_scalar("SELECT pg_stat_get_xact_numscans($1::regclass)")
+        .bind(index)
+        .fetch_one(tx)
+        .await
+        .unwrap()
+}

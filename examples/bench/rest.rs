@@ -104,8 +104,8 @@ pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
         }
         Op::Get => {
             let before = find_query(sqlx_dir, |q| {
-                q.contains("FROM messages WHERE channel_id = $1 AND id < $2\n")
-                    && q.contains("ORDER BY id DESC LIMIT $3")
+                q.contains("FROM messages WHERE channel_id >= $1 AND (channel_id, id) < ($1, $2)")
+                    && q.contains("ORDER BY channel_id DESC, id DESC LIMIT $3")
             })?;
             // channel id, before, limit: the handler reads one more than the page to learn
             // `has_more`.
@@ -508,9 +508,16 @@ mod tests {
             "{post}"
         );
         let get = pgbench_script(&sqlx_dir(), Op::Get).expect("get script");
-        assert!(get.contains("WHERE channel_id = :cid"), "{get}");
-        assert!(get.contains("AND id < 9223372036854775807"), "{get}");
-        assert!(get.contains("ORDER BY id DESC LIMIT 51;"), "{get}");
+        assert!(
+            get.contains(
+                "WHERE channel_id >= :cid AND (channel_id, id) < (:cid, 9223372036854775807)"
+            ),
+            "{get}"
+        );
+        assert!(
+            get.contains("ORDER BY channel_id DESC, id DESC LIMIT 51;"),
+            "{get}"
+        );
         let head = pgbench_script(&sqlx_dir(), Op::GetHeld).expect("head script");
         assert!(
             head.contains("SELECT last_message_id FROM channels WHERE id = :cid;"),
