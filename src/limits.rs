@@ -23,7 +23,7 @@ use std::{
 
 use axum::{
     body::{Body, Bytes, HttpBody},
-    extract::{Request, State},
+    extract::Request,
     http::{StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -31,10 +31,7 @@ use axum::{
 
 use http_body::{Frame, SizeHint};
 
-use crate::{
-    error::ApiError, extract::BodyTimedOut, metrics::Tracked, ratelimit::DecisionSlot,
-    state::AppState,
-};
+use crate::{error::ApiError, extract::BodyTimedOut, state::AppState};
 
 /// Time a request may spend waiting by design, on top of `--db-timeout`: granted by the feature
 /// that waits (the long poll grants its `wait`, MCP its maximum wait), which owns that limit.
@@ -54,23 +51,8 @@ impl WaitAllowance {
     }
 }
 
-/// What every request passes on its way in and out, as one layer (each `from_fn` layer costs
-/// a boxed service call of its own): a slot for the rate-limit decision, reported in the
-/// response's `RateLimit-*` headers; the HTTP metrics; then the limits below.
-pub async fn every_request(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let slot = DecisionSlot::attach(&mut request);
-    let tracked = Tracked::start(&request);
-    let mut response = limits(&state, request, next).await;
-    tracked.answered(&state, &response);
-    slot.report(&mut response);
-    response
-}
-
-async fn limits(state: &AppState, request: Request, next: Next) -> Response {
+/// The limits above, for the one layer every request passes (`startup::every_request`).
+pub async fn limits(state: &AppState, request: Request, next: Next) -> Response {
     let config = &state.config;
     let uri_bytes = request
         .uri()

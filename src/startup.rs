@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     console, consumers, delivery,
     error::ApiError,
-    health, limits, mcp, messages, metrics, openapi,
+    health, limits, mcp, messages, metrics, openapi, ratelimit,
     realtime::{
         self,
         engine::{Engine, EngineTasks},
@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp::router(state.clone()))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(from_fn_with_state(state.clone(), limits::every_request))
+        .layer(from_fn_with_state(state.clone(), every_request))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -87,6 +87,22 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
+}
+
+/// What every request passes on its way in and out, as one layer (each `from_fn` layer costs
+/// a boxed service call of its own): a slot for the rate-limit decision, reported in the
+/// response's `RateLimit-*` headers; the HTTP metrics; then the request limits and deadline.
+async fn every_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let slot = ratelimit::DecisionSlot::attach(&mut request);
+    let tracked = metrics::Tracked::start(&request);
+    let mut response = limits::limits(&state, request, next).await;
+    tracked.answered(&state, &response);
+    slot.report(&mut response);
+    response
 }
 
 /// Every documented route: each is registered with its handler's `#[utoipa::path]`, so the
