@@ -209,27 +209,12 @@ mod tests {
         assert!(take_pending(shared).is_empty());
     }
 
-    fn message(channel_id: i64, id: i64) -> Message {
-        Message {
-            id,
-            channel_id,
-            content: format!("m{id}"),
-            sender_type: "api".into(),
-            pod_key: None,
-            created_at: chrono::Utc::now(),
-            mentions: Vec::new(),
-            metadata: None,
-            reply_to: None,
-            thread_id: id,
-        }
-    }
-
     #[tokio::test]
     async fn a_held_page_never_moves_across_messages_a_read_did_not_cover() {
         let delivery = delivery();
         let shared = &delivery.shared;
         // A page held at 20; a follower's cursor at 25 reads what is newer.
-        let held: Vec<_> = (1..=20).rev().map(|id| message(7, id)).collect();
+        let held: Vec<_> = (1..=20).rev().map(|id| Message::sample(7, id)).collect();
         shared.pages.fill(7, &held, 51);
         follow_at(&delivery, 7, 25);
         shared.hint(7, 30);
@@ -238,18 +223,22 @@ mod tests {
         // Meanwhile that follower leaves, and another arrives whose cursor starts at 20.
         shared.followed().remove(&7);
         follow_at(&delivery, 7, 20);
-        deliver(shared, &taken, (26..=30).map(|id| message(7, id)).collect());
+        deliver(
+            shared,
+            &taken,
+            (26..=30).map(|id| Message::sample(7, id)).collect(),
+        );
         assert!(
             shared.pages.get(7, 30, 10).is_none(),
             "21-25 were never read: the page held at 20 must not move to 30"
         );
 
         // A batch that does start at the page's head moves it.
-        let held: Vec<_> = (1..=30).rev().map(|id| message(7, id)).collect();
+        let held: Vec<_> = (1..=30).rev().map(|id| Message::sample(7, id)).collect();
         shared.pages.fill(7, &held, 51);
         shared.hint(7, 31);
         let taken = take_pending(shared);
-        deliver(shared, &taken, vec![message(7, 31)]);
+        deliver(shared, &taken, vec![Message::sample(7, 31)]);
         assert!(shared.pages.get(7, 31, 10).is_some());
     }
 

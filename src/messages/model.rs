@@ -28,6 +28,26 @@ pub struct Message {
     pub thread_id: i64,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A plain message `id` of channel `channel_id` (`m<id>`, from the API, no addressing), for
+    /// unit tests.
+    pub(crate) fn sample(channel_id: i64, id: i64) -> Self {
+        Self {
+            id,
+            channel_id,
+            content: format!("m{id}"),
+            sender_type: "api".into(),
+            pod_key: None,
+            created_at: Utc::now(),
+            mentions: Vec::new(),
+            metadata: None,
+            reply_to: None,
+            thread_id: id,
+        }
+    }
+}
+
 pub const CONTENT_MAX_BYTES: usize = 65_536;
 /// Most names one message may mention.
 pub const MENTIONS_MAX: usize = 32;

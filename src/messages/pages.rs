@@ -246,18 +246,7 @@ mod tests {
     use super::*;
 
     fn message(id: i64) -> Message {
-        Message {
-            id,
-            channel_id: 1,
-            content: format!("m{id}"),
-            sender_type: "api".into(),
-            pod_key: None,
-            created_at: chrono::Utc::now(),
-            mentions: Vec::new(),
-            metadata: None,
-            reply_to: None,
-            thread_id: id,
-        }
+        Message::sample(1, id)
     }
 
     /// Messages `ids`, newest first, as a page read returns them.

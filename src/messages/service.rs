@@ -115,16 +115,13 @@ pub async fn read(
     Ok(MessagePage { messages, has_more })
 }
 
-/// The latest page of a channel, rendered: its JSON body and its `ETag`.
-pub type LatestPage = Rendered;
-
 /// The latest `limit` messages of the channel, as `GET …/messages` without a cursor or filter
 /// answers them; 404 when the channel does not exist.
 ///
 /// A page held in memory (see [`super::pages`]) is used when the channel's newest
 /// message id is still the page's, which one primary-key lookup tells; the page is then neither
 /// read nor rendered again. Otherwise the page is read, kept, and rendered once.
-pub async fn latest(state: &AppState, channel_id: i64, limit: i64) -> Result<LatestPage, ApiError> {
+pub async fn latest(state: &AppState, channel_id: i64, limit: i64) -> Result<Rendered, ApiError> {
     let pages = state.delivery.pages();
     let size = limit as usize;
     if pages.holds(channel_id) {
