@@ -48,6 +48,7 @@ pub mod console;
 pub mod consumers;
 pub mod db;
 pub mod delivery;
+pub mod edge;
 pub mod error;
 pub mod etag;
 pub mod extract;

@@ -11,6 +11,7 @@
 //! answer at once and stream afterwards.
 
 use std::{
+    convert::Infallible,
     future::Future,
     pin::Pin,
     sync::{
@@ -25,13 +26,12 @@ use axum::{
     body::{Body, Bytes, HttpBody},
     extract::Request,
     http::{StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
 use http_body::{Frame, SizeHint};
 
-use crate::{error::ApiError, extract::BodyTimedOut, state::AppState};
+use crate::{error::ApiError, extract::BodyTimedOut, shutdown::Shutdown, state::AppState};
 
 /// Time a request may spend waiting by design, on top of `--db-timeout`: granted by the feature
 /// that waits (the long poll grants its `wait`, MCP its maximum wait), which owns that limit.
@@ -51,8 +51,16 @@ impl WaitAllowance {
     }
 }
 
-/// The limits above, for the one layer every request passes (`startup::every_request`).
-pub async fn limits(state: &AppState, request: Request, next: Next) -> Response {
+/// The limits above, for the one layer every request passes (`startup::EveryRequest`); `next`
+/// answers the request once it is within them.
+pub async fn limits<F>(
+    state: &AppState,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
     let config = &state.config;
     let uri_bytes = request
         .uri()
@@ -102,13 +110,11 @@ pub async fn limits(state: &AppState, request: Request, next: Next) -> Response 
     let body = if body.size_hint().exact() == Some(0) {
         body
     } else {
-        let mut stopping = state.shutdown.subscribe();
         Body::new(DeadlineBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(config.http.body_timeout)),
-            stopping: Box::pin(async move {
-                let _ = stopping.wait_for(|stopping| *stopping).await;
-            }),
+            deadline: tokio::time::Instant::now() + config.http.body_timeout,
+            shutdown: state.shutdown.clone(),
+            waiting: None,
             arriving: arriving.clone(),
             ended: false,
         })
@@ -119,7 +125,7 @@ pub async fn limits(state: &AppState, request: Request, next: Next) -> Response 
     request.extensions_mut().insert(allowance.clone());
     let started = tokio::time::Instant::now();
     let mut deadline = started + config.db_timeout;
-    let work = next.run(request);
+    let work = async { next(request).await.unwrap_or_else(|never| match never {}) };
     tokio::pin!(work);
     loop {
         match tokio::time::timeout_at(deadline, &mut work).await {
@@ -150,11 +156,19 @@ fn rejected(status: StatusCode, message: String) -> Response {
 /// A request body with a deadline for all of it, that also ends at shutdown.
 struct DeadlineBody {
     inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    deadline: tokio::time::Instant,
+    shutdown: Shutdown,
+    /// The deadline's timer and the shutdown's watch, made the first time the body is not there
+    /// yet: most bodies arrive with their headers and never need them.
+    waiting: Option<Waiting>,
     /// True while the handler reads the body and the body has not ended.
     arriving: Arc<AtomicBool>,
     ended: bool,
+}
+
+struct Waiting {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl DeadlineBody {
@@ -185,7 +199,19 @@ impl http_body::Body for DeadlineBody {
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() || self.stopping.as_mut().poll(cx).is_ready()
+        let this = &mut *self;
+        let (deadline, shutdown) = (this.deadline, &this.shutdown);
+        let waiting = this.waiting.get_or_insert_with(|| {
+            let mut stopping = shutdown.subscribe();
+            Waiting {
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                stopping: Box::pin(async move {
+                    let _ = stopping.wait_for(|stopping| *stopping).await;
+                }),
+            }
+        });
+        if waiting.deadline.as_mut().poll(cx).is_ready()
+            || waiting.stopping.as_mut().poll(cx).is_ready()
         {
             self.end();
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));

@@ -1,25 +1,24 @@
 //! The application: built once ([`Application::build`]) by `channeld serve` and the tests alike,
 //! with the router and its middleware stack, its background tasks, and graceful shutdown.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderName, Response},
-    middleware::from_fn_with_state,
-    response::IntoResponse,
+    extract::{DefaultBodyLimit, Request},
+    response::Response,
     routing::get,
 };
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tower::ServiceBuilder;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    trace::TraceLayer,
-};
-use tracing::{Span, field};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -27,6 +26,7 @@ use crate::{
     auth, channels,
     config::Config,
     console, consumers, delivery,
+    edge::EdgeLayer,
     error::ApiError,
     health, limits, mcp, messages, metrics, openapi, ratelimit,
     realtime::{
@@ -38,30 +38,10 @@ use crate::{
     webhooks,
 };
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// A random (version 4) UUID for each request's `X-Request-Id`, drawn from the thread's
-/// generator (seeded from the operating system, reseeded as it goes) rather than with a
-/// `getrandom` system call per request, as `MakeRequestUuid` does.
-#[derive(Clone, Copy)]
-struct RandomRequestId;
-
-impl MakeRequestId for RandomRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let bytes: [u8; 16] = rand::random();
-        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = id.hyphenated().encode_lower(&mut text);
-        axum::http::HeaderValue::from_str(text)
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
 /// The whole HTTP surface with its middleware.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let trusted = std::sync::Arc::new(state.config.http.trusted_proxies.clone());
+    let trusted = state.config.http.trusted_proxies.clone();
     let (routes, document) = api_router(state.config.metrics_on_main).split_for_parts();
     routes
         .merge(openapi::router(&openapi::finish(document)))
@@ -69,40 +49,66 @@ pub fn router(state: AppState) -> Router {
         .merge(mcp::router(state.clone()))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(from_fn_with_state(state.clone(), every_request))
+        .layer(EveryRequestLayer(state.clone()))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(move |request: &Request| request_span(request, &trusted))
-                        .on_request(())
-                        .on_response(log_response)
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::Internal("handler panicked".into()).into_response()
-                }))
+                .layer(EdgeLayer::new(trusted))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
 }
 
-/// What every request passes on its way in and out, as one layer (each `from_fn` layer costs
-/// a boxed service call of its own): a slot for the rate-limit decision, reported in the
-/// response's `RateLimit-*` headers; the HTTP metrics; then the request limits and deadline.
-async fn every_request(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut request: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let slot = ratelimit::DecisionSlot::attach(&mut request);
-    let tracked = metrics::Tracked::start(&request);
-    let mut response = limits::limits(&state, request, next).await;
-    tracked.answered(&state, &response);
-    slot.report(&mut response);
-    response
+/// What every request passes on its way in and out, as one service around each route: a slot
+/// for the rate-limit decision, reported in the response's `RateLimit-*` headers; the HTTP
+/// metrics; then the request limits and deadline. Written out rather than with `from_fn`, which
+/// boxes the route again for every request on top of its boxed future.
+#[derive(Clone)]
+struct EveryRequestLayer(AppState);
+
+impl<S> tower::Layer<S> for EveryRequestLayer {
+    type Service = EveryRequest<S>;
+
+    fn layer(&self, inner: S) -> EveryRequest<S> {
+        EveryRequest {
+            state: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct EveryRequest<S> {
+    state: AppState,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for EveryRequest<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // The service polled ready answers this request; its clone waits for the next one.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let slot = ratelimit::DecisionSlot::attach(&mut request);
+            let tracked = metrics::Tracked::start(&request);
+            let mut response = limits::limits(&state, request, |request| inner.call(request)).await;
+            tracked.answered(&state, &response);
+            slot.report(&mut response);
+            Ok(response)
+        })
+    }
 }
 
 /// Every documented route: each is registered with its handler's `#[utoipa::path]`, so the
@@ -133,50 +139,6 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::render))
         .with_state(state)
-}
-
-/// The span every request's log lines carry. The query string is left out on purpose: it can
-/// hold credentials (`?token=`, `?key=`). Its fields are worked out only when the span is
-/// recorded at all (not below `info`).
-fn request_span(request: &Request, trusted: &[crate::config::Cidr]) -> Span {
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        route = field::Empty,
-        client = field::Empty,
-        request_id = field::Empty,
-        status = field::Empty,
-    );
-    if span.is_disabled() {
-        return span;
-    }
-    let client = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| limits::client_ip(info.0.ip(), request.headers(), trusted).to_string())
-        .unwrap_or_default();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or_default();
-    span.record("route", route);
-    span.record("client", client.as_str());
-    span.record("request_id", request_id);
-    span
-}
-
-fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
-    span.record("status", response.status().as_u16());
-    tracing::info!(
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "request finished"
-    );
 }
 
 /// How long WebSocket clients get to receive `going_away` and close after shutdown begins.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::{
     Extension,
-    extract::State,
-    http::{HeaderMap, StatusCode},
+    extract::{FromRequestParts, State},
+    http::{HeaderMap, HeaderValue, StatusCode, request::Parts},
     response::Response,
 };
 use serde::Serialize;
@@ -145,10 +145,10 @@ pub async fn create(
     _: NoQuery,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
-    headers: HeaderMap,
+    IdempotencyHeader(idempotency_header): IdempotencyHeader,
     ValidatedJson(new): ValidatedJson<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageBody>), ApiError> {
-    let idempotency_key = idempotency_key(&headers)?
+    let idempotency_key = idempotency_key(idempotency_header.as_ref())?
         .map(|key| service::IdempotencyKey::of(&caller.principal.key_id, key));
     caller.principal.may_use_channel(&state, channel_id).await?;
     let (stored, message) = service::store(&state, channel_id, new, idempotency_key).await?;
@@ -159,9 +159,21 @@ pub async fn create(
     Ok((status, Json(MessageBody { message })))
 }
 
+/// The `Idempotency-Key` header as sent, checked by [`idempotency_key`]. Taken alone: the
+/// `HeaderMap` extractor copies every header.
+pub struct IdempotencyHeader(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(IDEMPOTENCY_KEY).cloned()))
+    }
+}
+
 /// The `Idempotency-Key` header: 1-255 printable ASCII characters when present.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+fn idempotency_key(value: Option<&HeaderValue>) -> Result<Option<&str>, ApiError> {
+    let Some(value) = value else {
         return Ok(None);
     };
     match value.to_str() {
