@@ -4,7 +4,6 @@ use crate::connection::Connection;
 use crate::database::Database;
 use crate::error::Error;
 use crate::pool::{deadline_as_timeout, CloseEvent, Pool, PoolOptions};
-use crossbeam_queue::ArrayQueue;
 
 use crate::sync::{AsyncSemaphore, AsyncSemaphoreReleaser};
 
@@ -12,7 +11,8 @@ use std::cmp;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 
 use crate::logger::private_level_filter_to_trace_level;
@@ -25,7 +25,11 @@ use tracing::Level;
 
 pub(crate) struct PoolInner<DB: Database> {
     pub(super) connect_options: RwLock<Arc<<DB::Connection as Connection>::Options>>,
-    pub(super) idle_conns: ArrayQueue<Idle<DB>>,
+    // channeld: a stack rather than a queue (upstream's `ArrayQueue`). A connection is taken
+    // from the back, where the last one released went, so a lightly loaded pool keeps using the
+    // same few backends, warm, instead of rotating through every idle one; the reaper looks at
+    // the front, where the longest idle wait.
+    pub(super) idle_conns: Mutex<VecDeque<Idle<DB>>>,
     pub(super) semaphore: AsyncSemaphore,
     pub(super) size: AtomicU32,
     pub(super) num_idle: AtomicUsize,
@@ -54,7 +58,7 @@ impl<DB: Database> PoolInner<DB> {
 
         let pool = Self {
             connect_options: RwLock::new(Arc::new(connect_options)),
-            idle_conns: ArrayQueue::new(capacity),
+            idle_conns: Mutex::new(VecDeque::with_capacity(capacity)),
             semaphore: AsyncSemaphore::new(options.fair, semaphore_capacity),
             size: AtomicU32::new(0),
             num_idle: AtomicUsize::new(0),
@@ -100,7 +104,7 @@ impl<DB: Database> PoolInner<DB> {
         async move {
             for permits in 1..=self.options.max_connections {
                 // Close any currently idle connections in the pool.
-                while let Some(idle) = self.idle_conns.pop() {
+                while let Some(idle) = self.idle().pop_back() {
                     let _ = idle.live.float((*self).clone()).close().await;
                 }
 
@@ -174,22 +178,43 @@ impl<DB: Database> PoolInner<DB> {
         self.options.parent_pool.as_ref()
     }
 
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<DB>>> {
+        self.idle_conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     #[inline]
     pub(super) fn try_acquire(self: &Arc<Self>) -> Option<Floating<DB, Idle<DB>>> {
+        self.try_acquire_at(false)
+    }
+
+    /// `oldest`: the connection idle the longest (for the reaper), else the newest.
+    fn try_acquire_at(self: &Arc<Self>, oldest: bool) -> Option<Floating<DB, Idle<DB>>> {
         if self.is_closed() {
             return None;
         }
 
         let permit = self.semaphore.try_acquire(1)?;
 
-        self.pop_idle(permit).ok()
+        self.pop_idle_at(permit, oldest).ok()
     }
 
     fn pop_idle<'a>(
         self: &'a Arc<Self>,
         permit: AsyncSemaphoreReleaser<'a>,
     ) -> Result<Floating<DB, Idle<DB>>, AsyncSemaphoreReleaser<'a>> {
-        if let Some(idle) = self.idle_conns.pop() {
+        self.pop_idle_at(permit, false)
+    }
+
+    fn pop_idle_at<'a>(
+        self: &'a Arc<Self>,
+        permit: AsyncSemaphoreReleaser<'a>,
+        oldest: bool,
+    ) -> Result<Floating<DB, Idle<DB>>, AsyncSemaphoreReleaser<'a>> {
+        let popped = match oldest {
+            true => self.idle().pop_front(),
+            false => self.idle().pop_back(),
+        };
+        if let Some(idle) = popped {
             self.num_idle.fetch_sub(1, Ordering::AcqRel);
             Ok(Floating::from_idle(idle, (*self).clone(), permit))
         } else {
@@ -198,12 +223,18 @@ impl<DB: Database> PoolInner<DB> {
     }
 
     pub(super) fn release(&self, floating: Floating<DB, Live<DB>>) {
+        self.release_at(floating, false)
+    }
+
+    /// `oldest`: back where the reaper found it, at the front; else at the back, to be taken next.
+    fn release_at(&self, floating: Floating<DB, Live<DB>>, oldest: bool) {
         // `options.after_release` and other checks are in `PoolConnection::return_to_pool()`.
 
         let Floating { inner: idle, guard } = floating.into_idle();
 
-        if self.idle_conns.push(idle).is_err() {
-            panic!("BUG: connection queue overflow in release()");
+        match oldest {
+            true => self.idle().push_front(idle),
+            false => self.idle().push_back(idle),
         }
 
         // NOTE: we need to make sure we drop the permit *after* we push to the idle queue
@@ -542,14 +573,17 @@ fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
                     // open a new one immediately. Note that other connections may be popped from
                     // the queue in the meantime - that's fine, there is no harm in checking more
                     for _ in 0..pool.num_idle() {
-                        if let Some(conn) = pool.try_acquire() {
+                        if let Some(conn) = pool.try_acquire_at(true) {
                             if is_beyond_idle_timeout(&conn, &pool.options)
                                 || is_beyond_max_lifetime(&conn, &pool.options)
                             {
                                 let _ = conn.close().await;
                                 pool.min_connections_maintenance(Some(next_run)).await;
                             } else {
-                                pool.release(conn.into_live());
+                                // channeld: it stays where the longest idle wait. The
+                                // reaper goes on to the next one, as upstream's queue did.
+                                pool.release_at(conn.into_live(), true);
+                                break;
                             }
                         }
                     }
