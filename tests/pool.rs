@@ -63,3 +63,43 @@ async fn sequential_queries_reuse_the_connection_released_last(
     assert_eq!(distinct.len(), 1, "backends used in turn: {used:?}");
     assert!(opened.contains(&used[0]));
 }
+
+#[sqlx::test]
+async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
+    options: PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let pool = options
+        .max_connections(3)
+        .min_connections(0)
+        .idle_timeout(Duration::from_millis(300))
+        .connect_with(connect)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    until_idle(&pool, 3).await;
+
+    // Sequential queries, paced, until the reaper has closed the two connections they never
+    // needed: the one they use is never idle for long, so it is never closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut used = HashSet::new();
+    while pool.size() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections still open",
+            pool.size()
+        );
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        used.insert(pid);
+        until_idle(&pool, pool.size() as usize).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(used.len(), 1, "backends used: {used:?}");
+}

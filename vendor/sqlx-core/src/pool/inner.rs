@@ -223,14 +223,15 @@ impl<DB: Database> PoolInner<DB> {
     }
 
     pub(super) fn release(&self, floating: Floating<DB, Live<DB>>) {
-        self.release_at(floating, false)
+        self.put_back(floating.into_idle(), false)
     }
 
-    /// `oldest`: back where the reaper found it, at the front; else at the back, to be taken next.
-    fn release_at(&self, floating: Floating<DB, Live<DB>>, oldest: bool) {
+    /// channeld: an idle connection the reaper looked at goes back to the front, where it was,
+    /// still idle since when it was (upstream released it anew, restarting its idle time).
+    fn put_back(&self, floating: Floating<DB, Idle<DB>>, oldest: bool) {
         // `options.after_release` and other checks are in `PoolConnection::return_to_pool()`.
 
-        let Floating { inner: idle, guard } = floating.into_idle();
+        let Floating { inner: idle, guard } = floating;
 
         match oldest {
             true => self.idle().push_front(idle),
@@ -580,9 +581,10 @@ fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
                                 let _ = conn.close().await;
                                 pool.min_connections_maintenance(Some(next_run)).await;
                             } else {
-                                // channeld: it stays where the longest idle wait. The
-                                // reaper goes on to the next one, as upstream's queue did.
-                                pool.release_at(conn.into_live(), true);
+                                // channeld: every connection behind it has been idle for less
+                                // time, so the reaper stops here. (One past its lifetime
+                                // further back is closed when it is next released.)
+                                pool.put_back(conn, true);
                                 break;
                             }
                         }
