@@ -20,6 +20,20 @@ async fn until_idle(pool: &PgPool, idle: usize) {
     }
 }
 
+/// As [`until_idle`], for every connection the pool has, however many the reaper leaves.
+async fn until_all_idle(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pool.num_idle() != pool.size() as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} connections idle",
+            pool.num_idle(),
+            pool.size()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[sqlx::test]
 async fn sequential_queries_reuse_the_connection_released_last(
     options: PgPoolOptions,
@@ -81,7 +95,7 @@ async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
         held.push(pool.acquire().await.unwrap());
     }
     drop(held);
-    until_idle(&pool, 3).await;
+    until_all_idle(&pool).await;
 
     // Sequential queries, paced, until the reaper has closed the two connections they never
     // needed: the one they use is never idle for long, so it is never closed.
@@ -98,7 +112,7 @@ async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
             .await
             .unwrap();
         used.insert(pid);
-        until_idle(&pool, pool.size() as usize).await;
+        until_all_idle(&pool).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(used.len(), 1, "backends used: {used:?}");
