@@ -4,23 +4,13 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgExecutor, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
-/// Waits, up to a deadline, until `idle` connections are back in the pool (a connection is
-/// returned by a task of its own once its user drops it).
-async fn until_idle(pool: &PgPool, idle: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pool.num_idle() != idle {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} idle connections, never {idle}",
-            pool.num_idle()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// As [`until_idle`], for every connection the pool has, however many the reaper leaves.
+/// Waits, up to a deadline, until every connection the pool has is back in it (a connection is
+/// returned by a task of its own once its user drops it; the reaper may close some meanwhile).
 async fn until_all_idle(pool: &PgPool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while pool.num_idle() != pool.size() as usize {
@@ -34,44 +24,54 @@ async fn until_all_idle(pool: &PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn sequential_queries_reuse_the_connection_released_last(
+async fn backend_pid<'e>(executor: impl PgExecutor<'e>) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(executor)
+        .await
+        .unwrap()
+}
+
+/// A pool of `size` connections, opened at once and then all idle, and their backends.
+async fn opened(
     options: PgPoolOptions,
-    connect: sqlx::postgres::PgConnectOptions,
-) {
+    connect: PgConnectOptions,
+    size: u32,
+    idle_timeout: Option<Duration>,
+) -> (PgPool, HashSet<i32>) {
     let pool = options
-        .max_connections(4)
-        .idle_timeout(None)
+        .max_connections(size)
+        .min_connections(0)
+        .idle_timeout(idle_timeout)
         .connect_with(connect)
         .await
         .unwrap();
-    // Four connections open at once, then all idle.
     let mut held = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..size {
         held.push(pool.acquire().await.unwrap());
     }
-    let mut opened = HashSet::new();
+    let mut backends = HashSet::new();
     for connection in &mut held {
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut **connection)
-            .await
-            .unwrap();
-        opened.insert(pid);
+        backends.insert(backend_pid(&mut **connection).await);
     }
-    assert_eq!(opened.len(), 4);
     drop(held);
-    until_idle(&pool, 4).await;
+    until_all_idle(&pool).await;
+    (pool, backends)
+}
+
+#[sqlx::test]
+async fn sequential_queries_reuse_the_connection_released_last(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (pool, opened) = opened(options, connect, 4, None).await;
+    assert_eq!(opened.len(), 4);
 
     // One query at a time, each once the previous connection is back: a queue would hand out
     // the four in turn.
     let mut used = Vec::new();
     for _ in 0..12 {
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        used.push(pid);
-        until_idle(&pool, 4).await;
+        used.push(backend_pid(&pool).await);
+        until_all_idle(&pool).await;
     }
     let distinct: HashSet<_> = used.iter().collect();
     assert_eq!(distinct.len(), 1, "backends used in turn: {used:?}");
@@ -81,21 +81,9 @@ async fn sequential_queries_reuse_the_connection_released_last(
 #[sqlx::test]
 async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
     options: PgPoolOptions,
-    connect: sqlx::postgres::PgConnectOptions,
+    connect: PgConnectOptions,
 ) {
-    let pool = options
-        .max_connections(3)
-        .min_connections(0)
-        .idle_timeout(Duration::from_millis(300))
-        .connect_with(connect)
-        .await
-        .unwrap();
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(pool.acquire().await.unwrap());
-    }
-    drop(held);
-    until_all_idle(&pool).await;
+    let (pool, _) = opened(options, connect, 3, Some(Duration::from_millis(300))).await;
 
     // Sequential queries, paced, until the reaper has closed the two connections they never
     // needed: the one they use is never idle for long, so it is never closed.
@@ -107,11 +95,7 @@ async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
             "{} connections still open",
             pool.size()
         );
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        used.insert(pid);
+        used.insert(backend_pid(&pool).await);
         until_all_idle(&pool).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
