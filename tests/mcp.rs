@@ -714,3 +714,148 @@ async fn a_waiting_claim_messages_may_wait_longer_than_the_database_deadline(db:
     assert_eq!(result["structuredContent"], json!({"deliveries": []}));
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
 }
+
+/// The two ways a `tools/call` is answered: directly (`Content-Type: application/json`), or by
+/// the SDK (the same type with a parameter, which only the SDK's path takes; see the unit tests
+/// of `mcp::direct`).
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Direct,
+    Sdk,
+}
+
+/// A `tools/call` of `name` with id `id`, sent on `path`: status, `Content-Type`, and the body,
+/// which must end with a newline.
+async fn call_on(
+    app: &TestApp,
+    key: &str,
+    path: Path,
+    id: Value,
+    name: &str,
+    arguments: Value,
+) -> (StatusCode, String, Value) {
+    let content_type = match path {
+        Path::Direct => "application/json",
+        Path::Sdk => "application/json;charset=UTF-8",
+    };
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    });
+    let response = app
+        .request(Method::POST, "/v1/mcp", key)
+        .header(header::ACCEPT, ACCEPT)
+        .header(header::CONTENT_TYPE, content_type)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request reaches the server");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.expect("body");
+    assert!(text.ends_with('\n'), "{path:?}: {text:?}");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path:?}: {text:?}"));
+    (status, content_type, body)
+}
+
+/// The same call on both paths gets the same answer.
+async fn same_on_both(app: &TestApp, key: &str, id: Value, name: &str, arguments: Value) -> Value {
+    let direct = call_on(app, key, Path::Direct, id.clone(), name, arguments.clone()).await;
+    let sdk = call_on(app, key, Path::Sdk, id, name, arguments).await;
+    assert_eq!(direct, sdk, "{name}: direct, then the SDK's");
+    assert_eq!(direct.0, StatusCode::OK, "{direct:?}");
+    direct.2
+}
+
+#[sqlx::test]
+async fn calls_answered_directly_are_answered_as_the_sdk_answers_them(db: PgPool) {
+    let mut config = common::test_config();
+    config.max_streams_per_key = 100;
+    let app = std::sync::Arc::new(TestApp::spawn_config(db, config).await);
+    let key = app.writer().await;
+    let reader = app.key(&[Scope::ChannelsRead]).await;
+    let channel = app.channel(&key, "two paths").await;
+    let first = app.message(&key, channel, "already there").await;
+
+    let read = json!({"channel_id": channel, "limit": 5});
+    let answer = same_on_both(&app, &key, json!(7), "read_messages", read.clone()).await;
+    assert_eq!(answer["id"], 7);
+    assert_eq!(
+        answer["result"]["structuredContent"]["messages"][0]["id"],
+        first
+    );
+    let answer = same_on_both(&app, &key, json!("call-a"), "read_messages", read).await;
+    assert_eq!(answer["id"], "call-a");
+    // Tool errors: refused arguments, a missing scope, and a wait that ended with nothing new.
+    let answer = same_on_both(
+        &app,
+        &key,
+        json!(8),
+        "post_message",
+        json!({"channel_id": channel}),
+    )
+    .await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let posting = json!({"channel_id": channel, "content": "not mine to post"});
+    let answer = same_on_both(&app, &reader, json!(9), "post_message", posting).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["error"], "insufficient_scope",
+        "{answer}"
+    );
+    let nothing = json!({"channel_id": channel, "after": first, "wait_seconds": 0});
+    let answer = same_on_both(&app, &key, json!(10), "wait_for_messages", nothing).await;
+    assert_eq!(
+        answer["result"]["structuredContent"]["timed_out"], true,
+        "{answer}"
+    );
+
+    // Three waiters woken by one post: two answered directly (one writes the answer, the other
+    // is handed it), one by the SDK.
+    let wait = |path: Path| {
+        let (app, key) = (app.clone(), key.clone());
+        let arguments = json!({"channel_id": channel, "after": first, "wait_seconds": 20});
+        tokio::spawn(async move {
+            call_on(&app, &key, path, json!(11), "wait_for_messages", arguments).await
+        })
+    };
+    let waiters = [wait(Path::Direct), wait(Path::Sdk), wait(Path::Direct)];
+    common::eventually(Duration::from_secs(10), "the waiters wait", || async {
+        app.state
+            .metrics
+            .waiters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    })
+    .await;
+    let posted = app.message(&key, channel, "wakes all three").await;
+    let mut answers = Vec::new();
+    for waiter in waiters {
+        answers.push(waiter.await.unwrap());
+    }
+    let (status, _, body) = &answers[0];
+    assert_eq!(*status, StatusCode::OK);
+    assert_eq!(
+        body["result"]["structuredContent"]["messages"][0]["id"], posted,
+        "{body}"
+    );
+    assert_eq!(
+        body["result"]["structuredContent"]["next_after"], posted,
+        "{body}"
+    );
+    assert!(
+        body["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("1 message in channel")),
+        "{body}"
+    );
+    assert_eq!(answers[0], answers[1], "direct, then the SDK's");
+    assert_eq!(answers[0], answers[2], "written, then handed over");
+}

@@ -21,6 +21,7 @@
 //! There is no OAuth: `/.well-known/oauth-*`, which MCP clients probe, answers a plain 404 that
 //! says to send an API key.
 
+mod direct;
 mod tools;
 
 use std::sync::Arc;
@@ -60,21 +61,26 @@ pub fn router(state: AppState) -> Router<AppState> {
         // `guard` checks Host and Origin itself, to answer in the error envelope.
         .disable_allowed_hosts()
         .with_max_request_body_bytes(state.config.max_body_bytes);
-    let (tools_state, list) = (state.clone(), tools::Tools::list(state.config.mcp.max_wait));
+    let tools = tools::Tools::new(state.clone(), tools::Tools::list(state.config.mcp.max_wait));
+    let sdk_tools = tools.clone();
     let service = StreamableHttpService::new(
-        move || Ok(tools::Tools::new(tools_state.clone(), list.clone())),
+        move || Ok(sdk_tools.clone()),
         Arc::new(NeverSessionManager::default()),
         config,
     );
     Router::new()
         .route_service(PATH, service)
-        .layer(from_fn_with_state(state, guard))
+        .layer(from_fn_with_state((state, tools), guard))
         .route("/.well-known/{*rest}", any(well_known))
 }
 
 /// Host and Origin, then the API key; the transport's own refusals put in the envelope.
-async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    with_length(checked(state, request, next).await)
+async fn guard(
+    State((state, tools)): State<(AppState, tools::Tools)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    with_length(checked(state, &tools, request, next).await)
 }
 
 /// An explicit `Content-Length` for a body of known size: behind the SDK's service the router
@@ -90,7 +96,7 @@ fn with_length(mut response: Response) -> Response {
     response
 }
 
-async fn checked(state: AppState, request: Request, next: Next) -> Response {
+async fn checked(state: AppState, tools: &tools::Tools, request: Request, next: Next) -> Response {
     if let Err(refused) = check_host(&state.config.mcp, request.headers()) {
         return refused.into_response();
     }
@@ -100,7 +106,6 @@ async fn checked(state: AppState, request: Request, next: Next) -> Response {
         Err(refused @ ApiError::Unauthorized(_)) => return unauthorized(refused),
         Err(refused) => return refused.into_response(),
     };
-    parts.extensions.insert(principal);
     // A tool call may wait for messages, up to the configured maximum (the tool bounds its own
     // work more tightly): the request's deadline makes room for it (see `limits`).
     if let Some(allowance) = parts.extensions.get::<WaitAllowance>() {
@@ -112,7 +117,7 @@ async fn checked(state: AppState, request: Request, next: Next) -> Response {
         .collect()
         .await
     {
-        Ok(collected) => Body::from(collected.to_bytes()),
+        Ok(collected) => collected.to_bytes(),
         Err(error) if crate::extract::is_body_timeout(&*error) => {
             return crate::extract::body_timed_out().into_response();
         }
@@ -121,7 +126,11 @@ async fn checked(state: AppState, request: Request, next: Next) -> Response {
         }
         Err(_) => return ApiError::invalid("could not read the request body").into_response(),
     };
-    let response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(call) = direct::call(&parts, &body) {
+        return direct::answer(tools, call, &principal).await;
+    }
+    parts.extensions.insert(principal);
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     in_envelope(with_newline(response).await).await
 }
 

@@ -10,16 +10,22 @@
 //!   `pod_key`), never folded into the tool's own words: what other agents wrote may try to
 //!   instruct the reader (prompt injection), and the server's `instructions` say so.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use axum::http::request::Parts;
+use bytes::Bytes;
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler,
     handler::server::common::schema_for_type,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
         JsonObject, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities,
-        ServerConfig, Tool, ToolAnnotations,
+        ServerConfig, ServerResult, Tool, ToolAnnotations,
     },
     service::RequestContext,
 };
@@ -37,7 +43,7 @@ use crate::{
     error::{ApiError, FieldErrors, insufficient_scope_message},
     extract::{QueryParams, from_json_value, in_range, validated},
     messages::{
-        Page,
+        Filter, Page,
         model::{CreateMessage, Message, is_printable_ascii},
         service::{self as messages, Stored},
     },
@@ -62,7 +68,7 @@ const DEFAULT_CHANNEL_LIMIT: i64 = 20;
 
 /// Every tool, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Name {
+pub enum Name {
     ListChannels,
     GetChannel,
     ReadMessages,
@@ -107,7 +113,7 @@ impl Name {
         TOOL_NAMES[self as usize]
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|tool| tool.as_str() == name)
     }
 
@@ -384,16 +390,71 @@ struct PostAnswer {
     replayed: bool,
 }
 
-/// One MCP request's server: the shared state and the tool list, built once per router.
+/// The tools' server: the shared state, the tool list and the shared answers, built once per
+/// router and cloned for each request the SDK answers.
 #[derive(Clone)]
 pub struct Tools {
     state: AppState,
     list: Arc<Vec<Tool>>,
+    shared: Arc<SharedAnswers>,
+}
+
+/// A tool's answer: a result, or (`wait_for_messages` answered from the feed) the JSON of one
+/// as [`legacy_json`] writes it, shared with every waiter the same messages woke.
+pub enum Answer {
+    Result(CallToolResult),
+    Written(Bytes),
 }
 
 impl Tools {
     pub fn new(state: AppState, list: Arc<Vec<Tool>>) -> Self {
-        Self { state, list }
+        Self {
+            state,
+            list,
+            shared: Arc::default(),
+        }
+    }
+
+    /// A `tools/call` of `name` by `caller`: its result, or a tool error (a missing scope,
+    /// refused arguments, a passed deadline) as the result. With `shared`, a
+    /// `wait_for_messages` woken by a new message answers with JSON written once among the
+    /// waiters woken with it (see [`SharedAnswers`]).
+    pub async fn call(
+        &self,
+        name: Name,
+        arguments: JsonObject,
+        caller: &Principal,
+        shared: bool,
+    ) -> Answer {
+        if let Err(refused) = caller.require(name.scope()) {
+            return Answer::Result(tool_error(name, refused));
+        }
+        // A deadline on the tool's work, as on a REST request's: the database's, plus the wait
+        // (`wait_for_messages`, and `claim_messages`, whose `wait` is at most the same).
+        let config = &self.state.config;
+        let waits = matches!(name, Name::WaitForMessages | Name::ClaimMessages);
+        let budget = config.db_timeout
+            + match waits {
+                true => config.mcp.max_wait,
+                false => Duration::ZERO,
+            };
+        let shared = shared.then_some(&*self.shared);
+        let work = async {
+            if !waits {
+                return self.run(name, arguments, caller, shared).await;
+            }
+            // A wait counts toward the key's open streams, and ends with the key.
+            let mut stream = self.state.streams.open(&caller.key_id)?;
+            tokio::select! {
+                result = self.run(name, arguments, caller, shared) => result,
+                ended = stream.ended() => Err(ended),
+            }
+        };
+        let answer = match tokio::time::timeout(budget, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::DeadlinePassed(budget)),
+        };
+        answer.unwrap_or_else(|error| Answer::Result(tool_error(name, error)))
     }
 
     /// The tool list for a server whose longest wait is `max_wait`.
@@ -408,19 +469,21 @@ impl Tools {
         name: Name,
         args: JsonObject,
         caller: &Principal,
-    ) -> Result<CallToolResult, ApiError> {
-        match name {
+        shared: Option<&SharedAnswers>,
+    ) -> Result<Answer, ApiError> {
+        let result = match name {
             Name::ListChannels => self.list_channels(args, caller).await,
             Name::GetChannel => self.get_channel(args, caller).await,
             Name::ReadMessages => self.read_messages(args, caller).await,
-            Name::WaitForMessages => self.wait_for_messages(args, caller).await,
+            Name::WaitForMessages => return self.wait_for_messages(args, caller, shared).await,
             Name::PostMessage => self.post_message(args, caller).await,
             Name::CreateChannel => self.create_channel(args, caller).await,
             Name::UpdateChannelDocument => self.update_channel_document(args, caller).await,
             Name::MarkRead => self.mark_read(args, caller).await,
             Name::ClaimMessages => self.claim_messages(args, caller).await,
             Name::AckMessages => self.ack_messages(args, caller).await,
-        }
+        };
+        result.map(Answer::Result)
     }
 
     /// `list_channels`: a page of channels, filtered as `GET /v1/channels` filters them.
@@ -505,7 +568,8 @@ impl Tools {
         &self,
         args: JsonObject,
         caller: &Principal,
-    ) -> Result<CallToolResult, ApiError> {
+        shared: Option<&SharedAnswers>,
+    ) -> Result<Answer, ApiError> {
         let args: WaitArgs = parse(args)?;
         caller.may_use_channel(&self.state, args.channel_id).await?;
         let max_wait = self.state.config.mcp.max_wait.as_secs() as i64;
@@ -523,6 +587,25 @@ impl Tools {
         let wait = Duration::from_secs(wait.unwrap_or(max_wait).unsigned_abs());
         let page = Page::After(after);
         let read = messages::read(&self.state, args.channel_id, page, limit, wait, &filter).await?;
+        let asked = Asked {
+            channel_id: args.channel_id,
+            after,
+            limit,
+            filter,
+        };
+        if let Some(shared) = shared
+            && let Some(woken_by) = read.woken_by.clone()
+        {
+            if let Some(json) = shared.get(&woken_by, &asked, &read) {
+                return Ok(Answer::Written(json));
+            }
+            let ids = read.messages.iter().map(|message| message.id).collect();
+            let has_more = read.has_more;
+            let answer_body = messages_answer(asked.channel_id, page, read, Some(false));
+            let json = legacy_json(answer(messages_summary(&answer_body), &answer_body));
+            shared.put(woken_by, asked, ids, has_more, json.clone());
+            return Ok(Answer::Written(json));
+        }
         let timed_out = read.messages.is_empty();
         let answer_body = messages_answer(args.channel_id, page, read, Some(timed_out));
         let summary = match timed_out {
@@ -533,7 +616,7 @@ impl Tools {
             ),
             false => messages_summary(&answer_body),
         };
-        Ok(answer(summary, &answer_body))
+        Ok(Answer::Result(answer(summary, &answer_body)))
     }
 
     /// `post_message`: stores a message, once per idempotency key.
@@ -919,6 +1002,12 @@ impl ServerHandler for Tools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        // Put there by `guard` before the SDK saw the request.
+        let principal = context
+            .extensions
+            .get::<Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .ok_or_else(|| McpError::internal_error("the request carried no principal", None))?;
         let Some(name) = Name::parse(&request.name) else {
             let shown: String = request.name.chars().take(60).collect();
             return Err(McpError::invalid_params(
@@ -926,43 +1015,14 @@ impl ServerHandler for Tools {
                 None,
             ));
         };
-        // Put there by `guard` before the SDK saw the request.
-        let principal = context
-            .extensions
-            .get::<Parts>()
-            .and_then(|parts| parts.extensions.get::<Principal>())
-            .ok_or_else(|| McpError::internal_error("the request carried no principal", None))?;
-        if let Err(refused) = principal.require(name.scope()) {
-            return Ok(tool_error(name, refused).into());
-        }
-        // A deadline on the tool's work, as on a REST request's: the database's, plus the wait
-        // (`wait_for_messages`, and `claim_messages`, whose `wait` is at most the same).
-        let config = &self.state.config;
-        let waits = matches!(name, Name::WaitForMessages | Name::ClaimMessages);
-        let budget = config.db_timeout
-            + match waits {
-                true => config.mcp.max_wait,
-                false => Duration::ZERO,
-            };
         let arguments = request.arguments.unwrap_or_default();
-        let work = async {
-            if !waits {
-                return self.run(name, arguments, principal).await;
-            }
-            // A wait counts toward the key's open streams, and ends with the key.
-            let mut stream = self.state.streams.open(&principal.key_id)?;
-            tokio::select! {
-                result = self.run(name, arguments, principal) => result,
-                ended = stream.ended() => Err(ended),
-            }
-        };
-        let result = match tokio::time::timeout(budget, work).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::DeadlinePassed(budget)),
-        };
-        Ok(result
-            .unwrap_or_else(|error| tool_error(name, error))
-            .into())
+        match self.call(name, arguments, principal, false).await {
+            Answer::Result(result) => Ok(result.into()),
+            // Not asked for here; read back all the same.
+            Answer::Written(json) => serde_json::from_slice::<CallToolResult>(&json)
+                .map(Into::into)
+                .map_err(|error| McpError::internal_error(error.to_string(), None)),
+        }
     }
 }
 
@@ -1092,6 +1152,95 @@ fn answer(summary: String, body: &impl Serialize) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(data);
     result
+}
+
+/// A result as the SDK writes it for a client of a revision before 2026-07-28: without
+/// `resultType` (see `ServerResult::strip_result_type_for_legacy_peer`).
+pub fn legacy_json(result: CallToolResult) -> Bytes {
+    let mut result = ServerResult::CallToolResult(result);
+    result.strip_result_type_for_legacy_peer();
+    result.strip_non_object_output_for_legacy_peer();
+    serde_json::to_vec(&result)
+        .expect("a tool result is written to JSON")
+        .into()
+}
+
+/// What a `wait_for_messages` asked for, besides how long to wait.
+struct Asked {
+    channel_id: i64,
+    after: i64,
+    limit: i64,
+    filter: Filter,
+}
+
+/// `wait_for_messages` answers written once for every waiter woken by the same messages with
+/// the same arguments, as [`legacy_json`] writes them: one post that wakes a thousand waiters
+/// has its answer written once, not a thousand times. An answer is only ever shared among
+/// waiters the same feed message woke (the same `Arc`, held by the entry), so it holds exactly
+/// what each would have written itself. The last [`SHARED_ANSWERS`] answers are kept.
+#[derive(Default)]
+pub struct SharedAnswers {
+    recent: Mutex<VecDeque<SharedAnswer>>,
+}
+
+/// Answers kept for waiters still to wake: one per argument set woken at once.
+const SHARED_ANSWERS: usize = 16;
+
+struct SharedAnswer {
+    woken_by: Arc<Message>,
+    asked: Asked,
+    ids: Vec<i64>,
+    has_more: bool,
+    json: Bytes,
+}
+
+impl SharedAnswers {
+    /// The answer written for `asked`, woken by `woken_by`, to the page `read`.
+    fn get(
+        &self,
+        woken_by: &Arc<Message>,
+        asked: &Asked,
+        read: &messages::MessagePage,
+    ) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent
+            .iter()
+            .find(|answer| {
+                Arc::ptr_eq(&answer.woken_by, woken_by)
+                    && answer.asked.channel_id == asked.channel_id
+                    && answer.asked.after == asked.after
+                    && answer.asked.limit == asked.limit
+                    && answer.asked.filter == asked.filter
+                    && answer.has_more == read.has_more
+                    && answer
+                        .ids
+                        .iter()
+                        .copied()
+                        .eq(read.messages.iter().map(|m| m.id))
+            })
+            .map(|answer| answer.json.clone())
+    }
+
+    fn put(
+        &self,
+        woken_by: Arc<Message>,
+        asked: Asked,
+        ids: Vec<i64>,
+        has_more: bool,
+        json: Bytes,
+    ) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() >= SHARED_ANSWERS {
+            recent.pop_front();
+        }
+        recent.push_back(SharedAnswer {
+            woken_by,
+            asked,
+            ids,
+            has_more,
+            json,
+        });
+    }
 }
 
 /// A tool error: the REST error envelope as `structuredContent`, and `code: message` as text.

@@ -29,6 +29,10 @@ use crate::{
 pub struct MessagePage {
     pub messages: Vec<Message>,
     pub has_more: bool,
+    /// For a long poll answered from the feed, the message that woke it: the same `Arc` for
+    /// every waiter the same commit woke, so equal answers can be written once among them.
+    #[serde(skip)]
+    pub woken_by: Option<Arc<Message>>,
 }
 
 /// Longest `wait` of a long poll, in seconds.
@@ -76,6 +80,7 @@ pub async fn read(
         .as_ref()
         .map(|_| state.delivery.feeds().subscribe(channel_id));
     let mut messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
+    let mut woken_by = None;
     if messages.is_empty() && channel_state(&state.db, channel_id).await?.is_none() {
         return Err(ApiError::channel_not_found(channel_id));
     }
@@ -93,6 +98,7 @@ pub async fn read(
                     Ok(Ok(first)) => {
                         if let Page::After(after) = page {
                             let lagged;
+                            woken_by = Some(first.clone());
                             (messages, lagged) = from_feed(first, feed, after, limit + 1, filter);
                             // Messages were dropped from the feed while none matched: one of
                             // them may have; the database knows.
@@ -107,12 +113,17 @@ pub async fn read(
                 },
                 _ = shutdown.wait_for(|stopping| *stopping) => break,
             }
+            woken_by = None;
             messages = db::page_filtered(&state.db, channel_id, page, limit + 1, filter).await?;
         }
     }
     let has_more = messages.len() as i64 > limit;
     messages.truncate(limit as usize);
-    Ok(MessagePage { messages, has_more })
+    Ok(MessagePage {
+        messages,
+        has_more,
+        woken_by,
+    })
 }
 
 /// The latest `limit` messages of the channel, as `GET …/messages` without a cursor or filter
