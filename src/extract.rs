@@ -48,6 +48,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if first != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
         return Err(ApiError::invalid("request body must be a JSON object"));
     }
+    // Read plainly first; only a body refused is read again, tracking the path to the field
+    // at fault for the error's details.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
     deserializer

@@ -52,18 +52,31 @@ impl RateLimiter {
         let rate = f64::from(limit.rate.max(1));
         let burst = f64::from(limit.burst.max(1));
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+        // A bucket that exists is found by `&str`, with no copy of its key.
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.tokens =
+                (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
+            bucket.last = now;
+            return bucket.take(limit);
+        }
+        let bucket = Bucket {
             tokens: burst,
             last: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
-        bucket.last = now;
-        let allowed = bucket.tokens >= 1.0;
+        };
+        buckets.entry(key.to_owned()).or_insert(bucket).take(limit)
+    }
+}
+
+impl Bucket {
+    /// One token, when there is one, and what the response reports of the bucket.
+    fn take(&mut self, limit: Limit) -> Decision {
+        let rate = f64::from(limit.rate.max(1));
+        let burst = f64::from(limit.burst.max(1));
+        let allowed = self.tokens >= 1.0;
         if allowed {
-            bucket.tokens -= 1.0;
+            self.tokens -= 1.0;
         }
-        let tokens = bucket.tokens;
+        let tokens = self.tokens;
         Decision {
             allowed,
             limit: limit.burst.max(1),

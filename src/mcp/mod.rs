@@ -4,6 +4,8 @@
 //! stands alone (no `Mcp-Session-Id`), so any instance behind a load balancer answers any
 //! request. It speaks the current protocol revision (2026-07-28, no handshake) and the ones with
 //! an `initialize` handshake back to 2024-11-05; answers are plain JSON (`application/json`).
+//! The plain `tools/call` of the handshake revisions is answered beside the SDK, as the SDK
+//! answers it but without its per-call task (see [`direct`]).
 //!
 //! Before the SDK sees a request, [`guard`] checks, in this order:
 //! 1. `Host`, and a browser's `Origin`, against `--mcp-allowed-host` (DNS rebinding): 403
