@@ -24,7 +24,7 @@ use std::{
 
 use tokio::sync::Semaphore;
 
-use super::{ApiKey, find_key};
+use super::{ApiKey, Pattern, ScopeSet, find_key};
 
 /// How long a lookup's answer is trusted: the bound on how late a revocation takes effect.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
@@ -38,6 +38,40 @@ const MAX_CONCURRENT_LOOKUPS: usize = 4;
 /// Key ids are `sk_id_` and 16 characters; anything much longer is not looked up at all.
 const MAX_KEY_ID_LEN: usize = 64;
 
+/// A stored key as requests use it: the row, and what each request would otherwise work out
+/// from it again (its scopes and patterns parsed, its sealed secret shared). Reads as the row.
+pub struct KnownKey {
+    pub row: ApiKey,
+    pub scope_set: ScopeSet,
+    pub patterns: Arc<[Pattern]>,
+    pub stored_patterns: Arc<[String]>,
+    pub sealed_secret: Option<Arc<[u8]>>,
+}
+
+impl From<ApiKey> for KnownKey {
+    fn from(row: ApiKey) -> Self {
+        Self {
+            scope_set: ScopeSet::from_stored(&row.scopes),
+            patterns: row
+                .channel_patterns
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect(),
+            stored_patterns: row.channel_patterns.as_slice().into(),
+            sealed_secret: row.secret_encrypted.as_deref().map(Arc::from),
+            row,
+        }
+    }
+}
+
+impl std::ops::Deref for KnownKey {
+    type Target = ApiKey;
+
+    fn deref(&self) -> &ApiKey {
+        &self.row
+    }
+}
+
 pub struct KeyCache {
     entries: Mutex<Entries>,
     lookups: Semaphore,
@@ -47,7 +81,7 @@ pub struct KeyCache {
 #[derive(Default)]
 struct Entries {
     /// Keys that exist, with when the read that found them began.
-    known: HashMap<String, (Arc<ApiKey>, Instant)>,
+    known: HashMap<String, (Arc<KnownKey>, Instant)>,
     /// Ids found to name no key, with when that read began.
     unknown: HashMap<String, Instant>,
 }
@@ -68,7 +102,7 @@ impl KeyCache {
         &self,
         db: &sqlx::PgPool,
         key_id: &str,
-    ) -> Result<Option<Arc<ApiKey>>, sqlx::Error> {
+    ) -> Result<Option<Arc<KnownKey>>, sqlx::Error> {
         if key_id.len() > MAX_KEY_ID_LEN {
             return Ok(None);
         }
@@ -93,7 +127,9 @@ impl KeyCache {
         }
         let read_at = Instant::now();
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let key = find_key(db, key_id).await?.map(Arc::new);
+        let key = find_key(db, key_id)
+            .await?
+            .map(|row| Arc::new(KnownKey::from(row)));
         self.lock().store(key_id, key.clone(), read_at);
         Ok(key)
     }
@@ -113,7 +149,7 @@ impl KeyCache {
         self.lock().known.len()
     }
 
-    fn fresh(&self, key_id: &str) -> Option<Option<Arc<ApiKey>>> {
+    fn fresh(&self, key_id: &str) -> Option<Option<Arc<KnownKey>>> {
         let entries = self.lock();
         if let Some((key, read_at)) = entries.known.get(key_id)
             && read_at.elapsed() < MAX_AGE
@@ -134,7 +170,7 @@ impl KeyCache {
 impl Entries {
     /// Keeps what a read that began at `read_at` found; a read that began earlier than the one
     /// cached never replaces it.
-    fn store(&mut self, key_id: &str, key: Option<Arc<ApiKey>>, read_at: Instant) {
+    fn store(&mut self, key_id: &str, key: Option<Arc<KnownKey>>, read_at: Instant) {
         let newer = |cached: Option<Instant>| cached.is_none_or(|cached| cached <= read_at);
         match key {
             Some(key) => {
@@ -170,8 +206,8 @@ impl Entries {
 mod tests {
     use super::*;
 
-    fn key(id: &str) -> Arc<ApiKey> {
-        Arc::new(ApiKey {
+    fn key(id: &str) -> Arc<KnownKey> {
+        Arc::new(KnownKey::from(ApiKey {
             key_id: id.to_owned(),
             name: "real".into(),
             secret_sha256: Vec::new(),
@@ -184,7 +220,7 @@ mod tests {
             rate_limit: None,
             rate_burst: None,
             app_id: crate::apps::DEFAULT_APP,
-        })
+        }))
     }
 
     #[test]

@@ -53,14 +53,15 @@ impl std::fmt::Debug for GeneratedKey {
 
 /// A credential as presented by a client, already checked for shape.
 #[derive(PartialEq, Eq)]
-pub struct Credential {
+pub struct Credential<'a> {
     pub key_id: String,
-    secret: String,
+    /// The secret's characters after its `sk_secret_` prefix, as presented.
+    secret: &'a str,
 }
 
-impl Credential {
+impl<'a> Credential<'a> {
     /// Accepts `sk_live_<id>_<secret>` and `sk_id_<id>:sk_secret_<secret>`; anything else is `None`.
-    pub fn parse(raw: &str) -> Option<Self> {
+    pub fn parse(raw: &'a str) -> Option<Self> {
         let (id, secret) = if let Some(rest) = raw.strip_prefix(LIVE_PREFIX) {
             rest.split_once('_')?
         } else {
@@ -76,18 +77,23 @@ impl Credential {
             return None;
         }
         Some(Self {
-            key_id: format!("{ID_PREFIX}{id}"),
-            secret: format!("{SECRET_PREFIX}{secret}"),
+            key_id: [ID_PREFIX, id].concat(),
+            secret,
         })
     }
 
     /// Whether this credential's secret hashes to the stored digest (constant time).
     pub fn matches(&self, stored_digest: &[u8]) -> bool {
-        secret_digest(&self.secret).ct_eq(stored_digest).into()
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update(SECRET_PREFIX)
+            .chain_update(self.secret)
+            .finalize()
+            .into();
+        digest.ct_eq(stored_digest).into()
     }
 }
 
-impl std::fmt::Debug for Credential {
+impl std::fmt::Debug for Credential<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
             .field("key_id", &self.key_id)
@@ -139,8 +145,9 @@ mod tests {
     #[test]
     fn both_credential_forms_parse_to_the_same_key() {
         let key = GeneratedKey::generate();
-        let live = Credential::parse(&key.live_form()).expect("live form");
-        let pair = Credential::parse(&format!("{}:{}", key.key_id, key.secret)).expect("pair form");
+        let (live_form, pair_form) = (key.live_form(), format!("{}:{}", key.key_id, key.secret));
+        let live = Credential::parse(&live_form).expect("live form");
+        let pair = Credential::parse(&pair_form).expect("pair form");
         assert!(live == pair);
         assert_eq!(live.key_id, key.key_id);
         assert!(live.matches(&key.digest()));

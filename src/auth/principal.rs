@@ -32,15 +32,15 @@ pub struct Principal {
     /// The app the key acts for: every resource it reaches is this app's.
     pub app: Arc<App>,
     pub scopes: ScopeSet,
-    pub channel_patterns: Vec<Pattern>,
+    pub channel_patterns: Arc<[Pattern]>,
     /// The patterns as stored, for keys derived from this one.
-    pub stored_patterns: Vec<String>,
+    pub stored_patterns: Arc<[String]>,
     pub expires_at: Option<chrono::DateTime<Utc>>,
     /// The key's own rate limit (`None`: the server's default), which derived keys inherit.
     pub rate_limit: Option<i32>,
     pub rate_burst: Option<i32>,
     /// The key's secret under the master key, for minting tokens.
-    pub secret_encrypted: Option<Vec<u8>>,
+    pub secret_encrypted: Option<Arc<[u8]>>,
 }
 
 impl Principal {
@@ -153,7 +153,7 @@ async fn authenticate(
     parts: &Parts,
     state: &AppState,
     raw: Result<&str, AuthFailure>,
-    credential: Option<Credential>,
+    credential: Option<Credential<'_>>,
 ) -> Result<Principal, ApiError> {
     let raw = raw.map_err(ApiError::Unauthorized)?;
     let credential = credential.ok_or_else(|| {
@@ -214,18 +214,14 @@ async fn authenticate(
     }
     Ok(Principal {
         app,
-        scopes: ScopeSet::from_stored(&key.scopes),
+        scopes: key.scope_set,
         key_id: key.key_id.clone(),
-        channel_patterns: key
-            .channel_patterns
-            .iter()
-            .map(|p| Pattern::new(p))
-            .collect(),
-        stored_patterns: key.channel_patterns.clone(),
+        channel_patterns: key.patterns.clone(),
+        stored_patterns: key.stored_patterns.clone(),
         expires_at: key.expires_at,
         rate_limit: key.rate_limit,
         rate_burst: key.rate_burst,
-        secret_encrypted: key.secret_encrypted.clone(),
+        secret_encrypted: key.sealed_secret.clone(),
     })
 }
 

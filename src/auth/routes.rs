@@ -164,7 +164,7 @@ pub async fn create(
             }
             patterns.clone()
         }
-        None => creator.stored_patterns.clone(),
+        None => creator.stored_patterns.to_vec(),
     };
     let asked = match lifetime {
         None => None,

@@ -59,7 +59,7 @@ pub async fn create(
     let events = check_events(&new.events, &mut errors);
     let channels = match &new.channels {
         Some(channels) => check_channels(channels, &mut errors),
-        None => caller.stored_patterns.clone(),
+        None => caller.stored_patterns.to_vec(),
     };
     let description = check_description(new.description.as_deref(), &mut errors);
     let url = check_url(&state, &new.url, &mut errors).await;
