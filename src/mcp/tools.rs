@@ -1177,7 +1177,8 @@ struct Asked {
 /// the same arguments, as [`legacy_json`] writes them: one post that wakes a thousand waiters
 /// has its answer written once, not a thousand times. An answer is only ever shared among
 /// waiters the same feed message woke (the same `Arc`, held by the entry), so it holds exactly
-/// what each would have written itself. The last [`SHARED_ANSWERS`] answers are kept.
+/// what each would have written itself. The last [`SHARED_ANSWERS`] answers of at most
+/// [`SHARED_ANSWER_BYTES`] each are kept: what a quiet server holds on to stays small.
 #[derive(Default)]
 pub struct SharedAnswers {
     recent: Mutex<VecDeque<SharedAnswer>>,
@@ -1185,6 +1186,8 @@ pub struct SharedAnswers {
 
 /// Answers kept for waiters still to wake: one per argument set woken at once.
 const SHARED_ANSWERS: usize = 16;
+/// A larger answer (a page of long messages) is written by each waiter for itself.
+const SHARED_ANSWER_BYTES: usize = 256 * 1024;
 
 struct SharedAnswer {
     woken_by: Arc<Message>,
@@ -1229,6 +1232,9 @@ impl SharedAnswers {
         has_more: bool,
         json: Bytes,
     ) {
+        if json.len() > SHARED_ANSWER_BYTES {
+            return;
+        }
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if recent.len() >= SHARED_ANSWERS {
             recent.pop_front();
