@@ -275,22 +275,6 @@ async fn mcp_posts_and_reads_the_fields(db: PgPool) {
     );
 }
 
-/// Waits (with a deadline) until `count` long polls or MCP waits are waiting on `app`.
-async fn waiters_reach(app: &TestApp, count: u64) {
-    common::eventually(
-        std::time::Duration::from_secs(15),
-        "the waiters wait",
-        || async {
-            app.state
-                .metrics
-                .waiters
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= count
-        },
-    )
-    .await;
-}
-
 fn ids(page: &Value) -> Vec<i64> {
     page["messages"]
         .as_array()
@@ -413,7 +397,8 @@ async fn a_filtered_long_poll_sleeps_through_other_posts_and_wakes_for_a_match(d
     };
     let filtered = poll("&mentions=pod-7".into());
     let everyone = poll(String::new());
-    waiters_reach(&app, 2).await;
+    app.until_waiting(2, std::time::Duration::from_secs(15))
+        .await;
 
     // Messages for others: the unfiltered poll wakes with the first; the filtered one sleeps on.
     let mut others = Vec::new();
@@ -435,7 +420,8 @@ async fn a_filtered_long_poll_sleeps_through_other_posts_and_wakes_for_a_match(d
         !filtered.is_finished(),
         "woken by a message for someone else"
     );
-    waiters_reach(&app, 1).await;
+    app.until_waiting(1, std::time::Duration::from_secs(15))
+        .await;
 
     let (_, body) = post(
         &app,
@@ -475,7 +461,8 @@ async fn threads_sse_and_mcp_waits_filter_alike(db: PgPool) {
             }}));
         tokio::spawn(common::call(request))
     };
-    waiters_reach(&app, 1).await;
+    app.until_waiting(1, std::time::Duration::from_secs(15))
+        .await;
 
     // A thread three deep, and unrelated messages around it.
     let mut thread = vec![root];

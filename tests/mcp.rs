@@ -29,18 +29,6 @@ async fn mcp(app: &TestApp, key: &str, body: Value) -> (StatusCode, Value) {
     .await
 }
 
-/// Waits until at least `waiters` calls wait for messages on the server.
-async fn until_waiting(app: &TestApp, waiters: u64, deadline: Duration) {
-    common::eventually(deadline, "the waiters wait", || async {
-        app.state
-            .metrics
-            .waiters
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= waiters
-    })
-    .await;
-}
-
 /// A `tools/call`'s result (the JSON-RPC call itself must succeed).
 async fn tool(app: &TestApp, key: &str, name: &str, arguments: Value) -> Value {
     let (status, body) = mcp(
@@ -524,7 +512,8 @@ async fn waiting_tool_calls_hold_no_database_connection(db: PgPool) {
             tokio::spawn(common::call(request))
         })
         .collect();
-    until_waiting(&app, WAITERS as u64, Duration::from_secs(20)).await;
+    app.until_waiting(WAITERS as u64, Duration::from_secs(20))
+        .await;
     // Two pooled connections serve 200 waiting calls, and are free for other requests.
     assert_eq!(server_pool.size() as usize - server_pool.num_idle(), 0);
     let (status, _) = app.get("/v1/channels", &key).await;
@@ -591,7 +580,7 @@ async fn waiters_woken_by_one_post_each_get_the_page_they_asked_for(db: PgPool) 
         from_start["result"]["structuredContent"]["messages"][0]["id"], first,
         "a page that exists answers at once: {from_start}"
     );
-    until_waiting(&app, 4, Duration::from_secs(10)).await;
+    app.until_waiting(4, Duration::from_secs(10)).await;
 
     let (status, posted) = app
         .post(
@@ -825,7 +814,7 @@ async fn calls_answered_directly_are_answered_as_the_sdk_answers_them(db: PgPool
         })
     };
     let waiters = [wait(Path::Direct), wait(Path::Sdk), wait(Path::Direct)];
-    until_waiting(&app, 3, Duration::from_secs(10)).await;
+    app.until_waiting(3, Duration::from_secs(10)).await;
     let posted = app.message(&key, channel, "wakes all three").await;
     let mut answers = Vec::new();
     for waiter in waiters {

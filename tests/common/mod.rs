@@ -289,6 +289,19 @@ impl TestApp {
         ws.closed_with_reason().await
     }
 
+    /// Waits, up to `within`, until at least `count` long polls or MCP waits wait on this
+    /// server.
+    pub async fn until_waiting(&self, count: u64, within: std::time::Duration) {
+        eventually(within, "the waiters wait", || async {
+            self.state
+                .metrics
+                .waiters
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= count
+        })
+        .await;
+    }
+
     /// A key that may read and write channels.
     pub async fn writer(&self) -> String {
         self.key(&[Scope::ChannelsWrite]).await
