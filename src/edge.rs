@@ -18,7 +18,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, MatchedPath, Request},
-    http::{HeaderName, HeaderValue},
+    http::{HeaderName, HeaderValue, header::Entry},
     response::{IntoResponse, Response},
 };
 use tower::{Layer, Service};
@@ -72,14 +72,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
+        // A made id is the span's and the answer's; no handler reads it from the request.
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
-            None => {
-                let id = random_request_id();
-                request.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            None => random_request_id(),
         };
         let span = request_span(&request, &id, &self.trusted);
         let started = (!span.is_disabled()).then(Instant::now);
@@ -126,8 +123,8 @@ where
                 Err(_) => panicked(),
             },
         };
-        if !response.headers().contains_key(&REQUEST_ID) {
-            response.headers_mut().insert(REQUEST_ID, this.id.clone());
+        if let Entry::Vacant(vacant) = response.headers_mut().entry(REQUEST_ID) {
+            vacant.insert(std::mem::replace(this.id, HeaderValue::from_static("")));
         }
         if let Some(started) = this.started {
             log_response(&response, started.elapsed(), this.span);

@@ -291,10 +291,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelId {
 }
 
 pub(crate) fn parse_channel_id(raw: &str) -> Result<ChannelId, ApiError> {
-    let shown: String = raw.chars().take(40).collect();
     let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
-    match raw.parse::<i64>() {
-        Ok(id) if id > 0 && digits && !raw.starts_with('0') => Ok(ChannelId(id)),
+    let parsed = raw.parse::<i64>();
+    if let Ok(id) = parsed
+        && id > 0
+        && digits
+        && !raw.starts_with('0')
+    {
+        return Ok(ChannelId(id));
+    }
+    let shown: String = raw.chars().take(40).collect();
+    match parsed {
         Ok(_) if digits => Err(ApiError::invalid_field(
             "id",
             "format",

@@ -2,9 +2,9 @@
 //! (431) and a declared `Content-Length` over `--max-body-bytes` (413, at once: the body is never
 //! waited for), answered in the error envelope; the body's arrival within `--http-body-timeout`
 //! (408, answered where the body is read, after the key check); and a deadline on the request's
-//! work, `--db-timeout` plus whatever [`WaitAllowance`] the feature that waits by design grants
-//! (a long poll's `wait`, an MCP tool's wait), past which it answers 503 `unavailable` so that a
-//! frozen database cannot hold requests without limit. Time spent waiting for the body is
+//! work, `--db-timeout` plus whatever wait the feature that waits by design grants
+//! ([`InFlight::allow`]: a long poll's `wait`, an MCP tool's wait), past which it answers 503
+//! `unavailable` so that a frozen database cannot hold requests without limit. Time spent waiting for the body is
 //! the client's, not the database's: while the body is still arriving the deadline moves on, so
 //! a slow upload gets its whole `--http-body-timeout` and a stalled one a 408, never a 5xx that
 //! pages an operator. Streams (SSE, WebSocket) are not bounded by the deadline: their handlers
@@ -15,7 +15,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -31,23 +31,62 @@ use axum::{
 
 use http_body::{Frame, SizeHint};
 
-use crate::{error::ApiError, extract::BodyTimedOut, shutdown::Shutdown, state::AppState};
+use crate::{
+    error::ApiError,
+    extract::BodyTimedOut,
+    ratelimit::{self, Decision},
+    shutdown::Shutdown,
+    state::AppState,
+};
 
-/// Time a request may spend waiting by design, on top of `--db-timeout`: granted by the feature
-/// that waits (the long poll grants its `wait`, MCP its maximum wait), which owns that limit.
-/// Every request carries one in its extensions.
+/// What a request's layers and its handler share while it is answered, in one allocation, found
+/// in every request's extensions: the time it may spend waiting by design on top of
+/// `--db-timeout` (granted by the feature that waits: the long poll its `wait`, MCP its maximum
+/// wait), the rate-limit decision its response reports, and whether its body is arriving.
 #[derive(Debug, Clone, Default)]
-pub struct WaitAllowance(Arc<AtomicU64>);
+pub struct InFlight(Arc<InFlightState>);
 
-impl WaitAllowance {
+#[derive(Debug, Default)]
+struct InFlightState {
+    granted_millis: AtomicU64,
+    decision: Mutex<Option<Decision>>,
+    arriving: AtomicBool,
+}
+
+impl InFlight {
     /// Grants up to `wait` more (the largest grant counts).
     pub fn allow(&self, wait: Duration) {
         let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        self.0.fetch_max(millis, Ordering::Relaxed);
+        self.0.granted_millis.fetch_max(millis, Ordering::Relaxed);
     }
 
     fn granted(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::Relaxed))
+        Duration::from_millis(self.0.granted_millis.load(Ordering::Relaxed))
+    }
+
+    /// Records what the rate limit decided, for the response's `RateLimit-*` headers.
+    pub fn decided(&self, decision: Decision) {
+        *self
+            .0
+            .decision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(decision);
+    }
+
+    fn decision(&self) -> Option<Decision> {
+        self.0
+            .decision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn arriving(&self, arriving: bool) {
+        self.0.arriving.store(arriving, Ordering::Relaxed);
+    }
+
+    fn is_arriving(&self) -> bool {
+        self.0.arriving.load(Ordering::Relaxed)
     }
 }
 
@@ -105,8 +144,9 @@ where
     // The body must arrive within its timeout, and stops being waited for at shutdown. It is
     // read where the handler extracts it, after the key check: an unauthenticated client cannot
     // make the server read a body at all.
-    let (parts, body) = request.into_parts();
-    let arriving = Arc::new(AtomicBool::new(false));
+    let (mut parts, body) = request.into_parts();
+    let in_flight = InFlight::default();
+    parts.extensions.insert(in_flight.clone());
     let body = if body.size_hint().exact() == Some(0) {
         body
     } else {
@@ -115,38 +155,37 @@ where
             deadline: tokio::time::Instant::now() + config.http.body_timeout,
             shutdown: state.shutdown.clone(),
             waiting: None,
-            arriving: arriving.clone(),
+            in_flight: in_flight.clone(),
             ended: false,
         })
     };
-    let mut request = Request::from_parts(parts, body);
+    let request = Request::from_parts(parts, body);
 
-    let allowance = WaitAllowance::default();
-    request.extensions_mut().insert(allowance.clone());
     let started = tokio::time::Instant::now();
     let mut deadline = started + config.db_timeout;
     let work = async { next(request).await.unwrap_or_else(|never| match never {}) };
     tokio::pin!(work);
-    loop {
+    let mut response = loop {
         match tokio::time::timeout_at(deadline, &mut work).await {
-            Ok(response) => return response,
+            Ok(response) => break response,
             // The handler granted itself a wait since the deadline was set.
-            Err(_) if started + config.db_timeout + allowance.granted() > deadline => {
-                deadline = started + config.db_timeout + allowance.granted();
+            Err(_) if started + config.db_timeout + in_flight.granted() > deadline => {
+                deadline = started + config.db_timeout + in_flight.granted();
             }
             // Still the client's time: the body's own deadline ends it with a 408.
-            Err(_)
-                if arriving.load(Ordering::Relaxed)
-                    && started.elapsed() < config.http.body_timeout =>
-            {
-                deadline = tokio::time::Instant::now() + config.db_timeout + allowance.granted();
+            Err(_) if in_flight.is_arriving() && started.elapsed() < config.http.body_timeout => {
+                deadline = tokio::time::Instant::now() + config.db_timeout + in_flight.granted();
             }
             Err(_) => {
-                return ApiError::DeadlinePassed(config.db_timeout + allowance.granted())
+                break ApiError::DeadlinePassed(config.db_timeout + in_flight.granted())
                     .into_response();
             }
         }
+    };
+    if let Some(decision) = in_flight.decision() {
+        ratelimit::report(decision, &mut response);
     }
+    response
 }
 
 fn rejected(status: StatusCode, message: String) -> Response {
@@ -161,8 +200,8 @@ struct DeadlineBody {
     /// The deadline's timer and the shutdown's watch, made the first time the body is not there
     /// yet: most bodies arrive with their headers and never need them.
     waiting: Option<Waiting>,
-    /// True while the handler reads the body and the body has not ended.
-    arriving: Arc<AtomicBool>,
+    /// Told whether the handler is reading the body and the body has not ended.
+    in_flight: InFlight,
     ended: bool,
 }
 
@@ -175,7 +214,7 @@ impl DeadlineBody {
     /// All of it arrived, or it will never: not arriving any more.
     fn end(&mut self) {
         self.ended = true;
-        self.arriving.store(false, Ordering::Relaxed);
+        self.in_flight.arriving(false);
     }
 }
 
@@ -195,7 +234,7 @@ impl http_body::Body for DeadlineBody {
             if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
                 self.end();
             } else {
-                self.arriving.store(true, Ordering::Relaxed);
+                self.in_flight.arriving(true);
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
@@ -216,7 +255,7 @@ impl http_body::Body for DeadlineBody {
             self.end();
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
         }
-        self.arriving.store(true, Ordering::Relaxed);
+        self.in_flight.arriving(true);
         Poll::Pending
     }
 

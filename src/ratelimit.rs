@@ -5,11 +5,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Mutex, PoisonError},
 };
 
 use axum::{
-    extract::Request,
     http::{HeaderName, HeaderValue},
     response::Response,
 };
@@ -91,40 +90,53 @@ impl Bucket {
     }
 }
 
-/// Where the `Principal` extractor leaves its decision for [`headers`] to report.
-#[derive(Debug, Clone, Default)]
-pub struct DecisionSlot(Arc<Mutex<Option<Decision>>>);
-
-impl DecisionSlot {
-    pub fn set(&self, decision: Decision) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(decision);
-    }
-
-    fn take(&self) -> Option<Decision> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
-
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
-impl DecisionSlot {
-    /// A slot in the request's extensions, for authentication to put its decision in.
-    pub fn attach(request: &mut Request) -> Self {
-        let slot = Self::default();
-        request.extensions_mut().insert(slot.clone());
-        slot
-    }
+/// Reports `decision` on the response.
+pub fn report(decision: Decision, response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(LIMIT, number(decision.limit.into()));
+    headers.insert(REMAINING, number(decision.remaining.into()));
+    headers.insert(RESET, number(decision.reset_secs));
+}
 
-    /// Reports on the response what was decided, if anything was.
-    pub fn report(&self, response: &mut Response) {
-        if let Some(decision) = self.take() {
-            let headers = response.headers_mut();
-            headers.insert(LIMIT, HeaderValue::from(decision.limit));
-            headers.insert(REMAINING, HeaderValue::from(decision.remaining));
-            headers.insert(RESET, HeaderValue::from(decision.reset_secs));
+/// The decimal text of 0 to 999, one after another.
+static SMALL_NUMBERS: [u8; 2890] = small_numbers();
+
+const fn small_numbers() -> [u8; 2890] {
+    let mut text = [0u8; 2890];
+    let (mut n, mut at) = (0, 0);
+    while n < 1000 {
+        if n >= 100 {
+            text[at] = b'0' + (n / 100) as u8;
+            at += 1;
         }
+        if n >= 10 {
+            text[at] = b'0' + (n / 10 % 10) as u8;
+            at += 1;
+        }
+        text[at] = b'0' + (n % 10) as u8;
+        at += 1;
+        n += 1;
+    }
+    text
+}
+
+/// `n` as a header value: below 1,000 (the default limits' figures) a slice of
+/// [`SMALL_NUMBERS`], with no allocation.
+fn number(n: u64) -> HeaderValue {
+    let (start, len) = match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + 2 * (n - 10), 2),
+        100..=999 => (190 + 3 * (n - 100), 3),
+        _ => return HeaderValue::from(n),
+    };
+    let start = start as usize;
+    match std::str::from_utf8(&SMALL_NUMBERS[start..start + len]) {
+        Ok(text) => HeaderValue::from_static(text),
+        Err(_) => HeaderValue::from(n),
     }
 }
 
@@ -132,6 +144,13 @@ impl DecisionSlot {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn numbers_read_as_their_decimal_text() {
+        for n in (0..1100).chain([9_999, 1_000_000, u64::MAX]) {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_allows_its_burst_then_refills_at_its_rate() {

@@ -28,7 +28,7 @@ use crate::{
     console, consumers, delivery,
     edge::EdgeLayer,
     error::ApiError,
-    health, limits, mcp, messages, metrics, openapi, ratelimit,
+    health, limits, mcp, messages, metrics, openapi,
     realtime::{
         self,
         engine::{Engine, EngineTasks},
@@ -58,9 +58,9 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
-/// What every request passes on its way in and out, as one service around each route: a slot
-/// for the rate-limit decision, reported in the response's `RateLimit-*` headers; the HTTP
-/// metrics; then the request limits and deadline. Written out rather than with `from_fn`, which
+/// What every request passes on its way in and out, as one service around each route: the HTTP
+/// metrics, then the request limits and deadline (which also report the rate-limit decision in
+/// the response's `RateLimit-*` headers). Written out rather than with `from_fn`, which
 /// boxes the route again for every request on top of its boxed future.
 #[derive(Clone)]
 struct EveryRequestLayer(AppState);
@@ -95,17 +95,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         // The service polled ready answers this request; its clone waits for the next one.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let state = self.state.clone();
         Box::pin(async move {
-            let slot = ratelimit::DecisionSlot::attach(&mut request);
             let tracked = metrics::Tracked::start(&request);
-            let mut response = limits::limits(&state, request, |request| inner.call(request)).await;
+            let response = limits::limits(&state, request, |request| inner.call(request)).await;
             tracked.answered(&state, &response);
-            slot.report(&mut response);
             Ok(response)
         })
     }

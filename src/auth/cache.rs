@@ -24,7 +24,7 @@ use std::{
 
 use tokio::sync::Semaphore;
 
-use super::{ApiKey, Pattern, ScopeSet, find_key};
+use super::{ApiKey, Pattern, ScopeSet, find_key, patterns::DigitNames};
 
 /// How long a lookup's answer is trusted: the bound on how late a revocation takes effect.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
@@ -44,19 +44,23 @@ pub struct KnownKey {
     pub row: ApiKey,
     pub scope_set: ScopeSet,
     pub patterns: Arc<[Pattern]>,
+    /// The patterns cover every persistent channel's name (`*` or `**` among them).
+    pub all_channels: bool,
     pub stored_patterns: Arc<[String]>,
     pub sealed_secret: Option<Arc<[u8]>>,
 }
 
 impl From<ApiKey> for KnownKey {
     fn from(row: ApiKey) -> Self {
+        let patterns: Arc<[Pattern]> = row
+            .channel_patterns
+            .iter()
+            .map(|p| Pattern::new(p))
+            .collect();
         Self {
             scope_set: ScopeSet::from_stored(&row.scopes),
-            patterns: row
-                .channel_patterns
-                .iter()
-                .map(|p| Pattern::new(p))
-                .collect(),
+            all_channels: matches!(DigitNames::of(&patterns), DigitNames::All),
+            patterns,
             stored_patterns: row.channel_patterns.as_slice().into(),
             sealed_secret: row.secret_encrypted.as_deref().map(Arc::from),
             row,
@@ -142,6 +146,14 @@ impl KeyCache {
     /// Whether `key_id` names a key this instance has found (a key in use).
     pub fn is_known(&self, key_id: &str) -> bool {
         self.lock().known.contains_key(key_id)
+    }
+
+    /// The stored key `key_id` if this instance read it less than [`MAX_AGE`] ago: what
+    /// [`Self::find`] would answer without waiting.
+    pub fn fresh_key(&self, key_id: &str) -> Option<Arc<KnownKey>> {
+        let entries = self.lock();
+        let (key, read_at) = entries.known.get(key_id)?;
+        (read_at.elapsed() < MAX_AGE).then(|| key.clone())
     }
 
     /// Keys that exist, in the cache now.

@@ -16,12 +16,12 @@ use axum::{
 };
 use chrono::Utc;
 
-use super::{Credential, Pattern, Scope, ScopeSet, is_publishable};
+use super::{Credential, Pattern, Scope, ScopeSet, cache::KnownKey, is_publishable};
 use crate::{
     apps::App,
     error::{ApiError, AuthFailure},
-    limits::client_ip,
-    ratelimit::{DecisionSlot, Limit},
+    limits::{InFlight, client_ip},
+    ratelimit::Limit,
     state::AppState,
 };
 
@@ -33,6 +33,8 @@ pub struct Principal {
     pub app: Arc<App>,
     pub scopes: ScopeSet,
     pub channel_patterns: Arc<[Pattern]>,
+    /// `channel_patterns` cover every persistent channel's name.
+    pub all_channels: bool,
     /// The patterns as stored, for keys derived from this one.
     pub stored_patterns: Arc<[String]>,
     pub expires_at: Option<chrono::DateTime<Utc>>,
@@ -66,7 +68,8 @@ impl Principal {
     /// Persistent channel `id` as this key sees it: it belongs to the key's app and the key's
     /// patterns cover its name `"<id>"`, or it is 404 `not_found`, exactly like an unknown id.
     pub async fn may_use_channel(&self, state: &AppState, id: i64) -> Result<(), ApiError> {
-        if super::patterns::any_matches(&self.channel_patterns, &id.to_string())
+        if (self.all_channels
+            || super::patterns::any_matches(&self.channel_patterns, &id.to_string()))
             && state.apps.owner(&state.db, id).await? == Some(self.app.id)
         {
             Ok(())
@@ -116,9 +119,14 @@ impl FromRequestParts<AppState> for Principal {
         // see `auth::failures`.
         let raw = presented_credential(&parts.headers);
         let credential = raw.ok().and_then(Credential::parse);
-        let known = credential
+        // A key read within the last second is used as it was read, found with one lookup.
+        let cached = credential
             .as_ref()
-            .is_some_and(|credential| state.keys.is_known(&credential.key_id));
+            .and_then(|credential| state.keys.fresh_key(&credential.key_id));
+        let known = cached.is_some()
+            || credential
+                .as_ref()
+                .is_some_and(|credential| state.keys.is_known(&credential.key_id));
         let guess = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -135,7 +143,7 @@ impl FromRequestParts<AppState> for Principal {
         {
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        let authenticated = authenticate(parts, state, raw, credential).await;
+        let authenticated = authenticate(parts, state, raw, credential, cached).await;
         let failed = matches!(
             &authenticated,
             Err(ApiError::Unauthorized(failure)) if *failure != AuthFailure::Missing
@@ -147,13 +155,14 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// The key a request presents (`raw`, which parsed as `credential`), checked and within its
-/// rate limit.
+/// The key a request presents (`raw`, which parsed as `credential`; `cached`, the stored key it
+/// names if the cache holds it fresh), checked and within its rate limit.
 async fn authenticate(
     parts: &Parts,
     state: &AppState,
     raw: Result<&str, AuthFailure>,
     credential: Option<Credential<'_>>,
+    cached: Option<Arc<KnownKey>>,
 ) -> Result<Principal, ApiError> {
     let raw = raw.map_err(ApiError::Unauthorized)?;
     let credential = credential.ok_or_else(|| {
@@ -165,18 +174,22 @@ async fn authenticate(
             AuthFailure::Malformed
         })
     })?;
-    let key = state
-        .keys
-        .find(&state.db, &credential.key_id)
-        .await?
-        .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?;
+    let key = match cached {
+        Some(key) => key,
+        None => state
+            .keys
+            .find(&state.db, &credential.key_id)
+            .await?
+            .ok_or(ApiError::Unauthorized(AuthFailure::UnknownKey))?,
+    };
     if !credential.matches(&key.secret_sha256) {
         return Err(ApiError::Unauthorized(AuthFailure::UnknownKey));
     }
     if key.revoked_at.is_some() {
         return Err(ApiError::Unauthorized(AuthFailure::Revoked));
     }
-    if !key.is_active(Utc::now()) {
+    // The clock is read only for a key that expires.
+    if key.expires_at.is_some() && !key.is_active(Utc::now()) {
         return Err(ApiError::Unauthorized(AuthFailure::KeyExpired));
     }
     let default = state.config.rate_limit;
@@ -203,8 +216,8 @@ async fn authenticate(
             decision = shared;
         }
     }
-    if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
-        slot.set(decision);
+    if let Some(in_flight) = parts.extensions.get::<InFlight>() {
+        in_flight.decided(decision);
     }
     if !decision.allowed {
         state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +230,7 @@ async fn authenticate(
         scopes: key.scope_set,
         key_id: key.key_id.clone(),
         channel_patterns: key.patterns.clone(),
+        all_channels: key.all_channels,
         stored_patterns: key.stored_patterns.clone(),
         expires_at: key.expires_at,
         rate_limit: key.rate_limit,

@@ -21,7 +21,7 @@ use crate::{
     error::{ApiError, Envelope, FieldErrors},
     extract::{NoQuery, QueryParams, ValidatedJson, parse_channel_id},
     json::Json,
-    limits::WaitAllowance,
+    limits::InFlight,
     state::AppState,
 };
 
@@ -173,7 +173,7 @@ pub async fn claim(
     _: NoQuery,
     State(state): State<AppState>,
     path: GroupPath,
-    allowance: Option<Extension<WaitAllowance>>,
+    allowance: Option<Extension<InFlight>>,
     ValidatedJson(claim): ValidatedJson<Claim>,
 ) -> Result<Json<Deliveries>, ApiError> {
     let args = service::claim_args(claim)?;

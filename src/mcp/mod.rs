@@ -46,7 +46,7 @@ use rmcp::transport::streamable_http_server::{
 use serde_json::json;
 
 use crate::{
-    auth::Principal, config::McpConfig, error::ApiError, json::Json, limits::WaitAllowance,
+    auth::Principal, config::McpConfig, error::ApiError, json::Json, limits::InFlight,
     state::AppState,
 };
 
@@ -110,7 +110,7 @@ async fn checked(state: AppState, tools: &tools::Tools, request: Request, next: 
     };
     // A tool call may wait for messages, up to the configured maximum (the tool bounds its own
     // work more tightly): the request's deadline makes room for it (see `limits`).
-    if let Some(allowance) = parts.extensions.get::<WaitAllowance>() {
+    if let Some(allowance) = parts.extensions.get::<InFlight>() {
         allowance.allow(state.config.mcp.max_wait);
     }
     // Read here, so that a body too slow or too large is answered as on every route (408, 413)

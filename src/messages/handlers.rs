@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::{
     Extension,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, HeaderValue, StatusCode, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, request::Parts},
     response::Response,
 };
 use serde::Serialize;
@@ -22,11 +22,11 @@ use crate::{
     etag::json_with_identity,
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
-    limits::WaitAllowance,
+    limits::InFlight,
     state::AppState,
 };
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MessageBody {
@@ -60,7 +60,7 @@ pub async fn list(
     caller: Scoped<ChannelsRead>,
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
-    allowance: Option<Extension<WaitAllowance>>,
+    allowance: Option<Extension<InFlight>>,
     headers: HeaderMap,
     query: QueryParams,
 ) -> Result<Response, ApiError> {

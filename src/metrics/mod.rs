@@ -2,8 +2,9 @@
 //!
 //! A registry owned by the application state rather than a process-global recorder, so that
 //! several servers in one process (as in the tests) each count their own. Requests are counted
-//! into label families as they are answered; everything else (the engine, delivery, the pool)
-//! is read at scrape time, as [`Sample`]s.
+//! as they are answered, each thread into series of its own that a scrape adds up (see
+//! [`HttpSeries`]); everything else (the engine, delivery, the pool) is read at scrape
+//! time, as [`Sample`]s.
 
 mod registry;
 mod sample;
@@ -21,12 +22,12 @@ use axum::{
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, text},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, text},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
-pub use registry::{BUCKETS, HttpLabels, Metrics, Waiting};
+pub use registry::{BUCKETS, HttpLabels, HttpSeries, Metrics, Waiting};
 pub use sample::{Kind, Sample};
 
 use crate::{error::ApiError, state::AppState};
@@ -70,17 +71,12 @@ impl Tracked {
 
     /// Counts the request with the status it was answered.
     pub fn answered(self, state: &AppState, response: &Response) {
-        let seconds = self.started.elapsed().as_secs_f64();
+        let latency = self.started.elapsed();
         let status = response.status().as_u16();
         if status == 503 {
             state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
         }
-        let labels = HttpLabels {
-            route: self.route,
-            method: self.method,
-            status,
-        };
-        state.metrics.observe(labels, seconds);
+        (state.metrics.http).observe(&self.route, self.method, status, latency);
     }
 }
 
@@ -106,11 +102,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
 /// Everything `/metrics` shows, read at one scrape.
 #[derive(Debug)]
 struct Scrape {
-    http_requests: prometheus_client::metrics::family::Family<
-        HttpLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    http_latency: registry::Latencies,
+    http: Vec<(HttpLabels, registry::Totals)>,
     samples: Vec<Sample>,
     consumers: Vec<crate::consumers::db::Gauges>,
     webhook_queue: Option<crate::webhooks::db::Queue>,
@@ -154,8 +146,7 @@ async fn consumer_gauges(state: &AppState) -> Vec<crate::consumers::db::Gauges> 
 impl Scrape {
     fn of(state: &AppState) -> Self {
         Self {
-            http_requests: state.metrics.http_requests.clone(),
-            http_latency: state.metrics.http_latency.clone(),
+            http: state.metrics.http.totals(),
             samples: samples(state),
             consumers: Vec::new(),
             webhook_queue: None,
@@ -175,20 +166,26 @@ impl Scrape {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let requests = encoder.encode_descriptor(
+        let mut requests = encoder.encode_descriptor(
             "channeld_http_requests",
             "HTTP requests by matched route, method and status.",
             None,
             MetricType::Counter,
         )?;
-        self.http_requests.encode(requests)?;
-        let latency = encoder.encode_descriptor(
+        for (labels, totals) in &self.http {
+            ConstCounter::new(totals.count).encode(requests.encode_family(labels)?)?;
+        }
+        let mut latency = encoder.encode_descriptor(
             "channeld_http_request_duration_seconds",
             "HTTP request latency.",
             None,
             MetricType::Histogram,
         )?;
-        self.http_latency.encode(latency)?;
+        for (labels, totals) in &self.http {
+            latency
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(totals.sum, totals.count, &totals.buckets, None)?;
+        }
         for sample in &self.samples {
             match sample.kind {
                 Kind::Counter => {
