@@ -3,7 +3,9 @@
 //!
 //! - Headers must arrive within `--http-header-timeout`, counted from when the connection starts
 //!   waiting for a request, so the same timeout ends idle keep-alive connections and slowloris
-//!   clients alike (request bodies have their own, in [`crate::limits`]).
+//!   clients alike (request bodies have their own, in [`crate::limits`]). One timer per
+//!   connection watches it, and looks again only when it fires: a request costs no timer of its
+//!   own (hyper's `header_read_timeout` set and cleared one per request).
 //! - `accept` failures (out of file descriptors, above all) are counted and retried after a short
 //!   pause instead of ending the server; the process raises its open-file limit at start.
 //! - On shutdown the listener closes; connections with no request in flight are closed after at
@@ -22,8 +24,8 @@ use std::{
 use axum::{Router, body::Body, extract::ConnectInfo};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, server::conn::http1};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 use tower::ServiceExt;
 
 /// Counters for operators (`/metrics`).
@@ -66,9 +68,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
+    http.keep_alive(true);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -97,6 +97,7 @@ pub async fn run(
             tcp,
             remote,
             app.clone(),
+            header_timeout,
             stats.clone(),
             stop.clone(),
         ));
@@ -106,15 +107,43 @@ pub async fn run(
     while connections.join_next().await.is_some() {}
 }
 
+/// A connection's requests being answered right now and, when there are none, since when it
+/// has waited for the next one.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `started` to the end of the last request.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// When its wait for request headers runs out: `None` while a request is being answered.
+    fn headers_due(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let idle_since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        Some(self.started + idle_since + timeout)
+    }
+}
+
 /// Counts one request in flight, on its connection and in all, until dropped.
 struct InFlight {
-    connection: Arc<AtomicUsize>,
+    connection: Arc<Activity>,
     stats: Arc<ServerStats>,
 }
 
 impl InFlight {
-    fn new(connection: Arc<AtomicUsize>, stats: Arc<ServerStats>) -> Self {
-        connection.fetch_add(1, Ordering::AcqRel);
+    fn new(connection: Arc<Activity>, stats: Arc<ServerStats>) -> Self {
+        connection.in_flight.fetch_add(1, Ordering::AcqRel);
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         Self { connection, stats }
     }
@@ -122,7 +151,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.connection.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.connection;
+        let ended = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since.store(ended, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -132,12 +164,12 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     app: Router,
+    header_timeout: Duration,
     stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Requests of this connection being answered right now.
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let counter = in_flight.clone();
+    let activity = Arc::new(Activity::new());
+    let counter = activity.clone();
     let requests = stats.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
@@ -158,14 +190,30 @@ async fn connection(
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(served);
-    let finished = tokio::select! {
-        result = served.as_mut() => Some(result),
-        _ = stop.wait_for(|stop| *stop) => None,
+    // Looks at the connection when its wait for headers would run out, and again from there.
+    let watch = tokio::time::sleep(header_timeout);
+    tokio::pin!(watch);
+    let finished = loop {
+        tokio::select! {
+            // Headers already received are dispatched before the timeout is looked at.
+            biased;
+            result = served.as_mut() => break Some(result),
+            _ = stop.wait_for(|stop| *stop) => break None,
+            _ = watch.as_mut() => match activity.headers_due(header_timeout) {
+                Some(due) if due <= Instant::now() => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("connection closed: no request headers within the timeout");
+                    return;
+                }
+                Some(due) => watch.as_mut().reset(due),
+                None => watch.as_mut().reset(Instant::now() + header_timeout),
+            },
+        }
     };
     let result = match finished {
         Some(result) => result,
         None => {
-            let idle = in_flight.load(Ordering::Acquire) == 0;
+            let idle = activity.in_flight.load(Ordering::Acquire) == 0;
             served.as_mut().graceful_shutdown();
             if idle {
                 // Nothing to finish but the last bytes of a response already sent (hyper closes
@@ -178,9 +226,6 @@ async fn connection(
         }
     };
     if let Err(error) = result {
-        if error.is_timeout() {
-            stats.timed_out.fetch_add(1, Ordering::Relaxed);
-        }
         tracing::debug!(%error, "connection ended with an error");
     }
 }
