@@ -28,14 +28,17 @@ pub struct MintToken {
     #[serde(rename = "peerId")]
     #[schema(pattern = "^[ -~]{1,128}$")]
     pub peer_id: String,
-    /// Channel patterns, each within the key's.
+    /// Channel patterns, each within the key's: at most 16, of 1-256 characters without control
+    /// characters.
+    #[schema(max_items = 16, inline, value_type = Option<Vec<PatternText>>)]
     pub channels: Option<Vec<String>>,
     /// Realtime actions, each held by the key.
+    #[schema(inline, value_type = Option<Vec<RealtimeAction>>)]
     pub permissions: Option<Vec<String>>,
     /// Seconds until the token expires: 1 up to the server's `--token-max-lifetime` (24 h by
     /// default); 3600 when absent.
     #[serde(rename = "expiresInSec")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub expires_in_sec: Option<i64>,
     /// Delivered once in `welcome`; at most 8 KiB.
     #[schema(value_type = Option<Object>)]
@@ -44,6 +47,23 @@ pub struct MintToken {
     #[serde(rename = "peerMetadata")]
     #[schema(value_type = Option<Object>)]
     pub peer_metadata: Option<Map<String, Value>>,
+}
+
+/// A channel pattern as a token carries it (the document's statement of the rule `mint` checks).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,256}$")]
+#[allow(dead_code)]
+struct PatternText(String);
+
+/// The realtime actions a token may carry.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum RealtimeAction {
+    Publish,
+    Subscribe,
+    Presence,
+    Send,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
