@@ -50,6 +50,8 @@ pub struct Shared {
     /// Consumer groups whose messages a nack or a retry on this instance made claimable: waiting
     /// claims of the group look again.
     pub consumer_wakes: tokio::sync::broadcast::Sender<i64>,
+    /// Plain posts' statements, and the posts waiting to be stored together.
+    pub posts: Arc<crate::messages::batch::Posts>,
     /// Webhooks: the worker's wake-up and counters.
     pub webhooks: Arc<crate::webhooks::wake::Webhooks>,
     /// Set once the server is shutting down.
@@ -65,6 +67,7 @@ impl AppState {
             realtime,
             delivery,
             rate_limiter: Arc::new(RateLimiter::default()),
+            posts: Arc::default(),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
             apps: Arc::new(Directory::default()),

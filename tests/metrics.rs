@@ -124,6 +124,26 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Persistent channels followed through this instance (WebSocket, SSE, long poll).",
     ),
     (
+        "channeld_message_batches",
+        "counter",
+        "Statements that stored several posted messages together (group commit).",
+    ),
+    (
+        "channeld_messages_batched",
+        "counter",
+        "Posted messages stored together with others, by those statements.",
+    ),
+    (
+        "channeld_message_batches_failed",
+        "counter",
+        "Statements storing posts together that PostgreSQL refused; each of their posts was then stored alone.",
+    ),
+    (
+        "channeld_posts_waiting",
+        "gauge",
+        "Posted messages waiting for one of this instance's insert statements to finish, to be stored together.",
+    ),
+    (
         "channeld_page_cache_hits",
         "counter",
         "Latest pages of messages answered from memory after a one-row check of the channel's newest id.",

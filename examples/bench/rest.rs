@@ -87,9 +87,12 @@ pub fn pgbench_script(sqlx_dir: &Path, op: Op) -> Result<String, String> {
     let mut script = String::from("\\set cid random(:lo, :hi)\n");
     match op {
         Op::Post => {
-            // A post without an idempotency key, as the load generator sends them.
+            // A post without an idempotency key, as the load generator sends them, stored alone
+            // (the statement that stores several together is channeld's, under load).
             let insert = find_query(sqlx_dir, |q| {
-                q.contains("INSERT INTO messages") && !q.contains("idempotency_key")
+                q.contains("INSERT INTO messages")
+                    && !q.contains("idempotency_key")
+                    && !q.contains("WITH ORDINALITY")
             })?;
             // channel id, content, sender_type, pod_key, mentions, metadata, reply_to, thread
             script += &format!(

@@ -184,6 +184,118 @@ async fn insert_once(
     .await
 }
 
+/// Stores several posts (to any channels) in one statement, as [`insert_plain`] stores one, and
+/// returns each post's message in the order given (`None`: its channel is missing or archived).
+/// The channels' rows are locked first, in id order (so that two such statements cannot
+/// deadlock), and the ids are drawn under those locks; each channel's row is updated once, for
+/// all of its posts. Posts stored together share `created_at`, the time of their commit.
+///
+/// The arrays are read through sub-selects so that PostgreSQL plans the statement once per
+/// connection: given the arrays themselves, it plans anew for their lengths on every call (its
+/// "custom plan", here 0.5 ms of planning, more than the statement's own work), and never settles
+/// on the cached plan.
+pub async fn insert_many(
+    db: impl PgExecutor<'_>,
+    posts: &[&super::batch::Post],
+) -> Result<Vec<Option<Message>>, sqlx::Error> {
+    let channel_ids: Vec<i64> = posts.iter().map(|post| post.channel_id).collect();
+    let contents: Vec<&str> = posts.iter().map(|post| post.content.as_str()).collect();
+    let sender_types: Vec<&str> = posts.iter().map(|post| post.sender_type).collect();
+    let pod_keys: Vec<Option<&str>> = posts.iter().map(|post| post.pod_key.as_deref()).collect();
+    let mentions: Vec<Value> = posts
+        .iter()
+        .map(|post| Value::from(post.mentions.clone()))
+        .collect();
+    let metadata: Vec<Option<Value>> = posts.iter().map(|post| post.metadata.clone()).collect();
+    let replies: Vec<Option<i64>> = posts.iter().map(|post| post.reply.map(|r| r.0)).collect();
+    let threads: Vec<Option<i64>> = posts.iter().map(|post| post.reply.map(|r| r.1)).collect();
+    let rows = sqlx::query!(
+        r#"
+        WITH posted AS MATERIALIZED (
+            SELECT * FROM unnest((SELECT $1::int8[]), (SELECT $2::text[]), (SELECT $3::text[]),
+                                 (SELECT $4::text[]), (SELECT $5::jsonb[]), (SELECT $6::jsonb[]),
+                                 (SELECT $7::int8[]), (SELECT $8::int8[]))
+                WITH ORDINALITY AS p(channel_id, content, sender_type, pod_key, mentions,
+                                     metadata, reply_to, thread_id, n)
+        ), locked AS MATERIALIZED (
+            SELECT id FROM channels
+            WHERE id IN (SELECT channel_id FROM posted) AND NOT archived
+            ORDER BY id FOR UPDATE
+        ), drawn AS MATERIALIZED (
+            SELECT p.*, nextval('messages_id_seq') AS id
+            FROM posted p JOIN locked ON locked.id = p.channel_id
+            ORDER BY p.n
+        ), stored AS (
+            INSERT INTO messages (id, channel_id, content, sender_type, pod_key, created_at,
+                                  mentions, metadata, reply_to, thread_id)
+            OVERRIDING SYSTEM VALUE
+            SELECT id, channel_id, content, sender_type, pod_key, now(),
+                   ARRAY(SELECT jsonb_array_elements_text(mentions)), metadata, reply_to,
+                   thread_id
+            FROM drawn
+            RETURNING id, channel_id, content, sender_type, pod_key, created_at,
+                      mentions, metadata, reply_to, COALESCE(thread_id, id) AS thread_id
+        ), mentioned AS (
+            INSERT INTO message_mentions (channel_id, name, message_id)
+            SELECT channel_id, unnest(mentions), id FROM stored
+        ), newest AS (
+            SELECT DISTINCT ON (channel_id) channel_id, id, sender_type, pod_key, content,
+                   count(*) OVER (PARTITION BY channel_id) AS posted
+            FROM stored ORDER BY channel_id, id DESC
+        ), counted AS (
+            UPDATE channels SET
+                updated_at       = now(),
+                message_count    = message_count + newest.posted,
+                last_message_id  = newest.id,
+                last_message_at  = now(),
+                last_sender_type = newest.sender_type,
+                last_pod_key     = newest.pod_key,
+                last_content     = left(newest.content, 200)
+            FROM newest WHERE channels.id = newest.channel_id
+        )
+        SELECT drawn.n AS "n!", stored.id AS "id!", stored.channel_id AS "channel_id!",
+               stored.content AS "content!", stored.sender_type AS "sender_type!",
+               stored.pod_key, stored.created_at AS "created_at!",
+               stored.mentions AS "mentions!", stored.metadata, stored.reply_to,
+               stored.thread_id AS "thread_id!"
+        FROM stored JOIN drawn ON drawn.id = stored.id
+        "#,
+        &channel_ids,
+        &contents as &[&str],
+        &sender_types as &[&str],
+        &pod_keys as _,
+        &mentions,
+        &metadata as _,
+        &replies as _,
+        &threads as _,
+    )
+    .fetch_all(db)
+    .await?;
+    let mut stored: Vec<Option<Message>> =
+        std::iter::repeat_with(|| None).take(posts.len()).collect();
+    for row in rows {
+        let message = Message {
+            id: row.id,
+            channel_id: row.channel_id,
+            content: row.content,
+            sender_type: row.sender_type,
+            pod_key: row.pod_key,
+            created_at: row.created_at,
+            mentions: row.mentions,
+            metadata: row.metadata,
+            reply_to: row.reply_to,
+            thread_id: row.thread_id,
+        };
+        if let Some(slot) = usize::try_from(row.n - 1)
+            .ok()
+            .and_then(|i| stored.get_mut(i))
+        {
+            *slot = Some(message);
+        }
+    }
+    Ok(stored)
+}
+
 /// The message first stored with this idempotency key on this channel.
 pub async fn find_by_idempotency_key(
     db: impl PgExecutor<'_>,

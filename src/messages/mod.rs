@@ -3,6 +3,7 @@
 //! - `service`: what REST, the event stream and MCP all do; `handlers` and `events`: the HTTP
 //!   routes over it; `db`: the SQL.
 
+pub mod batch;
 mod db;
 pub(crate) mod events;
 pub(crate) mod handlers;

@@ -13,6 +13,7 @@ use tokio::{
 };
 
 use super::{
+    batch::Post,
     db::{self, Filter, Page},
     model::{CreateMessage, Message, is_printable_ascii},
     pages::{Cached, Rendered},
@@ -312,26 +313,27 @@ pub async fn store(
     // handler, never a commit's doorbell (see `Completing`). (Were the process to die between the
     // two, the readers' sweep would still find the message.)
     let insert = {
-        let (db, delivery) = (state.db.clone(), state.delivery.clone());
+        let (db, delivery, posts) = (
+            state.db.clone(),
+            state.delivery.clone(),
+            state.posts.clone(),
+        );
         let idempotency_key = idempotency_key.clone();
+        let post = Post {
+            channel_id,
+            sender_type: new.sender_type(),
+            content: new.content,
+            pod_key: new.pod_key,
+            mentions: new.mentions.unwrap_or_default(),
+            metadata: new.metadata.map(serde_json::Value::Object),
+            reply,
+        };
         async move {
-            let sender_type = new.sender_type();
-            let metadata = new.metadata.map(serde_json::Value::Object);
-            let addressing = db::Addressing {
-                mentions: new.mentions.as_deref().unwrap_or_default(),
-                metadata: metadata.as_ref(),
-                reply,
+            // With a key, alone: its statement looks for an earlier post under the key.
+            let stored = match idempotency_key.as_deref() {
+                None => posts.store(&db, post).await?,
+                Some(key) => post.insert(&db, Some(key)).await?,
             };
-            let stored = db::insert(
-                &db,
-                channel_id,
-                &new.content,
-                sender_type,
-                new.pod_key.as_deref(),
-                addressing,
-                idempotency_key.as_deref(),
-            )
-            .await?;
             if let Some(message) = &stored {
                 let pause = delivery.post_commit_pause();
                 if !pause.is_zero() {

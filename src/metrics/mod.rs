@@ -334,6 +334,26 @@ fn samples(state: &AppState) -> Vec<Sample> {
             state.delivery.followed_channels() as u64,
         ),
         Sample::counter(
+            "channeld_message_batches",
+            "Statements that stored several posted messages together (group commit).",
+            load(&state.posts.batches),
+        ),
+        Sample::counter(
+            "channeld_messages_batched",
+            "Posted messages stored together with others, by those statements.",
+            load(&state.posts.batched),
+        ),
+        Sample::counter(
+            "channeld_message_batches_failed",
+            "Statements storing posts together that PostgreSQL refused; each of their posts was then stored alone.",
+            load(&state.posts.failed),
+        ),
+        Sample::gauge(
+            "channeld_posts_waiting",
+            "Posted messages waiting for one of this instance's insert statements to finish, to be stored together.",
+            state.posts.waiting() as u64,
+        ),
+        Sample::counter(
             "channeld_page_cache_hits",
             "Latest pages of messages answered from memory after a one-row check of the channel's newest id.",
             load(&state.delivery.pages().hits),

@@ -1,0 +1,249 @@
+//! Posts stored together: group commit for `POST …/messages` and MCP's `post_message`.
+//!
+//! Each post is one statement and one commit, and a commit waits for PostgreSQL to flush its
+//! write-ahead log; posts to one channel also take turns on the channel's row. So an instance
+//! runs at most [`STATEMENTS`] statements storing posts at once. A post that arrives while they
+//! all run waits, and when one of them finishes, the waiting posts (to any channels, up to
+//! [`MAX_POSTS`] and [`MAX_BYTES`]) are stored by one statement, run by the first of them: one
+//! commit, one flush, and one update of each channel's row for all of them. A post that finds a
+//! statement free runs at once, alone, exactly as it would without this: a lone client waits for
+//! nothing.
+//!
+//! What a poster sees does not change. Each post is answered with its own stored message (or
+//! 404/409 for its own channel), after its commit. The ordering guarantee holds: the statement
+//! locks the channels' rows (in id order, so two instances' statements cannot deadlock) before it
+//! draws the ids. Posts stored together share a `created_at`, as they share a commit.
+//!
+//! If the shared statement fails with an error of PostgreSQL's (which commits nothing), each of
+//! its posts is stored alone, so that one post cannot fail the others. Any other error (the
+//! connection lost, no connection within the acquire timeout) is every post's answer: whether a
+//! statement whose answer was lost committed is unknown, and storing again could store twice.
+//! Posts with an idempotency key are stored alone: their statement finds an earlier post by key.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+use super::{db, model::Message};
+
+/// Statements storing posts that one instance runs at once.
+pub const STATEMENTS: usize = 2;
+/// Posts one statement stores at most.
+pub const MAX_POSTS: usize = 64;
+/// Bytes of content and metadata one statement stores at most (more than one post's maximum).
+const MAX_BYTES: usize = 1 << 20;
+
+/// A message to store, as validated.
+#[derive(Debug)]
+pub struct Post {
+    pub channel_id: i64,
+    pub content: String,
+    pub sender_type: &'static str,
+    pub pod_key: Option<String>,
+    pub mentions: Vec<String>,
+    pub metadata: Option<Value>,
+    /// The message it answers and that message's thread.
+    pub reply: Option<(i64, i64)>,
+}
+
+impl Post {
+    /// Stores it in a statement of its own (with an idempotency key: unless one was used).
+    pub async fn insert(
+        &self,
+        db: &PgPool,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Message>, sqlx::Error> {
+        let addressing = db::Addressing {
+            mentions: &self.mentions,
+            metadata: self.metadata.as_ref(),
+            reply: self.reply,
+        };
+        db::insert(
+            db,
+            self.channel_id,
+            &self.content,
+            self.sender_type,
+            self.pod_key.as_deref(),
+            addressing,
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// What it adds to a statement, counting metadata at its largest (16 KiB encoded) rather
+    /// than encoding it to measure.
+    fn bytes(&self) -> usize {
+        self.content.len() + self.metadata.as_ref().map_or(0, |_| 16 * 1024)
+    }
+}
+
+/// The instance's statements storing posts, and the posts waiting for one.
+#[derive(Default)]
+pub struct Posts {
+    queue: Mutex<Queue>,
+    /// Statements that stored two or more posts.
+    pub batches: AtomicU64,
+    /// Posts stored by such statements.
+    pub batched: AtomicU64,
+    /// Such statements that failed with PostgreSQL's error (their posts were stored alone).
+    pub failed: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    running: usize,
+    waiting: VecDeque<Waiting>,
+}
+
+struct Waiting {
+    post: Post,
+    turn: oneshot::Sender<Turn>,
+}
+
+/// What a waiting post is told when a statement finishes.
+enum Turn {
+    /// Stored by another post's statement (`None`: its channel is missing or archived).
+    Stored(Option<Message>),
+    /// Run the next statement: this post and the others.
+    Lead(Post, Vec<Waiting>),
+    /// The shared statement failed with PostgreSQL's error: store it alone.
+    Alone(Post),
+    /// The shared statement's answer was lost or it could not run.
+    Failed(String),
+}
+
+impl Posts {
+    /// Stores `post` and returns its message, or `None` if its channel is missing or archived.
+    pub async fn store(&self, db: &PgPool, post: Post) -> Result<Option<Message>, sqlx::Error> {
+        let waiting = {
+            let mut queue = self.lock();
+            if queue.running < STATEMENTS {
+                queue.running += 1;
+                Ok(post)
+            } else {
+                let (turn, told) = oneshot::channel();
+                queue.waiting.push_back(Waiting { post, turn });
+                Err(told)
+            }
+        };
+        let (post, others) = match waiting {
+            Ok(post) => (post, Vec::new()),
+            Err(told) => match told.await {
+                Ok(Turn::Stored(message)) => return Ok(message),
+                Ok(Turn::Lead(post, others)) => (post, others),
+                Ok(Turn::Alone(post)) => return post.insert(db, None).await,
+                Ok(Turn::Failed(error)) => return Err(failed(error)),
+                // The statement that was to store it ended without a word: the runtime is
+                // shutting down, or it panicked.
+                Err(_) => return Err(sqlx::Error::PoolClosed),
+            },
+        };
+        // The statement's place passes on however this ends (a panic included).
+        let _running = Running(self);
+        self.run(db, post, others).await
+    }
+
+    /// Posts waiting for a statement to finish.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    async fn run(
+        &self,
+        db: &PgPool,
+        post: Post,
+        others: Vec<Waiting>,
+    ) -> Result<Option<Message>, sqlx::Error> {
+        if others.is_empty() {
+            return post.insert(db, None).await;
+        }
+        let posts: Vec<&Post> = std::iter::once(&post)
+            .chain(others.iter().map(|waiting| &waiting.post))
+            .collect();
+        match db::insert_many(db, &posts).await {
+            Ok(stored) => {
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                let count = stored.iter().filter(|message| message.is_some()).count();
+                self.batched.fetch_add(count as u64, Ordering::Relaxed);
+                let mut stored = stored.into_iter();
+                let own = stored.next().flatten();
+                for (waiting, message) in others.into_iter().zip(stored) {
+                    let _ = waiting.turn.send(Turn::Stored(message));
+                }
+                Ok(own)
+            }
+            Err(error) if error.as_database_error().is_some() => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, posts = posts.len(), "posts stored together failed; each is stored alone");
+                for Waiting { post, turn } in others {
+                    let _ = turn.send(Turn::Alone(post));
+                }
+                post.insert(db, None).await
+            }
+            Err(error) => {
+                let text = error.to_string();
+                for waiting in others {
+                    let _ = waiting.turn.send(Turn::Failed(text.clone()));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A statement finished: the waiting posts (as many as one statement stores) go to the
+    /// first of them to run, or the statement's place is free.
+    fn finished(&self) {
+        let mut queue = self.lock();
+        while let Some(first) = queue.waiting.pop_front() {
+            let mut bytes = first.post.bytes();
+            let mut others = Vec::new();
+            while others.len() + 1 < MAX_POSTS
+                && let Some(next) = queue.waiting.front()
+                && bytes + next.post.bytes() <= MAX_BYTES
+            {
+                bytes += next.post.bytes();
+                others.extend(queue.waiting.pop_front());
+            }
+            match first.turn.send(Turn::Lead(first.post, others)) {
+                Ok(()) => return,
+                // Its poster is gone (the runtime is shutting down): the next one leads.
+                Err(Turn::Lead(_, others)) => {
+                    for waiting in others.into_iter().rev() {
+                        queue.waiting.push_front(waiting);
+                    }
+                }
+                Err(_) => unreachable!("a turn comes back as it was sent"),
+            }
+        }
+        queue.running -= 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A statement storing posts, running: its place passes on when it is dropped.
+struct Running<'a>(&'a Posts);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+/// The error of a shared statement whose answer was lost, for each of its other posts: a
+/// connection error, answered 503 like the statement's own.
+fn failed(error: String) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(format!(
+        "storing posts together: {error}"
+    )))
+}
