@@ -645,9 +645,16 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Cluster mode, when a Redis URL was given.
     pub cluster: Option<ClusterSettings>,
+    /// How long a post waits for one of the instance's insert statements to finish, to be
+    /// stored together with others, before it is stored alone (see `messages::batch`). No flag
+    /// sets it: 100 ms.
+    pub post_batch_wait: Duration,
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
     pub faults: Faults,
 }
+
+/// See [`Config::post_batch_wait`].
+const POST_BATCH_WAIT: Duration = Duration::from_millis(100);
 
 /// Pauses that tests put where a race would otherwise be a matter of luck.
 #[derive(Debug, Clone, Default)]
@@ -677,6 +684,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             webhooks: WebhookConfig::default(),
             cluster: None,
+            post_batch_wait: POST_BATCH_WAIT,
             faults: Faults::default(),
         }
     }
@@ -700,6 +708,7 @@ impl From<&ServeArgs> for Config {
             mcp: args.mcp.clone(),
             webhooks: args.webhooks.clone(),
             cluster: args.cluster.settings(),
+            post_batch_wait: POST_BATCH_WAIT,
             faults: Faults::default(),
         }
     }

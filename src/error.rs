@@ -460,7 +460,7 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Whether the error means "PostgreSQL cannot be reached right now" rather than a bad query.
-fn is_unavailable(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,

@@ -67,7 +67,7 @@ impl AppState {
             realtime,
             delivery,
             rate_limiter: Arc::new(RateLimiter::default()),
-            posts: Arc::default(),
+            posts: Arc::new(crate::messages::batch::Posts::new(config.post_batch_wait)),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
             apps: Arc::new(Directory::default()),

@@ -139,6 +139,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Statements storing posts together that PostgreSQL refused; each of their posts was then stored alone.",
     ),
     (
+        "channeld_posts_waited_out",
+        "counter",
+        "Posted messages that waited their whole wait (100 ms) for an insert statement to finish and were then stored alone.",
+    ),
+    (
         "channeld_posts_waiting",
         "gauge",
         "Posted messages waiting for one of this instance's insert statements to finish, to be stored together.",

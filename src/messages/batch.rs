@@ -9,23 +9,30 @@
 //! statement free runs at once, alone, exactly as it would without this: a lone client waits for
 //! nothing.
 //!
+//! A post waits at most `post_batch_wait` (100 ms). Statements take a millisecond or so; one that
+//! takes longer is held up (most likely by a channel row another transaction holds), and the
+//! posts behind it, to other channels, should not wait for that: past the wait they are stored
+//! alone, each in a statement of its own, as without batching.
+//!
 //! What a poster sees does not change. Each post is answered with its own stored message (or
 //! 404/409 for its own channel), after its commit. The ordering guarantee holds: the statement
 //! locks the channels' rows (in id order, so two instances' statements cannot deadlock) before it
-//! draws the ids. Posts stored together share a `created_at`, as they share a commit.
+//! draws the ids. Posts stored together share a `created_at`, the time their statement began.
 //!
-//! If the shared statement fails with an error of PostgreSQL's (which commits nothing), each of
-//! its posts is stored alone, so that one post cannot fail the others. Any other error (the
-//! connection lost, no connection within the acquire timeout) is every post's answer: whether a
-//! statement whose answer was lost committed is unknown, and storing again could store twice.
-//! Posts with an idempotency key are stored alone: their statement finds an earlier post by key.
+//! If PostgreSQL refuses the shared statement (its own error, which commits nothing, and not one
+//! that says the database is unavailable), each of its posts is stored alone, so that one post
+//! cannot fail the others. Any other error is every post's answer (503): a lost connection leaves
+//! unknown whether the statement committed, and storing again could store twice; an unavailable
+//! database or pool would refuse each of them too. Posts with an idempotency key are stored alone:
+//! their statement finds an earlier post by key.
 
 use std::{
     collections::VecDeque,
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -86,24 +93,28 @@ impl Post {
 }
 
 /// The instance's statements storing posts, and the posts waiting for one.
-#[derive(Default)]
 pub struct Posts {
     queue: Mutex<Queue>,
+    wait: Duration,
     /// Statements that stored two or more posts.
     pub batches: AtomicU64,
     /// Posts stored by such statements.
     pub batched: AtomicU64,
-    /// Such statements that failed with PostgreSQL's error (their posts were stored alone).
+    /// Such statements that PostgreSQL refused (their posts were stored alone).
     pub failed: AtomicU64,
+    /// Posts that waited their whole wait and were stored alone.
+    pub waited_out: AtomicU64,
 }
 
 #[derive(Default)]
 struct Queue {
     running: usize,
     waiting: VecDeque<Waiting>,
+    tickets: u64,
 }
 
 struct Waiting {
+    ticket: u64,
     post: Post,
     turn: oneshot::Sender<Turn>,
 }
@@ -112,17 +123,33 @@ struct Waiting {
 enum Turn {
     /// Stored by another post's statement (`None`: its channel is missing or archived).
     Stored(Option<Message>),
-    /// Run the next statement: this post and the others.
-    Lead(Post, Vec<Waiting>),
-    /// The shared statement failed with PostgreSQL's error: store it alone.
+    /// Run the next statement, in the place `Running` holds: this post and the others.
+    Lead(Post, Vec<Waiting>, Running),
+    /// PostgreSQL refused the shared statement: store it alone.
     Alone(Post),
-    /// The shared statement's answer was lost or it could not run.
+    /// The shared statement's answer was lost, or it could not run.
     Failed(String),
 }
 
 impl Posts {
+    /// `wait`: how long a post waits for a running statement before it is stored alone.
+    pub fn new(wait: Duration) -> Self {
+        Self {
+            queue: Mutex::default(),
+            wait,
+            batches: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            waited_out: AtomicU64::new(0),
+        }
+    }
+
     /// Stores `post` and returns its message, or `None` if its channel is missing or archived.
-    pub async fn store(&self, db: &PgPool, post: Post) -> Result<Option<Message>, sqlx::Error> {
+    pub async fn store(
+        self: &Arc<Self>,
+        db: &PgPool,
+        post: Post,
+    ) -> Result<Option<Message>, sqlx::Error> {
         let waiting = {
             let mut queue = self.lock();
             if queue.running < STATEMENTS {
@@ -130,25 +157,42 @@ impl Posts {
                 Ok(post)
             } else {
                 let (turn, told) = oneshot::channel();
-                queue.waiting.push_back(Waiting { post, turn });
-                Err(told)
+                queue.tickets += 1;
+                let ticket = queue.tickets;
+                queue.waiting.push_back(Waiting { ticket, post, turn });
+                Err((ticket, told))
             }
         };
-        let (post, others) = match waiting {
-            Ok(post) => (post, Vec::new()),
-            Err(told) => match told.await {
-                Ok(Turn::Stored(message)) => return Ok(message),
-                Ok(Turn::Lead(post, others)) => (post, others),
-                Ok(Turn::Alone(post)) => return post.insert(db, None).await,
-                Ok(Turn::Failed(error)) => return Err(failed(error)),
-                // The statement that was to store it ended without a word: the runtime is
-                // shutting down, or it panicked.
-                Err(_) => return Err(sqlx::Error::PoolClosed),
-            },
+        let (post, others, running) = match waiting {
+            // The place is released however this ends (a panic included).
+            Ok(post) => (post, Vec::new(), Running(Some(self.clone()))),
+            Err((ticket, mut told)) => {
+                let turn = match tokio::time::timeout(self.wait, &mut told).await {
+                    Ok(turn) => turn,
+                    Err(_) => match self.leave(ticket) {
+                        // No statement finished in time: stored alone, as without batching.
+                        Some(post) => {
+                            self.waited_out.fetch_add(1, Ordering::Relaxed);
+                            return post.insert(db, None).await;
+                        }
+                        // Taken by a statement just now: its answer is coming.
+                        None => told.await,
+                    },
+                };
+                match turn {
+                    Ok(Turn::Stored(message)) => return Ok(message),
+                    Ok(Turn::Lead(post, others, running)) => (post, others, running),
+                    Ok(Turn::Alone(post)) => return post.insert(db, None).await,
+                    Ok(Turn::Failed(error)) => return Err(failed(error)),
+                    // The statement that was to store it ended without a word: the runtime is
+                    // shutting down, or it panicked.
+                    Err(_) => return Err(sqlx::Error::PoolClosed),
+                }
+            }
         };
-        // The statement's place passes on however this ends (a panic included).
-        let _running = Running(self);
-        self.run(db, post, others).await
+        let stored = self.run(db, post, others).await;
+        drop(running);
+        stored
     }
 
     /// Posts waiting for a statement to finish.
@@ -180,10 +224,12 @@ impl Posts {
                 }
                 Ok(own)
             }
-            Err(error) if error.as_database_error().is_some() => {
+            Err(error)
+                if error.as_database_error().is_some() && !crate::error::is_unavailable(&error) =>
+            {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, posts = posts.len(), "posts stored together failed; each is stored alone");
-                for Waiting { post, turn } in others {
+                tracing::warn!(%error, posts = posts.len(), "posts stored together were refused; each is stored alone");
+                for Waiting { post, turn, .. } in others {
                     let _ = turn.send(Turn::Alone(post));
                 }
                 post.insert(db, None).await
@@ -198,9 +244,17 @@ impl Posts {
         }
     }
 
-    /// A statement finished: the waiting posts (as many as one statement stores) go to the
-    /// first of them to run, or the statement's place is free.
-    fn finished(&self) {
+    /// Takes the post with `ticket` out of the queue, unless a statement took it already.
+    fn leave(&self, ticket: u64) -> Option<Post> {
+        let mut queue = self.lock();
+        let at = queue.waiting.iter().position(|w| w.ticket == ticket)?;
+        queue.waiting.remove(at).map(|waiting| waiting.post)
+    }
+
+    /// A statement finished (its [`Running`] was dropped): the waiting posts (as many as one
+    /// statement stores) go to the first of them to run, with the statement's place, or the
+    /// place is free.
+    fn finished(self: &Arc<Self>) {
         let mut queue = self.lock();
         while let Some(first) = queue.waiting.pop_front() {
             let mut bytes = first.post.bytes();
@@ -212,10 +266,13 @@ impl Posts {
                 bytes += next.post.bytes();
                 others.extend(queue.waiting.pop_front());
             }
-            match first.turn.send(Turn::Lead(first.post, others)) {
+            let place = Running(Some(self.clone()));
+            match first.turn.send(Turn::Lead(first.post, others, place)) {
                 Ok(()) => return,
                 // Its poster is gone (the runtime is shutting down): the next one leads.
-                Err(Turn::Lead(_, others)) => {
+                Err(Turn::Lead(_, others, place)) => {
+                    // The place is still this statement's, to pass on in this loop.
+                    place.keep();
                     for waiting in others.into_iter().rev() {
                         queue.waiting.push_front(waiting);
                     }
@@ -231,12 +288,22 @@ impl Posts {
     }
 }
 
-/// A statement storing posts, running: its place passes on when it is dropped.
-struct Running<'a>(&'a Posts);
+/// A place among the [`STATEMENTS`]: passed on (or freed) when dropped, wherever that happens,
+/// even inside a [`Turn::Lead`] its poster never read.
+struct Running(Option<Arc<Posts>>);
 
-impl Drop for Running<'_> {
+impl Running {
+    /// Dropped without passing the place on: the caller does.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        self.0.finished();
+        if let Some(posts) = self.0.take() {
+            posts.finished();
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //!   while reading the row and, if another transaction changed the row meanwhile, waits for the
 //!   lock and evaluates it again, so the id kept was drawn after every earlier writer committed.
 //! - `insert_once` locks the row (`FOR UPDATE`) before its insert draws the id.
+//! - `insert_many` locks the rows of all its channels (`FOR UPDATE`, in id order) before it draws
+//!   any id, so each id is drawn after every earlier writer of its channel committed.
 
 use serde_json::Value;
 use sqlx::PgExecutor;
@@ -188,7 +190,7 @@ async fn insert_once(
 /// returns each post's message in the order given (`None`: its channel is missing or archived).
 /// The channels' rows are locked first, in id order (so that two such statements cannot
 /// deadlock), and the ids are drawn under those locks; each channel's row is updated once, for
-/// all of its posts. Posts stored together share `created_at`, the time of their commit.
+/// all of its posts. Posts stored together share `created_at`, the time their statement began.
 ///
 /// The arrays are read through sub-selects so that PostgreSQL plans the statement once per
 /// connection: given the arrays themselves, it plans anew for their lengths on every call (its

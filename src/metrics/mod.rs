@@ -348,6 +348,11 @@ fn samples(state: &AppState) -> Vec<Sample> {
             "Statements storing posts together that PostgreSQL refused; each of their posts was then stored alone.",
             load(&state.posts.failed),
         ),
+        Sample::counter(
+            "channeld_posts_waited_out",
+            "Posted messages that waited their whole wait (100 ms) for an insert statement to finish and were then stored alone.",
+            load(&state.posts.waited_out),
+        ),
         Sample::gauge(
             "channeld_posts_waiting",
             "Posted messages waiting for one of this instance's insert statements to finish, to be stored together.",
