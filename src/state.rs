@@ -61,13 +61,18 @@ pub struct Shared {
 impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         let realtime = Realtime::new(&config);
+        // Half the pool stores posts at most; the other half is left to reads.
+        let post_statements = db.options().get_max_connections() as usize / 2;
         let delivery = Delivery::new(db.clone(), Arc::new(realtime.engine.clone()), &config);
         Self(Arc::new(Shared {
             db,
             realtime,
             delivery,
             rate_limiter: Arc::new(RateLimiter::default()),
-            posts: Arc::new(crate::messages::batch::Posts::new(config.post_batch_wait)),
+            posts: Arc::new(crate::messages::batch::Posts::new(
+                post_statements,
+                config.post_batch_wait,
+            )),
             metrics: Arc::new(Metrics::default()),
             keys: Arc::new(KeyCache::default()),
             apps: Arc::new(Directory::default()),

@@ -11,7 +11,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use channeld::{auth::Scope, messages::batch::STATEMENTS};
+use channeld::auth::Scope;
 use common::{TestApp, assert_error, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -116,10 +116,10 @@ async fn posts_waiting_for_a_statement_are_stored_together_each_answered_with_it
 
     // Every statement the instance runs for posts waits on the hot channel's row.
     let holder = hold_row(&db, hot).await;
-    let blocked: Vec<_> = (0..STATEMENTS)
+    let blocked: Vec<_> = (0..app.state.posts.statements())
         .map(|i| post(&app, &key, hot, json!({"content": format!("blocked {i}")})))
         .collect();
-    until_blocked(&db, STATEMENTS as i64).await;
+    until_blocked(&db, app.state.posts.statements() as i64).await;
 
     // These wait in channeld, for one of those statements to finish.
     let mut sent = Vec::new();
@@ -269,10 +269,10 @@ async fn a_post_that_fails_the_shared_statement_fails_alone(db: PgPool) {
     .expect("trigger");
 
     let holder = hold_row(&db, hot).await;
-    let blocked: Vec<_> = (0..STATEMENTS)
+    let blocked: Vec<_> = (0..app.state.posts.statements())
         .map(|i| post(&app, &key, hot, json!({"content": format!("blocked {i}")})))
         .collect();
-    until_blocked(&db, STATEMENTS as i64).await;
+    until_blocked(&db, app.state.posts.statements() as i64).await;
     let contents = ["fine 1", "poison", "fine 2", "fine 3"];
     let queued: Vec<_> = contents
         .iter()
@@ -413,10 +413,10 @@ async fn a_statement_waiting_for_one_channel_holds_no_other(db: PgPool) {
 
     // Both statements wait on the busy channel; then posts to high and low (in that order) queue.
     let busy_holder = hold_row(&db, busy).await;
-    let blocked: Vec<_> = (0..STATEMENTS)
+    let blocked: Vec<_> = (0..app.state.posts.statements())
         .map(|i| post(&app, &key, busy, json!({"content": format!("blocked {i}")})))
         .collect();
-    until_blocked(&db, STATEMENTS as i64).await;
+    until_blocked(&db, app.state.posts.statements() as i64).await;
     let to_high = post(&app, &key, high, json!({"content": "to high"}));
     until_queued(&app, 1).await;
     let to_low = post(&app, &key, low, json!({"content": "to low"}));
@@ -478,10 +478,10 @@ async fn a_held_channel_row_holds_up_posts_to_other_channels_only_briefly(db: Pg
     let held = app.channel(&key, "held").await;
     let free = app.channel(&key, "free").await;
     let holder = hold_row(&db, held).await;
-    let blocked: Vec<_> = (0..STATEMENTS)
+    let blocked: Vec<_> = (0..app.state.posts.statements())
         .map(|i| post(&app, &key, held, json!({"content": format!("blocked {i}")})))
         .collect();
-    until_blocked(&db, STATEMENTS as i64).await;
+    until_blocked(&db, app.state.posts.statements() as i64).await;
 
     let (status, body) = app
         .post(

@@ -2,8 +2,8 @@
 //!
 //! Each post is one statement and one commit, and a commit waits for PostgreSQL to flush its
 //! write-ahead log; posts to one channel also take turns on the channel's row. So an instance
-//! runs at most [`STATEMENTS`] statements storing posts at once. A post that arrives while they
-//! all run waits, and when one of them finishes, the waiting posts (to any channels, up to
+//! runs at most half its pool's connections (`--db-max-connections`, 16 by default: 8) as
+//! statements storing posts. A post that arrives while they all run waits, and when one of them finishes, the waiting posts (to any channels, up to
 //! [`MAX_POSTS`] and [`MAX_BYTES`]) are stored by one statement, run by the first of them: one
 //! commit, one flush, and one update of each channel's row for all of them. A post that finds a
 //! statement free runs at once, alone, exactly as it would without this: a lone client waits for
@@ -41,8 +41,6 @@ use tokio::sync::oneshot;
 
 use super::{db, model::Message};
 
-/// Statements storing posts that one instance runs at once.
-pub const STATEMENTS: usize = 2;
 /// Posts one statement stores at most.
 pub const MAX_POSTS: usize = 64;
 /// Bytes of content and metadata one statement stores at most (more than one post's maximum).
@@ -95,6 +93,7 @@ impl Post {
 /// The instance's statements storing posts, and the posts waiting for one.
 pub struct Posts {
     queue: Mutex<Queue>,
+    statements: usize,
     wait: Duration,
     /// Statements that stored two or more posts.
     pub batches: AtomicU64,
@@ -132,10 +131,12 @@ enum Turn {
 }
 
 impl Posts {
-    /// `wait`: how long a post waits for a running statement before it is stored alone.
-    pub fn new(wait: Duration) -> Self {
+    /// `statements`: how many statements storing posts run at once (at least 1); `wait`: how
+    /// long a post waits for one of them to finish before it is stored alone.
+    pub fn new(statements: usize, wait: Duration) -> Self {
         Self {
             queue: Mutex::default(),
+            statements: statements.max(1),
             wait,
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
@@ -152,7 +153,7 @@ impl Posts {
     ) -> Result<Option<Message>, sqlx::Error> {
         let waiting = {
             let mut queue = self.lock();
-            if queue.running < STATEMENTS {
+            if queue.running < self.statements {
                 queue.running += 1;
                 Ok(post)
             } else {
@@ -193,6 +194,11 @@ impl Posts {
         let stored = self.run(db, post, others).await;
         drop(running);
         stored
+    }
+
+    /// How many statements storing posts run at once.
+    pub fn statements(&self) -> usize {
+        self.statements
     }
 
     /// Posts waiting for a statement to finish.
@@ -288,7 +294,7 @@ impl Posts {
     }
 }
 
-/// A place among the [`STATEMENTS`]: passed on (or freed) when dropped, wherever that happens,
+/// A place among the statements: passed on (or freed) when dropped, wherever that happens,
 /// even inside a [`Turn::Lead`] its poster never read.
 struct Running(Option<Arc<Posts>>);
 
