@@ -3,9 +3,10 @@
 //! Each post is one statement and one commit, and a commit waits for PostgreSQL to flush its
 //! write-ahead log; posts to one channel also take turns on the channel's row. So an instance
 //! runs at most half its pool's connections (`--db-max-connections`, 16 by default: 8) as
-//! statements storing posts. A post that arrives while they all run waits, and when one of them finishes, the waiting posts (to any channels, up to
-//! [`MAX_POSTS`] and [`MAX_BYTES`]) are stored by one statement, run by the first of them: one
-//! commit, one flush, and one update of each channel's row for all of them. A post that finds a
+//! statements storing posts. A post that arrives while they all run waits, and when one of them
+//! finishes, the waiting posts (to any channels, up to [`MAX_POSTS`] and [`MAX_BYTES`]) are
+//! stored by one statement, run by the first of them: one commit, one flush, and one update of
+//! each channel's row for all of them. A post that finds a
 //! statement free runs at once, alone, exactly as it would without this: a lone client waits for
 //! nothing.
 //!
@@ -234,7 +235,11 @@ impl Posts {
                 if error.as_database_error().is_some() && !crate::error::is_unavailable(&error) =>
             {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, posts = posts.len(), "posts stored together were refused; each is stored alone");
+                tracing::warn!(
+                    %error,
+                    posts = posts.len(),
+                    "posts stored together were refused; each is stored alone"
+                );
                 for Waiting { post, turn, .. } in others {
                     let _ = turn.send(Turn::Alone(post));
                 }
