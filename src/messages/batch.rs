@@ -36,7 +36,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
@@ -47,48 +46,12 @@ pub const MAX_POSTS: usize = 64;
 /// Bytes of content and metadata one statement stores at most (more than one post's maximum).
 const MAX_BYTES: usize = 1 << 20;
 
-/// A message to store, as validated.
-#[derive(Debug)]
-pub struct Post {
-    pub channel_id: i64,
-    pub content: String,
-    pub sender_type: &'static str,
-    pub pod_key: Option<String>,
-    pub mentions: Vec<String>,
-    pub metadata: Option<Value>,
-    /// The message it answers and that message's thread.
-    pub reply: Option<(i64, i64)>,
-}
+pub use super::db::Post;
 
-impl Post {
-    /// Stores it in a statement of its own (with an idempotency key: unless one was used).
-    pub async fn insert(
-        &self,
-        db: &PgPool,
-        idempotency_key: Option<&str>,
-    ) -> Result<Option<Message>, sqlx::Error> {
-        let addressing = db::Addressing {
-            mentions: &self.mentions,
-            metadata: self.metadata.as_ref(),
-            reply: self.reply,
-        };
-        db::insert(
-            db,
-            self.channel_id,
-            &self.content,
-            self.sender_type,
-            self.pod_key.as_deref(),
-            addressing,
-            idempotency_key,
-        )
-        .await
-    }
-
-    /// What it adds to a statement, counting metadata at its largest (16 KiB encoded) rather
-    /// than encoding it to measure.
-    fn bytes(&self) -> usize {
-        self.content.len() + self.metadata.as_ref().map_or(0, |_| 16 * 1024)
-    }
+/// What a post adds to a statement, counting metadata at its largest (16 KiB encoded) rather
+/// than encoding it to measure.
+fn size(post: &Post) -> usize {
+    post.content.len() + post.metadata.as_ref().map_or(0, |_| 16 * 1024)
 }
 
 /// The instance's statements storing posts, and the posts waiting for one.
@@ -268,13 +231,13 @@ impl Posts {
     fn finished(self: &Arc<Self>) {
         let mut queue = self.lock();
         while let Some(first) = queue.waiting.pop_front() {
-            let mut bytes = first.post.bytes();
+            let mut bytes = size(&first.post);
             let mut others = Vec::new();
             while others.len() + 1 < MAX_POSTS
                 && let Some(next) = queue.waiting.front()
-                && bytes + next.post.bytes() <= MAX_BYTES
+                && bytes + size(&next.post) <= MAX_BYTES
             {
-                bytes += next.post.bytes();
+                bytes += size(&next.post);
                 others.extend(queue.waiting.pop_front());
             }
             let place = Running(Some(self.clone()));

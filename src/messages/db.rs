@@ -186,6 +186,44 @@ async fn insert_once(
     .await
 }
 
+/// A message to store, as validated.
+#[derive(Debug)]
+pub struct Post {
+    pub channel_id: i64,
+    pub content: String,
+    pub sender_type: &'static str,
+    pub pod_key: Option<String>,
+    pub mentions: Vec<String>,
+    pub metadata: Option<Value>,
+    /// The message it answers and that message's thread.
+    pub reply: Option<(i64, i64)>,
+}
+
+impl Post {
+    /// Stores it in a statement of its own (with an idempotency key: unless one was used).
+    pub async fn insert(
+        &self,
+        db: &sqlx::PgPool,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Message>, sqlx::Error> {
+        let addressing = Addressing {
+            mentions: &self.mentions,
+            metadata: self.metadata.as_ref(),
+            reply: self.reply,
+        };
+        insert(
+            db,
+            self.channel_id,
+            &self.content,
+            self.sender_type,
+            self.pod_key.as_deref(),
+            addressing,
+            idempotency_key,
+        )
+        .await
+    }
+}
+
 /// Stores several posts (to any channels) in one statement, as [`insert_plain`] stores one, and
 /// returns each post's message in the order given (`None`: its channel is missing or archived).
 /// The channels' rows are locked first, in id order (so that two such statements cannot
@@ -198,7 +236,7 @@ async fn insert_once(
 /// on the cached plan.
 pub async fn insert_many(
     db: impl PgExecutor<'_>,
-    posts: &[&super::batch::Post],
+    posts: &[&Post],
 ) -> Result<Vec<Option<Message>>, sqlx::Error> {
     let channel_ids: Vec<i64> = posts.iter().map(|post| post.channel_id).collect();
     let contents: Vec<&str> = posts.iter().map(|post| post.content.as_str()).collect();
