@@ -61,6 +61,33 @@ async fn until_blocked(db: &PgPool, count: i64) {
     .await;
 }
 
+/// Holds channel `channel`'s row and posts to it until every statement the instance runs for
+/// posts waits on the row in PostgreSQL; returns the holder and those posts.
+async fn block_statements(
+    app: &TestApp,
+    db: &PgPool,
+    key: &str,
+    channel: i64,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Vec<tokio::task::JoinHandle<(StatusCode, Value)>>,
+) {
+    let holder = hold_row(db, channel).await;
+    let statements = app.state.posts.statements();
+    let blocked = (0..statements)
+        .map(|i| {
+            post(
+                app,
+                key,
+                channel,
+                json!({"content": format!("blocked {i}")}),
+            )
+        })
+        .collect();
+    until_blocked(db, statements as i64).await;
+    (holder, blocked)
+}
+
 async fn until_queued(app: &TestApp, count: usize) {
     wait_for(
         WITHIN,
@@ -115,11 +142,7 @@ async fn posts_waiting_for_a_statement_are_stored_together_each_answered_with_it
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // Every statement the instance runs for posts waits on the hot channel's row.
-    let holder = hold_row(&db, hot).await;
-    let blocked: Vec<_> = (0..app.state.posts.statements())
-        .map(|i| post(&app, &key, hot, json!({"content": format!("blocked {i}")})))
-        .collect();
-    until_blocked(&db, app.state.posts.statements() as i64).await;
+    let (holder, blocked) = block_statements(&app, &db, &key, hot).await;
 
     // These wait in channeld, for one of those statements to finish.
     let mut sent = Vec::new();
@@ -268,11 +291,7 @@ async fn a_post_that_fails_the_shared_statement_fails_alone(db: PgPool) {
     .await
     .expect("trigger");
 
-    let holder = hold_row(&db, hot).await;
-    let blocked: Vec<_> = (0..app.state.posts.statements())
-        .map(|i| post(&app, &key, hot, json!({"content": format!("blocked {i}")})))
-        .collect();
-    until_blocked(&db, app.state.posts.statements() as i64).await;
+    let (holder, blocked) = block_statements(&app, &db, &key, hot).await;
     let contents = ["fine 1", "poison", "fine 2", "fine 3"];
     let queued: Vec<_> = contents
         .iter()
@@ -412,11 +431,7 @@ async fn a_statement_waiting_for_one_channel_holds_no_other(db: PgPool) {
     assert!(low < high && high < busy);
 
     // Both statements wait on the busy channel; then posts to high and low (in that order) queue.
-    let busy_holder = hold_row(&db, busy).await;
-    let blocked: Vec<_> = (0..app.state.posts.statements())
-        .map(|i| post(&app, &key, busy, json!({"content": format!("blocked {i}")})))
-        .collect();
-    until_blocked(&db, app.state.posts.statements() as i64).await;
+    let (busy_holder, blocked) = block_statements(&app, &db, &key, busy).await;
     let to_high = post(&app, &key, high, json!({"content": "to high"}));
     until_queued(&app, 1).await;
     let to_low = post(&app, &key, low, json!({"content": "to low"}));
@@ -477,11 +492,7 @@ async fn a_held_channel_row_holds_up_posts_to_other_channels_only_briefly(db: Pg
     let key = app.key(&[Scope::ChannelsRead, Scope::ChannelsWrite]).await;
     let held = app.channel(&key, "held").await;
     let free = app.channel(&key, "free").await;
-    let holder = hold_row(&db, held).await;
-    let blocked: Vec<_> = (0..app.state.posts.statements())
-        .map(|i| post(&app, &key, held, json!({"content": format!("blocked {i}")})))
-        .collect();
-    until_blocked(&db, app.state.posts.statements() as i64).await;
+    let (holder, blocked) = block_statements(&app, &db, &key, held).await;
 
     let (status, body) = app
         .post(
