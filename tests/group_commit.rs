@@ -430,7 +430,7 @@ async fn a_statement_waiting_for_one_channel_holds_no_other(db: PgPool) {
     let busy = app.channel(&key, "busy").await;
     assert!(low < high && high < busy);
 
-    // Both statements wait on the busy channel; then posts to high and low (in that order) queue.
+    // Every statement for posts waits on the busy channel; then posts to high and low (in that order) queue.
     let (busy_holder, blocked) = block_statements(&app, &db, &key, busy).await;
     let to_high = post(&app, &key, high, json!({"content": "to high"}));
     until_queued(&app, 1).await;
@@ -483,7 +483,7 @@ async fn a_statement_waiting_for_one_channel_holds_no_other(db: PgPool) {
     );
 }
 
-/// A post to one channel is not held up for long by another channel's row: with both of the
+/// A post to one channel is not held up for long by another channel's row: with all of the
 /// instance's statements waiting for a row another transaction holds, a post to a free channel
 /// waits its 100 ms and is then stored alone, while the row is still held.
 #[sqlx::test]
