@@ -4,7 +4,8 @@
 //! their ids), a hash of that.
 
 use axum::{
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -13,8 +14,31 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::error::ApiError;
 
+/// The request's `If-None-Match` values, taken alone: the `HeaderMap` extractor would copy every
+/// header of the request for this one.
+#[derive(Debug, Default)]
+pub struct IfNoneMatch(Vec<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .cloned()
+                .collect(),
+        ))
+    }
+}
+
 /// Serializes `value` as the JSON body with its `ETag`, or answers 304 when the client has it.
-pub fn json_with_etag<T: Serialize>(request: &HeaderMap, value: &T) -> Result<Response, ApiError> {
+pub fn json_with_etag<T: Serialize>(
+    request: &IfNoneMatch,
+    value: &T,
+) -> Result<Response, ApiError> {
     let body = crate::json::body(value).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let digest = Sha256::digest(&body);
     let tag = format!("\"{}\"", hex::encode(&digest[..16]));
@@ -28,7 +52,7 @@ pub fn json_with_etag<T: Serialize>(request: &HeaderMap, value: &T) -> Result<Re
 /// messages, by their ids): the tag is a hash of `identity` and this build's version, so neither
 /// computing it nor answering 304 serializes or hashes the body.
 pub fn json_with_identity<T: Serialize>(
-    request: &HeaderMap,
+    request: &IfNoneMatch,
     value: &T,
     identity: impl Hash,
 ) -> Result<Response, ApiError> {
@@ -49,7 +73,7 @@ pub fn identity_tag(identity: impl Hash) -> String {
 }
 
 /// A JSON body rendered earlier under `tag`, or 304 when the client has it.
-pub fn rendered(request: &HeaderMap, tag: &str, body: bytes::Bytes) -> Response {
+pub fn rendered(request: &IfNoneMatch, tag: &str, body: bytes::Bytes) -> Response {
     if matches(request, tag) {
         return not_modified(tag);
     }
@@ -83,9 +107,9 @@ fn tagged(tag: &str, body: impl Into<axum::body::Body>) -> Response {
 }
 
 /// `If-None-Match`: a list of tags (weak ones compare by their opaque part) or `*`.
-fn matches(request: &HeaderMap, tag: &str) -> bool {
+fn matches(request: &IfNoneMatch, tag: &str) -> bool {
     request
-        .get_all(header::IF_NONE_MATCH)
+        .0
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -97,10 +121,8 @@ fn matches(request: &HeaderMap, tag: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn with(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::IF_NONE_MATCH, value.parse().unwrap());
-        headers
+    fn with(value: &str) -> IfNoneMatch {
+        IfNoneMatch(vec![value.parse().unwrap()])
     }
 
     #[test]
@@ -111,14 +133,28 @@ mod tests {
         assert!(matches(&with("W/\"abc\""), tag));
         assert!(matches(&with("*"), tag));
         assert!(!matches(&with("\"abd\""), tag));
-        assert!(!matches(&HeaderMap::new(), tag));
+        assert!(!matches(&IfNoneMatch::default(), tag));
+    }
+
+    #[tokio::test]
+    async fn every_if_none_match_line_is_read() {
+        let (mut parts, ()) = axum::http::Request::builder()
+            .header(header::IF_NONE_MATCH, "\"x\"")
+            .header(header::IF_NONE_MATCH, "\"abc\"")
+            .header(header::ACCEPT, "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let Ok(sent) = IfNoneMatch::from_request_parts(&mut parts, &()).await;
+        assert!(matches(&sent, "\"abc\""));
+        assert!(!matches(&sent, "\"abd\""));
     }
 
     #[test]
     fn the_tag_follows_the_body() {
-        let first = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 1})).unwrap();
-        let same = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 1})).unwrap();
-        let other = json_with_etag(&HeaderMap::new(), &serde_json::json!({"a": 2})).unwrap();
+        let first = json_with_etag(&IfNoneMatch::default(), &serde_json::json!({"a": 1})).unwrap();
+        let same = json_with_etag(&IfNoneMatch::default(), &serde_json::json!({"a": 1})).unwrap();
+        let other = json_with_etag(&IfNoneMatch::default(), &serde_json::json!({"a": 2})).unwrap();
         assert_eq!(first.headers()[header::ETAG], same.headers()[header::ETAG]);
         assert_ne!(first.headers()[header::ETAG], other.headers()[header::ETAG]);
         let tag = first.headers()[header::ETAG].to_str().unwrap();

@@ -136,12 +136,12 @@ impl Activity {
 }
 
 /// Counts one request in flight, on its connection and in all, until dropped.
-struct InFlight {
+struct Answering {
     connection: Arc<Activity>,
     stats: Arc<ServerStats>,
 }
 
-impl InFlight {
+impl Answering {
     fn new(connection: Arc<Activity>, stats: Arc<ServerStats>) -> Self {
         connection.in_flight.fetch_add(1, Ordering::AcqRel);
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +149,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Answering {
     fn drop(&mut self) {
         let activity = &self.connection;
         let ended = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -175,7 +175,7 @@ async fn connection(
         request.extensions_mut().insert(ConnectInfo(remote));
         let app = app.clone();
         // In flight until the response body is done (or dropped): an event stream counts.
-        let guard = InFlight::new(counter.clone(), requests.clone());
+        let guard = Answering::new(counter.clone(), requests.clone());
         async move {
             let response = app.oneshot(request).await?;
             Ok::<_, std::convert::Infallible>(response.map(|body| {

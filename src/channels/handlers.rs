@@ -1,10 +1,6 @@
 //! HTTP handlers for `/v1/channels`: each parses its request and calls [`super::service`].
 
-use axum::{
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use serde::Serialize;
 
 use super::{
@@ -14,7 +10,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     error::{ApiError, Envelope, FieldErrors},
-    etag::json_with_etag,
+    etag::{IfNoneMatch, json_with_etag},
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
     state::AppState,
@@ -49,12 +45,12 @@ pub struct ChannelBody {
 pub async fn list(
     caller: Scoped<ChannelsRead>,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let (filter, limit) = service::list_filter(&query, &caller.principal)?;
     let page = service::list_page(&state, &filter, limit).await?;
-    json_with_etag(&headers, &page)
+    json_with_etag(&if_none_match, &page)
 }
 
 /// `GET /v1/channels/{id}`.
@@ -75,7 +71,7 @@ pub async fn get(
     query: QueryParams,
     State(state): State<AppState>,
     ChannelId(id): ChannelId,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
     caller.principal.may_use_channel(&state, id).await?;
     let mut errors = FieldErrors::default();
@@ -83,7 +79,7 @@ pub async fn get(
     let reader = service::reader(&query, &mut errors);
     errors.into_result()?;
     let channel = service::get(&state, id, reader.as_deref()).await?;
-    json_with_etag(&headers, &ChannelBody { channel })
+    json_with_etag(&if_none_match, &ChannelBody { channel })
 }
 
 /// `PUT /v1/channels/{id}/read`: moves `reader`'s `last_read_id` forward, never back; answers

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::{
     Extension,
     extract::{FromRequestParts, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, request::Parts},
+    http::{HeaderName, HeaderValue, StatusCode, request::Parts},
     response::Response,
 };
 use serde::Serialize;
@@ -19,7 +19,7 @@ use super::{
 use crate::{
     auth::{ChannelsRead, ChannelsWrite, Scoped},
     error::{ApiError, Envelope, FieldErrors},
-    etag::json_with_identity,
+    etag::{self, IfNoneMatch, json_with_identity},
     extract::{ChannelId, NoQuery, QueryParams, ValidatedJson},
     json::Json,
     limits::InFlight,
@@ -61,7 +61,7 @@ pub async fn list(
     State(state): State<AppState>,
     ChannelId(channel_id): ChannelId,
     allowance: Option<Extension<InFlight>>,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
@@ -98,7 +98,7 @@ pub async fn list(
     caller.principal.may_use_channel(&state, channel_id).await?;
     if matches!(page, Page::Latest) && filter.is_empty() {
         let latest = service::latest(&state, channel_id, limit).await?;
-        return Ok(crate::etag::rendered(&headers, &latest.tag, latest.body));
+        return Ok(etag::rendered(&if_none_match, &latest.tag, latest.body));
     }
     let wait = Duration::from_secs(wait.unsigned_abs());
     if let Some(Extension(allowance)) = allowance {
@@ -121,7 +121,7 @@ pub async fn list(
         page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
         page.has_more,
     );
-    json_with_identity(&headers, &page, identity)
+    json_with_identity(&if_none_match, &page, identity)
 }
 
 /// `POST /v1/channels/{id}/messages`: 201 with the stored message; with an `Idempotency-Key`
