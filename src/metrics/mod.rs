@@ -49,18 +49,34 @@ fn method_name(method: &axum::http::Method) -> &'static str {
 /// paths share one `route="unmatched"` label so that clients cannot grow the series; the
 /// literal form of channel names with `/` counts under the route it answers to.
 pub struct Tracked {
-    route: String,
+    route: RouteLabel,
     method: &'static str,
     started: Instant,
+}
+
+/// The `route` label: the router's own shared text of the matched route (no copy per request),
+/// or a fixed one.
+enum RouteLabel {
+    Matched(MatchedPath),
+    Fixed(&'static str),
+}
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(matched) => matched.as_str(),
+            Self::Fixed(route) => route,
+        }
+    }
 }
 
 impl Tracked {
     pub fn start(request: &Request) -> Self {
         let route = match request.extensions().get::<MatchedPath>() {
-            Some(matched) => matched.as_str().to_owned(),
-            None => crate::realtime::rest::literal_route(request.uri().path())
-                .unwrap_or("unmatched")
-                .to_owned(),
+            Some(matched) => RouteLabel::Matched(matched.clone()),
+            None => RouteLabel::Fixed(
+                crate::realtime::rest::literal_route(request.uri().path()).unwrap_or("unmatched"),
+            ),
         };
         Self {
             route,
@@ -76,7 +92,7 @@ impl Tracked {
         if status == 503 {
             state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
         }
-        (state.metrics.http).observe(&self.route, self.method, status, latency);
+        (state.metrics.http).observe(self.route.as_str(), self.method, status, latency);
     }
 }
 
