@@ -34,6 +34,18 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
+/// Asserts how many statements stored posts together, and how many of those PostgreSQL refused.
+async fn assert_batches(app: &TestApp, batches: f64, failed: f64) {
+    assert_eq!(
+        (
+            metric(app, "channeld_message_batches_total").await,
+            metric(app, "channeld_message_batches_failed_total").await,
+        ),
+        (batches, failed),
+        "(statements storing posts together, of them refused)"
+    );
+}
+
 /// Holds channel `channel`'s row until the returned transaction ends.
 async fn hold_row(db: &PgPool, channel: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut holder = db.begin().await.expect("begin");
@@ -330,11 +342,7 @@ async fn a_post_that_fails_the_shared_statement_fails_alone(db: PgPool) {
     got.sort();
     expected.sort();
     assert_eq!(got, expected, "{read_contents:?}");
-    assert_eq!(metric(&app, "channeld_message_batches_total").await, 0.0);
-    assert_eq!(
-        metric(&app, "channeld_message_batches_failed_total").await,
-        1.0
-    );
+    assert_batches(&app, 0.0, 1.0).await;
 }
 
 /// Two instances under concurrent posters on the same channels, each walking them in its own
@@ -476,11 +484,7 @@ async fn a_statement_waiting_for_one_channel_holds_no_other(db: PgPool) {
         assert_eq!(body["message"]["channel_id"], channel);
         assert_eq!(body["message"]["content"], content);
     }
-    assert_eq!(metric(&app, "channeld_message_batches_total").await, 1.0);
-    assert_eq!(
-        metric(&app, "channeld_message_batches_failed_total").await,
-        0.0
-    );
+    assert_batches(&app, 1.0, 0.0).await;
 }
 
 /// A post to one channel is not held up for long by another channel's row: with all of the
