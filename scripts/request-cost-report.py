@@ -2,6 +2,7 @@
 """Reads scripts/request-cost.sh's callgrind files: instructions per request for each system and
 operation, then the functions channeld spends them in (inclusive, per request), beside the
 floor's figure for the same function where it has one."""
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,10 @@ def inclusive(path):
     return total, functions
 
 
-for op in ("post", "get"):
+# COST_OPS: the operations this run counted (scripts/request-cost.sh); without it, all of them.
+ops = os.environ.get("COST_OPS", "post get").replace(",", " ").split()
+
+for op in ops:
     floor_total, floor = inclusive(out / f"floor-{op}.callgrind")
     total, channeld = inclusive(out / f"channeld-{op}.callgrind")
     print(f"{op.upper()}: instructions per request (user space): floor {floor_total / requests:,.0f}, "
@@ -45,6 +49,8 @@ for op in ("post", "get"):
         print(f"  {count / requests:>10,.0f} {shown:>10}  {name[:150]}")
     print()
 
+if "COST_OPS" in os.environ:
+    sys.exit(0)
 total, channeld = inclusive(out / "channeld-mcp-wake.callgrind")
 print(f"MCP wake-up: {waiters} wait_for_messages calls answered by one post: "
       f"{total / waiters:,.0f} instructions per answer (user space, the post included)")

@@ -7,7 +7,9 @@
 # request (docs/BENCHMARKS.md).
 #
 #   scripts/request-cost.sh    (COST_REQUESTS per operation, default 2000; COST_WAITERS MCP
-#                               wait_for_messages calls woken by one post, default 200)
+#                               wait_for_messages calls woken by one post, default 200;
+#                               COST_OPS to count only some of post and get, e.g. COST_OPS=post,
+#                               which also skips the MCP row)
 #
 # Keeps the profiles in .data/request-cost/{system}-{op}.callgrind (callgrind_annotate reads
 # them) and prints, per operation, instructions per request of each system and channeld's
@@ -63,13 +65,13 @@ for n in $(seq 1 60); do
 done
 stop
 
-for op in post get; do
+for op in $(echo "${COST_OPS:-post get}" | tr , " "); do
   for system in floor channeld; do
     measure "$system" "$op"
   done
 done
 
 # And MCP's wake-up: `waiters` wait_for_messages calls answered by one post (channeld only).
-measure channeld mcp-wake
+[ -n "${COST_OPS:-}" ] || measure channeld mcp-wake
 
 python3 scripts/request-cost-report.py "$out" "$requests" "$waiters"

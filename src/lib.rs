@@ -32,6 +32,7 @@
 //! - [`console`]: `/console`, the built-in web page for watching channels.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`server`]: the accept loop, HTTP connection timeouts, shutdown no client can hold up.
+//! - [`repoll`]: a connection that wakes itself while polled is polled again, not rescheduled.
 //! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld apps …` and `channeld keys …` commands.
@@ -62,6 +63,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod realtime;
+pub mod repoll;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

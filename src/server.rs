@@ -28,6 +28,8 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 use tower::ServiceExt;
 
+use crate::repoll::Repolled;
+
 /// Counters for operators (`/metrics`).
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -186,9 +188,12 @@ async fn connection(
             }))
         }
     });
-    let served = http
-        .serve_connection(TokioIo::new(tcp), service)
-        .with_upgrades();
+    // Re-polled when it wakes itself, as handing a request body to its handler does (see
+    // `repoll`), rather than yielded to the scheduler.
+    let served = Repolled::new(
+        http.serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades(),
+    );
     tokio::pin!(served);
     // Looks at the connection when its wait for headers would run out, and again from there.
     let watch = tokio::time::sleep(header_timeout);
@@ -214,7 +219,7 @@ async fn connection(
         Some(result) => result,
         None => {
             let idle = activity.in_flight.load(Ordering::Acquire) == 0;
-            served.as_mut().graceful_shutdown();
+            served.as_mut().inner().graceful_shutdown();
             if idle {
                 // Nothing to finish but the last bytes of a response already sent (hyper closes
                 // idle keep-alive connections at once); one still sending its request's headers

@@ -1,0 +1,197 @@
+//! A future polled again at once when it wakes itself while being polled, instead of being
+//! handed back to the scheduler.
+//!
+//! Hyper answers a request inside its connection's task and passes the request body to the
+//! handler through a channel whose two ends live in that same task: taking the body wakes the
+//! sender, and handing it over wakes the receiver, each time the very task being polled. Tokio
+//! treats a task woken during its own poll as one that yields: it queues it behind the others
+//! and wakes another worker thread to come and steal it. For every request with a body that
+//! cost a futex wake-up, two context switches on the other thread, and often the connection
+//! moving to the other core, only to run the same task again.
+//!
+//! [`Repolled`] polls its future again instead, up to [`REPOLLS`] times in a row; past that it
+//! yields as before, so a connection that keeps waking itself cannot hold a worker thread. Wakes
+//! from anywhere else (the socket, the database, timers, other tasks) reach the task as before.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
+};
+
+use futures_util::task::AtomicWaker;
+
+/// Polls in a row at most, before a future that keeps waking itself is yielded to the scheduler.
+pub const REPOLLS: usize = 8;
+
+/// Set while the future is being polled.
+const POLLING: u8 = 1;
+/// Set by a wake that came while the future was being polled.
+const WOKEN: u8 = 2;
+
+pin_project_lite::pin_project! {
+    /// `inner`, re-polled at once when it wakes itself during a poll.
+    pub struct Repolled<F> {
+        #[pin]
+        inner: F,
+        shared: Arc<Shared>,
+        waker: Waker,
+    }
+}
+
+/// What the waker handed to the inner future shares with [`Repolled`].
+struct Shared {
+    state: AtomicU8,
+    /// The task polling [`Repolled`].
+    task: AtomicWaker,
+}
+
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // While the future is being polled, the poll in progress sees the wake and polls again;
+        // otherwise the task is woken.
+        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING == 0 {
+            self.task.wake();
+        }
+    }
+}
+
+impl<F> Repolled<F> {
+    pub fn new(inner: F) -> Self {
+        let shared = Arc::new(Shared {
+            state: AtomicU8::new(0),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            inner,
+            waker: Waker::from(shared.clone()),
+            shared,
+        }
+    }
+
+    /// The wrapped future.
+    pub fn inner(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project().inner
+    }
+}
+
+impl<F: Future> Future for Repolled<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        this.shared.task.register(cx.waker());
+        let mut inner_cx = Context::from_waker(this.waker);
+        for _ in 0..REPOLLS {
+            this.shared.state.store(POLLING, Ordering::Release);
+            if let Poll::Ready(output) = this.inner.as_mut().poll(&mut inner_cx) {
+                this.shared.state.store(0, Ordering::Release);
+                return Poll::Ready(output);
+            }
+            // A wake after this swap finds the future not being polled and wakes the task.
+            if this.shared.state.swap(0, Ordering::AcqRel) & WOKEN == 0 {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts the wakes that reach the task.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes itself `times` times while polled, then finishes.
+    struct WakesItself {
+        times: usize,
+        polls: usize,
+    }
+
+    impl Future for WakesItself {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.polls > self.times {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    fn task() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again_without_waking_the_task() {
+        let (count, waker) = task();
+        let mut future = std::pin::pin!(Repolled::new(WakesItself { times: 3, polls: 0 }));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        assert_eq!(
+            polled,
+            Poll::Ready(4),
+            "three self-wakes, then done, in one poll"
+        );
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            0,
+            "the task was never woken"
+        );
+    }
+
+    #[test]
+    fn past_the_limit_it_yields_to_the_task() {
+        let (count, waker) = task();
+        let future = WakesItself {
+            times: REPOLLS + 1,
+            polls: 0,
+        };
+        let mut future = std::pin::pin!(Repolled::new(future));
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(future.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            1,
+            "yielded: the task is woken"
+        );
+        assert_eq!(future.as_mut().poll(&mut cx), Poll::Ready(REPOLLS + 2));
+    }
+
+    #[test]
+    fn a_wake_from_elsewhere_reaches_the_task() {
+        let (count, waker) = task();
+        let (sender, receiver) = tokio::sync::oneshot::channel::<u8>();
+        let mut future = std::pin::pin!(Repolled::new(receiver));
+        let mut cx = Context::from_waker(&waker);
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        std::thread::spawn(move || sender.send(7))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "the send woke the task");
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+    }
+}
