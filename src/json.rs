@@ -11,9 +11,22 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
+/// Room a body starts with: one message (about 250 bytes besides its content) or one channel
+/// fits, so most bodies are written without growing their buffer.
+const USUAL_BODY: usize = 512;
+
 /// `value` as the bytes of a response body: compact JSON and a newline.
 pub fn body<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(128);
+    body_sized(value, USUAL_BODY)
+}
+
+/// [`body`], written into a buffer of `capacity` bytes to start with (it grows past that if it
+/// must): a page of messages knows its size closely enough to be written without copies.
+pub fn body_sized<T: Serialize + ?Sized>(
+    value: &T,
+    capacity: usize,
+) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(capacity);
     serde_json::to_writer(&mut bytes, value)?;
     bytes.push(b'\n');
     Ok(bytes)

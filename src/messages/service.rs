@@ -178,7 +178,14 @@ fn render<M: std::borrow::Borrow<Message>>(
     let messages: Vec<&Message> = messages.iter().map(std::borrow::Borrow::borrow).collect();
     let tag =
         crate::etag::identity_tag((messages.iter().map(|m| m.id).collect::<Vec<_>>(), has_more));
-    let body = crate::json::body(&PageOf { messages, has_more })
+    // About 250 bytes of fields per message besides its content (more only for metadata, or
+    // content that needs escaping).
+    let size = 32
+        + messages
+            .iter()
+            .map(|m| m.content.len() + 256)
+            .sum::<usize>();
+    let body = crate::json::body_sized(&PageOf { messages, has_more }, size)
         .map_err(|error| ApiError::Internal(Box::new(error)))?;
     Ok(Rendered {
         limit,
