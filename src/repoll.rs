@@ -149,22 +149,23 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
+    /// Polls `future` inside [`Repolled`] once, for a task that must not be woken by it.
+    fn poll_once_without_waking<F: Future>(future: F) -> Poll<F::Output> {
+        let (count, waker) = task();
+        let mut future = std::pin::pin!(Repolled::new(future));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        assert_eq!(count.0.load(Ordering::Relaxed), 0, "the task was woken");
+        polled
+    }
+
     #[test]
     fn a_future_that_wakes_itself_is_polled_again_without_waking_the_task() {
-        let (count, waker) = task();
         // As many self-wakes as one poll absorbs, each followed by a poll of its own.
         let future = WakesItself {
             times: REPOLLS - 1,
             polls: 0,
         };
-        let mut future = std::pin::pin!(Repolled::new(future));
-        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
-        assert_eq!(polled, Poll::Ready(REPOLLS), "done within one poll");
-        assert_eq!(
-            count.0.load(Ordering::Relaxed),
-            0,
-            "the task was never woken"
-        );
+        assert_eq!(poll_once_without_waking(future), Poll::Ready(REPOLLS));
     }
 
     #[test]
@@ -207,16 +208,8 @@ mod tests {
 
     #[test]
     fn a_wake_from_another_thread_during_the_poll_is_a_repoll() {
-        let (count, waker) = task();
         let future = WokenFromElsewhereWhilePolled { polls: 0 };
-        let mut future = std::pin::pin!(Repolled::new(future));
-        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
-        assert_eq!(polled, Poll::Ready(2), "polled again within the same poll");
-        assert_eq!(
-            count.0.load(Ordering::Relaxed),
-            0,
-            "the task was never woken"
-        );
+        assert_eq!(poll_once_without_waking(future), Poll::Ready(2));
     }
 
     #[test]
