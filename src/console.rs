@@ -41,18 +41,20 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse + 
     )
 }
 
+/// The console's files: path, content type, body.
+const FILES: [(&str, &str, &str); 3] = [
+    ("/console", "text/html; charset=utf-8", PAGE),
+    ("/console/app.js", "text/javascript; charset=utf-8", SCRIPT),
+    ("/console/style.css", "text/css; charset=utf-8", STYLE),
+];
+
+/// Every route [`router`] serves.
+pub const PATHS: [&str; 3] = [FILES[0].0, FILES[1].0, FILES[2].0];
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/console",
-            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
-        )
-        .route(
-            "/console/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console/style.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+    FILES
+        .into_iter()
+        .fold(Router::new(), |router, (path, content_type, body)| {
+            router.route(path, get(move || async move { asset(content_type, body) }))
+        })
 }

@@ -17,14 +17,14 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, MatchedPath, Request},
+    extract::{ConnectInfo, Request},
     http::{HeaderName, HeaderValue, header::Entry},
     response::{IntoResponse, Response},
 };
 use tower::{Layer, Service};
 use tracing::{Span, field};
 
-use crate::{config::Cidr, error::ApiError, limits};
+use crate::{config::Cidr, error::ApiError, limits, metrics::RouteLabels};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,13 +32,16 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct EdgeLayer {
     trusted: Arc<Vec<Cidr>>,
+    routes: RouteLabels,
 }
 
 impl EdgeLayer {
-    /// `trusted`: the proxies whose `X-Forwarded-For` names the client in the span.
-    pub fn new(trusted: Vec<Cidr>) -> Self {
+    /// `trusted`: the proxies whose `X-Forwarded-For` names the client in the span; `routes`:
+    /// the span's `route`.
+    pub fn new(trusted: Vec<Cidr>, routes: RouteLabels) -> Self {
         Self {
             trusted: Arc::new(trusted),
+            routes,
         }
     }
 }
@@ -50,6 +53,7 @@ impl<S> Layer<S> for EdgeLayer {
         Edge {
             inner,
             trusted: self.trusted.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     trusted: Arc<Vec<Cidr>>,
+    routes: RouteLabels,
 }
 
 impl<S> Service<Request> for Edge<S>
@@ -78,7 +83,7 @@ where
             Some(id) => id.clone(),
             None => random_request_id(),
         };
-        let span = request_span(&request, &id, &self.trusted);
+        let span = request_span(&request, &id, &self.trusted, &self.routes);
         let started = (!span.is_disabled()).then(Instant::now);
         let inner = {
             let _entered = span.enter();
@@ -150,7 +155,12 @@ fn random_request_id() -> HeaderValue {
 /// The span every request's log lines carry. The query string is left out on purpose: it can
 /// hold credentials (`?token=`, `?key=`). Its fields are worked out only when the span is
 /// recorded at all (not below `info`).
-fn request_span(request: &Request, id: &HeaderValue, trusted: &[Cidr]) -> Span {
+fn request_span(
+    request: &Request,
+    id: &HeaderValue,
+    trusted: &[Cidr],
+    routes: &RouteLabels,
+) -> Span {
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
@@ -168,11 +178,7 @@ fn request_span(request: &Request, id: &HeaderValue, trusted: &[Cidr]) -> Span {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| limits::client_ip(info.0.ip(), request.headers(), trusted).to_string())
         .unwrap_or_default();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    span.record("route", route);
+    span.record("route", routes.of(request.uri().path()).as_str());
     span.record("client", client.as_str());
     span.record("request_id", id.to_str().unwrap_or_default());
     span
@@ -205,7 +211,7 @@ mod tests {
                     "never"
                 }),
             );
-        EdgeLayer::new(Vec::new()).layer(router)
+        EdgeLayer::new(Vec::new(), RouteLabels::new(["/fine", "/panics"])).layer(router)
     }
 
     async fn send(path: &str, id: Option<&str>) -> Response {

@@ -22,6 +22,11 @@ use crate::{error, state::AppState};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/v1/openapi.json";
+/// Where the Swagger UI is served.
+const DOCS: &str = "/docs";
+/// Every route [`router`] serves: the document, and the three the Swagger UI registers for
+/// itself under [`DOCS`] (its redirect, its page and its files).
+pub const PATHS: [&str; 4] = [DOCUMENT_PATH, DOCS, "/docs/", "/docs/{*rest}"];
 
 #[derive(OpenApi)]
 #[openapi(
@@ -162,7 +167,7 @@ pub fn router(api: &utoipa::openapi::OpenApi) -> Router<AppState> {
     });
     Router::new()
         .route(DOCUMENT_PATH, serve)
-        .merge(SwaggerUi::new("/docs").config(Config::from(DOCUMENT_PATH)))
+        .merge(SwaggerUi::new(DOCS).config(Config::from(DOCUMENT_PATH)))
 }
 
 #[cfg(test)]

@@ -13,16 +13,23 @@
 //!   a request body still arriving ends at once (see [`crate::limits`]).
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{Router, body::Body, extract::ConnectInfo};
-use http_body_util::BodyExt;
+use axum::{
+    body::{Body, Bytes},
+    extract::ConnectInfo,
+    response::Response,
+};
+use http_body::{Frame, SizeHint};
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
@@ -62,13 +69,19 @@ pub fn raise_open_file_limit() -> Option<u64> {
 
 /// Serves `app` on `listener` until `stop` turns true, then closes idle connections and lets
 /// those with a request in flight finish it.
-pub async fn run(
+pub async fn run<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     header_timeout: Duration,
     stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     let mut connections = JoinSet::new();
@@ -137,6 +150,33 @@ impl Activity {
     }
 }
 
+/// A response body that keeps its request counted in flight until it is done (or dropped), and
+/// otherwise is its body: its size too, from which hyper writes `Content-Length`.
+struct Guarded {
+    body: Body,
+    _answering: Answering,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Counts one request in flight, on its connection and in all, until dropped.
 struct Answering {
     connection: Arc<Activity>,
@@ -161,15 +201,21 @@ impl Drop for Answering {
     }
 }
 
-async fn connection(
+async fn connection<S>(
     http: http1::Builder,
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
-    app: Router,
+    app: S,
     header_timeout: Duration,
     stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let counter = activity.clone();
     let requests = stats.clone();
@@ -179,12 +225,10 @@ async fn connection(
         // In flight until the response body is done (or dropped): an event stream counts.
         let guard = Answering::new(counter.clone(), requests.clone());
         async move {
-            let response = app.oneshot(request).await?;
-            Ok::<_, std::convert::Infallible>(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _ = &guard;
-                    frame
-                }))
+            let response = app.oneshot(request.map(Body::new)).await?;
+            Ok::<_, Infallible>(response.map(|body| Guarded {
+                body,
+                _answering: guard,
             }))
         }
     });

@@ -28,7 +28,9 @@ use crate::{
     console, consumers, delivery,
     edge::EdgeLayer,
     error::ApiError,
-    health, limits, mcp, messages, metrics, openapi,
+    health, limits, mcp, messages,
+    metrics::{self, RouteLabels},
+    openapi,
     realtime::{
         self,
         engine::{Engine, EngineTasks},
@@ -38,47 +40,54 @@ use crate::{
     webhooks,
 };
 
-/// The whole HTTP surface with its middleware.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface with its middleware: the router inside three services that every
+/// request passes, whatever it is answered by (a route, the literal-channel fallback, 404 or
+/// 405): the edge (request id, span, panics), the body limit, and [`EveryRequest`]. They wrap
+/// the router once rather than each route (`Router::layer`), which would box every route twice
+/// more and clone those boxes for every request.
+pub fn router(
+    state: AppState,
+) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ 'static {
     let max_body = state.config.max_body_bytes;
     let trusted = state.config.http.trusted_proxies.clone();
     let (routes, document) = api_router(state.config.metrics_on_main).split_for_parts();
-    routes
+    let labels = RouteLabels::new(
+        document
+            .paths
+            .paths
+            .keys()
+            .map(String::as_str)
+            .chain(openapi::PATHS)
+            .chain(console::PATHS)
+            .chain(mcp::PATHS),
+    );
+    let routes = routes
         .merge(openapi::router(&openapi::finish(document)))
         .merge(console::router())
         .merge(mcp::router(state.clone()))
         .fallback(realtime::literal_channel_routes)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(EveryRequestLayer(state.clone()))
-        .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(EdgeLayer::new(trusted))
-                .layer(DefaultBodyLimit::max(max_body)),
-        )
+        .with_state(state.clone());
+    ServiceBuilder::new()
+        .layer(EdgeLayer::new(trusted, labels.clone()))
+        .layer(DefaultBodyLimit::max(max_body))
+        .service(EveryRequest {
+            state,
+            labels,
+            inner: routes,
+        })
 }
 
-/// What every request passes on its way in and out, as one service around each route: the HTTP
-/// metrics, then the request limits and deadline (which also report the rate-limit decision in
-/// the response's `RateLimit-*` headers). Written out rather than with `from_fn`, which
-/// boxes the route again for every request on top of its boxed future.
+/// What every request passes on its way in and out, around the router: the HTTP metrics, then
+/// the request limits and deadline (which also report the rate-limit decision in the
+/// response's `RateLimit-*` headers).
 #[derive(Clone)]
-struct EveryRequestLayer(AppState);
-
-impl<S> tower::Layer<S> for EveryRequestLayer {
-    type Service = EveryRequest<S>;
-
-    fn layer(&self, inner: S) -> EveryRequest<S> {
-        EveryRequest {
-            state: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct EveryRequest<S> {
+pub struct EveryRequest<S> {
     state: AppState,
+    labels: RouteLabels,
     inner: S,
 }
 
@@ -100,8 +109,8 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let state = self.state.clone();
+        let tracked = metrics::Tracked::start(&request, &self.labels);
         Box::pin(async move {
-            let tracked = metrics::Tracked::start(&request);
             let response = limits::limits(&state, request, |request| inner.call(request)).await;
             tracked.answered(&state, &response);
             Ok(response)

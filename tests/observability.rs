@@ -129,6 +129,57 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The layers that count requests wrap the router, not each route: every route, whichever
+/// router registered it, still counts under its own pattern, and a request answered before
+/// routing (414) or by no route under `unmatched`.
+#[sqlx::test]
+async fn every_route_counts_under_its_own_pattern(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.key(&[Scope::ChannelsRead]).await;
+    let sent = [
+        (Method::GET, "/v1/channels/77/messages".to_owned(), 404),
+        (Method::DELETE, "/v1/channels".to_owned(), 405),
+        (Method::GET, "/v1/openapi.json".to_owned(), 200),
+        (Method::GET, "/docs/".to_owned(), 200),
+        (Method::GET, "/docs/swagger-ui.css".to_owned(), 200),
+        (Method::GET, "/console/app.js".to_owned(), 200),
+        (
+            Method::GET,
+            "/.well-known/oauth-protected-resource".to_owned(),
+            404,
+        ),
+        (
+            Method::GET,
+            format!("/v1/nowhere/{}", "x".repeat(9000)),
+            414,
+        ),
+    ];
+    for (method, path, status) in &sent {
+        let response = app
+            .request(method.clone(), path, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), *status, "{method} {path}");
+    }
+    let text = scrape(&format!("{}/metrics", app.base)).await;
+    for (route, method, status) in [
+        ("/v1/channels/{id}/messages", "GET", 404),
+        ("/v1/channels", "DELETE", 405),
+        ("/v1/openapi.json", "GET", 200),
+        ("/docs/", "GET", 200),
+        ("/docs/{*rest}", "GET", 200),
+        ("/console/app.js", "GET", 200),
+        ("/.well-known/{*rest}", "GET", 404),
+        ("unmatched", "GET", 414),
+    ] {
+        let series = format!(
+            r#"channeld_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#
+        );
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+    }
+}
+
 #[sqlx::test]
 async fn metrics_move_with_requests_and_websocket_frames(db: PgPool) {
     let app = TestApp::spawn(db).await;

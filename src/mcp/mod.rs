@@ -52,6 +52,10 @@ use crate::{
 
 /// The MCP endpoint's path.
 pub const PATH: &str = "/v1/mcp";
+/// Discovery documents a client may look for (OAuth's): answered 404 in the envelope.
+const WELL_KNOWN: &str = "/.well-known/{*rest}";
+/// Every route [`router`] serves.
+pub const PATHS: [&str; 2] = [PATH, WELL_KNOWN];
 
 /// `/v1/mcp` and the `/.well-known/` answers MCP clients look for.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -73,7 +77,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route_service(PATH, service)
         .layer(from_fn_with_state((state, tools), guard))
-        .route("/.well-known/{*rest}", any(well_known))
+        .route(WELL_KNOWN, any(well_known))
 }
 
 /// Host and Origin, then the API key; the transport's own refusals put in the envelope.

@@ -11,12 +11,15 @@ mod sample;
 
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
 use axum::{
-    extract::{MatchedPath, Request, State},
+    extract::{Request, State},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
@@ -45,6 +48,38 @@ fn method_name(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// The routes the router serves, by the text they were registered with: the `route` label of
+/// a request, looked up once where the request enters (the layers around the router see no
+/// `MatchedPath`, which the router sets only for what it calls). The same matcher as axum's, on
+/// the same patterns, so a path finds the route the router picks.
+#[derive(Debug, Clone)]
+pub struct RouteLabels(Arc<matchit::Router<Arc<str>>>);
+
+impl RouteLabels {
+    /// `routes`: every path pattern the router registers.
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut table = matchit::Router::new();
+        for route in routes {
+            // The same pattern twice (one route for several methods) is one label.
+            let _ = table.insert(route, Arc::from(route));
+        }
+        Self(Arc::new(table))
+    }
+
+    /// The label of a request for `path`: its route, the route a literal-form channel path
+    /// answers to, or `unmatched`.
+    pub fn of(&self, path: &str) -> RouteLabel {
+        match self.0.at(path) {
+            Ok(matched) => RouteLabel::Matched(matched.value.clone()),
+            Err(_) => {
+                RouteLabel::Fixed(crate::realtime::rest::literal_route(path).unwrap_or(UNMATCHED))
+            }
+        }
+    }
+}
+
+const UNMATCHED: &str = "unmatched";
+
 /// A request being counted: by matched route, method and status, with its latency. Unmatched
 /// paths share one `route="unmatched"` label so that clients cannot grow the series; the
 /// literal form of channel names with `/` counts under the route it answers to.
@@ -54,32 +89,26 @@ pub struct Tracked {
     started: Instant,
 }
 
-/// The `route` label: the router's own shared text of the matched route (no copy per request),
-/// or a fixed one.
-enum RouteLabel {
-    Matched(MatchedPath),
+/// The `route` label: the table's shared text of the route (no copy per request), or a fixed
+/// one.
+pub enum RouteLabel {
+    Matched(Arc<str>),
     Fixed(&'static str),
 }
 
 impl RouteLabel {
-    fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         match self {
-            Self::Matched(matched) => matched.as_str(),
+            Self::Matched(route) => route,
             Self::Fixed(route) => route,
         }
     }
 }
 
 impl Tracked {
-    pub fn start(request: &Request) -> Self {
-        let route = match request.extensions().get::<MatchedPath>() {
-            Some(matched) => RouteLabel::Matched(matched.clone()),
-            None => RouteLabel::Fixed(
-                crate::realtime::rest::literal_route(request.uri().path()).unwrap_or("unmatched"),
-            ),
-        };
+    pub fn start(request: &Request, routes: &RouteLabels) -> Self {
         Self {
-            route,
+            route: routes.of(request.uri().path()),
             method: method_name(request.method()),
             started: Instant::now(),
         }
@@ -89,6 +118,10 @@ impl Tracked {
     pub fn answered(self, state: &AppState, response: &Response) {
         let latency = self.started.elapsed();
         let status = response.status().as_u16();
+        debug_assert!(
+            !matches!(self.route, RouteLabel::Fixed(UNMATCHED)) || status >= 400,
+            "{status} answered on a path with no route label: add its route to the RouteLabels"
+        );
         if status == 503 {
             state.metrics.db_unavailable.fetch_add(1, Ordering::Relaxed);
         }
