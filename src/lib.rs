@@ -33,6 +33,7 @@
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`server`]: the accept loop, HTTP connection timeouts, shutdown no client can hold up.
 //! - [`repoll`]: a connection that wakes itself while polled is polled again, not rescheduled.
+//! - [`gated`]: a connection's stop signal and header timeout are polled only when they wake it.
 //! - [`limits`]: what every request meets before its handler (URI, headers, body, deadline).
 //! - [`db`]: connection pool and embedded migrations.
 //! - [`cli`]: the `channeld apps …` and `channeld keys …` commands.
@@ -54,6 +55,7 @@ pub mod error;
 pub mod etag;
 pub mod extract;
 pub mod follow;
+pub mod gated;
 pub mod health;
 pub mod json;
 pub mod limits;

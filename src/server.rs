@@ -35,7 +35,15 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 use tower::ServiceExt;
 
-use crate::repoll::Repolled;
+use crate::{gated::Gated, repoll::Repolled};
+
+/// Why a connection's watchdog ended it.
+enum Watched {
+    /// The server is shutting down.
+    Stopping,
+    /// No request headers came within the timeout.
+    NoHeaders,
+}
 
 /// Counters for operators (`/metrics`).
 #[derive(Debug, Default)]
@@ -239,25 +247,37 @@ async fn connection<S>(
             .with_upgrades(),
     );
     tokio::pin!(served);
-    // Looks at the connection when its wait for headers would run out, and again from there.
-    let watch = tokio::time::sleep(header_timeout);
-    tokio::pin!(watch);
-    let finished = loop {
-        tokio::select! {
-            // Headers already received are dispatched before the timeout is looked at.
-            biased;
-            result = served.as_mut() => break Some(result),
-            _ = stop.wait_for(|stop| *stop) => break None,
-            _ = watch.as_mut() => match activity.headers_due(header_timeout) {
-                Some(due) if due <= Instant::now() => {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("connection closed: no request headers within the timeout");
-                    return;
-                }
-                Some(due) => watch.as_mut().reset(due),
-                None => watch.as_mut().reset(Instant::now() + header_timeout),
-            },
+    // The server's stop and the wait for headers, polled only when one of them wakes the task
+    // (see `gated`), not at each of the connection's several wakes per request.
+    let watchdog = Gated::new(async {
+        // Looks at the connection when its wait for headers would run out, and again from there.
+        let watch = tokio::time::sleep(header_timeout);
+        tokio::pin!(watch);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return Watched::Stopping,
+                () = watch.as_mut() => match activity.headers_due(header_timeout) {
+                    Some(due) if due <= Instant::now() => return Watched::NoHeaders,
+                    Some(due) => watch.as_mut().reset(due),
+                    None => watch.as_mut().reset(Instant::now() + header_timeout),
+                },
+            }
         }
+    });
+    tokio::pin!(watchdog);
+    let finished = tokio::select! {
+        // Headers already received are dispatched before the timeout is looked at.
+        biased;
+        result = served.as_mut() => Some(result),
+        watched = watchdog => match watched {
+            Watched::Stopping => None,
+            Watched::NoHeaders => {
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("connection closed: no request headers within the timeout");
+                return;
+            }
+        },
     };
     let result = match finished {
         Some(result) => result,
