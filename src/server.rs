@@ -37,6 +37,31 @@ use tower::ServiceExt;
 
 use crate::{gated::Gated, repoll::Repolled};
 
+/// What the server serves: the router with its layers ([`crate::startup::router`]).
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Why a connection's watchdog ended it.
 enum Watched {
     /// The server is shutting down.
@@ -77,19 +102,13 @@ pub fn raise_open_file_limit() -> Option<u64> {
 
 /// Serves `app` on `listener` until `stop` turns true, then closes idle connections and lets
 /// those with a request in flight finish it.
-pub async fn run<S>(
+pub async fn run<S: App>(
     listener: TcpListener,
     app: S,
     header_timeout: Duration,
     stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
-) where
-    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     let mut connections = JoinSet::new();
@@ -209,7 +228,7 @@ impl Drop for Answering {
     }
 }
 
-async fn connection<S>(
+async fn connection<S: App>(
     http: http1::Builder,
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
@@ -217,13 +236,7 @@ async fn connection<S>(
     header_timeout: Duration,
     stats: Arc<ServerStats>,
     mut stop: watch::Receiver<bool>,
-) where
-    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let activity = Arc::new(Activity::new());
     let counter = activity.clone();
     let requests = stats.clone();

@@ -45,12 +45,7 @@ use crate::{
 /// 405): the edge (request id, span, panics), the body limit, and [`EveryRequest`]. They wrap
 /// the router once rather than each route (`Router::layer`), which would box every route twice
 /// more and clone those boxes for every request.
-pub fn router(
-    state: AppState,
-) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
-+ Clone
-+ Send
-+ 'static {
+pub fn router(state: AppState) -> impl server::App {
     let max_body = state.config.max_body_bytes;
     let trusted = state.config.http.trusted_proxies.clone();
     let (routes, document) = api_router(state.config.metrics_on_main).split_for_parts();
