@@ -91,7 +91,7 @@ mod tests {
     /// Counts its polls and stays pending; hands out the waker it was polled with.
     struct Counted {
         polls: Arc<AtomicUsize>,
-        waker: Arc<std::sync::Mutex<Option<Waker>>>,
+        waker: InnerWaker,
     }
 
     impl Future for Counted {
@@ -112,14 +112,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn polled_first_then_only_after_its_own_wake() {
+    type InnerWaker = Arc<std::sync::Mutex<Option<Waker>>>;
+
+    /// A gated [`Counted`], its poll count, and the waker it was last polled with.
+    fn counted() -> (Pin<Box<Gated<Counted>>>, Arc<AtomicUsize>, InnerWaker) {
         let polls = Arc::new(AtomicUsize::new(0));
-        let inner_waker = Arc::new(std::sync::Mutex::new(None));
-        let mut gated = Box::pin(Gated::new(Counted {
+        let inner_waker = InnerWaker::default();
+        let gated = Box::pin(Gated::new(Counted {
             polls: polls.clone(),
             waker: inner_waker.clone(),
         }));
+        (gated, polls, inner_waker)
+    }
+
+    #[test]
+    fn polled_first_then_only_after_its_own_wake() {
+        let (mut gated, polls, inner_waker) = counted();
         let task = Arc::new(Task(AtomicUsize::new(0)));
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
@@ -149,12 +157,7 @@ mod tests {
 
     #[test]
     fn a_wake_reaches_the_task_that_polled_last() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let inner_waker = Arc::new(std::sync::Mutex::new(None));
-        let mut gated = Box::pin(Gated::new(Counted {
-            polls: polls.clone(),
-            waker: inner_waker.clone(),
-        }));
+        let (mut gated, _, inner_waker) = counted();
         let first = Arc::new(Task(AtomicUsize::new(0)));
         let second = Arc::new(Task(AtomicUsize::new(0)));
         let first_waker = Waker::from(first.clone());
