@@ -1,16 +1,20 @@
 //! The database pool, as `vendor/sqlx-core` changes it: a connection is taken from where the last
 //! one released went, so sequential work keeps using one warm backend instead of rotating
-//! through every idle connection.
+//! through every idle connection; and a connection that owes the server nothing is back in the
+//! pool the moment its user drops it, with no task spawned to return it.
 
 use std::{collections::HashSet, time::Duration};
+
+use futures::TryStreamExt;
 
 use sqlx::{
     PgExecutor, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-/// Waits, up to a deadline, until every connection the pool has is back in it (a connection is
-/// returned by a task of its own once its user drops it; the reaper may close some meanwhile).
+/// Waits, up to a deadline, until every connection the pool has is back in it (one that still
+/// owes the server part of a result is returned by a task of its own once drained; the reaper
+/// may close some meanwhile).
 async fn until_all_idle(pool: &PgPool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while pool.num_idle() != pool.size() as usize {
@@ -100,4 +104,46 @@ async fn idle_connections_left_unused_are_closed_and_the_one_in_use_stays(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(used.len(), 1, "backends used: {used:?}");
+}
+
+#[sqlx::test]
+async fn a_connection_is_back_in_the_pool_when_its_query_ends(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (pool, _) = opened(options, connect, 1, None).await;
+    // No await between the query's end and the check: on this test's single-threaded runtime,
+    // a return left to a spawned task would not have run yet.
+    let answer: i64 = sqlx::query_scalar("SELECT 7::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(answer, 7);
+    assert_eq!(pool.num_idle(), 1, "the connection is idle again at once");
+}
+
+#[sqlx::test]
+async fn a_connection_dropped_in_the_middle_of_a_result_is_drained_before_reuse(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (pool, backends) = opened(options, connect, 1, None).await;
+    {
+        let mut rows =
+            sqlx::query_scalar::<_, i32>("SELECT generate_series(1, 200000)").fetch(&pool);
+        assert_eq!(rows.try_next().await.unwrap(), Some(1));
+        // Dropped owing the server the other 199,999 rows.
+    }
+    // The pool's one connection answers the next query with its own answer, not the rest of
+    // the last one's.
+    let answer: i64 = sqlx::query_scalar("SELECT 42::int8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(answer, 42);
+    assert_eq!(pool.size(), 1);
+    assert!(
+        backends.contains(&backend_pid(&pool).await),
+        "the same connection, kept"
+    );
 }

@@ -205,7 +205,15 @@ impl<DB: Database> Drop for PoolConnection<DB> {
 
         // We still need to spawn a task to maintain `min_connections`.
         if self.live.is_some() || self.pool.options.min_connections > 0 {
-            crate::rt::spawn(self.return_to_pool());
+            // channeld: return the connection here when that takes no waiting (the usual case:
+            // it owes the server nothing), and spawn a task only for what must wait. Upstream
+            // spawned a task after every query, and the scheduler often woke the other worker
+            // thread to run it.
+            let mut returning = Box::pin(self.return_to_pool());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if returning.as_mut().poll(&mut cx).is_pending() {
+                crate::rt::spawn(returning);
+            }
         }
     }
 }
