@@ -129,11 +129,20 @@ async fn a_connection_dropped_in_the_middle_of_a_result_is_drained_before_reuse(
 ) {
     let (pool, backends) = opened(options, connect, 1, None).await;
     {
-        let mut rows =
-            sqlx::query_scalar::<_, i32>("SELECT generate_series(1, 200000)").fetch(&pool);
+        // The server ends this result half a second after its rows: when it is dropped, the
+        // connection certainly still owes the rest.
+        let mut rows = sqlx::query_scalar::<_, i32>(
+            "SELECT x FROM generate_series(1, 200000) x \
+             WHERE CASE WHEN x = 200000 THEN pg_sleep(0.5) IS NULL ELSE true END",
+        )
+        .fetch(&pool);
         assert_eq!(rows.try_next().await.unwrap(), Some(1));
-        // Dropped owing the server the other 199,999 rows.
     }
+    assert_eq!(
+        pool.num_idle(),
+        0,
+        "a connection that owes the server is drained by a task before it is idle"
+    );
     // The pool's one connection answers the next query with its own answer, not the rest of
     // the last one's.
     let answer: i64 = sqlx::query_scalar("SELECT 42::int8")

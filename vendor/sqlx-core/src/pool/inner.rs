@@ -103,8 +103,12 @@ impl<DB: Database> PoolInner<DB> {
 
         async move {
             for permits in 1..=self.options.max_connections {
-                // Close any currently idle connections in the pool.
-                while let Some(idle) = self.idle().pop_back() {
+                // Close any currently idle connections in the pool. channeld: the idle list's
+                // lock is let go before each close is awaited (a `while let` would hold it
+                // across the await, and a connection handed back meanwhile would wait on it).
+                loop {
+                    let next = self.idle().pop_back();
+                    let Some(idle) = next else { break };
                     let _ = idle.live.float((*self).clone()).close().await;
                 }
 
