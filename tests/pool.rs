@@ -35,6 +35,10 @@ async fn backend_pid<'e>(executor: impl PgExecutor<'e>) -> i32 {
         .unwrap()
 }
 
+async fn int8(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 /// A pool of `size` connections, opened at once and then all idle, and their backends.
 async fn opened(
     options: PgPoolOptions,
@@ -114,11 +118,7 @@ async fn a_connection_is_back_in_the_pool_when_its_query_ends(
     let (pool, _) = opened(options, connect, 1, None).await;
     // No await between the query's end and the check: on this test's single-threaded runtime,
     // a return left to a spawned task would not have run yet.
-    let answer: i64 = sqlx::query_scalar("SELECT 7::int8")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(answer, 7);
+    assert_eq!(int8(&pool, "SELECT 7::int8").await, 7);
     assert_eq!(pool.num_idle(), 1, "the connection is idle again at once");
 }
 
@@ -145,11 +145,7 @@ async fn a_connection_dropped_in_the_middle_of_a_result_is_drained_before_reuse(
     );
     // The pool's one connection answers the next query with its own answer, not the rest of
     // the last one's.
-    let answer: i64 = sqlx::query_scalar("SELECT 42::int8")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(answer, 42);
+    assert_eq!(int8(&pool, "SELECT 42::int8").await, 42);
     assert_eq!(pool.size(), 1);
     assert!(
         backends.contains(&backend_pid(&pool).await),
