@@ -123,6 +123,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CHANNELD_MAX_STREAMS_PER_KEY", default_value_t = 100)]
     pub max_streams_per_key: usize,
 
+    /// Insert statements storing posts that run at once; posts arriving while they all run wait
+    /// and are stored together by the next (at most half of --db-max-connections).
+    #[arg(long, env = "CHANNELD_POST_STATEMENTS", default_value_t = POST_STATEMENTS,
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub post_statements: u16,
+
     /// Serve /metrics on this separate address (e.g. 127.0.0.1:9090) instead of on --listen.
     #[arg(long, env = "CHANNELD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -645,6 +651,9 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Cluster mode, when a Redis URL was given.
     pub cluster: Option<ClusterSettings>,
+    /// Insert statements storing posts that run at once (`--post-statements`; see
+    /// `messages::batch`).
+    pub post_statements: usize,
     /// How long a post waits for one of the instance's insert statements to finish, to be
     /// stored together with others, before it is stored alone (see `messages::batch`). No flag
     /// sets it: 100 ms.
@@ -652,6 +661,10 @@ pub struct Config {
     /// Fault injection for tests; no flag sets it, and it is all zero in a served process.
     pub faults: Faults,
 }
+
+/// See [`Config::post_statements`]: as many as a small database server has cores. Each statement
+/// stores up to 64 posts, so two keep up with thousands of posts a second.
+pub const POST_STATEMENTS: u16 = 2;
 
 /// See [`Config::post_batch_wait`].
 const POST_BATCH_WAIT: Duration = Duration::from_millis(100);
@@ -684,6 +697,7 @@ impl Default for Config {
             mcp: McpConfig::default(),
             webhooks: WebhookConfig::default(),
             cluster: None,
+            post_statements: usize::from(POST_STATEMENTS),
             post_batch_wait: POST_BATCH_WAIT,
             faults: Faults::default(),
         }
@@ -708,6 +722,7 @@ impl From<&ServeArgs> for Config {
             mcp: args.mcp.clone(),
             webhooks: args.webhooks.clone(),
             cluster: args.cluster.settings(),
+            post_statements: usize::from(args.post_statements),
             post_batch_wait: POST_BATCH_WAIT,
             faults: Faults::default(),
         }

@@ -62,7 +62,8 @@ impl AppState {
     pub fn new(db: PgPool, config: Config) -> Self {
         let realtime = Realtime::new(&config);
         // Half the pool stores posts at most; the other half is left to reads.
-        let post_statements = db.options().get_max_connections() as usize / 2;
+        let half_pool = db.options().get_max_connections() as usize / 2;
+        let post_statements = config.post_statements.min(half_pool);
         let delivery = Delivery::new(db.clone(), Arc::new(realtime.engine.clone()), &config);
         Self(Arc::new(Shared {
             db,

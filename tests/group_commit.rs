@@ -519,3 +519,61 @@ async fn a_held_channel_row_holds_up_posts_to_other_channels_only_briefly(db: Pg
     }
     assert_eq!(history(&app, &key, free).await.len(), 1);
 }
+
+/// `serve`'s arguments as the binary parses them, or clap's complaint.
+fn serve_args(extra: &[&str]) -> Result<channeld::config::ServeArgs, String> {
+    use clap::Parser;
+    let master = channeld::auth::MasterKey::generate().to_hex();
+    let args = ["channeld", "serve", "--database-url", "postgres://unused"]
+        .into_iter()
+        .chain(["--master-key", &master])
+        .chain(extra.iter().copied());
+    match channeld::config::Cli::try_parse_from(args).map_err(|e| e.to_string())? {
+        channeld::config::Cli {
+            command: channeld::config::Command::Serve(args),
+            ..
+        } => Ok(args),
+        _ => unreachable!("serve was asked for"),
+    }
+}
+
+#[sqlx::test]
+async fn post_statements_sets_how_many_statements_store_posts_at_once(db: PgPool) {
+    // Two by default; zero is refused; any other number within half the pool is kept.
+    let default = channeld::config::Config::from(&serve_args(&[]).unwrap());
+    assert_eq!(default.post_statements, 2);
+    let refused = serve_args(&["--post-statements", "0"]).unwrap_err();
+    assert!(refused.contains("--post-statements"), "{refused}");
+    let mut config =
+        channeld::config::Config::from(&serve_args(&["--post-statements", "3"]).unwrap());
+    assert_eq!(config.post_statements, 3);
+
+    // A server told 3 (with a pool of 8) runs three statements at once: with all three waiting
+    // on a held row in PostgreSQL, the next post waits in channeld, not in a fourth statement.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .expect("a pool of 8");
+    config.post_batch_wait = WITHIN * 3;
+    let app = TestApp::spawn_config(db.clone(), config).await;
+    assert_eq!(app.state.posts.statements(), 3);
+    let key = app.key(&[Scope::ChannelsRead, Scope::ChannelsWrite]).await;
+    let hot = app.channel(&key, "hot").await;
+    let (holder, blocked) = block_statements(&app, &db, &key, hot).await;
+    let queued = post(&app, &key, hot, json!({"content": "the fourth"}));
+    until_queued(&app, 1).await;
+    until_blocked(&db, 3).await;
+    holder.commit().await.expect("release the row");
+    for answer in blocked.into_iter().chain([queued]) {
+        let (status, body) = answer.await.expect("answer");
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(history(&app, &key, hot).await.len(), 4);
+
+    // Never more than half the pool: the rest is left to reads.
+    let mut greedy = common::test_config();
+    greedy.post_statements = 8;
+    let app = TestApp::spawn_config(db, greedy).await;
+    assert_eq!(app.state.posts.statements(), 4);
+}

@@ -2,18 +2,20 @@
 //!
 //! Each post is one statement and one commit, and a commit waits for PostgreSQL to flush its
 //! write-ahead log; posts to one channel also take turns on the channel's row. So an instance
-//! runs at most half its pool's connections (`--db-max-connections`, 16 by default: 8) as
-//! statements storing posts. A post that arrives while they all run waits, and when one of them
-//! finishes, the waiting posts (to any channels, up to [`MAX_POSTS`] and [`MAX_BYTES`]) are
-//! stored by one statement, run by the first of them: one commit, one flush, and one update of
-//! each channel's row for all of them. A post that finds a
+//! runs at most `--post-statements` (2 by default, and never more than half of
+//! `--db-max-connections`) statements storing posts at once: as many as the database has cores
+//! to run them, rather than a statement per poster. A post that arrives while they all run
+//! waits, and when one of them finishes, the waiting posts (to any channels, up to
+//! [`MAX_POSTS`] and [`MAX_BYTES`]) are stored by one statement, run by the first of them: one
+//! commit, one flush, and one update of each channel's row for all of them. A post that finds a
 //! statement free runs at once, alone, exactly as it would without this: a lone client waits for
 //! nothing.
 //!
 //! A post waits at most `post_batch_wait` (100 ms). Statements take a millisecond or so; one that
 //! takes longer is held up (most likely by a channel row another transaction holds), and the
 //! posts behind it, to other channels, should not wait for that: past the wait they are stored
-//! alone, each in a statement of its own, as without batching.
+//! alone, each in a statement of its own, as without batching. With few statements, two posts to
+//! a channel whose row is held can occupy both: the wait bounds what that costs the others.
 //!
 //! What a poster sees does not change. Each post is answered with its own stored message (or
 //! 404/409 for its own channel), after its commit. The ordering guarantee holds: the statement
