@@ -35,7 +35,8 @@ pub struct Decision {
 
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// By key id (or app), which only a key that authenticated reaches: no client picks them.
+    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
 }
 
 #[derive(Debug)]

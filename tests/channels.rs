@@ -627,3 +627,36 @@ async fn archiving_and_unarchiving_at_once_never_fail(db: PgPool) {
         assert_eq!(active["total"], 16, "round {round}: {active}");
     }
 }
+
+/// An id is read where it stands in the path when written plainly; written percent-encoded it is
+/// decoded first, and names the same channel.
+#[sqlx::test]
+async fn a_percent_encoded_id_names_the_same_channel(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let key = app.writer().await;
+    let (status, body) = app
+        .post("/v1/channels", &key, json!({"name": "encoded"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["channel"]["id"].as_i64().unwrap();
+    let encoded: String = id
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let (status, plain) = app.get(&format!("/v1/channels/{id}"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    let (status, decoded) = app.get(&format!("/v1/channels/{encoded}"), &key).await;
+    assert_eq!(status, StatusCode::OK, "{decoded}");
+    assert_eq!(decoded["channel"]["name"], "encoded");
+    assert_eq!(decoded["channel"]["id"], plain["channel"]["id"]);
+    let (status, body) = app
+        .post(
+            &format!("/v1/channels/{encoded}/messages"),
+            &key,
+            json!({"content": "through the encoded id"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["message"]["channel_id"], id);
+}
