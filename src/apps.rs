@@ -169,8 +169,8 @@ const MAX_OWNERS: usize = 100_000;
 /// never reused).
 #[derive(Default)]
 pub struct Directory {
-    apps: RwLock<HashMap<i64, (Instant, Arc<App>), foldhash::fast::RandomState>>,
-    owners: RwLock<HashMap<i64, i64, foldhash::fast::RandomState>>,
+    apps: RwLock<HashMap<i64, (Instant, Arc<App>)>>,
+    owners: RwLock<HashMap<i64, i64>>,
 }
 
 impl Directory {

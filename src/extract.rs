@@ -282,15 +282,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ChannelId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        // Every route that takes one is `/v1/channels/{id}…`. An id written plainly is read
-        // where it stands in the path, with no copy; anything else (percent-encoded, or no id
-        // at all) is decoded by `Path`, and judged as before.
-        if let Some(segment) = parts.uri.path().strip_prefix("/v1/channels/")
-            && let Some(segment) = segment.split('/').next()
-            && let Ok(id) = parse_channel_id(segment)
-        {
-            return Ok(id);
-        }
         // A segment that does not decode (invalid UTF-8) is no id either.
         let raw = Path::<String>::from_request_parts(parts, state)
             .await

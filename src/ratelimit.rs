@@ -35,8 +35,7 @@ pub struct Decision {
 
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    /// By key id (or app), which only a key that authenticated reaches: no client picks them.
-    buckets: Mutex<HashMap<String, Bucket, foldhash::fast::RandomState>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 #[derive(Debug)]

@@ -9,7 +9,8 @@
 #   and 8 clients, 3 rounds of 5 s)
 #
 # Writes OUT/{before,after}-N.json (default .data/build-ab) and prints, per build and row, the
-# median channeld/floor ratio [min-max] and server CPU µs per request over all rounds.
+# median channeld/floor ratio [min-max], server CPU µs per request over all rounds, and the
+# median [min-max] of channeld's CPU per request over the floor's, round by round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
@@ -64,10 +65,12 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*-*.json"))):
             rows[(row["op"], row["clients"], build)].append((
                 run["channeld"]["per_sec"] / run["floor"]["per_sec"],
                 run["server_us_channeld"], run["server_us_floor"]))
-print("row | build | rounds | channeld/floor, median [min-max] | server µs: channeld, floor (medians)")
+print("row | build | rounds | channeld/floor, median [min-max] | server µs: channeld, floor (medians) | server CPU / floor, median [min-max]")
 for (op, clients, build), runs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "before")):
     ratios = [r[0] for r in runs]
+    cpu = [r[1] / r[2] for r in runs if r[2]]
     print(f"{op}, {clients} | {build} | {len(runs)} | {statistics.median(ratios):.3f} "
           f"[{min(ratios):.3f}-{max(ratios):.3f}] | {statistics.median(r[1] for r in runs):.1f}, "
-          f"{statistics.median(r[2] for r in runs):.1f}")
+          f"{statistics.median(r[2] for r in runs):.1f} | {statistics.median(cpu):.3f} "
+          f"[{min(cpu):.3f}-{max(cpu):.3f}]")
 PY

@@ -112,6 +112,8 @@ pub struct RestRow {
     pub pg_us_channeld: f64,
     pub server_us_floor: Option<f64>,
     pub server_us_channeld: f64,
+    /// channeld's server CPU per request over the floor's, round by round: median, min, max.
+    pub floor_cpu_ratio: Option<Spread>,
     pub pgbench_per_sec: Spread,
     pub channeld_per_sec: Spread,
     pub pgbench_postgres_pct: f64,
@@ -148,6 +150,11 @@ impl RestRow {
             pg_us_channeld: median(&|r| r.pg_us_channeld),
             server_us_floor: floor_spread(&|r| r.server_us_floor).map(|s| s.median),
             server_us_channeld: median(&|r| r.server_us_channeld),
+            floor_cpu_ratio: floor_spread(&|r| {
+                r.server_us_floor
+                    .filter(|floor| *floor > 0.0)
+                    .map(|floor| r.server_us_channeld / floor)
+            }),
             pgbench_per_sec: Spread::of(runs.iter().map(|r| r.pgbench.per_sec)),
             channeld_per_sec: Spread::of(runs.iter().map(|r| r.channeld.per_sec)),
             pgbench_postgres_pct: median(&|r| r.pgbench_postgres_pct),
@@ -180,9 +187,9 @@ pub fn print(
             rest.first().map_or(0, |r| r.runs.len())
         );
         println!(
-            "| operation | clients | pgbench tx/s | avg ms | floor req/s | p50 / p99 ms | channeld req/s | p50 / p99 ms | channeld / pgbench | channeld / floor | PG µs/req: pgbench, floor, channeld | server µs/req: floor, channeld |"
+            "| operation | clients | pgbench tx/s | avg ms | floor req/s | p50 / p99 ms | channeld req/s | p50 / p99 ms | channeld / pgbench | channeld / floor | PG µs/req: pgbench, floor, channeld | server µs/req: floor, channeld | server CPU / floor |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let spread = |s: &Spread| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max);
         let optional = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         for row in rest {
@@ -190,7 +197,7 @@ pub fn print(
             let pgbench_ran = row.pgbench_per_sec.median > 0.0;
             let if_ran = |text: String| if pgbench_ran { text } else { "-".to_owned() };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {} | {} | {}, {}, {:.0} | {}, {:.0} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {} | {} | {}, {}, {:.0} | {}, {:.0} | {} |",
                 row.op,
                 row.clients,
                 if_ran(spread(&row.pgbench_per_sec)),
@@ -216,6 +223,12 @@ pub fn print(
                 row.pg_us_channeld,
                 optional(row.server_us_floor),
                 row.server_us_channeld,
+                row.floor_cpu_ratio
+                    .as_ref()
+                    .map_or("-".to_owned(), |r| format!(
+                        "{:.2} [{:.2}-{:.2}]",
+                        r.median, r.min, r.max
+                    )),
             );
         }
     }

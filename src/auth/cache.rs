@@ -42,8 +42,6 @@ const MAX_KEY_ID_LEN: usize = 64;
 /// from it again (its scopes and patterns parsed, its sealed secret shared). Reads as the row.
 pub struct KnownKey {
     pub row: ApiKey,
-    /// The key's id, shared with every request's [`super::Principal`] rather than copied.
-    pub id: Arc<str>,
     pub scope_set: ScopeSet,
     pub patterns: Arc<[Pattern]>,
     /// The patterns cover every persistent channel's name (`*` or `**` among them).
@@ -65,7 +63,6 @@ impl From<ApiKey> for KnownKey {
             patterns,
             stored_patterns: row.channel_patterns.as_slice().into(),
             sealed_secret: row.secret_encrypted.as_deref().map(Arc::from),
-            id: row.key_id.as_str().into(),
             row,
         }
     }
@@ -87,11 +84,9 @@ pub struct KeyCache {
 
 #[derive(Default)]
 struct Entries {
-    /// Keys that exist, with when the read that found them began. Their ids are the server's
-    /// own (only a key found in the database enters), so a fast hash serves.
-    known: HashMap<String, (Arc<KnownKey>, Instant), foldhash::fast::RandomState>,
-    /// Ids found to name no key, with when that read began: ids any client makes up, so
-    /// hashed with std's SipHash, which a client cannot aim collisions at.
+    /// Keys that exist, with when the read that found them began.
+    known: HashMap<String, (Arc<KnownKey>, Instant)>,
+    /// Ids found to name no key, with when that read began.
     unknown: HashMap<String, Instant>,
 }
 

@@ -28,7 +28,7 @@ use crate::{
 /// The authenticated caller of a REST request.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub key_id: Arc<str>,
+    pub key_id: String,
     /// The app the key acts for: every resource it reaches is this app's.
     pub app: Arc<App>,
     pub scopes: ScopeSet,
@@ -228,7 +228,7 @@ async fn authenticate(
     Ok(Principal {
         app,
         scopes: key.scope_set,
-        key_id: key.id.clone(),
+        key_id: key.key_id.clone(),
         channel_patterns: key.patterns.clone(),
         all_channels: key.all_channels,
         stored_patterns: key.stored_patterns.clone(),
