@@ -634,11 +634,7 @@ async fn archiving_and_unarchiving_at_once_never_fail(db: PgPool) {
 async fn a_percent_encoded_id_names_the_same_channel(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let key = app.writer().await;
-    let (status, body) = app
-        .post("/v1/channels", &key, json!({"name": "encoded"}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = body["channel"]["id"].as_i64().unwrap();
+    let id = app.channel(&key, "encoded").await;
     let encoded: String = id
         .to_string()
         .bytes()
