@@ -628,8 +628,8 @@ async fn archiving_and_unarchiving_at_once_never_fail(db: PgPool) {
     }
 }
 
-/// An id is read where it stands in the path when written plainly; written percent-encoded it is
-/// decoded first, and names the same channel.
+/// A channel id written percent-encoded in the path is decoded first, and names the same channel
+/// as the id written plainly, for reads and for posts.
 #[sqlx::test]
 async fn a_percent_encoded_id_names_the_same_channel(db: PgPool) {
     let app = TestApp::spawn(db).await;
