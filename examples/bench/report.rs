@@ -192,6 +192,11 @@ pub fn print(
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let spread = |s: &Spread| format!("{:.0} [{:.0}-{:.0}]", s.median, s.min, s.max);
         let optional = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        let ratio = |r: Option<&Spread>| {
+            r.map_or("-".to_owned(), |r| {
+                format!("{:.2} [{:.2}-{:.2}]", r.median, r.min, r.max)
+            })
+        };
         for row in rest {
             // pgbench is left out with `--rest-systems`: its columns are then empty.
             let pgbench_ran = row.pgbench_per_sec.median > 0.0;
@@ -214,21 +219,13 @@ pub fn print(
                     "{:.2} [{:.2}-{:.2}]",
                     row.ratio, row.ratio_min, row.ratio_max
                 )),
-                row.floor_ratio.as_ref().map_or("-".to_owned(), |r| format!(
-                    "{:.2} [{:.2}-{:.2}]",
-                    r.median, r.min, r.max
-                )),
+                ratio(row.floor_ratio.as_ref()),
                 if_ran(format!("{:.0}", row.pg_us_pgbench)),
                 optional(row.pg_us_floor),
                 row.pg_us_channeld,
                 optional(row.server_us_floor),
                 row.server_us_channeld,
-                row.floor_cpu_ratio
-                    .as_ref()
-                    .map_or("-".to_owned(), |r| format!(
-                        "{:.2} [{:.2}-{:.2}]",
-                        r.median, r.min, r.max
-                    )),
+                ratio(row.floor_cpu_ratio.as_ref()),
             );
         }
     }
