@@ -8,7 +8,7 @@ use std::{collections::HashSet, time::Duration};
 use futures::TryStreamExt;
 
 use sqlx::{
-    PgExecutor, PgPool,
+    Connection, PgExecutor, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -146,6 +146,48 @@ async fn a_connection_dropped_in_the_middle_of_a_result_is_drained_before_reuse(
     // The pool's one connection answers the next query with its own answer, not the rest of
     // the last one's.
     assert_eq!(int8(&pool, "SELECT 42::int8").await, 42);
+    assert_eq!(pool.size(), 1);
+    assert!(
+        backends.contains(&backend_pid(&pool).await),
+        "the same connection, kept"
+    );
+}
+
+#[sqlx::test]
+async fn a_transaction_dropped_without_commit_is_rolled_back_before_reuse(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (pool, backends) = opened(options, connect.clone(), 1, None).await;
+    sqlx::query("CREATE TABLE dropped_work (n int NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    {
+        let mut transaction = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO dropped_work VALUES (1)")
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        // Dropped, not committed: the rollback is queued and owed before the connection is idle.
+    }
+    // The pool's one connection, reused: the insert is gone, and what runs on it now is no
+    // longer inside the abandoned transaction, so another connection sees it committed.
+    assert_eq!(int8(&pool, "SELECT count(*) FROM dropped_work").await, 0);
+    sqlx::query("INSERT INTO dropped_work VALUES (2)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect_with(&connect).await.unwrap();
+    let seen: Vec<i32> = sqlx::query_scalar("SELECT n FROM dropped_work ORDER BY n")
+        .fetch_all(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [2],
+        "the dropped insert rolled back, the next one committed"
+    );
     assert_eq!(pool.size(), 1);
     assert!(
         backends.contains(&backend_pid(&pool).await),
