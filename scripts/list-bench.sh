@@ -34,7 +34,7 @@ servers=()
 trap 'kill "${servers[@]}" 2>/dev/null || true' EXIT
 declare -A key one wild
 
-# A database of $2 channels named $1, its keys, and a server for it on port $3.
+# A database of $2 channels named $1, its keys (by database name), and a server for it on port $3.
 # Names like "Deploy rollout 4711 of service-724"; one channel in ten archived; activity spread
 # over 100 days; message counts and last messages filled in as posting would have left them.
 prepare() { # database count port
@@ -54,12 +54,12 @@ SELECT format('%s rollout %s of service-%s',
 FROM generate_series(1, $2) AS n;
 VACUUM ANALYZE channels, channel_counts;
 SQL
-  key[$2]=$(DATABASE_URL=$url "$bin" keys create --name list-bench --quiet \
+  key[$1]=$(DATABASE_URL=$url "$bin" keys create --name list-bench --quiet \
     --scopes channels:read --rate-limit 1000000 --rate-burst 1000000)
   # Keys whose patterns bind persistent channels: one channel, and a wildcard over digits.
-  one[$2]=$(DATABASE_URL=$url "$bin" keys create --name list-bench-one --quiet \
+  one[$1]=$(DATABASE_URL=$url "$bin" keys create --name list-bench-one --quiet \
     --scopes channels:read --channel-pattern 4711 --rate-limit 1000000 --rate-burst 1000000)
-  wild[$2]=$(DATABASE_URL=$url "$bin" keys create --name list-bench-wild --quiet \
+  wild[$1]=$(DATABASE_URL=$url "$bin" keys create --name list-bench-wild --quiet \
     --scopes channels:read --channel-pattern '4711*' --rate-limit 1000000 --rate-burst 1000000)
   DATABASE_URL=$url "$bin" serve --listen "127.0.0.1:$3" --no-migrate --log-format json \
     >/dev/null 2>&1 &
@@ -70,15 +70,16 @@ SQL
     sleep 0.1
   done
 }
-prepare channeld_listbench "$large" "$port"
-prepare channeld_listbench_small "$small" "$small_port"
+large_db=channeld_listbench small_db=channeld_listbench_small
+prepare "$large_db" "$large" "$port"
+prepare "$small_db" "$small" "$small_port"
 
 cursor() { # port key
   curl -sf "http://127.0.0.1:$1/v1/channels?limit=50" -H "Authorization: Bearer $2" \
     | grep -o '"next_cursor":"[^"]*"' | cut -d'"' -f4
 }
-large_cursor=$(cursor "$port" "${key[$large]}")
-small_cursor=$(cursor "$small_port" "${key[$small]}")
+large_cursor=$(cursor "$port" "${key[$large_db]}")
+small_cursor=$(cursor "$small_port" "${key[$small_db]}")
 
 # label|query|which key (key, one, wild); "CURSOR" stands for each database's own cursor.
 queries=(
@@ -100,9 +101,9 @@ for round in 1 2 3; do
   for i in "${!queries[@]}"; do
     IFS='|' read -r label query which <<<"${queries[$i]}"
     case $which in
-      key) large_key=${key[$large]} small_key=${key[$small]} ;;
-      one) large_key=${one[$large]} small_key=${one[$small]} ;;
-      wild) large_key=${wild[$large]} small_key=${wild[$small]} ;;
+      key) large_key=${key[$large_db]} small_key=${key[$small_db]} ;;
+      one) large_key=${one[$large_db]} small_key=${one[$small_db]} ;;
+      wild) large_key=${wild[$large_db]} small_key=${wild[$small_db]} ;;
     esac
     read -r m1 t1 m2 t2 < <(python3 scripts/history-client.py --port "$port" --key "$large_key" \
       --short-port "$small_port" --short-key "$small_key" --requests "$requests" \
