@@ -60,3 +60,22 @@ pub async fn migrate(args: &DatabaseArgs) -> Result<(), Box<dyn std::error::Erro
     pool.close().await;
     Ok(())
 }
+
+/// Says at startup whether PostgreSQL vacuums on its own, warning when it does not. The webhook
+/// outbox and deliveries and the consumer groups' claims are queues: their rows change state
+/// and leave partial indexes as dead entries that only VACUUM removes, so with autovacuum off
+/// every round of their workers reads further and gets slower (docs/OPERATING.md, "Vacuum").
+pub async fn check_autovacuum(pool: &PgPool) {
+    let setting = sqlx::query_scalar!(r#"SELECT current_setting('autovacuum') AS "setting!""#)
+        .fetch_one(pool)
+        .await;
+    match setting {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            autovacuum = %setting,
+            "PostgreSQL runs with autovacuum off: webhook and consumer-group queues slow down as \
+             dead rows pile up; turn it on, or run VACUUM on a schedule"
+        ),
+        Ok(setting) => tracing::info!(autovacuum = %setting, "PostgreSQL vacuums on its own"),
+        Err(error) => tracing::debug!(%error, "the autovacuum setting was not read"),
+    }
+}

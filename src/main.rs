@@ -65,6 +65,11 @@ async fn run(command: Command) -> cli::CliResult {
                 db::migrate(&args.database).await?;
             }
             let pool = db::pool(&args.database, args.db_timeout)?;
+            // In the background: the server starts whether or not PostgreSQL answers yet.
+            tokio::spawn({
+                let pool = pool.clone();
+                async move { db::check_autovacuum(&pool).await }
+            });
             let addresses = Addresses {
                 listen: args.listen,
                 metrics: args.metrics_listen,

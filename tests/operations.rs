@@ -515,6 +515,52 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
 }
 
 #[sqlx::test]
+async fn the_server_says_at_startup_whether_postgresql_vacuums_on_its_own(db: PgPool) {
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("DATABASE_URL", common::database_url(&db))
+        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stderr = child.stderr.take().unwrap();
+    // The line that reports the setting, read off the server's log until it comes.
+    let reported = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let event: Value = serde_json::from_str(&line).ok()?;
+                event.get("autovacuum").is_some().then_some(event)
+            })
+    });
+    let event = tokio::time::timeout(Duration::from_secs(20), reported)
+        .await
+        .expect("no line about autovacuum within 20 s")
+        .unwrap()
+        .expect("the server exited without saying");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(event["autovacuum"], autovacuum.as_str(), "{event}");
+    let expected_level = if autovacuum == "off" { "WARN" } else { "INFO" };
+    assert_eq!(event["level"], expected_level, "{event}");
+    if autovacuum == "off" {
+        assert!(
+            event["message"]
+                .as_str()
+                .unwrap()
+                .contains("VACUUM on a schedule"),
+            "{event}"
+        );
+    }
+}
+
+#[sqlx::test]
 async fn the_openapi_document_describes_every_route_and_docs_render_it(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let (status, document) = call(app.http.get(format!("{}/v1/openapi.json", app.base))).await;

@@ -718,6 +718,7 @@ fn postgres_settings(database_url: &str) -> Value {
         "shared_buffers",
         "synchronous_commit",
         "fsync",
+        "autovacuum",
         "max_connections",
         "work_mem",
     ];
