@@ -6,6 +6,11 @@
 #
 #   scripts/webhook-bench.sh     (CHANNELD_BIN=target/release/channeld, WEBHOOK_REPEATS=3,
 #                                 WEBHOOK_BACKLOG=100000; `make bench` runs it)
+#   WEBHOOK_AUTOVACUUM=on scripts/webhook-bench.sh
+#       the same with PostgreSQL's autovacuum turned on for the run, on a server where it is off
+#       (ALTER SYSTEM and a reload, as its superuser; reset when the run ends): the webhook tables
+#       are queues that only VACUUM clears of dead index entries (docs/BENCHMARKS.md, "Webhooks
+#       and autovacuum")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset DATABASE_URL
@@ -25,7 +30,25 @@ key=$(DATABASE_URL=$url "$bin" keys create --name webhook-bench --quiet \
 DATABASE_URL=$url RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --no-migrate \
   --webhook-allow-private-networks --webhook-allow-http >.data/webhook-bench.log 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
+autovacuum_set=
+restore() {
+  kill "$server" 2>/dev/null || true
+  if [ -n "$autovacuum_set" ]; then
+    psql -q "$admin" -c 'ALTER SYSTEM RESET autovacuum' -c 'SELECT pg_reload_conf()' >/dev/null
+  fi
+}
+trap restore EXIT
+if [ -n "${WEBHOOK_AUTOVACUUM:-}" ]; then
+  autovacuum_set=yes
+  psql -q "$admin" -c "ALTER SYSTEM SET autovacuum = $WEBHOOK_AUTOVACUUM" \
+    -c 'SELECT pg_reload_conf()' >/dev/null
+  # The reload reaches new sessions once the postmaster has read the file again.
+  for _ in $(seq 1 50); do
+    [ "$(psql -XAtq "$admin" -c 'SHOW autovacuum')" = "$WEBHOOK_AUTOVACUUM" ] && break
+    sleep 0.1
+  done
+fi
+echo "webhook-bench: PostgreSQL autovacuum is $(psql -XAtq "$admin" -c 'SHOW autovacuum')" >&2
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 # Whatever an earlier run left to write (a dropped database, dirty pages) is written now, not
 # during the first row.
