@@ -62,9 +62,10 @@ pub async fn migrate(args: &DatabaseArgs) -> Result<(), Box<dyn std::error::Erro
 }
 
 /// Says at startup whether PostgreSQL vacuums on its own, warning when it does not. The webhook
-/// outbox and deliveries and the consumer groups' claims are queues: their rows change state
-/// and leave partial indexes as dead entries that only VACUUM removes, so with autovacuum off
-/// every round of their workers reads further and gets slower (docs/OPERATING.md, "Vacuum").
+/// outbox and deliveries and the consumer groups' claims are queues: their rows are updated or
+/// deleted as the work is done, and leave dead entries in the indexes their workers read from
+/// the start, which only VACUUM removes; with autovacuum off every round reads further and gets
+/// slower (docs/OPERATING.md, "Vacuum").
 pub async fn check_autovacuum(pool: &PgPool) {
     let setting = sqlx::query_scalar!(r#"SELECT current_setting('autovacuum') AS "setting!""#)
         .fetch_one(pool)

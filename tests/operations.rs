@@ -539,13 +539,13 @@ async fn the_server_says_at_startup_whether_postgresql_vacuums_on_its_own(db: Pg
                 event.get("autovacuum").is_some().then_some(event)
             })
     });
-    let event = tokio::time::timeout(Duration::from_secs(20), reported)
-        .await
+    let reported = tokio::time::timeout(Duration::from_secs(20), reported).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let event = reported
         .expect("no line about autovacuum within 20 s")
         .unwrap()
         .expect("the server exited without saying");
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert_eq!(event["autovacuum"], autovacuum.as_str(), "{event}");
     let expected_level = if autovacuum == "off" { "WARN" } else { "INFO" };
     assert_eq!(event["level"], expected_level, "{event}");
