@@ -108,10 +108,7 @@ for figure in p50 p99; do
       l="${p99[$kind,1,1]} ${p99[$kind,1,2]} ${p99[$kind,1,3]}"
       s="${p99[$kind,2,1]} ${p99[$kind,2,2]} ${p99[$kind,2,3]}"
     fi
-    ratio=$(echo "$l" "$s" | awk '{ n = split($0, v, " ");
-      for (i = 1; i <= 3; i++) r[i] = v[i] / v[i + 3];
-      for (i = 1; i <= 3; i++) for (j = i + 1; j <= 3; j++) if (r[j] < r[i]) { x = r[i]; r[i] = r[j]; r[j] = x }
-      printf "%.2f [%.2f-%.2f]", r[2], r[1], r[3] }')
+    ratio=$(echo "$l" "$s" | awk -f scripts/rounds-ratio.awk)
     printf "  %-14s %-36s %-36s %s\n" "$kind" "$l" "$s" "$ratio"
   done
 done

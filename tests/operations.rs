@@ -440,6 +440,18 @@ async fn text_logs_sent_to_a_pipe_carry_no_colour_escapes(db: PgPool) {
     assert!(!log.contains('\u{1b}'), "escape sequences in {log:?}");
 }
 
+/// The real binary serving on a port the OS picks, its JSON log lines on a pipe.
+fn serve_with_json_logs(db: &PgPool) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_channeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("DATABASE_URL", common::database_url(db))
+        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server")
+}
+
 #[sqlx::test]
 async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm(db: PgPool) {
     let created = channeld(
@@ -455,14 +467,7 @@ async fn the_server_logs_json_lines_without_secrets_and_stops_cleanly_on_sigterm
         ],
     );
     let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("DATABASE_URL", common::database_url(&db))
-        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+    let mut child = serve_with_json_logs(&db);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let address = loop {
         let line = lines.next().expect("server exited early").unwrap();
@@ -520,14 +525,7 @@ async fn the_server_says_at_startup_whether_postgresql_vacuums_on_its_own(db: Pg
         .fetch_one(&db)
         .await
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_channeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("DATABASE_URL", common::database_url(&db))
-        .env("CHANNELD_MASTER_KEY", MASTER_KEY)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+    let mut child = serve_with_json_logs(&db);
     let stderr = child.stderr.take().unwrap();
     // The line that reports the setting, read off the server's log until it comes.
     let reported = tokio::task::spawn_blocking(move || {
