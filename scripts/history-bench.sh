@@ -84,15 +84,15 @@ page() { # channel kind
 }
 
 kinds=(latest latest-read oldest after-middle before-middle newest-after)
-declare -A p99 p50
+declare -A figures
 for round in 1 2 3; do
   for kind in "${kinds[@]}"; do
     # The two channels' requests alternate, on a keep-alive connection each.
     read -r m1 t1 m2 t2 < <(python3 scripts/history-client.py --port "$port" --key "$key" \
       --requests "$requests" "/v1/channels/1/messages$(page 1 "$kind")" \
       "/v1/channels/2/messages$(page 2 "$kind")")
-    p50[$kind,1,$round]=$m1 p99[$kind,1,$round]=$t1
-    p50[$kind,2,$round]=$m2 p99[$kind,2,$round]=$t2
+    figures[p50,$kind,1,$round]=$m1 figures[p99,$kind,1,$round]=$t1
+    figures[p50,$kind,2,$round]=$m2 figures[p99,$kind,2,$round]=$t2
     echo "round $round  $kind  median $m1 / $m2 ms  p99 $t1 / $t2 ms (long / short)" >&2
   done
 done
@@ -101,13 +101,8 @@ echo "GET …/messages, 50 per page: $long_count messages beside $short_count, $
 for figure in p50 p99; do
   printf "  %-14s %-36s %-36s %s\n" page "$figure ms, $long_count (rounds)" "$figure ms, $short_count (rounds)" "long / short (median of rounds)"
   for kind in "${kinds[@]}"; do
-    if [ "$figure" = p50 ]; then
-      l="${p50[$kind,1,1]} ${p50[$kind,1,2]} ${p50[$kind,1,3]}"
-      s="${p50[$kind,2,1]} ${p50[$kind,2,2]} ${p50[$kind,2,3]}"
-    else
-      l="${p99[$kind,1,1]} ${p99[$kind,1,2]} ${p99[$kind,1,3]}"
-      s="${p99[$kind,2,1]} ${p99[$kind,2,2]} ${p99[$kind,2,3]}"
-    fi
+    l="${figures[$figure,$kind,1,1]} ${figures[$figure,$kind,1,2]} ${figures[$figure,$kind,1,3]}"
+    s="${figures[$figure,$kind,2,1]} ${figures[$figure,$kind,2,2]} ${figures[$figure,$kind,2,3]}"
     ratio=$(echo "$l" "$s" | awk -f scripts/rounds-ratio.awk)
     printf "  %-14s %-36s %-36s %s\n" "$kind" "$l" "$s" "$ratio"
   done

@@ -96,7 +96,7 @@ queries=(
   "a key limited to channel 4711|limit=50|one"
   "a key limited to 4711* (matches 11)|limit=50|wild"
 )
-declare -A p50 p99
+declare -A figures
 for round in 1 2 3; do
   for i in "${!queries[@]}"; do
     IFS='|' read -r label query which <<<"${queries[$i]}"
@@ -108,8 +108,8 @@ for round in 1 2 3; do
     read -r m1 t1 m2 t2 < <(python3 scripts/history-client.py --port "$port" --key "$large_key" \
       --short-port "$small_port" --short-key "$small_key" --requests "$requests" \
       "/v1/channels?${query//CURSOR/$large_cursor}" "/v1/channels?${query//CURSOR/$small_cursor}")
-    p50[$i,1,$round]=$m1 p99[$i,1,$round]=$t1
-    p50[$i,2,$round]=$m2 p99[$i,2,$round]=$t2
+    figures[p50,$i,1,$round]=$m1 figures[p99,$i,1,$round]=$t1
+    figures[p50,$i,2,$round]=$m2 figures[p99,$i,2,$round]=$t2
     echo "round $round  $label  median $m1 / $m2 ms  p99 $t1 / $t2 ms (large / small)" >&2
   done
 done
@@ -121,13 +121,8 @@ for figure in p50 p99; do
     "large / small (median of rounds)"
   for i in "${!queries[@]}"; do
     IFS='|' read -r label _ _ <<<"${queries[$i]}"
-    if [ "$figure" = p50 ]; then
-      l="${p50[$i,1,1]} ${p50[$i,1,2]} ${p50[$i,1,3]}"
-      s="${p50[$i,2,1]} ${p50[$i,2,2]} ${p50[$i,2,3]}"
-    else
-      l="${p99[$i,1,1]} ${p99[$i,1,2]} ${p99[$i,1,3]}"
-      s="${p99[$i,2,1]} ${p99[$i,2,2]} ${p99[$i,2,3]}"
-    fi
+    l="${figures[$figure,$i,1,1]} ${figures[$figure,$i,1,2]} ${figures[$figure,$i,1,3]}"
+    s="${figures[$figure,$i,2,1]} ${figures[$figure,$i,2,2]} ${figures[$figure,$i,2,3]}"
     ratio=$(echo "$l" "$s" | awk -f scripts/rounds-ratio.awk)
     printf "  %-40s %-24s %-24s %s\n" "$label" "$l" "$s" "$ratio"
   done
