@@ -53,6 +53,16 @@ impl<T: Serialize> IntoResponse for Json<T> {
 
 const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
 
+/// The integer a JSON number spells, whether written `35` or `35.0`: JSON Schema calls both an
+/// integer. `None` for a fraction or a number beyond `i64`.
+pub fn integral(number: &serde_json::Number) -> Option<i64> {
+    number.as_i64().or_else(|| {
+        let value = number.as_f64()?;
+        // 2^63 is exactly representable; every integral float in [-2^63, 2^63) fits an i64.
+        (value.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&value)).then_some(value as i64)
+    })
+}
+
 /// `deserialize_with` for an optional integer field. JSON Schema calls `35.0` an integer, and
 /// generated clients may write one that way, so an integral number is taken whatever its
 /// spelling; a fraction or a number beyond `i64` is refused like any other wrong type.
@@ -61,19 +71,13 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Opti
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    if let Some(value) = number.as_i64() {
-        return Ok(Some(value));
-    }
-    match number.as_f64() {
-        // 2^63 is exactly representable; every integral float in [-2^63, 2^63) fits an i64.
-        Some(value) if value.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&value) => {
-            Ok(Some(value as i64))
-        }
-        Some(value) => Err(D::Error::invalid_type(
+    match (integral(&number), number.as_f64()) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(value)) => Err(D::Error::invalid_type(
             Unexpected::Float(value),
             &"an integer",
         )),
-        None => Err(D::Error::invalid_type(
+        (None, None) => Err(D::Error::invalid_type(
             Unexpected::Other(&number.to_string()),
             &"an integer",
         )),

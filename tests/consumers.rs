@@ -206,6 +206,16 @@ async fn a_group_hands_out_messages_in_order_once_and_counts_its_work(db: PgPool
     .await;
     assert_eq!(from["pending"], 2);
     assert_eq!(from["start"], posted[2]);
+    // An id written as an integral number (JSON Schema's integer in either spelling) is the same id.
+    let spelled = create_group(
+        &app,
+        &key,
+        channel,
+        json!({"name": "tail-spelled", "start": posted[2] as f64}),
+    )
+    .await;
+    assert_eq!(spelled["pending"], 2, "{spelled}");
+    assert_eq!(spelled["start"], posted[2]);
     let (status, listed) = app
         .get(&format!("/v1/channels/{channel}/consumers"), &key)
         .await;
@@ -216,7 +226,7 @@ async fn a_group_hands_out_messages_in_order_once_and_counts_its_work(db: PgPool
         .iter()
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["ahead", "replay", "tail", "work"]);
+    assert_eq!(names, ["ahead", "replay", "tail", "tail-spelled", "work"]);
 
     let (status, _) = common::call(app.request(
         reqwest::Method::DELETE,
@@ -248,6 +258,7 @@ async fn bad_input_is_refused_with_the_field_named(db: PgPool) {
         (json!({"name": "w", "max_deliveries": 0}), "max_deliveries"),
         (json!({"name": "w", "start": "newest"}), "start"),
         (json!({"name": "w", "start": -1}), "start"),
+        (json!({"name": "w", "start": 1.5}), "start"),
         (json!({"name": "w", "mentions": ""}), "mentions"),
     ] {
         let (status, answer) = app.post(&path, &key, body.clone()).await;

@@ -40,6 +40,22 @@ async fn tokens_are_minted_within_the_key_and_validated(db: PgPool) {
         "default lifetime is an hour"
     );
 
+    // An integral number is an integer in either spelling, as JSON Schema and generated clients
+    // count it.
+    let (status, body) = app
+        .post(
+            "/v1/tokens",
+            &key,
+            json!({"peerId": "p", "expiresInSec": 600.0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expiry = chrono::Utc::now().timestamp() + 600;
+    assert!(
+        (body["expiresAt"].as_i64().unwrap() - expiry).abs() <= 2,
+        "{body}"
+    );
+
     let forbidden = [
         (
             json!({"peerId": "p", "channels": ["app_xyz/*"]}),
@@ -96,6 +112,11 @@ async fn tokens_are_minted_within_the_key_and_validated(db: PgPool) {
             "length",
         ),
         (json!({"peerId": "p", "metadata": [1]}), "metadata", "type"),
+        (
+            json!({"peerId": "p", "expiresInSec": 600.5}),
+            "expiresInSec",
+            "type",
+        ),
     ];
     for (request, field, code) in invalid {
         let (status, body) = app.post("/v1/tokens", &key, request.clone()).await;

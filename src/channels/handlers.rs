@@ -28,7 +28,7 @@ pub struct ChannelBody {
         ("ticket_slug" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "Only channels of this ticket"),
         ("archived" = Option<bool>, Query, description = "`true`: only archived channels; `false`: only active ones (the default). Not with `include_archived`"),
         ("include_archived" = Option<bool>, Query, description = "`true`: active and archived channels. Not with `archived`"),
-        ("q" = Option<String>, Query, min_length = 1, max_length = 100, description = "Only channels whose name contains this text, ignoring case"),
+        ("q" = Option<String>, Query, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,100}$", description = "Only channels whose name contains this text (1-100 characters without control characters), ignoring case"),
         ("sort" = Option<String>, Query, pattern = "^(updated_at|created_at|name)$", description = "`updated_at` (default), `created_at` or `name`; the id breaks ties"),
         ("order" = Option<String>, Query, pattern = "^(asc|desc)$", description = "`desc` (default for `updated_at` and `created_at`) or `asc` (default for `name`)"),
         ("cursor" = Option<String>, Query, description = "A `next_cursor` from an earlier page: continues right after its last channel, in its sort and order. Not with `offset`"),

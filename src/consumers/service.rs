@@ -99,8 +99,8 @@ pub async fn create(
         None => ("latest".to_owned(), None),
         Some(Value::String(named)) if named == "latest" => (named.clone(), None),
         Some(Value::String(named)) if named == "earliest" => (named.clone(), Some(0)),
-        Some(Value::Number(id)) if id.as_i64().is_some_and(|id| id >= 0) => {
-            let id = id.as_i64().unwrap_or_default();
+        Some(Value::Number(id)) if crate::json::integral(id).is_some_and(|id| id >= 0) => {
+            let id = crate::json::integral(id).unwrap_or_default();
             (id.to_string(), Some(id))
         }
         Some(_) => {

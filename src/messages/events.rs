@@ -84,7 +84,7 @@ const CATCH_UP_PAGE: i64 = 100;
     params(
         ("id" = i64, Path, minimum = 1, description = "Channel id: a positive integer without leading zeros (anything else is 400)"),
         ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this message id"),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this message id (wins over `since`)"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this message id (wins over `since`)"),
         ("lastEventId" = Option<i64>, Query, minimum = 0, description = "The same as `Last-Event-ID`, as EventSource polyfills send it when reconnecting"),
         ("mentions" = Option<String>, Query, pattern = "^[ -~]{1,100}$", description = "Only messages whose `mentions` hold this name"),
         ("thread" = Option<i64>, Query, minimum = 1, description = "Only the messages of this thread: its first message's id (`thread_id`)"),

@@ -68,7 +68,7 @@ pub struct CreateMessage {
     pub pod_key: Option<String>,
     /// Names addressed: up to 32 distinct ones, each 1-100 printable ASCII characters.
     #[validate(custom(function = "valid_mentions"))]
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, inline, value_type = Option<Vec<MentionName>>)]
     pub mentions: Option<Vec<String>>,
     /// A JSON object of at most 16 KiB encoded, e.g. `{"kind": "status", "progress": 0.4}`.
     #[validate(custom(function = "valid_metadata"))]
@@ -80,6 +80,12 @@ pub struct CreateMessage {
     #[serde(default, deserialize_with = "crate::json::integer")]
     pub reply_to: Option<i64>,
 }
+
+/// A name a message addresses (the document's statement of the rule `valid_mentions` checks).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[ -~]{1,100}$")]
+#[allow(dead_code)]
+struct MentionName(String);
 
 impl CreateMessage {
     /// Content alone, as most posts are.

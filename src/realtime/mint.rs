@@ -37,7 +37,11 @@ pub struct MintToken {
     pub permissions: Option<Vec<String>>,
     /// Seconds until the token expires: 1 up to the server's `--token-max-lifetime` (24 h by
     /// default); 3600 when absent.
-    #[serde(rename = "expiresInSec")]
+    #[serde(
+        rename = "expiresInSec",
+        default,
+        deserialize_with = "crate::json::integer"
+    )]
     #[schema(minimum = 1, maximum = 86400)]
     pub expires_in_sec: Option<i64>,
     /// Delivered once in `welcome`; at most 8 KiB.
