@@ -343,6 +343,16 @@ async fn refusals_are_tool_errors_with_the_envelope(db: PgPool) {
         );
     }
 
+    // An integral number is an integer in either spelling, as JSON Schema counts it.
+    let result = tool(
+        &app,
+        &writer,
+        "read_messages",
+        json!({"channel_id": channel as f64, "limit": 5.0}),
+    )
+    .await;
+    assert_eq!(result["isError"], false, "{result}");
+
     let cases = [
         (
             "get_channel",
@@ -355,6 +365,12 @@ async fn refusals_are_tool_errors_with_the_envelope(db: PgPool) {
             json!({"channel_id": channel, "limit": 101}),
             "invalid_request",
             "limit must be an integer from 1 to 100 (got 101)",
+        ),
+        (
+            "read_messages",
+            json!({"channel_id": channel, "limit": 2.5}),
+            "invalid_request",
+            "limit: invalid type: floating point `2.5`, expected an integer",
         ),
         (
             "wait_for_messages",

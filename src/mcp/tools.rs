@@ -142,6 +142,7 @@ impl Name {
 struct ListChannelsArgs {
     /// Only channels of this repository.
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     repository_id: Option<i64>,
     /// Only channels of this ticket (1-64 of A-Z a-z 0-9 . _ -).
     ticket_slug: Option<String>,
@@ -160,9 +161,11 @@ struct ListChannelsArgs {
     cursor: Option<String>,
     /// Channels per page, 1-200 (default 20).
     #[schemars(range(min = 1, max = 200))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     limit: Option<i64>,
     /// Channels to skip (not with cursor).
     #[schemars(range(min = 0))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     offset: Option<i64>,
     /// Your name as a reader (e.g. your pod key): adds unread_count and unread_mentions (the
     /// unread messages that mention you) to every channel.
@@ -174,11 +177,13 @@ struct ListChannelsArgs {
 struct MarkReadArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// Your name as a reader (e.g. your pod key), 1-100 printable ASCII characters.
     reader: String,
     /// The id of the newest message you have read (a next_after); moves forward only.
     #[schemars(range(min = 0))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     last_read_id: i64,
 }
 
@@ -202,6 +207,7 @@ enum Order {
 struct ChannelArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
 }
 
@@ -210,20 +216,25 @@ struct ChannelArgs {
 struct ReadMessagesArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// Only messages older than this id (a next_before from an earlier page).
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     before: Option<i64>,
     /// Only messages newer than this id (a next_after from an earlier page; 0 for the first).
     #[schemars(range(min = 0))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     after: Option<i64>,
     /// Messages per page, 1-100 (default 20).
     #[schemars(range(min = 1, max = 100))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     limit: Option<i64>,
     /// Only messages that mention this name (e.g. your pod key).
     mentions: Option<String>,
     /// Only the messages of this thread: its first message's id (`thread_id`).
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     thread: Option<i64>,
 }
 
@@ -232,21 +243,26 @@ struct ReadMessagesArgs {
 struct WaitArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// The id of the newest message you have: next_after of your last read or wait (0 for none).
     #[schemars(range(min = 0))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     after: i64,
     /// How long to wait for a new message, in seconds (default and maximum: 25).
     #[schemars(range(min = 0))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     wait_seconds: Option<i64>,
     /// Most messages to return, 1-100 (default 20).
     #[schemars(range(min = 1, max = 100))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     limit: Option<i64>,
     /// Wait only for messages that mention this name (e.g. your pod key): others posted
     /// meanwhile do not end the wait.
     mentions: Option<String>,
     /// Wait only for messages of this thread: its first message's id (`thread_id`).
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     thread: Option<i64>,
 }
 
@@ -255,6 +271,7 @@ struct WaitArgs {
 struct ClaimArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// The consumer group's name (created with POST /v1/channels/{id}/consumers).
     consumer: String,
@@ -262,6 +279,7 @@ struct ClaimArgs {
     member: String,
     /// Most messages to take, 1-100 (default 1).
     #[schemars(range(min = 1, max = 100))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     max: Option<i64>,
     /// Seconds to wait for a message when none is ready (default 0).
     #[schemars(range(min = 0))]
@@ -273,6 +291,7 @@ struct ClaimArgs {
 struct AckArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// The consumer group's name.
     consumer: String,
@@ -302,6 +321,7 @@ fn message_filter(
 struct PostMessageArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// The message, 1-65,536 bytes.
     #[schemars(length(min = 1))]
@@ -318,6 +338,7 @@ struct PostMessageArgs {
     /// The id of an earlier message of this channel that this one answers: the reply joins
     /// that message's thread.
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     reply_to: Option<i64>,
     /// A key you choose for this message (1-255 printable ASCII characters, e.g. a UUID). If the
     /// call fails or times out, retry with the SAME key: the message is stored once, and the
@@ -334,6 +355,7 @@ struct CreateChannelArgs {
     description: Option<String>,
     /// The repository the channel is about.
     #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "crate::json::integer")]
     repository_id: Option<i64>,
     /// The ticket the channel is about (1-64 of A-Z a-z 0-9 . _ -).
     ticket_slug: Option<String>,
@@ -346,6 +368,7 @@ struct CreateChannelArgs {
 struct UpdateDocumentArgs {
     /// The channel's id.
     #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "crate::json::required_integer")]
     channel_id: i64,
     /// The whole new document (up to 512 KiB); null clears it. It replaces the old one.
     #[serde(deserialize_with = "nullable")]
