@@ -135,6 +135,9 @@ impl Name {
 }
 
 // ---- Arguments. Their doc comments are the descriptions clients show the model.
+//
+// Integers go through `crate::json::integer` (`20.0` reads as `20`); `skip_serializing_if` keeps
+// schemars from stating `"default": null` beside the defaults the descriptions name.
 
 /// Channel filters and paging, as `GET /v1/channels` takes them.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -142,7 +145,11 @@ impl Name {
 struct ListChannelsArgs {
     /// Only channels of this repository.
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     repository_id: Option<i64>,
     /// Only channels of this ticket (1-64 of A-Z a-z 0-9 . _ -).
     ticket_slug: Option<String>,
@@ -161,11 +168,19 @@ struct ListChannelsArgs {
     cursor: Option<String>,
     /// Channels per page, 1-200 (default 20).
     #[schemars(range(min = 1, max = 200))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     limit: Option<i64>,
     /// Channels to skip (not with cursor).
     #[schemars(range(min = 0))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     offset: Option<i64>,
     /// Your name as a reader (e.g. your pod key): adds unread_count and unread_mentions (the
     /// unread messages that mention you) to every channel.
@@ -220,21 +235,37 @@ struct ReadMessagesArgs {
     channel_id: i64,
     /// Only messages older than this id (a next_before from an earlier page).
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     before: Option<i64>,
     /// Only messages newer than this id (a next_after from an earlier page; 0 for the first).
     #[schemars(range(min = 0))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     after: Option<i64>,
     /// Messages per page, 1-100 (default 20).
     #[schemars(range(min = 1, max = 100))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     limit: Option<i64>,
     /// Only messages that mention this name (e.g. your pod key).
     mentions: Option<String>,
     /// Only the messages of this thread: its first message's id (`thread_id`).
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     thread: Option<i64>,
 }
 
@@ -251,18 +282,30 @@ struct WaitArgs {
     after: i64,
     /// How long to wait for a new message, in seconds (default and maximum: 25).
     #[schemars(range(min = 0))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     wait_seconds: Option<i64>,
     /// Most messages to return, 1-100 (default 20).
     #[schemars(range(min = 1, max = 100))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     limit: Option<i64>,
     /// Wait only for messages that mention this name (e.g. your pod key): others posted
     /// meanwhile do not end the wait.
     mentions: Option<String>,
     /// Wait only for messages of this thread: its first message's id (`thread_id`).
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     thread: Option<i64>,
 }
 
@@ -279,7 +322,11 @@ struct ClaimArgs {
     member: String,
     /// Most messages to take, 1-100 (default 1).
     #[schemars(range(min = 1, max = 100))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     max: Option<i64>,
     /// Seconds to wait for a message when none is ready (default 0).
     #[schemars(range(min = 0))]
@@ -338,7 +385,11 @@ struct PostMessageArgs {
     /// The id of an earlier message of this channel that this one answers: the reply joins
     /// that message's thread.
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     reply_to: Option<i64>,
     /// A key you choose for this message (1-255 printable ASCII characters, e.g. a UUID). If the
     /// call fails or times out, retry with the SAME key: the message is stored once, and the
@@ -355,7 +406,11 @@ struct CreateChannelArgs {
     description: Option<String>,
     /// The repository the channel is about.
     #[schemars(range(min = 1))]
-    #[serde(default, deserialize_with = "crate::json::integer")]
+    #[serde(
+        default,
+        deserialize_with = "crate::json::integer",
+        skip_serializing_if = "Option::is_none"
+    )]
     repository_id: Option<i64>,
     /// The ticket the channel is about (1-64 of A-Z a-z 0-9 . _ -).
     ticket_slug: Option<String>,
