@@ -95,15 +95,16 @@ pub async fn create(
             "name: 1-64 characters of a-z, 0-9, `_` and `-`",
         );
     }
-    let (start, frontier) = match &new.start {
-        None => ("latest".to_owned(), None),
-        Some(Value::String(named)) if named == "latest" => (named.clone(), None),
-        Some(Value::String(named)) if named == "earliest" => (named.clone(), Some(0)),
-        Some(Value::Number(id)) if crate::json::integral(id).is_some_and(|id| id >= 0) => {
-            let id = crate::json::integral(id).unwrap_or_default();
-            (id.to_string(), Some(id))
-        }
-        Some(_) => {
+    let start_id = match &new.start {
+        Some(Value::Number(id)) => crate::json::integral(id).filter(|id| *id >= 0),
+        _ => None,
+    };
+    let (start, frontier) = match (&new.start, start_id) {
+        (None, _) => ("latest".to_owned(), None),
+        (Some(Value::String(named)), _) if named == "latest" => (named.clone(), None),
+        (Some(Value::String(named)), _) if named == "earliest" => (named.clone(), Some(0)),
+        (_, Some(id)) => (id.to_string(), Some(id)),
+        (Some(_), None) => {
             errors.add_with(
                 "start",
                 "format",
